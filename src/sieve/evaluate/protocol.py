@@ -1,0 +1,308 @@
+"""The offline evaluation protocol: fit each model on a split, rank, and score.
+
+Every per-user metric is kept per user (not only its mean) so that intervals
+and paired significance tests are computed on the same numbers the means come
+from. Folds are pooled: per-user values of all folds are concatenated, and
+rating errors are averaged per fold and then over folds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from sieve.data.dataset import Dataset
+from sieve.data.split import Split
+from sieve.evaluate import metrics as M
+from sieve.evaluate.stats import Interval, PairedResult, compare_to_baseline, mean_ci
+from sieve.models.base import Recommender
+from sieve.models.registry import create_model
+
+#: Cutoffs of the metric-against-K curves (those above the list length are dropped).
+CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50)
+#: Metrics for which a paired test against the baseline is meaningful (per user).
+ACCURACY = ("precision", "recall", "ndcg", "map", "mrr", "hitrate")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to evaluate: a label for the tables, a registry name, parameters."""
+
+    label: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Recommender[Any, Any]:
+        return create_model(self.name, self.params)
+
+
+@dataclass
+class ModelResult:
+    """What one model scored, pooled over folds."""
+
+    label: str
+    per_user: dict[str, NDArray[np.float64]]
+    scalars: dict[str, float]
+    curves: dict[str, dict[int, float]]
+    fit_seconds: float
+    predict_seconds: float
+    rec_popularity: NDArray[np.float64]
+    summary: dict[str, Interval] = field(default_factory=dict)
+    vs_baseline: dict[str, PairedResult] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationResult:
+    """Results of every model, the baseline comparison and the run's settings."""
+
+    k: int
+    settings: dict[str, Any]
+    models: list[ModelResult]
+    n_test_users: int
+
+    @property
+    def baseline(self) -> str:
+        return self.models[0].label
+
+
+def evaluate(
+    dataset: Dataset,
+    splits: Sequence[Split],
+    specs: Sequence[ModelSpec],
+    *,
+    k: int = 10,
+    group_by: str | None = None,
+    on_step: Callable[[str], None] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> EvaluationResult:
+    """Fit and score every model on every split; compare each to the first."""
+    if not specs:
+        raise ValueError("no models to evaluate")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be unique, got {labels}")
+    step = on_step or (lambda _what: None)
+    depth = max(k, max(CURVE_KS))
+    groups = _user_groups(dataset, group_by)
+    item_features = _category_matrix(dataset)
+
+    collected: dict[str, list[dict[str, Any]]] = {s.label: [] for s in specs}
+    n_test_users = 0
+    for split in splits:
+        ctx = _SplitContext.build(split, depth)
+        n_test_users += len(ctx.users)
+        baseline_top = _popularity_top(split, ctx, depth)
+        for spec in specs:
+            step(f"{spec.label} on {split.name}: fit")
+            model = spec.build()
+            with _timer() as fit_t:
+                model.fit(split.train)
+            step(f"{spec.label} on {split.name}: recommend")
+            with _timer() as pred_t:
+                top = model.recommend_batch(ctx.model_users, ctx.history, depth)
+            step(f"{spec.label} on {split.name}: metrics")
+            part = _score_lists(top.items, ctx, split, k, baseline_top, item_features, groups)
+            part["fit_seconds"] = fit_t()
+            part["predict_seconds"] = pred_t()
+            if model.predicts_ratings and split.test.ratings is not None:
+                part["rating"] = _rating_errors(model, split, ctx)
+            collected[spec.label].append(part)
+
+    results = [_pool(label, parts, k) for label, parts in collected.items()]
+    per_user_metrics = [m for m in results[0].per_user if m.split("@")[0] in ACCURACY]
+    for metric in per_user_metrics:
+        comparison = compare_to_baseline(
+            {r.label: r.per_user[metric] for r in results}, results[0].label
+        )
+        for r in results[1:]:
+            r.vs_baseline[metric] = comparison[r.label]
+    return EvaluationResult(
+        k=k, settings=dict(settings or {}), models=results, n_test_users=n_test_users
+    )
+
+
+@dataclass(frozen=True)
+class _SplitContext:
+    """The parts of a split that every model is scored against."""
+
+    users: NDArray[np.int64]  # test users (vocabulary indices)
+    model_users: NDArray[np.int64]  # the same, -1 where the model has not seen the user
+    history: sp.csr_matrix  # their input rows
+    relevant: sp.csr_matrix  # their test rows, binary
+    popularity: NDArray[np.float64]  # training popularity of each item
+    n_train_users: int
+
+    @classmethod
+    def build(cls, split: Split, depth: int) -> _SplitContext:
+        users = split.test_users
+        model_users = np.where(split.holdout_users[users], -1, users).astype(np.int64)
+        relevant = (split.test.matrix[users] > 0).astype(np.float64).tocsr()
+        return cls(
+            users=users,
+            model_users=model_users,
+            history=split.history[users].tocsr(),
+            relevant=relevant,
+            popularity=split.train.item_popularity(),
+            n_train_users=int((split.train.matrix.getnnz(axis=1) > 0).sum()),
+        )
+
+
+def _popularity_top(split: Split, ctx: _SplitContext, depth: int) -> NDArray[np.int64]:
+    """The primitive (most-popular) lists that serendipity discounts."""
+    model = create_model("popular").fit(split.train)
+    return model.recommend_batch(ctx.model_users, ctx.history, depth).items
+
+
+def _score_lists(
+    recs: NDArray[np.int64],
+    ctx: _SplitContext,
+    split: Split,
+    k: int,
+    baseline_top: NDArray[np.int64],
+    item_features: sp.csr_matrix | None,
+    groups: NDArray[np.object_] | None,
+) -> dict[str, Any]:
+    rel = ctx.relevant
+    per_user: dict[str, NDArray[np.float64]] = {
+        f"precision@{k}": M.precision_at_k(recs, rel, k),
+        f"recall@{k}": M.recall_at_k(recs, rel, k),
+        f"ndcg@{k}": M.ndcg_at_k(recs, rel, k),
+        f"map@{k}": M.average_precision_at_k(recs, rel, k),
+        f"mrr@{k}": M.reciprocal_rank(recs, rel, k),
+        f"hitrate@{k}": M.hit_rate_at_k(recs, rel, k),
+        f"novelty@{k}": M.novelty(recs, ctx.popularity, max(ctx.n_train_users, 1), k),
+        f"serendipity@{k}": M.serendipity(recs, rel, baseline_top, k),
+        f"longtail@{k}": M.long_tail_share(recs, ctx.popularity, k),
+    }
+    if item_features is not None:
+        per_user[f"ild@{k}"] = M.intra_list_diversity(recs, item_features, k)
+        per_user[f"calibration_kl@{k}"] = M.calibration_kl(recs, ctx.history, item_features, k)
+    curves: dict[str, dict[int, NDArray[np.float64]]] = {"ndcg": {}, "precision": {}, "recall": {}}
+    for kk in CURVE_KS:
+        if kk <= recs.shape[1]:
+            curves["ndcg"][kk] = M.ndcg_at_k(recs, rel, kk)
+            curves["precision"][kk] = M.precision_at_k(recs, rel, kk)
+            curves["recall"][kk] = M.recall_at_k(recs, rel, kk)
+    return {
+        "per_user": per_user,
+        "curves": curves,
+        "recs": recs[:, :k],
+        "n_items": split.train.n_items,
+        "popularity": ctx.popularity,
+        "groups": None if groups is None else groups[ctx.users],
+    }
+
+
+def _rating_errors(
+    model: Recommender[Any, Any], split: Split, ctx: _SplitContext
+) -> NDArray[np.float64]:
+    """Prediction errors (predicted − true) on every test rating."""
+    assert split.test.ratings is not None
+    coo = split.test.ratings.tocoo()
+    pred = model.predict(coo.row.astype(np.int64), coo.col.astype(np.int64))
+    return np.asarray(pred, dtype=np.float64) - coo.data.astype(np.float64)
+
+
+def _pool(label: str, parts: list[dict[str, Any]], k: int) -> ModelResult:
+    per_user = {m: np.concatenate([p["per_user"][m] for p in parts]) for m in parts[0]["per_user"]}
+    # list-level metrics: computed per fold, then averaged over folds
+    scalars: dict[str, float] = {}
+    scalars[f"coverage@{k}"] = float(
+        np.mean([M.catalog_coverage(p["recs"], p["n_items"], k) for p in parts])
+    )
+    scalars[f"gini@{k}"] = float(
+        np.mean([M.exposure_gini(p["recs"], p["n_items"], k) for p in parts])
+    )
+    summary = {m: mean_ci(v) for m, v in per_user.items()}
+    if all("rating" in p for p in parts):
+        rmses = np.array([np.sqrt(np.mean(p["rating"] ** 2)) for p in parts])
+        maes = np.array([np.mean(np.abs(p["rating"])) for p in parts])
+        summary["rmse"] = _fold_interval(
+            rmses, np.concatenate([p["rating"] for p in parts]) ** 2, True
+        )
+        summary["mae"] = _fold_interval(
+            maes, np.abs(np.concatenate([p["rating"] for p in parts])), False
+        )
+    groups = [p["groups"] for p in parts]
+    if all(g is not None for g in groups):
+        fairness = M.group_fairness(per_user[f"ndcg@{k}"], np.concatenate(groups))
+        for g, v in fairness.means.items():
+            scalars[f"ndcg@{k}[{g}]"] = float(v)
+        scalars[f"ndcg@{k} group gap"] = float(fairness.gap)
+    curves = {
+        name: {
+            kk: float(np.mean(np.concatenate([p["curves"][name][kk] for p in parts])))
+            for kk in parts[0]["curves"][name]
+        }
+        for name in parts[0]["curves"]
+    }
+    rec_pop = np.concatenate([p["popularity"][p["recs"][p["recs"] >= 0]] for p in parts])
+    return ModelResult(
+        label=label,
+        per_user=per_user,
+        scalars=scalars,
+        curves=curves,
+        fit_seconds=float(np.mean([p["fit_seconds"] for p in parts])),
+        predict_seconds=float(np.mean([p["predict_seconds"] for p in parts])),
+        rec_popularity=rec_pop,
+        summary=summary,
+    )
+
+
+def _fold_interval(
+    per_fold: NDArray[np.float64], pooled: NDArray[np.float64], root: bool
+) -> Interval:
+    """Mean over folds with a t-interval across folds; one fold: a delta-method
+    interval from the pooled per-rating errors."""
+    if len(per_fold) > 1:
+        return mean_ci(per_fold)
+    ci = mean_ci(pooled)
+    if root:
+        return Interval(
+            float(np.sqrt(ci.mean)), float(np.sqrt(max(ci.low, 0.0))), float(np.sqrt(ci.high))
+        )
+    return ci
+
+
+def _user_groups(dataset: Dataset, group_by: str | None) -> NDArray[np.object_] | None:
+    """Each user's group label from an attribute (for fairness), if any."""
+    attrs = dataset.users["attributes"]
+    candidates = [group_by] if group_by else ["group", "gender"]
+    for key in candidates:
+        labels = np.array(
+            [a.get(key) if isinstance(a, dict) else None for a in attrs], dtype=object
+        )
+        if any(v is not None for v in labels):
+            return np.array(["unknown" if v is None else str(v) for v in labels], dtype=object)
+    if group_by:
+        raise ValueError(f"no user has the attribute {group_by!r} to group by")
+    return None
+
+
+def _category_matrix(dataset: Dataset) -> sp.csr_matrix | None:
+    """Items × categories one-hot (for diversity and calibration), if any."""
+    cats = dataset.item_categories()
+    vocab = sorted({c for cs in cats for c in cs})
+    if not vocab:
+        return None
+    index = {c: j for j, c in enumerate(vocab)}
+    rows = [i for i, cs in enumerate(cats) for _ in cs]
+    cols = [index[c] for cs in cats for c in cs]
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(dataset.n_items, len(vocab)))
+
+
+@contextmanager
+def _timer() -> Iterator[Callable[[], float]]:
+    start = time.perf_counter()
+    end: list[float] = []
+    yield lambda: (end[0] if end else time.perf_counter()) - start
+    end.append(time.perf_counter())

@@ -1,0 +1,31 @@
+"""Storage: the catalog + append-only event log (`Store`) and the cache / online state.
+
+`open_store(url)` picks the database by URL (SQLite or PostgreSQL);
+`open_cache(url)` picks the cache (in-process memory or Redis).
+"""
+
+from sieve.storage.base import AppendResult, Store, StoreError, StoreUnavailable
+from sieve.storage.cache import (
+    Cache,
+    CacheError,
+    CacheUnavailable,
+    MemoryCache,
+    RedisCache,
+    open_cache,
+)
+from sieve.storage.sql import SQLStore, open_store
+
+__all__ = [
+    "AppendResult",
+    "Cache",
+    "CacheError",
+    "CacheUnavailable",
+    "MemoryCache",
+    "RedisCache",
+    "SQLStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "open_cache",
+    "open_store",
+]

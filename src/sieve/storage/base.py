@@ -1,0 +1,130 @@
+"""The `Store` interface: the catalog (items, users) and the append-only event log.
+
+Kept narrow on purpose: everything the service and the trainer need, nothing
+a single backend could not do cheaply. One SQLAlchemy Core implementation
+(`sieve.storage.sql.SQLStore`) serves SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+import pandas as pd
+
+from sieve.data.records import Event, Item, User
+
+
+class StoreError(Exception):
+    """A storage operation that failed; nothing of the failed write was stored."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (or is locked); the message names its URL."""
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What `append_events` did: how many events are new, which ids were already known.
+
+    `duplicates` lists (in batch order) the ids that were not stored because an
+    event with that id is already in the log or appeared earlier in the batch.
+    """
+
+    inserted: int
+    duplicates: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Catalog + append-only event log.
+
+    Writes are transactions: when a method returns, its write is committed;
+    when it raises, nothing of it was stored. Events are never updated or
+    deleted through this interface; deleting an item keeps its events.
+    """
+
+    url: str
+
+    def migrate(self, target: int | None = None) -> int:
+        """Apply pending schema migrations (up to `target`); return the schema version."""
+        ...
+
+    # ----------------------------------------------------------------- items
+    def upsert_items(self, items: Sequence[Item]) -> int:
+        """Insert or replace items (all fields); the last of repeated ids wins.
+        Returns the number of distinct ids written."""
+        ...
+
+    def get_item(self, item_id: str) -> Item | None: ...
+
+    def get_items(self, item_ids: Iterable[str]) -> dict[str, Item]:
+        """The known items among `item_ids`, by id (unknown ids are left out)."""
+        ...
+
+    def delete_item(self, item_id: str) -> bool:
+        """Remove an item from the catalog (its events stay); False if it was unknown."""
+        ...
+
+    def list_items(self, offset: int = 0, limit: int = 100) -> list[Item]:
+        """A page of items in id order."""
+        ...
+
+    def count_items(self) -> int: ...
+
+    def items_frame(self) -> pd.DataFrame:
+        """All items with the columns of `ITEM_COLUMNS` plus `available`."""
+        ...
+
+    # ----------------------------------------------------------------- users
+    def upsert_users(self, users: Sequence[User]) -> int: ...
+
+    def get_user(self, user_id: str) -> User | None: ...
+
+    def delete_user(self, user_id: str) -> bool: ...
+
+    def list_users(self, offset: int = 0, limit: int = 100) -> list[User]: ...
+
+    def count_users(self) -> int: ...
+
+    def users_frame(self) -> pd.DataFrame:
+        """All users with the columns of `USER_COLUMNS`."""
+        ...
+
+    # ---------------------------------------------------------------- events
+    def append_events(self, events: Sequence[Event]) -> AppendResult:
+        """Append a batch atomically and idempotently (by event id).
+
+        Missing timestamps become the time of the call. Each stored event gets
+        an increasing sequence number (`seq`) in commit order.
+        """
+        ...
+
+    def events_frame(self, since_seq: int | None = None) -> pd.DataFrame:
+        """Events with `seq > since_seq` (all if None) in `seq` order: the columns of
+        `EVENT_COLUMNS` plus `seq` and `request_id`."""
+        ...
+
+    def user_events(self, user_id: str, limit: int = 50) -> list[Event]:
+        """A user's latest events, most recent (by timestamp, then seq) first."""
+        ...
+
+    def count_events(self) -> int: ...
+
+    def max_seq(self) -> int:
+        """The highest sequence number stored (0 for an empty log)."""
+        ...
+
+    # ------------------------------------------------------------- lifecycle
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

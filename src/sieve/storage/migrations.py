@@ -1,0 +1,176 @@
+"""Schema migrations: an ordered list of versioned steps.
+
+Each applied step is recorded as a row of `sieve_schema_version`; the schema
+version is the highest recorded step. `apply_migrations` runs the pending steps
+inside the caller's transaction (DDL is transactional in SQLite and
+PostgreSQL, so a failed upgrade leaves the database as it was) and does nothing
+when the database is current, so running it on every start is safe.
+
+Steps define their tables themselves, frozen as they were at that version;
+`sieve.storage.sql` holds the tables as they are now. A new column or index is
+a new step appended to `MIGRATIONS`, never an edit of an old one.
+
+Times are stored as integer microseconds since the epoch (UTC): exact, the same
+on both dialects, and cheap to turn into the float seconds of the frames.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from sieve.storage.base import StoreError
+
+VERSION_TABLE = "sieve_schema_version"
+
+#: JSON on SQLite, JSONB on PostgreSQL.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+#: An auto-increment 64-bit key: a rowid alias on SQLite, an identity column on PostgreSQL.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: `apply` runs its DDL on a connection inside a transaction."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _version_table(metadata: MetaData) -> Table:
+    return Table(
+        VERSION_TABLE,
+        metadata,
+        Column("version", Integer, primary_key=True, autoincrement=False),
+        Column("description", String(200), nullable=False),
+        Column("applied_at", String(40), nullable=False),
+    )
+
+
+def _v1_catalog(conn: Connection) -> None:
+    md = MetaData()
+    Table(
+        "items",
+        md,
+        Column("id", String(256), primary_key=True),
+        Column("title", Text, nullable=False),
+        Column("text", Text, nullable=False),
+        Column("categories", JSONType, nullable=False),
+        Column("created_at_us", BigInteger, nullable=True),
+        Column("available", Boolean, nullable=False),
+        Column("attributes", JSONType, nullable=False),
+    )
+    Table(
+        "users",
+        md,
+        Column("id", String(256), primary_key=True),
+        Column("attributes", JSONType, nullable=False),
+    )
+    md.create_all(conn)
+
+
+def _v2_event_log(conn: Connection) -> None:
+    md = MetaData()
+    events = Table(
+        "events",
+        md,
+        Column("seq", SeqType, Identity(), primary_key=True),
+        Column("event_id", String(256), nullable=False),
+        Column("user_id", String(256), nullable=False),
+        Column("item_id", String(256), nullable=False),
+        Column("type", String(32), nullable=False),
+        Column("value", Float(53), nullable=True),
+        Column("timestamp_us", BigInteger, nullable=False),
+        Column("request_id", String(256), nullable=True),
+        UniqueConstraint("event_id", name="uq_events_event_id"),
+        sqlite_autoincrement=True,  # seq never reused, so `since_seq` reads stay exact
+    )
+    Index("ix_events_user_time", events.c.user_id, events.c.timestamp_us, events.c.seq)
+    md.create_all(conn)
+
+
+#: Every step in version order; the last one's version is the current schema version.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "catalog: items and users", _v1_catalog),
+    Migration(2, "event log: events with seq, unique event id, per-user time index", _v2_event_log),
+)
+
+
+def latest_version(steps: Sequence[Migration] = MIGRATIONS) -> int:
+    return steps[-1].version if steps else 0
+
+
+def current_version(conn: Connection) -> int:
+    """The version recorded in the database (0 when it has no version table)."""
+    if not conn.dialect.has_table(conn, VERSION_TABLE):
+        return 0
+    table = _version_table(MetaData())
+    return int(conn.execute(select(func.coalesce(func.max(table.c.version), 0))).scalar_one())
+
+
+def apply_migrations(
+    conn: Connection,
+    steps: Sequence[Migration] = MIGRATIONS,
+    target: int | None = None,
+) -> int:
+    """Apply the steps above the database's version (up to `target`); return the version.
+
+    Call inside a transaction. On PostgreSQL a transaction-scoped advisory lock
+    makes concurrent starts wait for each other instead of racing on the DDL.
+    """
+    versions = [s.version for s in steps]
+    if versions != list(range(1, len(steps) + 1)):
+        raise ValueError(f"migration versions must be 1, 2, … in order; got {versions}")
+    newest = latest_version(steps)
+    target = newest if target is None else target
+    if not 0 <= target <= newest:
+        raise ValueError(f"target version {target} is not between 0 and {newest}")
+    if conn.dialect.name == "postgresql":
+        schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+        key = zlib.crc32(f"sieve.migrate:{schema}".encode())
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    table = _version_table(MetaData())
+    table.create(conn, checkfirst=True)
+    version = current_version(conn)
+    if version > newest:
+        raise StoreError(
+            f"the database schema is at version {version}, newer than this sieve knows "
+            f"({newest}); upgrade sieve"
+        )
+    for step in steps:
+        if version < step.version <= target:
+            step.apply(conn)
+            conn.execute(
+                insert(table).values(
+                    version=step.version,
+                    description=step.description,
+                    applied_at=datetime.now(UTC).isoformat(),
+                )
+            )
+            version = step.version
+    return version
