@@ -210,7 +210,8 @@ def evaluate(
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         with _progress() as progress:
-            task = progress.add_task("evaluating", total=len(splits) * len(specs) * 3)
+            steps = 3 + any(bool(s.holdout_users.any()) for s in splits)
+            task = progress.add_task("evaluating", total=len(splits) * len(specs) * steps)
 
             def step(what: str) -> None:
                 progress.update(task, description=what, advance=1)

@@ -81,8 +81,14 @@ def evaluate(
     group_by: str | None = None,
     on_step: Callable[[str], None] | None = None,
     settings: dict[str, Any] | None = None,
+    fold_in_reference: bool = True,
 ) -> EvaluationResult:
-    """Fit and score every model on every split; compare each to the first."""
+    """Fit and score every model on every split; compare each to the first.
+
+    On a user-holdout split, `fold_in_reference` also fits each model with the
+    holdout users' fold-in events *in* training and scores the same users on
+    the same test items (`warm ndcg@k`), so the cost of fold-in is measured.
+    """
     if not specs:
         raise ValueError("no models to evaluate")
     if k < 1:
@@ -115,6 +121,9 @@ def evaluate(
             part["predict_seconds"] = pred_t()
             if model.predicts_ratings and split.test.ratings is not None:
                 part["rating"] = _rating_errors(model, split, ctx)
+            if fold_in_reference and split.holdout_users.any():
+                step(f"{spec.label} on {split.name}: warm reference")
+                part["per_user"][f"warm ndcg@{k}"] = _warm_reference(spec, dataset, split, ctx, k)
             collected[spec.label].append(part)
 
     results = [_pool(label, parts, k) for label, parts in collected.items()]
@@ -202,6 +211,17 @@ def _score_lists(
     }
 
 
+def _warm_reference(
+    spec: ModelSpec, dataset: Dataset, split: Split, ctx: _SplitContext, k: int
+) -> NDArray[np.float64]:
+    """NDCG of the test users when their fold-in events are part of training."""
+    in_test = dataset.events["event_id"].isin(split.test.events["event_id"]).to_numpy()
+    warm = dataset.subset(~in_test)
+    model = spec.build().fit(warm)
+    top = model.recommend_batch(ctx.users, warm.matrix[ctx.users], k)
+    return M.ndcg_at_k(top.items, ctx.relevant, k)
+
+
 def _rating_errors(
     model: Recommender[Any, Any], split: Split, ctx: _SplitContext
 ) -> NDArray[np.float64]:
@@ -231,6 +251,11 @@ def _pool(label: str, parts: list[dict[str, Any]], k: int) -> ModelResult:
         )
         summary["mae"] = _fold_interval(
             maes, np.abs(np.concatenate([p["rating"] for p in parts])), False
+        )
+    warm = f"warm ndcg@{k}"
+    if warm in per_user:
+        scalars[f"fold-in/warm ndcg@{k}"] = float(
+            np.mean(per_user[f"ndcg@{k}"]) / max(np.mean(per_user[warm]), 1e-12)
         )
     groups = [p["groups"] for p in parts]
     if all(g is not None for g in groups):
