@@ -139,3 +139,32 @@ class Event(BaseModel):
 
 
 __all__ = ["MAX_ID_LENGTH", "MAX_TYPE_LENGTH", "Event", "Item", "User"]
+
+
+class ImpressionItem(BaseModel):
+    """One slot of a served list: what was shown where, and how likely the
+    policy was to put it there (the propensity that off-policy estimates need)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: Id
+    position: int = Field(ge=0)
+    score: float = Field(allow_inf_nan=False)
+    sources: list[str] = Field(default_factory=list)
+    propensity: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class Impression(BaseModel):
+    """A served response as it was logged: request id, user, the items with
+    positions, scores and sources, the experiment arm and the model version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: Id
+    user_id: str | None = None
+    timestamp: AwareDatetime = None
+    model_version: str = ""
+    experiment: str | None = None
+    arm: str | None = None
+    context: Attributes = Field(default_factory=dict)
+    items: list[ImpressionItem] = Field(default_factory=list)

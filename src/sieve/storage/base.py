@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 import pandas as pd
 
-from sieve.data.records import Event, Item, User
+from sieve.data.records import Event, Impression, Item, User
 
 
 class StoreError(Exception):
@@ -115,6 +116,23 @@ class Store(Protocol):
 
     def max_seq(self) -> int:
         """The highest sequence number stored (0 for an empty log)."""
+        ...
+
+    # ----------------------------------------------------------- impressions
+    def log_impressions(self, impressions: Sequence[Impression]) -> int:
+        """Store served lists, idempotent by request id; returns how many were new."""
+        ...
+
+    def get_impression(self, request_id: str) -> Impression | None: ...
+
+    def attribute(
+        self, user_id: str, item_id: str, at: datetime | None, window_seconds: float
+    ) -> str | None:
+        """Request id of the latest impression of the item to the user within the window."""
+        ...
+
+    def impressions_frame(self, since: float | None = None) -> pd.DataFrame:
+        """One row per shown slot, oldest first."""
         ...
 
     # ------------------------------------------------------------- lifecycle

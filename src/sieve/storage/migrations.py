@@ -114,10 +114,42 @@ def _v2_event_log(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v3_impressions(conn: Connection) -> None:
+    md = MetaData()
+    Table(
+        "impressions",
+        md,
+        Column("request_id", String(256), primary_key=True),
+        Column("user_id", String(256), nullable=True),
+        Column("timestamp_us", BigInteger, nullable=False),
+        Column("model_version", String(256), nullable=False),
+        Column("experiment", String(256), nullable=True),
+        Column("arm", String(256), nullable=True),
+        Column("context", JSONType, nullable=False),
+    )
+    slots = Table(
+        "impression_items",
+        md,
+        Column("request_id", String(256), primary_key=True),
+        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("user_id", String(256), nullable=True),
+        Column("item_id", String(256), nullable=False),
+        Column("score", Float(53), nullable=False),
+        Column("propensity", Float(53), nullable=False),
+        Column("sources", JSONType, nullable=False),
+        Column("timestamp_us", BigInteger, nullable=False),
+    )
+    Index("ix_impression_items_attr", slots.c.user_id, slots.c.item_id, slots.c.timestamp_us)
+    md.create_all(conn)
+
+
 #: Every step in version order; the last one's version is the current schema version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog: items and users", _v1_catalog),
     Migration(2, "event log: events with seq, unique event id, per-user time index", _v2_event_log),
+    Migration(
+        3, "impression log: served lists with positions, propensities, arms", _v3_impressions
+    ),
 )
 
 

@@ -39,6 +39,7 @@ from sqlalchemy import (
     Engine,
     Float,
     Identity,
+    Integer,
     MetaData,
     String,
     Table,
@@ -56,7 +57,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
-from sieve.data.records import Event, Item, User
+from sieve.data.records import Event, Impression, ImpressionItem, Item, User
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 from sieve.storage.base import AppendResult, StoreError, StoreUnavailable
 from sieve.storage.migrations import MIGRATIONS, JSONType, Migration, SeqType, apply_migrations
@@ -101,7 +102,44 @@ events_table = Table(
     Column("timestamp_us", BigInteger, nullable=False),
     Column("request_id", String(256)),
 )
+impressions_table = Table(
+    "impressions",
+    _md,
+    Column("request_id", String(256), primary_key=True),
+    Column("user_id", String(256)),
+    Column("timestamp_us", BigInteger, nullable=False),
+    Column("model_version", String(256), nullable=False),
+    Column("experiment", String(256)),
+    Column("arm", String(256)),
+    Column("context", JSONType, nullable=False),
+)
+impression_items_table = Table(
+    "impression_items",
+    _md,
+    Column("request_id", String(256), primary_key=True),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("user_id", String(256)),
+    Column("item_id", String(256), nullable=False),
+    Column("score", Float(53), nullable=False),
+    Column("propensity", Float(53), nullable=False),
+    Column("sources", JSONType, nullable=False),
+    Column("timestamp_us", BigInteger, nullable=False),
+)
 
+#: Columns of `impressions_frame`: one row per shown slot.
+IMPRESSION_COLUMNS = [
+    "request_id",
+    "user_id",
+    "item_id",
+    "position",
+    "score",
+    "propensity",
+    "sources",
+    "model_version",
+    "experiment",
+    "arm",
+    "timestamp",
+]
 
 _EVENT_INSERT_COLUMNS = (
     "event_id",
@@ -439,6 +477,136 @@ class SQLStore:
             return int(
                 conn.execute(select(func.coalesce(func.max(events_table.c.seq), 0))).one()[0]
             )
+
+    # ----------------------------------------------------------- impressions
+    def log_impressions(self, impressions: Sequence[Impression]) -> int:
+        """Store served lists (idempotent by request id); returns how many were new."""
+        now_us = _to_us(datetime.now(UTC))
+        heads: dict[str, dict[str, Any]] = {}
+        slots: list[dict[str, Any]] = []
+        for imp in impressions:
+            if imp.request_id in heads:
+                continue
+            ts = now_us if imp.timestamp is None else _to_us(imp.timestamp)
+            heads[imp.request_id] = {
+                "request_id": imp.request_id,
+                "user_id": imp.user_id,
+                "timestamp_us": ts,
+                "model_version": imp.model_version,
+                "experiment": imp.experiment,
+                "arm": imp.arm,
+                "context": dict(imp.context),
+            }
+            slots.extend(
+                {
+                    "request_id": imp.request_id,
+                    "position": it.position,
+                    "user_id": imp.user_id,
+                    "item_id": it.item_id,
+                    "score": it.score,
+                    "propensity": it.propensity,
+                    "sources": list(it.sources),
+                    "timestamp_us": ts,
+                }
+                for it in imp.items
+            )
+        if not heads:
+            return 0
+        with self._write("log_impressions") as conn:
+            stmt = (
+                self._insert(impressions_table)
+                .on_conflict_do_nothing(index_elements=[impressions_table.c.request_id])
+                .returning(impressions_table.c.request_id)
+            )
+            new = set(conn.execute(stmt, list(heads.values())).scalars())
+            rows = [s for s in slots if s["request_id"] in new]
+            if rows:
+                conn.execute(impression_items_table.insert(), rows)
+        return len(new)
+
+    def get_impression(self, request_id: str) -> Impression | None:
+        """The logged response of a request, or None."""
+        with self._read("get_impression") as conn:
+            head = conn.execute(
+                select(impressions_table).where(impressions_table.c.request_id == request_id)
+            ).first()
+            if head is None:
+                return None
+            rows = conn.execute(
+                select(impression_items_table)
+                .where(impression_items_table.c.request_id == request_id)
+                .order_by(impression_items_table.c.position)
+            ).all()
+        return Impression(
+            request_id=head.request_id,
+            user_id=head.user_id,
+            timestamp=_from_us(head.timestamp_us),
+            model_version=head.model_version,
+            experiment=head.experiment,
+            arm=head.arm,
+            context=head.context,
+            items=[
+                ImpressionItem(
+                    item_id=r.item_id,
+                    position=r.position,
+                    score=r.score,
+                    sources=r.sources,
+                    propensity=r.propensity,
+                )
+                for r in rows
+            ],
+        )
+
+    def attribute(
+        self, user_id: str, item_id: str, at: datetime | None, window_seconds: float
+    ) -> str | None:
+        """The request id of the latest impression of `item_id` to `user_id` at
+        or before `at` (default now) and at most `window_seconds` earlier."""
+        at_us = _to_us(at or datetime.now(UTC))
+        t = impression_items_table
+        query = (
+            select(t.c.request_id)
+            .where(
+                t.c.user_id == user_id,
+                t.c.item_id == item_id,
+                t.c.timestamp_us <= at_us,
+                t.c.timestamp_us >= at_us - int(window_seconds * 1e6),
+            )
+            .order_by(t.c.timestamp_us.desc())
+            .limit(1)
+        )
+        with self._read("attribute") as conn:
+            row = conn.execute(query).first()
+        return None if row is None else str(row[0])
+
+    def impressions_frame(self, since: float | None = None) -> pd.DataFrame:
+        """One row per shown slot (IMPRESSION_COLUMNS), oldest first; `since` in
+        epoch seconds."""
+        s, h = impression_items_table, impressions_table
+        query = (
+            select(
+                s.c.request_id,
+                s.c.user_id,
+                s.c.item_id,
+                s.c.position,
+                s.c.score,
+                s.c.propensity,
+                s.c.sources,
+                h.c.model_version,
+                h.c.experiment,
+                h.c.arm,
+                s.c.timestamp_us,
+            )
+            .join(h, h.c.request_id == s.c.request_id)
+            .order_by(s.c.timestamp_us, s.c.request_id, s.c.position)
+        )
+        if since is not None:
+            query = query.where(s.c.timestamp_us >= int(since * 1e6))
+        with self._read("impressions_frame") as conn:
+            rows = conn.execute(query).all()
+        frame = pd.DataFrame(rows, columns=[*IMPRESSION_COLUMNS[:-1], "timestamp_us"])
+        frame["timestamp"] = frame.pop("timestamp_us").astype(np.int64) / 1e6
+        return frame[IMPRESSION_COLUMNS]
 
     # ------------------------------------------------------------- lifecycle
     def close(self) -> None:
