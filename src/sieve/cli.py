@@ -299,3 +299,289 @@ def tune(
 def version() -> None:
     """Print the version."""
     out.print(__version__)
+
+
+# ------------------------------------------------------------------ service
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="settings TOML file (default: $SIEVE_CONFIG, if set)"),
+]
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="store URL (sqlite:///PATH or postgresql://…)")
+]
+CacheOpt = Annotated[str | None, typer.Option("--cache", help="cache URL (memory:// or redis://…)")]
+ModelDirOpt = Annotated[
+    Path | None, typer.Option("--model-dir", help="folder of trained funnels (and CURRENT)")
+]
+
+
+def _service_settings(config: Path | None, **overrides: Any) -> Any:
+    """Settings from flags over $SIEVE_* over the TOML file; bad ones exit with code 2."""
+    from sieve.settings import load_settings
+
+    return load_settings(config, **overrides)
+
+
+@app.command()
+def train(
+    store: StoreOpt = None,
+    model_dir: ModelDirOpt = None,
+    funnel_config: Annotated[
+        Path | None, typer.Option("--funnel-config", help="TOML of the funnel's configuration")
+    ] = None,
+    config: ConfigOpt = None,
+    no_promote: Annotated[
+        bool, typer.Option("--no-promote", help="register as a candidate; do not serve it")
+    ] = False,
+) -> None:
+    """Train a funnel on the store's catalog and event log, register it in the
+    model registry (MODEL_DIR/<version>/) and promote it (a running service
+    swaps to it within `model_poll_seconds`), unless --no-promote."""
+    from sieve.serve.engine import train as train_funnel
+
+    with _clean_errors():
+        settings = _service_settings(
+            config, store_url=store, model_dir=model_dir, funnel_config=funnel_config
+        )
+        console.print(f"training on [bold]{settings.store_url}[/bold]", soft_wrap=True)
+        start = time.perf_counter()
+        funnel, path = train_funnel(settings, promote=not no_promote)
+        console.print(f"trained in {time.perf_counter() - start:.1f}s")
+        state = "candidate" if no_promote else "current"
+        out.print(f"model {funnel.version} saved to {path} ({state})", soft_wrap=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="default 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="default 8000")] = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    cache: CacheOpt = None,
+    model_dir: ModelDirOpt = None,
+    precompute: Annotated[
+        bool,
+        typer.Option(
+            "--precompute", help="precompute every known user's list at start-up (see `batch`)"
+        ),
+    ] = False,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="log one line per request")
+    ] = True,
+) -> None:
+    """Serve the REST API (one process; docs at /docs) with the current model."""
+    import logging
+
+    import uvicorn
+
+    from sieve.serve.app import create_app
+
+    with _clean_errors():
+        settings = _service_settings(
+            config,
+            host=host,
+            port=port,
+            store_url=store,
+            cache_url=cache,
+            model_dir=model_dir,
+            precompute=precompute or None,
+        )
+        application = create_app(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    logging.getLogger("sieve.serve.access").setLevel(
+        logging.INFO if access_log else logging.WARNING
+    )
+    uvicorn.run(application, host=settings.host, port=settings.port, access_log=False)
+
+
+@app.command()
+def batch(
+    n: Annotated[int | None, typer.Option("--n", min=1, help="list length (default 50)")] = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    cache: CacheOpt = None,
+    model_dir: ModelDirOpt = None,
+) -> None:
+    """Precompute the top-N of every user the current model knows into the cache
+    (`recs:{user}`); the service answers from it until the user's next event or
+    a new model. With the default memory:// cache the lists vanish when this
+    command ends: use a redis:// cache, or `sieve serve --precompute`."""
+    from sieve.serve.engine import Engine
+
+    with _clean_errors():
+        settings = _service_settings(
+            config, store_url=store, cache_url=cache, model_dir=model_dir, batch_n=n
+        )
+        if settings.cache_url.startswith("memory"):
+            console.print(
+                "[yellow]note:[/yellow] the cache is memory:// (this process only): the "
+                "lists are lost when batch exits; use --cache redis://… or "
+                "`sieve serve --precompute`"
+            )
+        engine = Engine.open(settings)
+        try:
+            if engine.model_version is None:
+                raise UsageError(f"no model trained yet in {settings.model_dir}: run `sieve train`")
+            start = time.perf_counter()
+            count = engine.precompute(settings.batch_n)
+        finally:
+            engine.close()
+        out.print(
+            f"precomputed {count} lists of {settings.batch_n} for model {engine.model_version} "
+            f"in {time.perf_counter() - start:.1f}s into {settings.cache_url}",
+            soft_wrap=True,
+        )
+
+
+keys_app = typer.Typer(
+    help="API keys: hash a key for the settings, or make a new one.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("hash")
+def keys_hash(
+    key: Annotated[
+        str | None,
+        typer.Argument(help="the key; omit (or '-') to read it from stdin, out of shell history"),
+    ] = None,
+) -> None:
+    """Print the SHA-256 digest of a key: what `api_keys[].key_hash` holds."""
+    from sieve.serve.auth import hash_key
+
+    with _clean_errors():
+        if key is None or key == "-":
+            key = sys.stdin.readline().strip()
+        if not key:
+            raise UsageError("no key given")
+        typer.echo(hash_key(key))
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Option("--name", help="the key's name (it appears in logs)")],
+    scopes: Annotated[
+        str, typer.Option("--scopes", help="comma-separated: read, write, admin")
+    ] = "read",
+) -> None:
+    """Make a random key: prints the key once, and the settings entry with its digest."""
+    from sieve.serve.auth import hash_key, new_key
+    from sieve.settings import ApiKey
+
+    with _clean_errors():
+        wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+        key = new_key()
+        entry = ApiKey(name=name, key_hash=hash_key(key), scopes=tuple(wanted))  # type: ignore[arg-type]
+        typer.echo(f"key (shown once, give it to the client): {key}")
+        typer.echo("settings entry:")
+        typer.echo(
+            f'[[api_keys]]\nname = "{entry.name}"\nkey_hash = "{entry.key_hash}"\n'
+            f"scopes = {list(entry.scopes)}".replace("'", '"')
+        )
+
+
+@app.command()
+def quickstart(
+    data: DataOpt = "synthetic",
+    folder: Annotated[Path, typer.Option("--dir", help="where the store and the models go")] = Path(
+        "sieve-quickstart"
+    ),
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="load and train, then exit")] = False,
+) -> None:
+    """A running demo in one command: load a data set into a local SQLite store,
+    train a funnel, and serve it on 127.0.0.1 with reads and (loopback) writes
+    open, no key needed. Not for production: see `sieve serve`."""
+    from sieve.data.io import load_data
+    from sieve.serve.engine import import_data
+    from sieve.serve.engine import train as train_funnel
+    from sieve.settings import Settings
+    from sieve.storage import open_store
+
+    with _clean_errors():
+        settings = Settings(
+            store_url=f"sqlite:///{folder / 'sieve.db'}",
+            cache_url="memory://",
+            model_dir=folder / "models",
+            open_read=True,
+            open_write=True,
+            host="127.0.0.1",
+            port=port,
+            precompute=True,
+        )
+        console.print(f"loading [bold]{data}[/bold] into {settings.store_url}", soft_wrap=True)
+        with open_store(settings.store_url) as store:
+            n_items, n_users, n_events = import_data(store, load_data(data))
+            console.print(f"{n_items} items, {n_users} users, {n_events} new events")
+            funnel, path = train_funnel(settings, store)
+        out.print(f"model {funnel.version} saved to {path}", soft_wrap=True)
+        base = f"http://127.0.0.1:{port}"
+        out.print(
+            f"try: curl {base}/popular  ·  curl {base}/recommendations/"
+            f"{funnel.user_ids[0]}  ·  docs: {base}/docs",
+            soft_wrap=True,
+        )
+    if not no_serve:
+        import logging
+
+        import uvicorn
+
+        from sieve.serve.app import create_app
+
+        logging.basicConfig(level=logging.INFO)
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, access_log=False)
+
+
+models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _registry(model_dir: Path | None, config: Path | None) -> Any:
+    from sieve.registry import ModelRegistry
+
+    return ModelRegistry(_service_settings(config, model_dir=model_dir).model_dir)
+
+
+@models_app.command("list")
+def models_list(model_dir: ModelDirOpt = None, config: ConfigOpt = None) -> None:
+    """Every registered version with its status, data and metrics."""
+    from rich.table import Table
+
+    with _clean_errors():
+        registry = _registry(model_dir, config)
+        current = registry.current()
+        table = Table(title=f"models in {registry.root}")
+        for col in ("version", "status", "created", "data", "metrics", "notes"):
+            table.add_column(col)
+        for m in registry.list():
+            mark = " ◀ serving" if m.version == current else ""
+            table.add_row(
+                m.version + mark,
+                m.status,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created_at)),
+                ", ".join(f"{k}={v}" for k, v in m.data.items() if k != "store"),
+                ", ".join(f"{k}={v:.4f}" for k, v in m.metrics.items()),
+                "; ".join(m.notes),
+            )
+        out.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="the version to serve")],
+    model_dir: ModelDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve VERSION (a running service swaps to it without dropping requests)."""
+    with _clean_errors():
+        _registry(model_dir, config).promote(version, "promoted with `sieve models promote`")
+        out.print(f"serving {version}")
+
+
+@models_app.command("rollback")
+def models_rollback(model_dir: ModelDirOpt = None, config: ConfigOpt = None) -> None:
+    """Serve the version that served before the current one."""
+    with _clean_errors():
+        manifest = _registry(model_dir, config).rollback()
+        out.print(f"serving {manifest.version}")

@@ -15,6 +15,7 @@ crash leaves the previous state intact.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import os
 import shutil
@@ -104,7 +105,7 @@ class ModelRegistry:
                 model=model.name,
                 created_at=time.time(),
                 data=dict(data or {}),
-                config=model.config.to_dict(),
+                config=dataclasses.asdict(model.config),
                 metrics=dict(metrics or {}),
             )
             (staging / "manifest.json").write_text(manifest.to_json())

@@ -18,6 +18,7 @@ MODELS: dict[str, str] = {
     "bpr": "sieve.models.factorization:BPR",
     "content": "sieve.models.content:ContentTFIDF",
     "biasedmf": "sieve.models.biasedmf:BiasedMF",
+    "funnel": "sieve.pipeline:Funnel",
 }
 
 

@@ -131,6 +131,12 @@ class Store(Protocol):
         """Request id of the latest impression of the item to the user within the window."""
         ...
 
+    def attribute_many(
+        self, clicks: Sequence[tuple[str, str, datetime | None]], window_seconds: float
+    ) -> list[str | None]:
+        """`attribute` for many (user, item, time) triples at once."""
+        ...
+
     def impressions_frame(self, since: float | None = None) -> pd.DataFrame:
         """One row per shown slot, oldest first."""
         ...

@@ -1,0 +1,635 @@
+"""The multi-stage funnel: candidate generation → learned ranking → re-ranking.
+
+`Funnel` is a `Recommender` (so `sieve evaluate --models funnel,ease` works)
+whose live path is `recommend_query`: one `Query` in, a list of
+`Recommended` items out, each with the sources that proposed it and an
+explanation.
+
+1. Candidates (`sieve.retrieval.sources`): ALS factors in a FAISS index,
+   item-to-item from the session and history, content (TF-IDF), EASE on small
+   catalogs, popular, trending and fresh items; merged under per-source
+   quotas with seen, excluded, unavailable and out-of-category items removed.
+2. Ranking (`sieve.ranking`): LightGBM LambdaMART over the features of
+   `sieve.ranking.features`, trained on held-out training interactions; a
+   reciprocal-rank blend of the sources when it is off (and for requests with
+   no history at all, which get the charts).
+3. Re-ranking (`sieve.rerank`): freshness bonus, MMR diversity, a cap per
+   category, calibration to the user's category mix, minimum long-tail
+   exposure and business rules; then an explanation per item.
+
+Everything is built from one `FunnelConfig` (TOML sections), whose defaults
+need no file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from sieve.config import Config, ConfigError, read_toml
+from sieve.data.dataset import Dataset
+from sieve.data.schema import UnknownIdError
+from sieve.models.base import NotFittedError, Recommender
+from sieve.models.content import ContentConfig, ContentTFIDF
+from sieve.models.ease import EASE, EASEConfig
+from sieve.models.factorization import ALS, ALSConfig
+from sieve.models.itemknn import ItemKNN, ItemKNNConfig
+from sieve.models.popularity import TrendingConfig
+from sieve.ranking.features import FEATURE_NAMES, base_score, candidate_features
+from sieve.ranking.ltr import (
+    LTRRanker,
+    RankerConfig,
+    collect,
+    fold_fit_part,
+    fold_users,
+    holdout_labels,
+)
+from sieve.rerank.explain import POPULAR, explain
+from sieve.rerank.rules import blocked_items
+from sieve.rerank.stages import RerankConfig, SectionedConfig, rerank
+from sieve.retrieval.ann import AnnConfig, AnnIndex
+from sieve.retrieval.sources import (
+    SOURCES,
+    Candidates,
+    Catalog,
+    ContentIndex,
+    Engine,
+    Request,
+    SourcesConfig,
+)
+from sieve.types import ItemList, Query, Recommended, TopN
+
+_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class BlendConfig(Config):
+    """Ranking without the learned ranker: weighted reciprocal-rank fusion,
+    relevance = Σ_s weight_s / (`k` + rank of the item in source s).
+
+    - `k`: the fusion constant (larger flattens the rank differences).
+    - `ann`, `item_to_item`, `content`, `ease`, `popular`, `trending`,
+      `fresh`: the weight of each source.
+    """
+
+    k: float = 60.0
+    ann: float = 1.0
+    item_to_item: float = 1.0
+    content: float = 0.5
+    ease: float = 1.5
+    popular: float = 0.3
+    trending: float = 0.5
+    fresh: float = 0.2
+
+    def validate(self) -> None:
+        if self.k <= 0:
+            raise ConfigError("BlendConfig.k must be > 0")
+        for s in SOURCES:
+            if getattr(self, s) < 0:
+                raise ConfigError(f"BlendConfig.{s} must be >= 0")
+
+
+def _funnel_als() -> ALSConfig:
+    return ALSConfig(factors=64, regularization=0.05, alpha=2.0, iterations=15)
+
+
+@dataclasses.dataclass(frozen=True)
+class FunnelConfig(SectionedConfig):
+    """The whole funnel, one TOML table per section.
+
+    - `sources`: candidate sources and their quotas (`SourcesConfig`).
+    - `ann`: the FAISS index over ALS item factors (`AnnConfig`).
+    - `als`, `itemknn`, `ease`, `content`: hyperparameters of the candidate
+      models (each model's own config; ALS defaults to 64 factors here).
+    - `trending`: time decay of the trending chart (`TrendingConfig`).
+    - `ranker`: the LambdaMART ranker and how its labels are made
+      (`RankerConfig`).
+    - `blend`: source weights when the ranker is off (`BlendConfig`).
+    - `rerank`: the re-ranking stages (`RerankConfig`).
+    """
+
+    sources: SourcesConfig = dataclasses.field(default_factory=SourcesConfig)
+    ann: AnnConfig = dataclasses.field(default_factory=AnnConfig)
+    als: ALSConfig = dataclasses.field(default_factory=_funnel_als)
+    itemknn: ItemKNNConfig = dataclasses.field(default_factory=ItemKNNConfig)
+    ease: EASEConfig = dataclasses.field(default_factory=EASEConfig)
+    content: ContentConfig = dataclasses.field(default_factory=ContentConfig)
+    trending: TrendingConfig = dataclasses.field(default_factory=TrendingConfig)
+    ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
+    blend: BlendConfig = dataclasses.field(default_factory=BlendConfig)
+    rerank: RerankConfig = dataclasses.field(default_factory=RerankConfig)
+
+
+def load_funnel_config(path: str | Path) -> FunnelConfig:
+    """A `FunnelConfig` from a TOML file (missing keys keep their defaults)."""
+    return FunnelConfig.from_dict(read_toml(path))
+
+
+@dataclasses.dataclass
+class FunnelState:
+    """What `fit` learns: the candidate engine (models, index, catalog), the
+    ranker, the user vocabulary and the identity of this trained funnel."""
+
+    engine: Engine
+    ranker: LTRRanker | None
+    user_ids: NDArray[np.object_]
+    version: str
+    fitted_at: float
+
+
+class Funnel(Recommender[FunnelConfig, FunnelState]):
+    """Candidate generation → LambdaMART ranking → re-ranking, explained."""
+
+    name = "funnel"
+    config_class = FunnelConfig
+    state_class = FunnelState
+
+    def __init__(self, config: FunnelConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self._user_lookup: dict[str, int] | None = None
+
+    # ================================================================= fit
+    def _fit(self, dataset: Dataset) -> FunnelState:
+        cfg = self.config
+        started = time.time()
+        content = None
+        if cfg.sources.content > 0:
+            content = ContentTFIDF(cfg.content).fit(dataset)
+            if content.state.item_matrix.shape[1] == 0:
+                content = None
+        ranker = self._train_ranker(dataset, content) if cfg.ranker.enabled else None
+        engine = _build_engine(dataset, cfg, content)
+        self._user_lookup = None
+        return FunnelState(
+            engine=engine,
+            ranker=ranker,
+            user_ids=np.asarray(dataset.user_ids, dtype=object).copy(),
+            version=_digest(cfg, dataset, started),
+            fitted_at=started,
+        )
+
+    def _train_ranker(self, dataset: Dataset, content: ContentTFIDF | None) -> LTRRanker | None:
+        """LambdaMART on the candidates of held-out training interactions
+        (see `sieve.ranking.ltr`); None when the data has too few users."""
+        cfg = self.config.ranker
+        labels = holdout_labels(dataset, cfg)
+        kept = dataset.matrix.getnnz(axis=1) - labels.getnnz(axis=1)
+        eligible = np.flatnonzero((labels.getnnz(axis=1) > 0) & (kept > 0))
+        if len(eligible) > cfg.max_users:
+            rng = np.random.default_rng(cfg.seed)
+            eligible = np.sort(rng.choice(eligible, cfg.max_users, replace=False))
+        requests = []
+        label_rows = []
+        for users in fold_users(eligible, labels, dataset.matrix.nnz, cfg):
+            fit_part = fold_fit_part(dataset, labels, users)
+            engine = _build_engine(fit_part, self.config, content, exact_ann=True)
+            blocked = blocked_items(engine.catalog, self.config.rerank.rules)
+            for u in users:
+                query = _training_query(
+                    int(u), fit_part.matrix, fit_part.last_time, cfg.session_length
+                )
+                req = engine.request(query)
+                cands = engine.candidates(req, blocked)
+                x = candidate_features(engine, req, cands)
+                requests.append((cands.items, x, cfg.base_weight * base_score(x)))
+                label_rows.append(labels.indices[labels.indptr[u] : labels.indptr[u + 1]])
+        data = collect(requests, label_rows)
+        if data.n_groups < 2:
+            return None
+        return LTRRanker.train(data, FEATURE_NAMES, cfg)
+
+    # ============================================================ serving
+    def recommend_query(self, query: Query) -> list[Recommended]:
+        """The live path: one request, its explained list of `query.n` items."""
+        return self._recommend(query, exclude_seen=True)
+
+    def _recommend(self, query: Query, *, exclude_seen: bool) -> list[Recommended]:
+        state = self.state
+        engine = state.engine
+        cfg = self.config
+        if query.n <= 0:
+            return []
+        req = engine.request(query, exclude_seen=exclude_seen)
+        blocked = blocked_items(engine.catalog, cfg.rerank.rules)
+        cands = engine.candidates(req, blocked)
+        out: list[Recommended] = []
+        if len(cands):
+            relevance = self._relevance(req, cands)
+            positions = rerank(engine, req, cands.items, relevance, query.n, cfg.rerank)
+            scores = np.minimum.accumulate(relevance[positions])
+            reasons = explain(engine, req, cands, positions)
+            for p, score, reason in zip(positions, scores, reasons, strict=True):
+                proposed = ~np.isnan(cands.ranks[p])
+                sources = {SOURCES[s]: float(cands.scores[p, s]) for s in np.flatnonzero(proposed)}
+                out.append(Recommended(int(cands.items[p]), float(score), sources, reason))
+        if len(out) < query.n:
+            out.extend(self._backfill(req, out, query.n - len(out), blocked))
+        return out
+
+    def _relevance(self, req: Request, cands: Candidates) -> NDArray[np.float64]:
+        """Ranker scores, or the source blend (ranker off, or nothing personal)."""
+        ranker = self.state.ranker
+        if ranker is not None and req.has_signal:
+            x = candidate_features(self.state.engine, req, cands)
+            return ranker.predict(x, self.config.ranker.base_weight * base_score(x))
+        blend = self.config.blend
+        weights = np.array([getattr(blend, s) for s in SOURCES])
+        fused = np.where(np.isnan(cands.ranks), 0.0, weights / (blend.k + cands.ranks))
+        return np.asarray(fused.sum(axis=1), dtype=np.float64)
+
+    def _backfill(
+        self, req: Request, listed: list[Recommended], need: int, blocked: NDArray[np.bool_] | None
+    ) -> list[Recommended]:
+        """Most popular allowed items not listed yet, to fill a short list."""
+        engine = self.state.engine
+        cat = engine.catalog
+        filt = req.category_filter if len(req.query.categories) else np.empty(0, np.int64)
+        ranked = cat.ranked("all", filt)
+        ok = engine.allowed(req, blocked)(ranked)
+        taken = np.array([r.item for r in listed], dtype=np.int64)
+        ok &= ~np.isin(ranked, taken)
+        items = ranked[ok][:need]
+        floor = min((r.score for r in listed), default=0.0)
+        return [
+            Recommended(int(i), float(floor - 1.0 - k), {}, POPULAR) for k, i in enumerate(items)
+        ]
+
+    def popular(
+        self, n: int = 10, categories: tuple[str, ...] = (), now: float | None = None
+    ) -> list[Recommended]:
+        """Trending items (then all-time popular ones), optionally only in the
+        categories; items released after `now` are not out yet and left out."""
+        engine = self.state.engine
+        cat = engine.catalog
+        filt = cat.category_ids(categories) if categories else np.empty(0, np.int64)
+        ranked = np.concatenate([cat.ranked("trending", filt), cat.ranked("all", filt)])
+        _, first = np.unique(ranked, return_index=True)
+        ranked = ranked[np.sort(first)]
+        ok = cat.available[ranked]
+        blocked = blocked_items(cat, self.config.rerank.rules)
+        if blocked is not None:
+            ok &= ~blocked[ranked]
+        if now is not None:
+            ok &= ~(cat.created_at[ranked] > now)
+        items = ranked[ok][:n]
+        out = []
+        for i in items:
+            trend = float(cat.trending[i])
+            names = cat.categories_of(int(i))
+            shown = next((c for c in categories if c in names), names[0] if names else None)
+            if trend > 0:
+                reason = f"trending in {shown}" if shown else "trending now"
+                out.append(Recommended(int(i), trend, {"trending": trend}, reason))
+            else:
+                pop = float(cat.popularity[i])
+                out.append(Recommended(int(i), pop, {"popular": pop}, POPULAR))
+        return out
+
+    def similar_items(self, item: int, n: int = 10) -> ItemList:
+        """Item-kNN neighbours, then ALS-embedding and content neighbours to
+        fill up (the only ones for items added after training); scores are
+        made non-increasing down the list."""
+        engine = self.state.engine
+        self._check_items(np.array([item]))
+        cat = engine.catalog
+        lists: list[tuple[NDArray[np.int64], NDArray[np.float64]]] = []
+        n_train = engine.n_train_items
+        if engine.itemknn is not None and item < n_train:
+            sim = engine.itemknn.state.similarity
+            lo, hi = sim.indptr[item], sim.indptr[item + 1]
+            order = np.argsort(-sim.data[lo:hi], kind="stable")
+            lists.append(
+                (
+                    sim.indices[lo:hi][order].astype(np.int64),
+                    sim.data[lo:hi][order].astype(np.float64),
+                )
+            )
+        unit = engine.unit_factors
+        if unit is not None and item < n_train:
+            cos = unit @ unit[item]
+            top = np.argsort(-cos, kind="stable")[: n + 1]
+            lists.append((top.astype(np.int64), cos[top].astype(np.float64)))
+        if engine.content is not None:
+            profile = engine.content.profile(np.array([item]), np.ones(1), cat.n_items)
+            if profile is not None:
+                cs = engine.content.scores(*profile, cat.n_items)
+                top = np.argsort(-cs, kind="stable")[: n + 1]
+                top = top[cs[top] > 0]
+                lists.append((top.astype(np.int64), cs[top]))
+        items: list[int] = []
+        scores: list[float] = []
+        for ids, vals in lists:
+            for i, v in zip(ids.tolist(), vals.tolist(), strict=True):
+                if len(items) >= n:
+                    break
+                if i == item or i in items or not cat.available[i]:
+                    continue
+                items.append(int(i))
+                scores.append(min(v, scores[-1]) if scores else v)
+        return ItemList(np.array(items, dtype=np.int64), np.array(scores, dtype=np.float32))
+
+    # ===================================================== Recommender API
+    @property
+    def n_items(self) -> int:
+        return self.state.engine.catalog.n_items
+
+    def recommend_batch(
+        self,
+        users: NDArray[np.int64],
+        user_items: sp.csr_matrix,
+        n: int = 10,
+        *,
+        exclude_seen: bool = True,
+    ) -> TopN:
+        """One `recommend_query` per user: history = the row's items (weights
+        = its values), no session."""
+        users = np.asarray(users, dtype=np.int64)
+        rows = sp.csr_matrix(user_items)
+        if rows.shape[0] != len(users):
+            raise ValueError(f"user_items has {rows.shape[0]} rows for {len(users)} users")
+        self.state  # noqa: B018 - raises NotFittedError before any work
+        out_items = np.full((len(users), n), -1, dtype=np.int64)
+        out_scores = np.full((len(users), n), -np.inf, dtype=np.float32)
+        for r, u in enumerate(users):
+            query = _row_query(int(u), rows, r, n)
+            recs = self._recommend(query, exclude_seen=exclude_seen)
+            for k, rec in enumerate(recs[:n]):
+                out_items[r, k] = rec.item
+                out_scores[r, k] = rec.score
+        return TopN(out_items, out_scores)
+
+    def score_batch(
+        self, users: NDArray[np.int64], user_items: sp.csr_matrix
+    ) -> NDArray[np.float32]:
+        """Scores of the served order: every item the funnel would list gets
+        its list score, the others (seen, filtered) -inf. Costly: one full
+        funnel run per user, listing the whole catalog."""
+        users = np.asarray(users, dtype=np.int64)
+        rows = sp.csr_matrix(user_items)
+        out = np.full((len(users), self.n_items), -np.inf, dtype=np.float32)
+        for r, u in enumerate(users):
+            for rec in self._recommend(
+                _row_query(int(u), rows, r, self.n_items), exclude_seen=True
+            ):
+                out[r, rec.item] = rec.score
+        return out
+
+    # ======================================================== vocabulary
+    @property
+    def version(self) -> str:
+        """Digest of config, data snapshot and fit time of this funnel."""
+        return self.state.version
+
+    @property
+    def user_ids(self) -> NDArray[np.object_]:
+        return self.state.user_ids
+
+    @property
+    def item_ids(self) -> NDArray[np.object_]:
+        return self.state.engine.catalog.item_ids
+
+    def user_index(self, user_id: str) -> int:
+        """The user's training index, -1 when the funnel has not seen them."""
+        if self._user_lookup is None:
+            self._user_lookup = {str(v): k for k, v in enumerate(self.state.user_ids)}
+        return self._user_lookup.get(str(user_id), -1)
+
+    def item_index(self, item_id: str) -> int:
+        """The item's index; raises `UnknownIdError` naming an unknown id."""
+        return self.state.engine.catalog.index(item_id)
+
+    def item_title(self, item: int) -> str:
+        self._check_items(np.array([item]))
+        return str(self.state.engine.catalog.titles[item])
+
+    def item_categories(self, item: int) -> list[str]:
+        self._check_items(np.array([item]))
+        return self.state.engine.catalog.categories_of(item)
+
+    def is_available(self, item: int) -> bool:
+        self._check_items(np.array([item]))
+        return bool(self.state.engine.catalog.available[item])
+
+    # ========================================================= catalog
+    def add_items(self, items: pd.DataFrame) -> None:
+        """Add unknown items (cold start: the content source can propose them
+        at once) and update the metadata and availability of known ones; no
+        retraining. Columns: `item_id` plus any of ITEM_COLUMNS and `available`."""
+        if "item_id" not in items:
+            raise ValueError("add_items needs an `item_id` column")
+        engine = self.state.engine
+        cat = engine.catalog
+        frame = items.drop_duplicates("item_id", keep="last").reset_index(drop=True)
+        frame["item_id"] = frame["item_id"].astype(str)
+        idx = np.array([cat.find(i) for i in frame["item_id"]], dtype=np.int64)
+        known = idx >= 0
+        text_cols = {"title", "text", "categories"} & set(frame.columns)
+        if known.any():
+            old = frame[known].reset_index(drop=True)
+            cat.update(idx[known], old)
+            if engine.content is not None and text_cols:
+                engine.content.set_rows(idx[known], engine.documents(old), cat.n_items)
+        if (~known).any():
+            new = frame[~known].reset_index(drop=True)
+            added = cat.append(new)
+            if engine.content is not None:
+                engine.content.set_rows(added, engine.documents(new), cat.n_items)
+
+    # ======================================================== persistence
+    def save(self, path: str | Path) -> Path:
+        """A directory: config.toml, funnel.json, catalog and user arrays
+        (npz), each sub-model in its own folder by its own `save`, the FAISS
+        index (`faiss.write_index`) and the ranker (LightGBM text). No pickle."""
+        state = self.state
+        engine = state.engine
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.toml").write_text(self.config.to_toml())
+        engine.catalog.save(path / "catalog.npz")
+        np.savez(
+            path / "users.npz",
+            user_ids=np.array([str(u) for u in state.user_ids], dtype=str),
+            train_count=engine.user_train_count,
+            train_sum=engine.user_train_sum,
+        )
+        parts: dict[str, bool] = {}
+        for name in ("als", "itemknn", "ease"):
+            model = getattr(engine, name)
+            parts[name] = model is not None
+            if model is not None:
+                model.save(path / name)
+        parts["content"] = engine.content is not None
+        if engine.content is not None:
+            engine.content.model.save(path / "content")
+            engine.content.save(path / "content_delta.npz")
+        parts["ann"] = engine.ann is not None
+        if engine.ann is not None:
+            engine.ann.save(path / "ann")
+        parts["ranker"] = state.ranker is not None
+        if state.ranker is not None:
+            state.ranker.save(path / "ranker.txt")
+        meta = {
+            "model": self.name,
+            "format": _FORMAT,
+            "version": state.version,
+            "fitted_at": state.fitted_at,
+            "snapshot_time": engine.snapshot_time,
+            "n_train_items": engine.n_train_items,
+            "event_weights": engine.event_weights,
+            "parts": parts,
+        }
+        (path / "funnel.json").write_text(json.dumps(meta, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Funnel:
+        """Read a funnel written by `save`."""
+        path = Path(path)
+        meta_file = path / "funnel.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{path} holds no saved funnel (no funnel.json)")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path}: funnel format {meta.get('format')} is not {_FORMAT}")
+        funnel = cls(FunnelConfig.from_toml((path / "config.toml").read_text()))
+        parts = meta["parts"]
+        als = ALS.load(path / "als") if parts["als"] else None
+        itemknn = ItemKNN.load(path / "itemknn") if parts["itemknn"] else None
+        ease = EASE.load(path / "ease") if parts["ease"] else None
+        content = None
+        if parts["content"]:
+            model = ContentTFIDF.load(path / "content")
+            assert isinstance(model, ContentTFIDF)
+            content = ContentIndex.load(model, path / "content_delta.npz")
+        users = np.load(path / "users.npz", allow_pickle=False)
+        engine = Engine(
+            funnel.config.sources,
+            Catalog.load(path / "catalog.npz"),
+            {str(k): float(v) for k, v in meta["event_weights"].items()},
+            als=als,  # type: ignore[arg-type]
+            ann=AnnIndex.load(path / "ann") if parts["ann"] else None,
+            itemknn=itemknn,  # type: ignore[arg-type]
+            ease=ease,  # type: ignore[arg-type]
+            content=content,
+            user_train_count=users["train_count"].astype(np.int64),
+            user_train_sum=users["train_sum"].astype(np.int64),
+            n_train_items=int(meta["n_train_items"]),
+            snapshot_time=float(meta["snapshot_time"]),
+        )
+        ranker = LTRRanker.load(path / "ranker.txt") if parts["ranker"] else None
+        funnel._state = FunnelState(
+            engine=engine,
+            ranker=ranker,
+            user_ids=users["user_ids"].astype(object),
+            version=str(meta["version"]),
+            fitted_at=float(meta["fitted_at"]),
+        )
+        return funnel
+
+
+# ======================================================================= helpers
+def _build_engine(
+    dataset: Dataset,
+    cfg: FunnelConfig,
+    content: ContentTFIDF | None,
+    *,
+    exact_ann: bool = False,
+) -> Engine:
+    """Fit the candidate models of a snapshot (content is fitted once, on
+    item text only, and shared)."""
+    src = cfg.sources
+    times = dataset.events["timestamp"].to_numpy(np.float64)
+    finite = times[np.isfinite(times)]
+    snapshot = float(finite.max()) if len(finite) else 0.0
+    catalog = Catalog.from_dataset(dataset, cfg.trending, snapshot)
+    als = ann = itemknn = ease = None
+    if src.ann > 0:
+        als = ALS(cfg.als).fit(dataset)
+        ann = AnnIndex.build(als.state.item_factors, cfg.ann, exact=True if exact_ann else None)
+    if src.item_to_item > 0:
+        itemknn = ItemKNN(cfg.itemknn).fit(dataset)
+    if src.ease > 0 and dataset.n_items <= src.ease_max_items:
+        ease = EASE(cfg.ease).fit(dataset)
+    matrix = dataset.matrix
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    train_sum = np.bincount(
+        rows, weights=matrix.indices.astype(np.float64), minlength=matrix.shape[0]
+    )
+    return Engine(
+        src,
+        catalog,
+        dict(dataset.weights.weights),
+        als=als,
+        ann=ann,
+        itemknn=itemknn,
+        ease=ease,
+        content=ContentIndex(content) if content is not None else None,
+        user_train_count=np.diff(matrix.indptr).astype(np.int64),
+        user_train_sum=np.rint(train_sum).astype(np.int64),
+        n_train_items=dataset.n_items,
+        snapshot_time=snapshot,
+    )
+
+
+def _row_query(user: int, rows: sp.csr_matrix, r: int, n: int) -> Query:
+    """The query of one user_items row: history = its items, no session."""
+    lo, hi = rows.indptr[r], rows.indptr[r + 1]
+    return Query(
+        user=user,
+        history=rows.indices[lo:hi].astype(np.int64),
+        history_weights=rows.data[lo:hi].astype(np.float32),
+        n=n,
+    )
+
+
+def _training_query(
+    user: int, history: sp.csr_matrix, last_time: sp.csr_matrix, session_length: int
+) -> Query:
+    """A training user's query from their fit part: history, and optionally
+    their latest interactions as the session."""
+    lo, hi = history.indptr[user], history.indptr[user + 1]
+    recent: tuple[int, ...] = ()
+    if session_length > 0:
+        tlo, thi = last_time.indptr[user], last_time.indptr[user + 1]
+        order = np.argsort(-last_time.data[tlo:thi], kind="stable")[:session_length]
+        recent = tuple(int(i) for i in last_time.indices[tlo:thi][order])
+    return Query(
+        user=user,
+        history=history.indices[lo:hi].astype(np.int64),
+        history_weights=history.data[lo:hi].astype(np.float32),
+        recent=recent,
+    )
+
+
+def _digest(cfg: FunnelConfig, dataset: Dataset, fitted_at: float) -> str:
+    """A short digest of config, data snapshot and fit time."""
+    h = hashlib.sha256()
+    h.update(cfg.to_toml().encode())
+    m = dataset.matrix
+    h.update(np.array([m.shape[0], m.shape[1], m.nnz], dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(m.indptr).tobytes())
+    h.update(np.ascontiguousarray(m.indices).tobytes())
+    h.update(np.ascontiguousarray(m.data).tobytes())
+    h.update("\n".join(str(i) for i in dataset.item_ids).encode())
+    h.update(repr(fitted_at).encode())
+    return h.hexdigest()[:16]
+
+
+__all__ = [
+    "BlendConfig",
+    "Funnel",
+    "FunnelConfig",
+    "FunnelState",
+    "NotFittedError",
+    "UnknownIdError",
+    "load_funnel_config",
+]

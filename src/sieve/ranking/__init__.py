@@ -1,0 +1,1 @@
+"""Learned ranking of candidates: shared offline/online features and LambdaMART."""

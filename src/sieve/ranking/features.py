@@ -1,0 +1,167 @@
+"""Ranking features of (request, candidate) pairs.
+
+One function, `candidate_features`, builds the feature matrix both for the
+ranker's training set (offline, on held-out training interactions) and for
+every live request (online): the same code path on both sides, so there is
+no train/serve skew by construction (the lesson of Metarank and of every
+"why does offline not match online" post-mortem).
+
+Features, one column each (NaN = missing, which LightGBM routes on its own):
+
+- per source: its score and rank (missing when it did not propose the item),
+  and `n_sources`, how many sources proposed it;
+- model scores computed for every candidate: ALS inner product, item-kNN
+  score, content cosine, EASE score, each also as the gap to the best
+  candidate of the request (scale-free across users);
+- similarity to the anchors (the session's recent items, else the history):
+  max and mean item-kNN similarity, max and mean ALS-embedding cosine;
+- item: log popularity, log trending score, age in days;
+- user: log history size, share of the history in the item's categories
+  (sum and max over them);
+- request context: hour, weekday, device code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sieve.retrieval.sources import SOURCES, Candidates, Engine, Request, positions
+
+#: Request device names and their codes (others get `len(DEVICES)`).
+DEVICES: tuple[str, ...] = ("desktop", "mobile", "tablet", "tv", "app")
+#: Anchors used for the embedding-cosine features.
+MAX_EMBEDDING_ANCHORS = 20
+
+#: Model scores computed for every candidate (per-request normalised features).
+MODEL_SCORES: tuple[str, ...] = ("als", "knn", "content", "ease")
+
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"src_{s}_rank" for s in SOURCES),
+    "n_sources",
+    *(f"{m}_{kind}" for m in MODEL_SCORES for kind in ("z", "pct")),
+    "knn_max_sim",
+    "knn_mean_sim",
+    "emb_max_cos",
+    "emb_mean_cos",
+    "content_cos",
+    "popularity_pct",
+    "trending_pct",
+    "age_days",
+    "history_size",
+    "category_affinity",
+    "category_affinity_max",
+    "hour",
+    "weekday",
+    "device",
+)
+_COLUMN = {name: k for k, name in enumerate(FEATURE_NAMES)}
+
+
+def candidate_features(engine: Engine, req: Request, cands: Candidates) -> NDArray[np.float32]:
+    """The feature matrix (len(cands) × len(FEATURE_NAMES)) of a request's
+    candidates; used unchanged offline (training set) and online."""
+    n = len(cands)
+    x = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
+    if n == 0:
+        return x
+    items = cands.items
+    n_src = len(SOURCES)
+    x[:, :n_src] = cands.ranks
+    x[:, _COLUMN["n_sources"]] = cands.n_sources
+    n_train = engine.n_train_items
+    trained = items < n_train
+    tr_items = items[trained]
+
+    vec = engine.user_vector(req)
+    if vec is not None and engine.als is not None:
+        _put_normalised(x, "als", trained, engine.als.state.item_factors[tr_items] @ vec)
+
+    knn = engine.knn(req)
+    if knn is not None:
+        _put_normalised(x, "knn", trained, knn.score[tr_items])
+        pos = positions(knn.entry_item, items)
+        hit = pos >= 0
+        max_sim = np.zeros(n, np.float32)
+        np.maximum.at(max_sim, pos[hit], knn.entry_sim[hit])
+        sum_sim = np.bincount(pos[hit], weights=knn.entry_sim[hit], minlength=n)
+        n_anchors = max(int((req.anchors < n_train).sum()), 1)
+        x[:, _COLUMN["knn_max_sim"]] = max_sim
+        x[:, _COLUMN["knn_mean_sim"]] = sum_sim / n_anchors
+
+    unit = engine.unit_factors
+    if unit is not None:
+        anchors = req.anchors[req.anchors < n_train][:MAX_EMBEDDING_ANCHORS]
+        if len(anchors) and len(tr_items):
+            cos = unit[tr_items] @ unit[anchors].T
+            x[trained, _COLUMN["emb_max_cos"]] = cos.max(axis=1)
+            x[trained, _COLUMN["emb_mean_cos"]] = cos.mean(axis=1)
+
+    content = engine.content_scores(req)
+    if content is not None:
+        _put_normalised(x, "content", np.ones(n, bool), content[items])
+        x[:, _COLUMN["content_cos"]] = content[items]
+
+    ease = engine.ease_scores(req)
+    if ease is not None:
+        _put_normalised(x, "ease", trained, ease[tr_items])
+
+    cat = engine.catalog
+    x[:, _COLUMN["popularity_pct"]] = cat.percentile("popular")[items]
+    x[:, _COLUMN["trending_pct"]] = cat.percentile("trending")[items]
+    x[:, _COLUMN["age_days"]] = (req.now - cat.created_at[items]) / 86_400.0
+    x[:, _COLUMN["history_size"]] = np.log1p(len(req.interactions))
+    if len(req.interactions) and cat.n_categories:
+        member = cat.item_categories[items]
+        aff = req.affinity[: member.shape[1]]
+        x[:, _COLUMN["category_affinity"]] = member @ aff
+        contrib = member.multiply(aff[None, :]).tocsr()
+        x[:, _COLUMN["category_affinity_max"]] = contrib.max(axis=1).toarray().ravel()
+
+    ctx = req.query.context
+    if ctx.hour is not None:
+        x[:, _COLUMN["hour"]] = ctx.hour
+    if ctx.weekday is not None:
+        x[:, _COLUMN["weekday"]] = ctx.weekday
+    if ctx.device is not None:
+        code = DEVICES.index(ctx.device) if ctx.device in DEVICES else len(DEVICES)
+        x[:, _COLUMN["device"]] = code
+    return x
+
+
+def _put_normalised(
+    x: NDArray[np.float32], model: str, rows: NDArray[np.bool_], values: NDArray[np.floating]
+) -> None:
+    """A model's scores as z-scores and rank percentiles (0 = best) among the
+    request's candidates: comparable across users and across refits, where
+    raw scores drift (a model refitted on more data scores higher)."""
+    if len(values) == 0:
+        return
+    v = np.asarray(values, dtype=np.float64)
+    sd = float(v.std())
+    x[rows, _COLUMN[f"{model}_z"]] = (v - v.mean()) / sd if sd > 0 else 0.0
+    rank = np.empty(len(v))
+    rank[np.argsort(-v, kind="stable")] = np.arange(len(v))
+    x[rows, _COLUMN[f"{model}_pct"]] = rank / len(v)
+
+
+#: Models whose z-score can serve as the ranker's base score, strongest first.
+BASE_MODELS: tuple[str, ...] = ("ease", "als", "knn")
+
+
+def base_score(x: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Each candidate's base score for the ranker: the z-score of the
+    strongest collaborative model the request has (EASE, else ALS, else
+    item-kNN); items that model does not know (added after training) take
+    their content z-score, and items nothing scores sit 1 below the lowest."""
+    base = np.full(len(x), np.nan)
+    for model in BASE_MODELS:
+        z = x[:, _COLUMN[f"{model}_z"]].astype(np.float64)
+        if not np.isnan(z).all():
+            base = z
+            break
+    content = x[:, _COLUMN["content_z"]].astype(np.float64)
+    base = np.where(np.isnan(base), content, base)
+    if np.isnan(base).all():
+        return np.zeros(len(x))
+    return np.where(np.isnan(base), np.nanmin(base) - 1.0, base)

@@ -1,0 +1,277 @@
+"""Learning to rank the merged candidates: LightGBM LambdaMART.
+
+Training labels come from the training data itself: each sampled user's
+training interactions are split into a "fit" part and a held-out "label"
+part (`holdout_labels`); the candidate models are fitted without the label
+parts (per fold of users, `fold_users`/`fold_fit_part`, so that each refit
+misses only a small share of the data, as the serving models miss none), the
+funnel generates candidates for each user from their fit part, and a
+candidate is relevant when it is in the user's label part. One query group
+per user; groups without a relevant or without an irrelevant candidate teach
+LambdaMART nothing and are dropped. The pipeline then refits the candidate
+models on all training data for serving.
+
+The booster starts from a base score (`RankerConfig.base_weight` times the
+z-score of the strongest collaborative model among the request's
+candidates): it learns corrections to that model rather than a ranking from
+scratch. On MovieLens 100K, where EASE is hard to beat, LambdaMART from
+scratch loses to EASE (NDCG@10 0.466 vs 0.4815) while the anchored one
+gains on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightgbm as lgb
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from sieve.config import Config, ConfigError
+from sieve.data.dataset import Dataset
+from sieve.data.split import random_split
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerConfig(Config):
+    """LambdaMART ranker settings.
+
+    - `enabled`: rank with the learned model; off, candidates are ordered by
+      a reciprocal-rank blend of their sources (`BlendConfig`).
+    - `holdout`: how each user's training interactions are split into fit
+      and label parts: "random" (matches a random offline split) or
+      "temporal" (the latest interactions are the labels, like live
+      traffic, where the next click is predicted).
+    - `holdout_fraction`: share of each user's interactions held out as labels.
+    - `max_users`: users sampled for the training set (seeded).
+    - `max_holdout_share`, `max_folds`: the sampled users are split into
+      folds, each fold's labels held out from its own refit of the candidate
+      models, so that each refit misses at most this share of the
+      interactions (at most `max_folds` refits): features of the training set
+      then come from models fitted on nearly all the data, like at serving
+      time. Large datasets need one fold; small ones several.
+    - `base_weight`: LambdaMART boosts from (learns a correction to) this
+      multiple of a base score, the per-request z-score of the strongest
+      collaborative model (EASE, else ALS, else item-kNN; content for items
+      none of them knows); 0 learns from scratch. Anchoring to the best
+      single model keeps its fine ordering, which trees of a few leaves
+      cannot reproduce, and lets the trees fix what it misses.
+    - `session_length`: latest fit-part interactions given to each training
+      query as its session (`recent`), to train on requests shaped like live
+      ones; 0 trains on history-only requests, like `recommend_batch`.
+    - `n_estimators`, `learning_rate`, `num_leaves`, `min_child_samples`:
+      the boosted trees; `subsample` / `colsample`: row (bagging) and
+      feature fractions per tree.
+    - `truncation_level`: LambdaMART's pairs are weighted up to this rank.
+    - `seed`: seed of the holdout split, the user sample and LightGBM.
+    - `num_threads`: training threads (0 = all cores); prediction always
+      uses one thread (one request per core).
+    """
+
+    enabled: bool = True
+    holdout: Literal["random", "temporal"] = "random"
+    holdout_fraction: float = 0.3
+    max_users: int = 3000
+    max_holdout_share: float = 0.02
+    max_folds: int = 5
+    session_length: int = 0
+    base_weight: float = 0.5
+    n_estimators: int = 100
+    learning_rate: float = 0.03
+    num_leaves: int = 7
+    min_child_samples: int = 100
+    subsample: float = 1.0
+    colsample: float = 0.5
+    truncation_level: int = 20
+    seed: int = 42
+    num_threads: int = 0
+
+    def validate(self) -> None:
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError("RankerConfig.holdout_fraction must be in (0, 1)")
+        if not 0 < self.max_holdout_share <= 1:
+            raise ConfigError("RankerConfig.max_holdout_share must be in (0, 1]")
+        if self.base_weight < 0:
+            raise ConfigError("RankerConfig.base_weight must be >= 0")
+        for name in ("max_users", "max_folds", "n_estimators", "num_leaves", "min_child_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"RankerConfig.{name} must be >= 1")
+        if self.session_length < 0:
+            raise ConfigError("RankerConfig.session_length must be >= 0")
+        if self.learning_rate <= 0:
+            raise ConfigError("RankerConfig.learning_rate must be > 0")
+        for name in ("subsample", "colsample"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"RankerConfig.{name} must be in (0, 1]")
+        if self.truncation_level < 1:
+            raise ConfigError("RankerConfig.truncation_level must be >= 1")
+        if self.num_threads < 0:
+            raise ConfigError("RankerConfig.num_threads must be >= 0")
+
+
+def holdout_labels(dataset: Dataset, config: RankerConfig) -> sp.csr_matrix:
+    """Per user, the interactions held out as labels (users × items, 1 where
+    held out): a random share, or the latest ones (`config.holdout`)."""
+    if config.holdout == "random":
+        split = random_split(dataset, 1.0 - config.holdout_fraction, config.seed)
+        return sp.csr_matrix(split.test.matrix > 0, dtype=np.float32)
+    ev = dataset.events
+    u = ev["user_idx"].to_numpy(np.int64)
+    i = ev["item_idx"].to_numpy(np.int64)
+    t = np.nan_to_num(ev["timestamp"].to_numpy(np.float64), nan=-np.inf)
+    keys, pair = np.unique(u * dataset.n_items + i, return_inverse=True)
+    latest = np.full(len(keys), -np.inf)
+    np.maximum.at(latest, pair, t)
+    pair_user = keys // max(dataset.n_items, 1)
+    counts = np.bincount(pair_user, minlength=dataset.n_users)
+    order = np.lexsort((-latest, pair_user))  # per user, latest first
+    starts = np.cumsum(counts) - counts
+    rank = np.empty(len(keys), np.int64)
+    rank[order] = np.arange(len(keys)) - starts[pair_user[order]]
+    n_label = np.floor(counts * config.holdout_fraction + 0.5).astype(np.int64)
+    n_label[counts < 2] = 0
+    held = rank < n_label[pair_user]
+    return sp.csr_matrix(
+        (np.ones(int(held.sum()), np.float32), (pair_user[held], keys[held] % dataset.n_items)),
+        shape=(dataset.n_users, dataset.n_items),
+    )
+
+
+def fold_fit_part(dataset: Dataset, labels: sp.csr_matrix, users: NDArray[np.int64]) -> Dataset:
+    """The snapshot without the held-out label interactions of `users`."""
+    in_fold = np.zeros(dataset.n_users, dtype=bool)
+    in_fold[users] = True
+    ev = dataset.events
+    u = ev["user_idx"].to_numpy(np.int64)
+    i = ev["item_idx"].to_numpy(np.int64)
+    coo = labels.tocoo()
+    label_keys = np.sort(coo.row.astype(np.int64) * dataset.n_items + coo.col)
+    keys = u * dataset.n_items + i
+    pos = np.minimum(np.searchsorted(label_keys, keys), max(len(label_keys) - 1, 0))
+    is_label = (label_keys[pos] == keys) if len(label_keys) else np.zeros(len(keys), bool)
+    return dataset.subset(~(in_fold[u] & is_label))
+
+
+def fold_users(
+    users: NDArray[np.int64], labels: sp.csr_matrix, total: int, config: RankerConfig
+) -> list[NDArray[np.int64]]:
+    """The sampled users split into folds so that each fold holds out at most
+    `max_holdout_share` of the `total` interactions (at most `max_folds`)."""
+    held = int(labels[users].nnz)
+    n_folds = int(np.ceil(held / max(config.max_holdout_share * total, 1.0)))
+    n_folds = max(1, min(config.max_folds, n_folds, len(users)))
+    rng = np.random.default_rng(config.seed + 1)
+    return [np.sort(f) for f in np.array_split(rng.permutation(users), n_folds)]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSet:
+    """Feature rows, 0/1 labels, query-group sizes (one group per user) and
+    each row's base score (the boosting start)."""
+
+    x: NDArray[np.float32]
+    y: NDArray[np.float32]
+    groups: NDArray[np.int64]
+    base: NDArray[np.float64]
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+
+def collect(
+    requests: Sequence[tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]],
+    labels: Sequence[NDArray[np.int64]],
+) -> TrainingSet:
+    """Stack per-user (candidates, features, base scores) with label 1 for
+    candidates in the user's held-out items; drops groups that are all
+    relevant or all irrelevant (no pair to learn from)."""
+    xs: list[NDArray[np.float32]] = []
+    ys: list[NDArray[np.float32]] = []
+    bases: list[NDArray[np.float64]] = []
+    groups: list[int] = []
+    for (items, x, base), held in zip(requests, labels, strict=True):
+        y = np.isin(items, held).astype(np.float32)
+        if len(y) == 0 or y.all() or not y.any():
+            continue
+        xs.append(x)
+        ys.append(y)
+        bases.append(base)
+        groups.append(len(y))
+    if not xs:
+        return TrainingSet(
+            np.empty((0, 0), np.float32),
+            np.empty(0, np.float32),
+            np.empty(0, np.int64),
+            np.empty(0, np.float64),
+        )
+    return TrainingSet(
+        np.vstack(xs), np.concatenate(ys), np.array(groups, dtype=np.int64), np.concatenate(bases)
+    )
+
+
+class LTRRanker:
+    """A trained LambdaMART booster and the feature names it expects."""
+
+    def __init__(self, booster: lgb.Booster, feature_names: Sequence[str]) -> None:
+        self.booster = booster
+        self.feature_names = tuple(feature_names)
+
+    @classmethod
+    def train(
+        cls, data: TrainingSet, feature_names: Sequence[str], config: RankerConfig
+    ) -> LTRRanker:
+        """Fit `LGBMRanker(objective="lambdarank")` on the query groups."""
+        model = lgb.LGBMRanker(
+            objective="lambdarank",
+            n_estimators=config.n_estimators,
+            learning_rate=config.learning_rate,
+            num_leaves=config.num_leaves,
+            min_child_samples=config.min_child_samples,
+            subsample=config.subsample,
+            subsample_freq=1 if config.subsample < 1 else 0,
+            colsample_bytree=config.colsample,
+            lambdarank_truncation_level=config.truncation_level,
+            random_state=config.seed,
+            n_jobs=config.num_threads if config.num_threads > 0 else None,
+            deterministic=True,
+            force_row_wise=True,
+            verbose=-1,
+        )
+        model.fit(
+            data.x,
+            data.y,
+            group=data.groups,
+            init_score=data.base,
+            feature_name=list(feature_names),
+        )
+        return cls(model.booster_, feature_names)
+
+    def predict(self, x: NDArray[np.float32], base: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Relevance of feature rows: base score plus the boosted correction
+        (one thread)."""
+        if len(x) == 0:
+            return np.empty(0, np.float64)
+        raw = self.booster.predict(x, raw_score=True, num_threads=1)
+        return np.asarray(raw, dtype=np.float64) + base
+
+    def importance(self) -> dict[str, float]:
+        """Total gain per feature, largest first."""
+        gain = self.booster.feature_importance(importance_type="gain")
+        pairs = sorted(zip(self.feature_names, gain, strict=True), key=lambda p: -p[1])
+        return {name: float(g) for name, g in pairs}
+
+    def save(self, path: str | Path) -> Path:
+        """The booster as LightGBM's text model format."""
+        path = Path(path)
+        self.booster.save_model(str(path))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LTRRanker:
+        booster = lgb.Booster(model_file=str(path))
+        return cls(booster, booster.feature_name())

@@ -1,0 +1,2 @@
+"""Re-ranking: diversity, category cap, calibration, freshness, long-tail
+exposure, business rules and explanations."""

@@ -1,0 +1,1 @@
+"""Candidate generation: the funnel's sources, their merge and the ANN index."""

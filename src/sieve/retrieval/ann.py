@@ -1,0 +1,137 @@
+"""Maximum-inner-product search over item embeddings with FAISS.
+
+Small catalogs get an exact `IndexFlatIP` (brute force is both exact and fast
+there). Large ones get an HNSW graph searched directly with the inner product
+(`IndexHNSWFlat` with `METRIC_INNER_PRODUCT`, the "ip-NSW" of Morozov &
+Babenko, NeurIPS 2018). The usual reduction of MIPS to L2 search (an extra
+coordinate sqrt(M² − ‖x‖²) that equalises the norms) was measured and
+rejected: ALS item norms grow with popularity, so the extra coordinate
+dominates most vectors, they crowd together, and recall@100 fell to 0.1-0.4
+where the plain inner-product graph reaches 0.97 (`benchmarks/bench_ann.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+from numpy.typing import NDArray
+
+from sieve.config import Config, ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnConfig(Config):
+    """ANN index settings.
+
+    - `exact_max_items`: catalogs up to this size use exact search
+      (`IndexFlatIP`); larger ones use HNSW.
+    - `hnsw_m`: HNSW graph degree (links per node); more is slower to build,
+      more accurate to search.
+    - `ef_construction`: HNSW beam width while building.
+    - `ef_search`: HNSW beam width while searching (raised to k when a search
+      asks for more than that); the recall/latency knob.
+    - `search_threads`: OpenMP threads of FAISS while serving (1: one request
+      per core, no thread contention between concurrent requests).
+    """
+
+    exact_max_items: int = 20_000
+    hnsw_m: int = 32
+    ef_construction: int = 120
+    ef_search: int = 256
+    search_threads: int = 1
+
+    def validate(self) -> None:
+        if self.exact_max_items < 0:
+            raise ConfigError("AnnConfig.exact_max_items must be >= 0")
+        if self.hnsw_m < 4:
+            raise ConfigError("AnnConfig.hnsw_m must be >= 4")
+        if self.ef_construction < 1 or self.ef_search < 1:
+            raise ConfigError("AnnConfig.ef_construction and ef_search must be >= 1")
+        if self.search_threads < 1:
+            raise ConfigError("AnnConfig.search_threads must be >= 1")
+
+
+class AnnIndex:
+    """Top-k inner-product search over a fixed set of item vectors.
+
+    Ids are row positions of the vectors given to `build`; `search` returns
+    them best first, padded with -1 (score -inf) where fewer than k exist.
+    """
+
+    def __init__(self, index: faiss.Index, dim: int, exact: bool, config: AnnConfig) -> None:
+        self.index = index
+        self.dim = dim
+        self.exact = exact
+        self.config = config
+
+    @classmethod
+    def build(
+        cls,
+        vectors: NDArray[np.floating],
+        config: AnnConfig | None = None,
+        *,
+        exact: bool | None = None,
+    ) -> AnnIndex:
+        """Index `vectors` (n × d); `exact` forces (or forbids) brute force,
+        otherwise the catalog size decides."""
+        cfg = config or AnnConfig()
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, dim = x.shape
+        use_exact = n <= cfg.exact_max_items if exact is None else exact
+        if use_exact:
+            index: faiss.Index = faiss.IndexFlatIP(dim)
+            index.add(x)
+            return cls(index, dim, True, cfg)
+        hnsw = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = cfg.ef_construction
+        hnsw.add(x)
+        return cls(hnsw, dim, False, cfg)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(
+        self, queries: NDArray[np.floating], k: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """The k items of largest inner product with each query row (q × d,
+        or one d-vector), best first: (ids, scores), each q × k."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
+        k = max(1, min(k, self.n_items)) if self.n_items else 0
+        if k == 0:
+            return np.full((len(q), 0), -1, np.int64), np.full((len(q), 0), -np.inf, np.float32)
+        if faiss.omp_get_max_threads() != self.config.search_threads:
+            faiss.omp_set_num_threads(self.config.search_threads)
+        if self.exact:
+            scores, ids = self.index.search(q, k)
+        else:
+            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
+            scores, ids = self.index.search(q, k, params=params)
+        ids = ids.astype(np.int64)
+        scores = scores.astype(np.float32)
+        scores[ids < 0] = -np.inf
+        return ids, scores
+
+    # ---------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """`faiss.write_index` plus a small JSON sidecar (dimension, kind, config)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(path / "index.faiss"))
+        meta = {"dim": self.dim, "exact": self.exact, "config": self.config.to_dict()}
+        (path / "index.json").write_text(json.dumps(meta, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> AnnIndex:
+        path = Path(path)
+        meta = json.loads((path / "index.json").read_text())
+        index = faiss.read_index(str(path / "index.faiss"))
+        config = AnnConfig.from_dict(meta["config"])
+        return cls(index, int(meta["dim"]), bool(meta["exact"]), config)

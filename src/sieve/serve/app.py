@@ -1,0 +1,239 @@
+"""The FastAPI application: `create_app(settings)`.
+
+No module-level state: every app gets its settings, key ring and (at start-up,
+in the lifespan) its own `Engine` — store, cache and the current funnel. Tests
+build as many apps as they like.
+
+Cross-cutting behaviour lives here:
+
+- `Server-Timing: app;dur=<ms>` on every response: the time from the request
+  reaching the app to its response headers (a JSON body is rendered before
+  the headers are sent, so this is the whole server-side time);
+- request bodies whose `Content-Length` exceeds `max_body_bytes` → 413 before
+  they are read (a chunked body without a length is bounded only by the
+  per-request item limits);
+- an access log on `sieve.serve.access` (method, path, status, milliseconds,
+  the API key's *name*) — headers are never logged, so neither are keys;
+- errors as `{"detail": ...}`: 422 lists `{loc, msg, type}` without echoing
+  the input; store/cache outages → 503; data the database refuses → 422;
+  anything else → 500 with a generic message (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sieve import __version__
+from sieve.data.schema import UnknownIdError
+from sieve.serve.auth import KeyRing
+from sieve.serve.engine import Engine, InvalidInput, NoModelError, TooLarge
+from sieve.serve.routes import events, items, recommendations, system, users
+from sieve.settings import Settings
+from sieve.storage import CacheError, StoreError, StoreUnavailable
+
+log = logging.getLogger("sieve.serve")
+access_log = logging.getLogger("sieve.serve.access")
+
+DESCRIPTION = """\
+A recommender service: catalog (items, users), an append-only event log, and
+recommendations from the trained funnel.
+
+**Authentication.** Send an API key as `Authorization: Bearer <key>` or
+`X-API-Key: <key>`. Scopes: `read` (GET endpoints), `write` (catalog and
+events), `admin` (model reload, precompute; implies both others). `/health`,
+`/ready` and `/version` need no key.
+
+**Errors** are `{"detail": ...}`; 422 lists `{loc, msg, type}` per problem.
+"""
+
+
+class TimingMiddleware:
+    """Adds `Server-Timing`, enforces `max_body_bytes` and writes the access log."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                ms = (time.perf_counter() - start) * 1000
+                MutableHeaders(scope=message).append("Server-Timing", f"app;dur={ms:.3f}")
+            await send(message)
+
+        try:
+            length = self._content_length(scope)
+            if length is not None and length > self.max_body_bytes:
+                response = JSONResponse(
+                    {
+                        "detail": f"request body of {length} bytes exceeds the limit of "
+                        f"{self.max_body_bytes} bytes (max_body_bytes)"
+                    },
+                    status_code=413,
+                )
+                await response(scope, receive, timed_send)
+                return
+            await self.app(scope, receive, timed_send)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                state = scope.get("state") or {}
+                access_log.info(
+                    "%s %s %d %.1fms key=%s",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    (time.perf_counter() - start) * 1000,
+                    state.get("principal", "-"),
+                )
+
+    @staticmethod
+    def _content_length(scope: Scope) -> int | None:
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return None
+        return None
+
+
+def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _clean(errors: Any) -> list[dict[str, Any]]:
+    """pydantic's errors without `input`/`ctx`/`url`: readable, JSON-safe, no echo."""
+    out = []
+    for e in errors:
+        out.append(
+            {
+                "loc": [x if isinstance(x, int | str) else str(x) for x in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "value_error")),
+            }
+        )
+    cleaned: list[dict[str, Any]] = json.loads(json.dumps(out, default=str))
+    return cleaned
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def validation(_: Request, e: Exception) -> JSONResponse:
+        assert isinstance(e, RequestValidationError)
+        return _error(422, _clean(e.errors()))
+
+    async def model_invalid(_: Request, e: Exception) -> JSONResponse:
+        assert isinstance(e, ValidationError)
+        return _error(422, _clean(e.errors()))
+
+    async def invalid(_: Request, e: Exception) -> JSONResponse:
+        assert isinstance(e, InvalidInput)
+        return _error(422, e.errors)
+
+    async def too_large(_: Request, e: Exception) -> JSONResponse:
+        return _error(413, str(e))
+
+    async def no_model(_: Request, e: Exception) -> JSONResponse:
+        return _error(503, str(e))
+
+    async def unknown_id(_: Request, e: Exception) -> JSONResponse:
+        return _error(404, str(e))
+
+    async def store_error(_: Request, e: Exception) -> JSONResponse:
+        if isinstance(e, StoreUnavailable):
+            log.error("store unavailable: %s", e)
+            return _error(503, "the store is unavailable; retry later")
+        if isinstance(e.__cause__, sa_exc.IntegrityError | sa_exc.DataError):
+            return _error(422, f"the database refused the data: {e.__cause__.orig}")
+        log.error("store error: %s", e)
+        return _error(503, "the store failed; retry later")
+
+    async def cache_error(_: Request, e: Exception) -> JSONResponse:
+        log.error("cache error: %s", e)
+        return _error(503, "the cache is unavailable; retry later")
+
+    async def bad_text(_: Request, e: Exception) -> JSONResponse:
+        return _error(422, f"text that cannot be stored (not valid Unicode): {e}")
+
+    async def internal(request: Request, e: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path, exc_info=e)
+        return _error(500, "internal error; the server log has the details")
+
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(ValidationError, model_invalid)
+    app.add_exception_handler(InvalidInput, invalid)
+    app.add_exception_handler(TooLarge, too_large)
+    app.add_exception_handler(NoModelError, no_model)
+    app.add_exception_handler(UnknownIdError, unknown_id)
+    app.add_exception_handler(StoreError, store_error)
+    app.add_exception_handler(CacheError, cache_error)
+    app.add_exception_handler(UnicodeError, bad_text)
+    app.add_exception_handler(Exception, internal)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app serving `settings` (default: `Settings()` from the environment).
+
+    The lifespan opens the store and the cache, loads the current funnel from
+    `model_dir` (if one is trained) and, with `precompute`, fills the cache of
+    precomputed lists; it closes them at shutdown.
+    """
+    settings = settings if settings is not None else Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = Engine.open(settings)
+        app.state.engine = engine
+        if settings.precompute and engine.model_version is not None:
+            start = time.perf_counter()
+            count = engine.precompute(settings.batch_n)
+            log.info(
+                "precomputed %d lists of %d in %.1fs",
+                count,
+                settings.batch_n,
+                time.perf_counter() - start,
+            )
+        watcher = engine.watch_models(settings.model_poll_seconds)
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.set()
+            engine.close()
+
+    app = FastAPI(
+        title="sieve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.keyring = KeyRing(settings.api_keys)
+    app.add_middleware(TimingMiddleware, max_body_bytes=settings.max_body_bytes)
+    _install_error_handlers(app)
+    for module in (items, users, events, recommendations, system):
+        app.include_router(module.router(settings))
+    return app
+
+
+__all__ = ["TimingMiddleware", "create_app"]

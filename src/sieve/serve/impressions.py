@@ -1,0 +1,92 @@
+"""Impression logging off the request path.
+
+Every served list is logged (request id, user, items with positions, scores,
+sources and propensities, model version, experiment arm). Writing each one in
+the request would add a database commit to every response, so a background
+thread batches them: a response waits for nothing, and the log is at most
+`flush_seconds` behind. Attribution of a click flushes first, so a click never
+misses the impression it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+from sieve.data.records import Impression
+from sieve.storage.base import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class ImpressionLogger:
+    """Batches impressions into the store from a background thread."""
+
+    def __init__(self, store: Store, flush_seconds: float = 0.2, max_batch: int = 500) -> None:
+        self._store = store
+        self._queue: queue.SimpleQueue[Impression | None] = queue.SimpleQueue()
+        self._flush_seconds = flush_seconds
+        self._max_batch = max_batch
+        self._write_lock = threading.Lock()
+        self._closed = threading.Event()
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="sieve-impressions", daemon=True)
+        self._thread.start()
+
+    def log(self, impression: Impression) -> None:
+        """Queue one served list (never blocks the request)."""
+        self._queue.put(impression)
+
+    def flush(self) -> None:
+        """Write everything queued so far (called before attribution and at close)."""
+        batch: list[Impression] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                batch.append(item)
+        self._write(batch)
+
+    def _write(self, batch: list[Impression]) -> None:
+        if not batch:
+            return
+        with self._write_lock:
+            for start in range(0, len(batch), self._max_batch):
+                part = batch[start : start + self._max_batch]
+                try:
+                    self._store.log_impressions(part)
+                except StoreError:
+                    self.dropped += len(part)
+                    log.warning(
+                        "impression log unavailable: %d impressions lost", len(part), exc_info=True
+                    )
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            try:
+                first = self._queue.get(timeout=self._flush_seconds)
+            except queue.Empty:
+                continue
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._closed.set()
+                    break
+                batch.append(item)
+            self._write(batch)
+
+    def close(self) -> None:
+        """Stop the thread and write what is left."""
+        self._closed.set()
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+        self.flush()

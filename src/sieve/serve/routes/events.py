@@ -1,0 +1,47 @@
+"""`POST /events`: the feedback log.
+
+- One or many events per request, stored atomically (all or, on any error, none)
+  and committed before the 2xx answer.
+- Idempotent by event id: an id already stored (or repeated in the batch) is
+  not stored again; the answer counts inserted events and lists duplicates.
+- `type` must be a configured event type; `item_id` must be in the catalog
+  (422 naming each bad one, nothing stored). An unknown `user_id` is created
+  with no attributes (so clients need not register users first).
+- More than `max_batch` events → 413 with the limit.
+- After the commit each new event goes to its user's session list in the
+  cache (in batch order, so a backfilled old event counts as the most recent
+  one there), and the user's last-event time is set (a precomputed list made
+  before it is no longer served).
+- A user created here is created before the events are appended: if the
+  append then fails (store outage), the user stays, the events do not.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from sieve.serve.auth import WriteAccess
+from sieve.serve.routes import AUTH_ERRORS, TOO_LARGE, EngineDep
+from sieve.serve.schemas import EventBatch, EventsResult
+from sieve.settings import Settings
+
+
+def router(settings: Settings) -> APIRouter:
+    """The events router."""
+    r = APIRouter(prefix="/events", tags=["events"], responses=AUTH_ERRORS)
+
+    @r.post("", responses=TOO_LARGE)
+    def post_events(batch: EventBatch, engine: EngineDep, _: WriteAccess) -> EventsResult:
+        """Append events (see the module doc: atomic, idempotent by id, users auto-created)."""
+        inserted, duplicates = engine.record_events(batch.events)
+        return EventsResult(
+            received=len(batch.events),
+            inserted=inserted,
+            duplicates=len(duplicates),
+            duplicate_ids=duplicates,
+        )
+
+    return r
+
+
+__all__ = ["router"]

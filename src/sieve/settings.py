@@ -1,0 +1,192 @@
+"""Service settings: environment variables (`SIEVE_*`) over an optional TOML file.
+
+Precedence, highest first: keyword arguments (CLI flags) > environment
+variables (`SIEVE_STORE_URL`, `SIEVE_API_KEYS='[{...}]'`, …) > the TOML file
+named by `--config` or `SIEVE_CONFIG` > the defaults below. Unknown keys and
+bad values fail at start-up with a message naming the key, so a typo never
+falls back to a default silently.
+
+A TOML file uses the field names as top-level keys::
+
+    store_url = "postgresql://sieve@db/sieve"
+    cache_url = "redis://cache:6379/0?prefix=sieve:"
+    model_dir = "/var/lib/sieve/models"
+
+    [[api_keys]]
+    name = "web-frontend"
+    key_hash = "<sha256 hex of the key: `sieve keys hash`>"
+    scopes = ["read"]
+
+API keys are configured by their SHA-256 digest only (`sieve keys hash KEY`),
+so a leaked config file does not leak a usable key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from sieve.data.schema import DEFAULT_EVENT_WEIGHTS
+
+#: The scopes a key can hold; `admin` implies the other two.
+Scope = Literal["read", "write", "admin"]
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_EVENT_TYPE = re.compile(r"^[a-z_]{1,32}$")
+
+
+class ApiKey(BaseModel):
+    """One API key: a name for logs, the SHA-256 hex digest of the key, its scopes."""
+
+    # a raw key pasted into key_hash must not be echoed by the error message
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    key_hash: str
+    scopes: tuple[Scope, ...] = ("read",)
+
+    @field_validator("key_hash")
+    @classmethod
+    def _is_digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _HEX64.match(value):
+            raise ValueError(
+                "key_hash must be the 64-character SHA-256 hex digest of the key "
+                "(run `sieve keys hash KEY`), not the key itself"
+            )
+        return value
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything `sieve serve`, `sieve train` and `sieve batch` need.
+
+    - `store_url`: catalog + event log (`sqlite:///PATH` or `postgresql://…`);
+    - `cache_url`: `memory://` (per process) or `redis://…` (shared);
+    - `model_dir`: trained funnels live in `model_dir/<version>/`; the file
+      `model_dir/CURRENT` names the one to serve;
+    - `funnel_config`: TOML of the funnel's configuration for `sieve train`;
+    - `api_keys`: hashed keys with scopes (see `sieve.serve.auth`);
+    - `open_read`: read endpoints need no key (demos, internal networks);
+    - `open_write`: write endpoints need no key *from loopback clients* and
+      only when `host` is a loopback address (the quickstart);
+    - `max_batch`: most events / items / users in one request (413 above);
+    - `max_n`: longest list a request may ask for;
+    - `max_body_bytes`: largest request body by Content-Length (413 above);
+    - `event_weights`: accepted event types and their weight in a user's history;
+    - `history_limit` / `recent_limit`: events read to build a request's
+      history / session;
+    - `batch_n`: list length precomputed by `sieve batch`;
+    - `precompute`: `sieve serve` runs the batch precompute at start-up
+      (the way to use it with the per-process `memory://` cache);
+    - `model_poll_seconds`: how often a running service checks the model
+      registry for a newly promoted version (0: only on `POST /admin/reload`);
+    - `attribution_window_seconds` / `attribution_types`: an event of these
+      types without a `request_id` is attributed to the latest impression of
+      its item to its user within the window;
+    - `host` / `port`: where `sieve serve` listens.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="SIEVE_",
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+        toml_file=None,
+    )
+
+    store_url: str = "sqlite:///sieve.db"
+    cache_url: str = "memory://"
+    model_dir: Path = Path("./sieve-models")
+    funnel_config: Path | None = None
+    api_keys: tuple[ApiKey, ...] = ()
+    open_read: bool = False
+    open_write: bool = False
+    max_batch: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_n: int = Field(default=200, ge=1, le=10_000)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    history_limit: int = Field(default=500, ge=1, le=100_000)
+    recent_limit: int = Field(default=50, ge=1, le=1000)
+    batch_n: int = Field(default=50, ge=1)
+    precompute: bool = False
+    model_poll_seconds: float = Field(default=2.0, ge=0.0)
+    attribution_window_seconds: float = Field(default=1800.0, gt=0.0)
+    attribution_types: tuple[str, ...] = ("click", "cart", "purchase")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags, then environment, then the TOML file (if `load_settings` named one)."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("event_weights")
+    @classmethod
+    def _event_types(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("at least one event type is needed")
+        bad = sorted(t for t in value if not _EVENT_TYPE.match(t))
+        if bad:
+            raise ValueError(f"event types must be 1-32 lowercase letters or '_', got {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _checks(self) -> Settings:
+        names = [k.name for k in self.api_keys]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"api_keys: repeated key name(s) {repeated}")
+        if self.open_write and not is_loopback(self.host):
+            raise ValueError(
+                f"open_write serves writes without a key and is allowed only on a loopback "
+                f"host (127.0.0.1, ::1, localhost), not {self.host!r}"
+            )
+        return self
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, the TOML file `config` (or `$SIEVE_CONFIG`) and
+    `overrides` (None values are ignored, so unset CLI flags keep lower layers)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    path = config or os.environ.get("SIEVE_CONFIG") or None
+    if path is None:
+        return Settings(**given)
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"settings file {file} not found")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=file)
+
+    return FileSettings(**given)
+
+
+__all__ = ["ApiKey", "Scope", "Settings", "is_loopback", "load_settings"]

@@ -1,0 +1,128 @@
+"""`sieve train`, `sieve batch`, `sieve serve` (its settings checks) and `sieve keys`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from sieve.cli import app
+from sieve.registry import CURRENT, ModelRegistry
+from sieve.serve.auth import hash_key
+from sieve.storage import open_cache
+
+runner = CliRunner()
+
+
+def test_train_saves_a_current_model(trained: Any, tmp_path: Path) -> None:
+    db = tmp_path / "copy.db"
+    shutil.copy(trained.db, db)
+    models = tmp_path / "models"
+    args = ["train", "--store", f"sqlite:///{db}", "--model-dir", str(models)]
+    result = runner.invoke(app, [*args, "--funnel-config", str(trained.funnel_config)])
+    assert result.exit_code == 0, result.output
+    name = (models / CURRENT).read_text().strip()
+    assert (models / name / "model").exists()
+    assert name in result.output
+    manifest = ModelRegistry(models).manifest(name)
+    assert manifest.status == "promoted" and manifest.data["events"] > 0
+
+
+def test_models_list_promote_rollback(trained: Any, tmp_path: Path) -> None:
+    db = tmp_path / "copy.db"
+    shutil.copy(trained.db, db)
+    models = tmp_path / "models"
+    base = [
+        "--store",
+        f"sqlite:///{db}",
+        "--model-dir",
+        str(models),
+        "--funnel-config",
+        str(trained.funnel_config),
+    ]
+    assert runner.invoke(app, ["train", *base]).exit_code == 0
+    first = ModelRegistry(models).current()
+    result = runner.invoke(app, ["train", *base, "--no-promote"])
+    assert result.exit_code == 0, result.output
+    reg = ModelRegistry(models)
+    assert reg.current() == first  # a candidate does not serve until promoted
+    listed = runner.invoke(app, ["models", "list", "--model-dir", str(models)])
+    assert listed.exit_code == 0 and "candidate" in listed.output, listed.output
+    second = next(m.version for m in reg.list() if m.status == "candidate")
+    assert (
+        runner.invoke(app, ["models", "promote", second, "--model-dir", str(models)]).exit_code == 0
+    )
+    assert reg.current() == second
+    back = runner.invoke(app, ["models", "rollback", "--model-dir", str(models)])
+    assert back.exit_code == 0, back.output
+    assert reg.current() == first
+    bad = runner.invoke(app, ["models", "promote", "nope", "--model-dir", str(models)])
+    assert bad.exit_code == 2 and "unknown model version 'nope'" in bad.output
+
+
+def test_train_on_an_empty_store_says_why(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = runner.invoke(app, ["train", "--store", url, "--model-dir", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert "no events" in " ".join(result.output.split())
+
+
+def test_batch_fills_the_cache(trained: Any, tmp_path: Path, redis_url: str) -> None:
+    db = tmp_path / "copy.db"
+    shutil.copy(trained.db, db)
+    args = [
+        "batch",
+        "--n",
+        "7",
+        "--store",
+        f"sqlite:///{db}",
+        "--model-dir",
+        str(trained.model_dir),
+    ]
+    result = runner.invoke(app, [*args, "--cache", redis_url])
+    assert result.exit_code == 0, result.output
+    assert "200 lists of 7" in " ".join(result.output.split())
+    with open_cache(redis_url) as cache:
+        entry = cache.get_json("recs:u001")
+    assert entry["model_version"] == trained.version and len(entry["items"]) == 7
+
+
+def test_batch_warns_about_a_memory_cache_and_needs_a_model(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = runner.invoke(app, ["batch", "--store", url, "--model-dir", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())  # rich wraps long lines
+    assert "memory://" in text and "sieve train" in text
+
+
+def test_serve_refuses_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIEVE_OPEN_WRITE", "true")
+    result = runner.invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert "loopback" in " ".join(result.output.split())
+
+
+def test_keys_hash_and_new() -> None:
+    result = runner.invoke(app, ["keys", "hash", "secret"])
+    assert result.output.strip() == hash_key("secret")
+    from_stdin = runner.invoke(app, ["keys", "hash"], input="secret\n")
+    assert from_stdin.output.strip() == hash_key("secret")
+    made = runner.invoke(app, ["keys", "new", "--name", "web", "--scopes", "read,write"])
+    assert made.exit_code == 0, made.output
+    key = made.output.split("shown once, give it to the client): ")[1].split()[0]
+    assert hash_key(key) in made.output and 'scopes = ["read", "write"]' in made.output
+    bad = runner.invoke(app, ["keys", "new", "--name", "x", "--scopes", "root"])
+    assert bad.exit_code == 2
+
+
+@pytest.mark.slow
+def test_quickstart_loads_and_trains(tmp_path: Path) -> None:
+    folder = tmp_path / "qs"
+    data = "synthetic:users=60,items=50,seed=1"
+    result = runner.invoke(app, ["quickstart", "--no-serve", "--dir", str(folder), "--data", data])
+    assert result.exit_code == 0, result.output
+    assert (folder / "models" / CURRENT).is_file()
+    assert "curl http://127.0.0.1:8000/popular" in result.output

@@ -1,0 +1,125 @@
+"""Kill -9 of the server while a client streams events: every event that got a
+2xx is in the store after restart, none twice (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sieve.data.records import Item
+from sieve.storage import open_store
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(store_url: str, model_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SIEVE_OPEN_READ": "true", "SIEVE_OPEN_WRITE": "true"}
+    cmd = [
+        sys.executable,
+        "-c",
+        "from sieve.cli import app; app()",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--store",
+        store_url,
+        "--model-dir",
+        str(model_dir),
+        "--no-access-log",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("server did not start in 60 s")
+
+
+def test_kill_9_loses_no_acknowledged_event(store_url: str, tmp_path: Path) -> None:
+    with open_store(store_url) as store:
+        store.upsert_items([Item(id=f"i{k}") for k in range(20)])
+    port = _free_port()
+    server = _start(store_url, tmp_path / "models", port)
+    acked: list[str] = []
+    in_flight: list[list[str]] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        batch_no = 0
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            while not stop.is_set():
+                ids = [f"b{batch_no}-e{k}" for k in range(25)]
+                body = {
+                    "events": [
+                        {"id": i, "user_id": f"u{k % 7}", "item_id": f"i{k % 20}", "type": "click"}
+                        for k, i in enumerate(ids)
+                    ]
+                }
+                in_flight[:] = [ids]
+                try:
+                    r = client.post("/events", json=body)
+                except httpx.HTTPError:
+                    return  # the server died mid-request: this batch is unacknowledged
+                if r.status_code // 100 == 2:
+                    acked.extend(ids)
+                    in_flight.clear()
+                batch_no += 1
+
+    client_thread = threading.Thread(target=stream)
+    client_thread.start()
+    deadline = time.time() + 30
+    while len(acked) < 500 and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait(timeout=10)
+    stop.set()
+    client_thread.join(timeout=10)
+    assert len(acked) >= 500, "the client got too few answers before the kill"
+
+    # restart: everything acknowledged is there, once
+    server = _start(store_url, tmp_path / "models", port)
+    try:
+        # the client retries what was in flight when the server died: idempotent
+        if in_flight:
+            body = {
+                "events": [
+                    {"id": i, "user_id": "u0", "item_id": "i0", "type": "click"}
+                    for i in in_flight[0]
+                ]
+            }
+            r = httpx.post(f"http://127.0.0.1:{port}/events", json=body, timeout=5)
+            assert r.status_code // 100 == 2, r.text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    with open_store(store_url) as store:
+        stored = store.events_frame()["event_id"].tolist()
+    counts = Counter(stored)
+    assert not [i for i in acked if counts[i] != 1], "an acknowledged event is missing or doubled"
+    assert max(counts.values()) == 1
+    expected = set(acked) | set(in_flight[0] if in_flight else [])
+    assert set(stored) == expected
