@@ -41,9 +41,7 @@ def als_like(
     items = items + 0.3 * rng.normal(size=(n_items, dim))
     items /= np.linalg.norm(items, axis=1, keepdims=True)
     quantile = rng.permutation(n_items) / max(n_items - 1, 1)
-    norms = np.interp(
-        quantile, [0, 0.1, 0.5, 0.9, 0.99, 1], [0.016, 0.06, 0.22, 0.42, 0.58, 0.72]
-    )
+    norms = np.interp(quantile, [0, 0.1, 0.5, 0.9, 0.99, 1], [0.016, 0.06, 0.22, 0.42, 0.58, 0.72])
     items *= norms[:, None]
     mix = rng.integers(1, 4, size=n_queries)
     queries = np.stack([centres[rng.integers(0, n_clusters, size=m)].sum(axis=0) for m in mix])
@@ -94,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     truth = exact.search(queries, args.k)[1]
     exact_ms = per_query_ms(exact.search, queries[:200], args.k)
 
+    kind = "Gaussian" if args.random else "ALS-like"
     table = Table(
-        title=f"ANN: {args.items:,} items × {args.dim} dims ({'Gaussian' if args.random else 'ALS-like'}), "
+        title=f"ANN: {args.items:,} items × {args.dim} dims ({kind}), "
         f"{args.queries:,} queries, recall@{args.k} vs exact"
     )
     for col in ("index", "efSearch", "build s", f"recall@{args.k}", "p50 ms", "p99 ms"):
@@ -136,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{np.percentile(ms, 50):.3f}",
             f"{np.percentile(ms, 99):.3f}",
         )
-    Console().print(table)
+    Console(width=120).print(table)
     if default_recall is None:
         return 0
     ok = default_recall >= TARGET_RECALL
-    Console().print(
+    Console(width=120).print(
         f"recall@{args.k} at the default efSearch={AnnConfig.ef_search}: {default_recall:.4f}, "
         f"{'meets' if ok else 'misses'} the target {TARGET_RECALL}"
     )

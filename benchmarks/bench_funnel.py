@@ -8,7 +8,7 @@ and coverage.
 
     .venv/bin/python benchmarks/bench_funnel.py [--data /path/to/ml-100k]
 
-`--scale`: a synthetic catalog of 100,000 items and 100,000 users (about 3M
+`--scale`: a synthetic catalog of 100,000 items and 100,000 users (about 2.7M
 events, planted category tastes, item text): the funnel's fit time, then the
 single-threaded in-process latency of `recommend_query` over 1,000 requests
 (known users with their history and a session of their latest events, and
@@ -37,7 +37,7 @@ from sieve.types import Context, Query
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 TARGET_P50_MS = 5.0
 TARGET_P99_MS = 12.0
-console = Console()
+console = Console(width=120)
 
 
 # ------------------------------------------------------------------ offline
@@ -50,8 +50,19 @@ def offline(data: Path) -> int:
     ds = load_data(f"movielens-100k:{data}").to_dataset()
     splits = make_splits(ds, "random:0.75", 42)
     result = evaluate(ds, splits, [ModelSpec("ease", "ease"), ModelSpec("funnel", "funnel")])
-    table = Table(title=f"MovieLens 100K, random 75/25 split (seed 42), {result.n_test_users} test users")
-    for col in ("model", "NDCG@10", "recall@10", "ILD@10", "coverage@10", "long tail@10", "fit s", "predict s"):
+    table = Table(
+        title=f"MovieLens 100K, random 75/25 split (seed 42), {result.n_test_users} test users"
+    )
+    for col in (
+        "model",
+        "NDCG@10",
+        "recall@10",
+        "ILD@10",
+        "coverage@10",
+        "long tail@10",
+        "fit s",
+        "predict s",
+    ):
         table.add_column(col, justify="right")
     rows = {}
     for m in result.models:
@@ -159,7 +170,7 @@ def synthetic(n_users: int, n_items: int, seed: int) -> Dataset:
     return Dataset.from_frames(events, items)
 
 
-def queries(ds: Dataset, funnel: object, n: int, seed: int) -> list[Query]:
+def queries(ds: Dataset, n: int, seed: int) -> list[Query]:
     """Requests like the service builds them: known users (history, session of
     their 5 latest events) and, one in five, cold users with a short session."""
     rng = np.random.default_rng(seed)
@@ -169,10 +180,19 @@ def queries(ds: Dataset, funnel: object, n: int, seed: int) -> list[Query]:
     types = ("view", "click", "cart", "purchase")
     devices = ("mobile", "desktop")
     for k in range(n):
-        ctx = Context(hour=int(rng.integers(0, 24)), weekday=int(rng.integers(0, 7)), device=devices[k % 2])
+        ctx = Context(
+            hour=int(rng.integers(0, 24)), weekday=int(rng.integers(0, 7)), device=devices[k % 2]
+        )
         if k % 5 == 4:
             items = rng.integers(0, ds.n_items, size=3)
-            out.append(Query(user=-1, recent=tuple(int(i) for i in items), recent_types=("click",) * 3, context=ctx))
+            out.append(
+                Query(
+                    user=-1,
+                    recent=tuple(int(i) for i in items),
+                    recent_types=("click",) * 3,
+                    context=ctx,
+                )
+            )
             continue
         u = int(rng.integers(0, ds.n_users))
         lo, hi = m.indptr[u], m.indptr[u + 1]
@@ -202,7 +222,7 @@ def scale(n_users: int, n_items: int, n_queries: int, seed: int) -> int:
     funnel = Funnel().fit(ds)
     fit_s = time.perf_counter() - t0
     console.print(f"funnel fitted in {fit_s:.1f} s (version {funnel.version})")
-    qs = queries(ds, funnel, n_queries, seed + 1)
+    qs = queries(ds, n_queries, seed + 1)
     faiss.omp_set_num_threads(1)
     with threadpoolctl.threadpool_limits(1):
         for q in qs[:50]:  # warm-up: caches, lazy structures
@@ -216,7 +236,14 @@ def scale(n_users: int, n_items: int, n_queries: int, seed: int) -> int:
     for col in ("requests", "p50 ms", "p90 ms", "p99 ms", "max ms", "fit s"):
         table.add_column(col, justify="right")
     p50, p90, p99 = np.percentile(times, [50, 90, 99])
-    table.add_row(f"{len(qs):,}", f"{p50:.2f}", f"{p90:.2f}", f"{p99:.2f}", f"{times.max():.2f}", f"{fit_s:.0f}")
+    table.add_row(
+        f"{len(qs):,}",
+        f"{p50:.2f}",
+        f"{p90:.2f}",
+        f"{p99:.2f}",
+        f"{times.max():.2f}",
+        f"{fit_s:.0f}",
+    )
     console.print(table)
     cold = np.array([q.user < 0 for q in qs])
     console.print(
@@ -224,43 +251,9 @@ def scale(n_users: int, n_items: int, n_queries: int, seed: int) -> int:
         f"cold sessions p50 {np.percentile(times[cold], 50):.2f} ms"
     )
     ok = p50 <= TARGET_P50_MS and p99 <= TARGET_P99_MS
-    console.print(f"{'[green]ok[/green]' if ok else '[red]FAIL[/red]'}  p50 <= {TARGET_P50_MS} ms and p99 <= {TARGET_P99_MS} ms")
+    verdict = "[green]ok[/green]" if ok else "[red]FAIL[/red]"
+    console.print(f"{verdict}  p50 <= {TARGET_P50_MS} ms and p99 <= {TARGET_P99_MS} ms")
     return 0 if ok else 1
-
-
-def profile_stages(funnel: object, qs: list[Query]) -> dict[str, float]:
-    """Mean milliseconds per funnel stage (for tuning; not part of the targets)."""
-    from sieve.ranking.features import base_score, candidate_features
-    from sieve.rerank.stages import rerank
-
-    f = funnel
-    engine = f.state.engine  # type: ignore[attr-defined]
-    acc: dict[str, list[float]] = {}
-
-    def tick(name: str, start: float) -> float:
-        now = time.perf_counter()
-        acc.setdefault(name, []).append((now - start) * 1000)
-        return now
-
-    for q in qs:
-        t = time.perf_counter()
-        req = engine.request(q)
-        t = tick("request", t)
-        engine.user_vector(req)
-        t = tick("user vector", t)
-        engine.knn(req)
-        t = tick("knn", t)
-        engine.content_scores(req)
-        t = tick("content", t)
-        cands = engine.candidates(req)
-        t = tick("sources+merge", t)
-        x = candidate_features(engine, req, cands)
-        t = tick("features", t)
-        rel = f.state.ranker.predict(x, 0.5 * base_score(x)) if f.state.ranker else np.zeros(len(cands))  # type: ignore[attr-defined]
-        t = tick("ranker", t)
-        rerank(engine, req, cands.items, rel, q.n, f.config.rerank)  # type: ignore[attr-defined]
-        tick("rerank", t)
-    return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from sieve.ranking.ltr import (
     holdout_labels,
 )
 from sieve.rerank.explain import POPULAR, explain
-from sieve.rerank.rules import blocked_items
+from sieve.rerank.rules import blocked_items, violations
 from sieve.rerank.stages import RerankConfig, SectionedConfig, rerank
 from sieve.retrieval.ann import AnnConfig, AnnIndex
 from sieve.retrieval.sources import (
@@ -168,6 +169,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
                 content = None
         ranker = self._train_ranker(dataset, content) if cfg.ranker.enabled else None
         engine = _build_engine(dataset, cfg, content)
+        engine.catalog.warm(cfg.rerank.long_tail.head_share)
         self._user_lookup = None
         return FunnelState(
             engine=engine,
@@ -187,25 +189,35 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         if len(eligible) > cfg.max_users:
             rng = np.random.default_rng(cfg.seed)
             eligible = np.sort(rng.choice(eligible, cfg.max_users, replace=False))
-        requests = []
-        label_rows = []
+        requests: list[tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]] = []
+        label_rows: list[NDArray[np.int64]] = []
         for users in fold_users(eligible, labels, dataset.matrix.nnz, cfg):
             fit_part = fold_fit_part(dataset, labels, users)
             engine = _build_engine(fit_part, self.config, content, exact_ann=True)
-            blocked = blocked_items(engine.catalog, self.config.rerank.rules)
-            for u in users:
-                query = _training_query(
-                    int(u), fit_part.matrix, fit_part.last_time, cfg.session_length
-                )
-                req = engine.request(query)
-                cands = engine.candidates(req, blocked)
-                x = candidate_features(engine, req, cands)
-                requests.append((cands.items, x, cfg.base_weight * base_score(x)))
-                label_rows.append(labels.indices[labels.indptr[u] : labels.indptr[u + 1]])
+            requests.extend(self._training_rows(engine, users, fit_part))
+            label_rows.extend(
+                labels.indices[labels.indptr[u] : labels.indptr[u + 1]] for u in users
+            )
         data = collect(requests, label_rows)
         if data.n_groups < 2:
             return None
         return LTRRanker.train(data, FEATURE_NAMES, cfg)
+
+    def _training_rows(
+        self, engine: Engine, users: NDArray[np.int64], fit_part: Dataset
+    ) -> list[tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]]:
+        """Offline side of the ranker's features: (candidates, features, base
+        score) of each user's query built from the fit part, through
+        `featurize`, the function the live path uses."""
+        cfg = self.config.ranker
+        blocked = blocked_items(engine.catalog, self.config.rerank.rules)
+        rows = []
+        for u in users:
+            query = _training_query(int(u), fit_part.matrix, fit_part.last_time, cfg.session_length)
+            _, cands, x = featurize(engine, query, blocked)
+            assert x is not None  # a training query always has a history
+            rows.append((cands.items, x, cfg.base_weight * base_score(x)))
+        return rows
 
     # ============================================================ serving
     def recommend_query(self, query: Query) -> list[Recommended]:
@@ -218,13 +230,19 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         cfg = self.config
         if query.n <= 0:
             return []
-        req = engine.request(query, exclude_seen=exclude_seen)
         blocked = blocked_items(engine.catalog, cfg.rerank.rules)
-        cands = engine.candidates(req, blocked)
+        ranker = state.ranker
+        req, cands, x = featurize(
+            engine, query, blocked, exclude_seen=exclude_seen, with_features=ranker is not None
+        )
         out: list[Recommended] = []
         if len(cands):
-            relevance = self._relevance(req, cands)
+            relevance = self._relevance(req, cands, x)
             positions = rerank(engine, req, cands.items, relevance, query.n, cfg.rerank)
+            # the rules were applied when merging; this is the last line of defence
+            positions = positions[
+                ~violations(cands.items[positions], engine.catalog, blocked, req.exclude)
+            ]
             scores = np.minimum.accumulate(relevance[positions])
             reasons = explain(engine, req, cands, positions)
             for p, score, reason in zip(positions, scores, reasons, strict=True):
@@ -235,11 +253,12 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             out.extend(self._backfill(req, out, query.n - len(out), blocked))
         return out
 
-    def _relevance(self, req: Request, cands: Candidates) -> NDArray[np.float64]:
+    def _relevance(
+        self, req: Request, cands: Candidates, x: NDArray[np.float32] | None
+    ) -> NDArray[np.float64]:
         """Ranker scores, or the source blend (ranker off, or nothing personal)."""
         ranker = self.state.ranker
-        if ranker is not None and req.has_signal:
-            x = candidate_features(self.state.engine, req, cands)
+        if ranker is not None and x is not None and req.has_signal:
             return ranker.predict(x, self.config.ranker.base_weight * base_score(x))
         blend = self.config.blend
         weights = np.array([getattr(blend, s) for s in SOURCES])
@@ -253,11 +272,9 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         engine = self.state.engine
         cat = engine.catalog
         filt = req.category_filter if len(req.query.categories) else np.empty(0, np.int64)
-        ranked = cat.ranked("all", filt)
-        ok = engine.allowed(req, blocked)(ranked)
+        allowed = engine.allowed(req, blocked)
         taken = np.array([r.item for r in listed], dtype=np.int64)
-        ok &= ~np.isin(ranked, taken)
-        items = ranked[ok][:need]
+        items = _first(cat.ranked("all", filt), lambda b: allowed(b) & ~np.isin(b, taken), need)
         floor = min((r.score for r in listed), default=0.0)
         return [
             Recommended(int(i), float(floor - 1.0 - k), {}, POPULAR) for k, i in enumerate(items)
@@ -271,16 +288,17 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         engine = self.state.engine
         cat = engine.catalog
         filt = cat.category_ids(categories) if categories else np.empty(0, np.int64)
-        ranked = np.concatenate([cat.ranked("trending", filt), cat.ranked("all", filt)])
-        _, first = np.unique(ranked, return_index=True)
-        ranked = ranked[np.sort(first)]
-        ok = cat.available[ranked]
         blocked = blocked_items(cat, self.config.rerank.rules)
-        if blocked is not None:
-            ok &= ~blocked[ranked]
-        if now is not None:
-            ok &= ~(cat.created_at[ranked] > now)
-        items = ranked[ok][:n]
+
+        def ok(batch: NDArray[np.int64]) -> NDArray[np.bool_]:
+            mask = cat.available[batch].copy()
+            if blocked is not None:
+                mask &= ~blocked[batch]
+            if now is not None:
+                mask &= ~(cat.created_at[batch] > now)
+            return mask
+
+        items = _first(cat.ranked("chart", filt), ok, n)
         out = []
         for i in items:
             trend = float(cat.trending[i])
@@ -443,10 +461,13 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             added = cat.append(new)
             if engine.content is not None:
                 engine.content.set_rows(added, engine.documents(new), cat.n_items)
+        cat.warm(self.config.rerank.long_tail.head_share)
+        if engine.content is not None:
+            engine.content.delta_position(cat.n_items)
 
     # ======================================================== persistence
     def save(self, path: str | Path) -> Path:
-        """A directory: config.toml, funnel.json, catalog and user arrays
+        """A directory: config.toml, model.json (metadata), catalog and user arrays
         (npz), each sub-model in its own folder by its own `save`, the FAISS
         index (`faiss.write_index`) and the ranker (LightGBM text). No pickle."""
         state = self.state
@@ -487,17 +508,19 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             "event_weights": engine.event_weights,
             "parts": parts,
         }
-        (path / "funnel.json").write_text(json.dumps(meta, indent=1))
+        (path / "model.json").write_text(json.dumps(meta, indent=1))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Funnel:
         """Read a funnel written by `save`."""
         path = Path(path)
-        meta_file = path / "funnel.json"
+        meta_file = path / "model.json"
         if not meta_file.is_file():
-            raise FileNotFoundError(f"{path} holds no saved funnel (no funnel.json)")
+            raise FileNotFoundError(f"{path} holds no saved model (no model.json)")
         meta = json.loads(meta_file.read_text())
+        if meta.get("model") != cls.name:
+            raise TypeError(f"{path} holds a {meta.get('model')} model, not a funnel")
         if meta.get("format") != _FORMAT:
             raise ValueError(f"{path}: funnel format {meta.get('format')} is not {_FORMAT}")
         funnel = cls(FunnelConfig.from_toml((path / "config.toml").read_text()))
@@ -525,6 +548,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             n_train_items=int(meta["n_train_items"]),
             snapshot_time=float(meta["snapshot_time"]),
         )
+        engine.catalog.warm(funnel.config.rerank.long_tail.head_share)
         ranker = LTRRanker.load(path / "ranker.txt") if parts["ranker"] else None
         funnel._state = FunnelState(
             engine=engine,
@@ -537,6 +561,40 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
 
 
 # ======================================================================= helpers
+def _first(
+    ranked: NDArray[np.int64], ok: Callable[[NDArray[np.int64]], NDArray[np.bool_]], need: int
+) -> NDArray[np.int64]:
+    """The first `need` items of a ranking that pass `ok`, checked in growing
+    chunks (a chart of the whole catalog is never filtered in full)."""
+    found: list[NDArray[np.int64]] = []
+    count = 0
+    start = 0
+    chunk = max(2 * need, 32)
+    while start < len(ranked) and count < need:
+        batch = ranked[start : start + chunk]
+        found.append(batch[ok(batch)])
+        count += len(found[-1])
+        start += chunk
+        chunk *= 4
+    return np.concatenate(found)[:need] if found else np.empty(0, np.int64)
+
+
+def featurize(
+    engine: Engine,
+    query: Query,
+    blocked: NDArray[np.bool_] | None,
+    *,
+    exclude_seen: bool = True,
+    with_features: bool = True,
+) -> tuple[Request, Candidates, NDArray[np.float32] | None]:
+    """Request → candidates → ranking features: the one code path shared by
+    the ranker's training set (offline) and every live request (online)."""
+    req = engine.request(query, exclude_seen=exclude_seen)
+    cands = engine.candidates(req, blocked)
+    x = candidate_features(engine, req, cands) if with_features and req.has_signal else None
+    return req, cands, x
+
+
 def _build_engine(
     dataset: Dataset,
     cfg: FunnelConfig,

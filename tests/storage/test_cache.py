@@ -179,3 +179,10 @@ def test_redis_prefix_isolates_keys(redis_cache: RedisCache) -> None:
     assert cache.get("k") == b"mine" and other.get("k") == b"theirs"
     assert other.clear_prefix("") == 1
     assert cache.get("k") == b"mine"
+
+
+def test_get_many_in_one_call(cache: Cache) -> None:
+    cache.set("a", b"1")
+    cache.set("c", b"3")
+    assert cache.get_many(["a", "b", "c"]) == [b"1", None, b"3"]
+    assert cache.get_many([]) == []

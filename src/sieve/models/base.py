@@ -211,6 +211,9 @@ class Recommender(ABC, Generic[C, S]):
         klass = model_class(meta["model"])
         if cls is not Recommender and not issubclass(klass, cls):
             raise TypeError(f"{path} holds a {meta['model']} model, not {cls.name}")
+        own_load = getattr(klass.load, "__func__", None)
+        if own_load is not None and own_load is not Recommender.load.__func__:  # type: ignore[attr-defined]
+            return klass.load(path)  # a model with its own format (the funnel)
         config = klass.config_class.from_toml((path / "config.toml").read_text())
         model = klass(config)
         npz = np.load(path / "state.npz", allow_pickle=False)

@@ -14,9 +14,10 @@ models on all training data for serving.
 The booster starts from a base score (`RankerConfig.base_weight` times the
 z-score of the strongest collaborative model among the request's
 candidates): it learns corrections to that model rather than a ranking from
-scratch. On MovieLens 100K, where EASE is hard to beat, LambdaMART from
-scratch loses to EASE (NDCG@10 0.466 vs 0.4815) while the anchored one
-gains on it.
+scratch. On MovieLens 100K (random 75/25 split), where EASE is hard to beat,
+LambdaMART from scratch ranked EASE's own candidates worse than EASE (NDCG@10
+0.466 vs 0.4815); anchored, it ranks them better (0.4845 before re-ranking),
+and on a validation split of the training data alike (0.2386 vs 0.2369).
 """
 
 from __future__ import annotations

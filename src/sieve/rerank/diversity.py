@@ -105,4 +105,4 @@ def over_cap(
     full = block_counts >= config.max_per_category
     if not full.any():
         return np.zeros(len(categories), dtype=bool)
-    return (categories[:, full] > 0).any(axis=1)
+    return np.asarray((categories[:, full] > 0).any(axis=1), dtype=bool)

@@ -70,12 +70,15 @@ class SectionedConfig(Config):
 
 
 def _from_dict(cls: type[Any], data: dict[str, Any], path: str) -> Any:
+    """Build `cls` from a table; a section's missing keys keep the section's
+    default in the parent (not its class default: the funnel's ALS section
+    defaults to 64 factors even where `ALSConfig` says 32)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of settings, got {data!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
     if not issubclass(cls, SectionedConfig):
         try:
             return cls.from_dict(data)
@@ -86,12 +89,21 @@ def _from_dict(cls: type[Any], data: dict[str, Any], path: str) -> Any:
     for key, value in data.items():
         tp = hints[key]
         if isinstance(tp, type) and issubclass(tp, Config):
-            values[key] = _from_dict(tp, value, f"{path}.{key}")
+            default = _default(fields[key])
+            base = default.to_dict() if isinstance(default, Config) else {}
+            merged = {**base, **value} if isinstance(value, dict) else value
+            values[key] = _from_dict(tp, merged, f"{path}.{key}")
         elif typing.get_origin(tp) is tuple and isinstance(value, list):
             values[key] = tuple(value)
         else:
             values[key] = value
     return cls(**values)
+
+
+def _default(field: dataclasses.Field[Any]) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -96,10 +97,15 @@ class AnnIndex:
         return int(self.index.ntotal)
 
     def search(
-        self, queries: NDArray[np.floating], k: int
+        self,
+        queries: NDArray[np.floating],
+        k: int,
+        exclude: NDArray[np.int64] | None = None,
     ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """The k items of largest inner product with each query row (q × d,
-        or one d-vector), best first: (ids, scores), each q × k."""
+        or one d-vector), best first: (ids, scores), each q × k. Items in
+        `exclude` are skipped inside the search (an `IDSelector`), so a user
+        with a long history still gets k unseen items without over-fetching."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
@@ -108,11 +114,19 @@ class AnnIndex:
             return np.full((len(q), 0), -1, np.int64), np.full((len(q), 0), -np.inf, np.float32)
         if faiss.omp_get_max_threads() != self.config.search_threads:
             faiss.omp_set_num_threads(self.config.search_threads)
-        if self.exact:
-            scores, ids = self.index.search(q, k)
-        else:
-            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
-            scores, ids = self.index.search(q, k, params=params)
+        selector = None
+        if exclude is not None and len(exclude):
+            batch = faiss.IDSelectorBatch(np.ascontiguousarray(exclude, dtype=np.int64))
+            selector = faiss.IDSelectorNot(batch)
+        params: Any = None
+        if not self.exact:
+            ef = max(self.config.ef_search, k)
+            params = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
+        elif selector is not None:
+            params = faiss.SearchParameters()
+        if selector is not None:
+            params.sel = selector
+        scores, ids = self.index.search(q, k, params=params)
         ids = ids.astype(np.int64)
         scores = scores.astype(np.float32)
         scores[ids < 0] = -np.inf

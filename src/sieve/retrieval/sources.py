@@ -70,7 +70,9 @@ class SourcesConfig(Config):
       `fresh`: how many candidates each source contributes after filtering
       (0 switches the source off).
     - `ease_max_items`: EASE is only fitted and used on catalogs up to this
-      size (its weights are a dense items × items matrix).
+      size: its weights are a dense items × items matrix whose fit costs
+      O(n³) (10,000 items: 0.8 GB and about a minute on 2 cores; 20,000:
+      3.2 GB and over five minutes per fit, and the ranker refits it).
     - `max_recent`: session items used as item-to-item anchors.
     - `recency_decay`: weight of the k-th most recent session item is
       decay^k times its event-type weight.
@@ -90,7 +92,7 @@ class SourcesConfig(Config):
     popular: int = 20
     trending: int = 20
     fresh: int = 10
-    ease_max_items: int = 20_000
+    ease_max_items: int = 10_000
     max_recent: int = 20
     recency_decay: float = 0.8
     session_weight: float = 3.0
@@ -144,11 +146,12 @@ class Catalog:
         self.available = np.asarray(available, dtype=bool)
         self.popularity = np.asarray(popularity, dtype=np.float64)
         self.trending = np.asarray(trending, dtype=np.float64)
+        self._lookup: dict[str, int] | None = None
         self._reset()
 
     def _reset(self) -> None:
-        """Drop every derived array (after the catalog changed)."""
-        self._lookup: dict[str, int] | None = None
+        """Drop every derived array (after the catalog changed); the id
+        lookup is kept up to date by `append` instead."""
         self._category_lookup = {c: k for k, c in enumerate(self.category_names)}
         self._csc: sp.csc_matrix | None = None
         self._ranked: dict[tuple[str, tuple[int, ...]], NDArray[np.int64]] = {}
@@ -235,7 +238,8 @@ class Catalog:
     def ranked(self, kind: str, category_ids: NDArray[np.int64]) -> NDArray[np.int64]:
         """Items by `kind` ("popular", "trending" or "fresh": only items with
         a positive score or a release time; "all": every item, most popular
-        first), restricted to the categories when any are given; cached."""
+        first; "chart": every item by trending score, then popularity),
+        restricted to the categories when any are given; cached."""
         key = (kind, tuple(int(c) for c in category_ids))
         cached = self._ranked.get(key)
         if cached is not None:
@@ -250,6 +254,11 @@ class Catalog:
             score = self.created_at[items]
         elif kind == "all":
             score = self.popularity[items]
+        elif kind == "chart":
+            order = np.lexsort((-self.popularity[items], -self.trending[items]))
+            out = items[order].astype(np.int64)
+            self._ranked[key] = out
+            return out
         else:
             score = (self.popularity if kind == "popular" else self.trending)[items]
             items = items[score > 0]
@@ -273,12 +282,24 @@ class Catalog:
             self._percentile[chart] = pct
         return pct
 
+    def warm(self, head_share: float) -> None:
+        """Build the derived arrays every request uses (charts, percentiles,
+        the head), so that the first request after a change does not pay."""
+        none = np.empty(0, np.int64)
+        for kind in ("popular", "trending", "fresh", "all", "chart"):
+            self.ranked(kind, none)
+        self.percentile("popular")
+        self.percentile("trending")
+        self.head(head_share)
+        _ = self.category_distribution
+        self.members(np.arange(min(self.n_categories, 1), dtype=np.int64))
+
     def head(self, share: float) -> NDArray[np.bool_]:
         """True for the ⌈share · n⌉ most popular items (the short head)."""
         mask = self._head.get(share)
         if mask is None:
             mask = np.zeros(self.n_items, dtype=bool)
-            n_head = int(math.ceil(share * self.n_items))
+            n_head = math.ceil(share * self.n_items)
             mask[np.argsort(-self.popularity, kind="stable")[:n_head]] = True
             self._head[share] = mask
         return mask
@@ -304,9 +325,10 @@ class Catalog:
         self._add_category_names(cats)
         matrix = _category_matrix(cats, self.category_names)
         self.item_categories = sp.csr_matrix(sp.vstack([self._widened(), matrix]), dtype=np.float32)
-        self.item_ids = np.concatenate(
-            [self.item_ids, frame["item_id"].astype(str).to_numpy(object)]
-        )
+        new_ids = frame["item_id"].astype(str).to_numpy(object)
+        self.item_ids = np.concatenate([self.item_ids, new_ids])
+        if self._lookup is not None:
+            self._lookup.update({str(v): start + k for k, v in enumerate(new_ids)})
         titles = (
             frame["title"].fillna("").astype(str)
             if "title" in frame
@@ -327,13 +349,16 @@ class Catalog:
         return np.arange(start, self.n_items, dtype=np.int64)
 
     def update(self, items: NDArray[np.int64], frame: pd.DataFrame) -> None:
-        """Update the metadata of known items from the frame's given columns."""
+        """Update the metadata of known items from the frame's given columns.
+        Titles and availability are read per request (nothing to rebuild);
+        release times invalidate the fresh chart, categories everything."""
         if "title" in frame:
             self.titles[items] = frame["title"].fillna("").astype(str).to_numpy(object)
-        if "created_at" in frame:
-            self.created_at[items] = frame["created_at"].to_numpy(np.float64)
         if "available" in frame:
             self.available[items] = _availability(frame)
+        if "created_at" in frame:
+            self.created_at[items] = frame["created_at"].to_numpy(np.float64)
+            self._ranked = {k: v for k, v in self._ranked.items() if k[0] != "fresh"}
         if "categories" in frame:
             cats = [_categories(c) for c in frame["categories"]]
             self._add_category_names(cats)
@@ -342,7 +367,7 @@ class Catalog:
                 lil.rows[item] = sorted(self._category_lookup[c] for c in cs)
                 lil.data[item] = [1.0] * len(lil.rows[item])
             self.item_categories = sp.csr_matrix(lil, dtype=np.float32)
-        self._reset()
+            self._reset()
 
     def _add_category_names(self, cats: list[list[str]]) -> None:
         for cs in cats:
@@ -566,7 +591,6 @@ class Request:
     weights: NDArray[np.float64]  # their weights (history weight + session weight)
     anchors: NDArray[np.int64]  # item-to-item anchors: session first, then history
     anchor_weights: NDArray[np.float64]
-    anchor_recent: NDArray[np.bool_]  # True: from the session (`recent`)
     seen: NDArray[np.int64]  # sorted unique items not to recommend again
     exclude: NDArray[np.int64]  # sorted unique query.exclude
     category_filter: NDArray[np.int64]  # category ids (-1: unknown name)
@@ -737,6 +761,7 @@ class Engine:
                     f"Query.{what} item index {int(bad[0])} is outside 0..{n_items - 1}"
                 )
         types = tuple(query.recent_types) + ("",) * max(0, len(recent) - len(query.recent_types))
+        all_recent = recent
         recent = recent[: cfg.max_recent]
         decay = cfg.recency_decay ** np.arange(len(recent))
         type_w = np.array(
@@ -746,7 +771,7 @@ class Engine:
         interactions, inv = np.unique(np.concatenate([history, recent]), return_inverse=True)
         weights = np.bincount(
             inv, weights=np.concatenate([np.maximum(hw, 0.0), rw]), minlength=len(interactions)
-        )
+        ).astype(np.float64)
         # anchors: the session (latest first), then the strongest history items
         order = np.argsort(-hw, kind="stable")[: cfg.max_history_anchors]
         hist_anchor = history[order]
@@ -756,10 +781,7 @@ class Engine:
         first = np.sort(first)
         anchors = np.concatenate([recent[first], hist_anchor])
         anchor_w = np.concatenate([cfg.session_weight * rw[first], np.ones(len(hist_anchor))])
-        anchor_recent = np.concatenate(
-            [np.ones(len(first), bool), np.zeros(len(hist_anchor), bool)]
-        )
-        seen = interactions if exclude_seen else np.empty(0, np.int64)
+        seen = np.union1d(interactions, all_recent) if exclude_seen else np.empty(0, np.int64)
         exclude = np.unique(np.fromiter(query.exclude, dtype=np.int64, count=len(query.exclude)))
         affinity = np.zeros(self.catalog.n_categories)
         if len(interactions):
@@ -775,7 +797,6 @@ class Engine:
             weights=weights,
             anchors=anchors,
             anchor_weights=anchor_w,
-            anchor_recent=anchor_recent,
             seen=seen,
             exclude=exclude,
             category_filter=self.catalog.category_ids(query.categories),
@@ -808,7 +829,7 @@ class Engine:
         """The ALS user vector: the trained one when the query's history is
         the user's training history, else folded in from the interactions."""
         if "user_vector" in req.cache:
-            return req.cache["user_vector"]  # type: ignore[no-any-return]
+            return req.cache["user_vector"]
         vec: NDArray[np.float32] | None = None
         if self.als is not None:
             n_train = self.als.n_items
@@ -858,7 +879,7 @@ class Engine:
     def knn(self, req: Request) -> KnnScores | None:
         """Item-kNN scores of the request's anchors over the training items."""
         if "knn" in req.cache:
-            return req.cache["knn"]  # type: ignore[no-any-return]
+            return req.cache["knn"]
         out: KnnScores | None = None
         if self.itemknn is not None and len(req.anchors):
             sim = self.itemknn.state.similarity
@@ -875,7 +896,9 @@ class Engine:
                 entry_sim = sim.data[pos]
                 entry_anchor = np.repeat(valid, lens)
                 contrib = entry_sim * req.anchor_weights[entry_anchor]
-                score = np.bincount(entry_item, weights=contrib, minlength=n_train)
+                score = np.bincount(entry_item, weights=contrib, minlength=n_train).astype(
+                    np.float64
+                )
                 out = KnnScores(score, entry_item, entry_anchor, entry_sim)
         req.cache["knn"] = out
         return out
@@ -883,7 +906,7 @@ class Engine:
     def content_scores(self, req: Request) -> NDArray[np.float64] | None:
         """TF-IDF cosine of every catalog item with the request's profile."""
         if "content" in req.cache:
-            return req.cache["content"]  # type: ignore[no-any-return]
+            return req.cache["content"]
         out: NDArray[np.float64] | None = None
         if self.content is not None and len(req.interactions):
             profile = self.content.profile(req.interactions, req.weights, self.catalog.n_items)
@@ -901,7 +924,7 @@ class Engine:
     def ease_scores(self, req: Request) -> NDArray[np.float32] | None:
         """EASE scores x_u · B over the training items."""
         if "ease" in req.cache:
-            return req.cache["ease"]  # type: ignore[no-any-return]
+            return req.cache["ease"]
         out: NDArray[np.float32] | None = None
         if self.ease is not None:
             b = self.ease.state.weights
@@ -923,7 +946,9 @@ class Engine:
         if cfg.ann and self.ann is not None:
             vec = self.user_vector(req)
             if vec is not None:
-                ids, scores = self.ann.search(vec, self._fetch(req, cfg.ann))
+                skip = np.union1d(req.seen, req.exclude)
+                fetch = cfg.ann + cfg.ann // 2 + 10  # seen/excluded skipped in the index
+                ids, scores = self.ann.search(vec, fetch, exclude=skip[skip < self.ann.n_items])
                 keep = ids[0] >= 0
                 out.append(Proposal("ann", ids[0][keep], scores[0][keep]))
         if cfg.item_to_item:
@@ -953,12 +978,12 @@ class Engine:
                 ranked = ranked[cat.created_at[ranked] <= req.now]
             items = ranked[: self._fetch(req, quota)]
             if kind == "popular":
-                scores = np.log1p(cat.popularity[items])
+                chart = np.log1p(cat.popularity[items])
             elif kind == "trending":
-                scores = np.log1p(cat.trending[items])
+                chart = np.log1p(cat.trending[items])
             else:
-                scores = -(req.now - cat.created_at[items]) / _DAY
-            out.append(Proposal(kind, items, scores.astype(np.float32)))
+                chart = -(req.now - cat.created_at[items]) / _DAY
+            out.append(Proposal(kind, items, chart.astype(np.float32)))
         return out
 
     def best_anchors(self, req: Request, items: NDArray[np.int64]) -> NDArray[np.int64]:

@@ -37,6 +37,7 @@ one reference assignment.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -579,15 +580,18 @@ class Engine:
 
     def _log_impression(self, result: RecommendationList, context: Mapping[str, Any]) -> None:
         """Log a served list (off the request path; see `ImpressionLogger`)."""
+        # built without re-validation: every field comes from a validated list
         self.impressions.log(
-            Impression(
+            Impression.model_construct(
                 request_id=result.request_id,
                 user_id=result.user_id,
                 timestamp=datetime.now(UTC),
                 model_version=result.model_version,
+                experiment=None,
+                arm=None,
                 context={k: v for k, v in context.items() if v is not None},
                 items=[
-                    ImpressionItem(
+                    ImpressionItem.model_construct(
                         item_id=item.id,
                         position=pos,
                         score=item.score if item.score is not None else 0.0,
@@ -782,14 +786,18 @@ class Engine:
     def _cached(
         self, funnel: Funnel, user_id: str, n: int, version: str
     ) -> list[RecommendedItem] | None:
-        """The precomputed list if it is valid for this request (see the module doc)."""
+        """The precomputed list if it is valid for this request (see the module doc).
+
+        On the hot path: one cache round trip for the entry and the user's last
+        event time, and the stored rows are trusted (they were validated when
+        written), so no per-item validation is repeated."""
         try:
-            entry = self.cache.get_json(recs_key(user_id))
-            if not isinstance(entry, dict) or entry.get("model_version") != version:
-                return None
-            last = self.cache.get(last_event_key(user_id))
+            raw, last = self.cache.get_many([recs_key(user_id), last_event_key(user_id)])
+            entry = None if raw is None else json.loads(raw)
         except (CacheError, ValueError):
             log.warning("cache unreadable: answering live", exc_info=True)
+            return None
+        if not isinstance(entry, dict) or entry.get("model_version") != version:
             return None
         if last is not None and float(last) >= float(entry.get("computed_at", 0.0)):
             return None
@@ -803,7 +811,7 @@ class Engine:
             except UnknownIdError:
                 servable = False
             if servable:
-                out.append(RecommendedItem.model_validate(row))
+                out.append(RecommendedItem.model_construct(**row))
                 if len(out) == n:
                     return out
         return None

@@ -25,7 +25,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -93,6 +93,10 @@ class Cache(ABC):
 
     def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release connections."""
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Several values at once (one round trip on Redis)."""
+        return [self.get(k) for k in keys]
 
     def get_json(self, key: str) -> Any:
         """The JSON value at `key`, or None if absent."""
@@ -283,6 +287,11 @@ class RedisCache(Cache):
         with self._errors("get"):
             value = self._client.get(self._k(key))
         return None if value is None else _as_bytes(value)
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        with self._errors("get_many"):
+            values = self._client.mget([self._k(k) for k in keys])
+        return [None if v is None else _as_bytes(v) for v in values]
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         _check_ttl(ttl)

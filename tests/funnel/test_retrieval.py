@@ -1,0 +1,212 @@
+"""Candidate generation: the ANN index, the merge (quotas, dedup, source
+memory) and the request filters."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sieve.data.dataset import Dataset
+from sieve.data.io import load_data
+from sieve.models.factorization import ALS
+from sieve.pipeline import Funnel, FunnelConfig, featurize
+from sieve.retrieval.ann import AnnConfig, AnnIndex
+from sieve.retrieval.sources import SOURCES, Proposal, merge
+from sieve.types import Query
+
+SPEC = "synthetic:users=300,items=200,seed=1"
+#: One thread per library: fast and steady on a busy two-core machine.
+SINGLE_THREADED = FunnelConfig.from_dict(
+    {"als": {"num_threads": 1}, "itemknn": {"num_threads": 1}, "ranker": {"num_threads": 1}}
+)
+
+
+@cache
+def data() -> Dataset:
+    return load_data(SPEC).to_dataset()
+
+
+@cache
+def fitted() -> Funnel:
+    return Funnel(SINGLE_THREADED).fit(data())
+
+
+def _row(u: int) -> Query:
+    m = data().matrix
+    lo, hi = m.indptr[u], m.indptr[u + 1]
+    return Query(
+        user=u, history=m.indices[lo:hi].astype(np.int64), history_weights=m.data[lo:hi], n=20
+    )
+
+
+# ------------------------------------------------------------------------ ANN
+def test_ann_exact_mode_returns_the_exact_top_k() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(500, 16)).astype(np.float32)
+    index = AnnIndex.build(vectors, AnnConfig())
+    assert index.exact
+    queries = rng.normal(size=(20, 16)).astype(np.float32)
+    ids, scores = index.search(queries, 10)
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    np.testing.assert_array_equal(ids, truth)
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ vectors.T, truth, 1), rtol=1e-5)
+
+
+def test_ann_hnsw_above_the_threshold_has_high_recall(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(20, 16))
+    vectors = (centres[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 16))).astype(
+        np.float32
+    )
+    index = AnnIndex.build(vectors, AnnConfig(exact_max_items=1000))
+    assert not index.exact
+    # user-like queries: mixtures of the tastes the items come from
+    queries = (centres[rng.integers(0, 20, 50)] + 0.3 * rng.normal(size=(50, 16))).astype(
+        np.float32
+    )
+    found = index.search(queries, 20)[0]
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :20]
+    recall = np.mean([len(np.intersect1d(a, b)) / 20 for a, b in zip(found, truth, strict=True)])
+    assert recall >= 0.95
+    loaded = AnnIndex.load(index.save(tmp_path / "ann"))
+    np.testing.assert_array_equal(loaded.search(queries, 20)[0], found)
+
+
+def test_ann_pads_when_asked_for_more_than_it_holds() -> None:
+    index = AnnIndex.build(np.eye(3, dtype=np.float32))
+    ids, _ = index.search(np.ones(3, np.float32), 10)
+    assert sorted(ids[0].tolist()) == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------- merge
+def test_merge_keeps_quotas_dedups_and_remembers_sources() -> None:
+    ann = Proposal("ann", np.array([5, 6, 7, 8]), np.array([0.9, 0.8, 0.7, 0.6], np.float32))
+    i2i = Proposal(
+        "item_to_item",
+        np.array([7, 9, 5]),
+        np.array([3.0, 2.0, 1.0], np.float32),
+        anchors=np.array([40, 41, 42]),
+    )
+    pop = Proposal("popular", np.array([1, 5, 2]), np.array([10.0, 9.0, 8.0], np.float32))
+    quotas = {s: 0 for s in SOURCES} | {"ann": 3, "item_to_item": 3, "popular": 1}
+    cands = merge([ann, i2i, pop], quotas, lambda items: items != 6)  # 6 is filtered
+    assert sorted(cands.items.tolist()) == [1, 5, 7, 8, 9]
+    row = {int(i): k for k, i in enumerate(cands.items)}
+    col = {s: k for k, s in enumerate(SOURCES)}
+    # ann's quota of 3 survivors: 5, 7, 8 (6 filtered), ranked 1..3 among survivors
+    assert cands.ranks[row[8], col["ann"]] == 3
+    assert cands.scores[row[7], col["ann"]] == pytest.approx(0.7)
+    # item 7 was proposed by both, with its anchor remembered
+    assert cands.ranks[row[7], col["item_to_item"]] == 1
+    assert cands.anchors[row[7]] == 40
+    assert cands.anchors[row[5]] == 42
+    assert cands.n_sources[row[5]] == 2
+    # popular's quota of 1 keeps only its best survivor
+    assert cands.proposed("popular").sum() == 1 and cands.proposed("popular")[row[1]]
+    assert np.isnan(cands.ranks[row[9], col["ann"]])
+
+
+def test_sources_respect_their_quotas_on_a_real_request() -> None:
+    funnel = fitted()
+    engine = funnel.state.engine
+    req = engine.request(_row(3))
+    cands = engine.candidates(req)
+    assert len(np.unique(cands.items)) == len(cands)
+    for s in SOURCES:
+        assert cands.proposed(s).sum() <= engine.config.quota(s)
+    assert cands.proposed("item_to_item").any() and cands.proposed("ann").any()
+
+
+# -------------------------------------------------------------------- filters
+def test_seen_items_are_never_recommended() -> None:
+    funnel = fitted()
+    q = _row(7)
+    recs = funnel.recommend_query(q)
+    assert len(recs) == q.n
+    assert not {r.item for r in recs} & set(q.history.tolist())
+
+
+def test_excluded_items_are_filtered() -> None:
+    funnel = fitted()
+    first = [r.item for r in funnel.recommend_query(_row(7))]
+    q = _row(7)
+    again = funnel.recommend_query(
+        Query(
+            user=q.user,
+            history=q.history,
+            history_weights=q.history_weights,
+            n=20,
+            exclude=frozenset(first[:5]),
+        )
+    )
+    assert not {r.item for r in again} & set(first[:5])
+
+
+def test_category_restriction_keeps_only_those_categories() -> None:
+    funnel = fitted()
+    q = _row(11)
+    recs = funnel.recommend_query(
+        Query(
+            user=q.user,
+            history=q.history,
+            history_weights=q.history_weights,
+            n=10,
+            categories=("horror",),
+        )
+    )
+    assert len(recs) == 10
+    assert all("horror" in funnel.item_categories(r.item) for r in recs)
+    cold = funnel.recommend_query(Query(n=5, categories=("horror", "music")))
+    assert cold and all({"horror", "music"} & set(funnel.item_categories(r.item)) for r in cold)
+
+
+def test_unavailable_items_are_filtered(tmp_path: Path) -> None:
+    funnel = Funnel.load(fitted().save(tmp_path / "f"))
+    first = [r.item for r in funnel.recommend_query(_row(7))]
+    gone = [funnel.item_ids[i] for i in first[:3]]
+    funnel.add_items(pd.DataFrame({"item_id": gone, "available": [False] * 3}))
+    assert not funnel.is_available(first[0])
+    after = [r.item for r in funnel.recommend_query(_row(7))]
+    assert not set(after) & set(first[:3])
+    assert not {r.item for r in funnel.popular(50)} & set(first[:3])
+
+
+def test_fold_in_is_one_exact_als_step() -> None:
+    funnel = fitted()
+    engine = funnel.state.engine
+    als = engine.als
+    assert isinstance(als, ALS)
+    q = _row(5)
+    req = engine.request(Query(user=-1, history=q.history, history_weights=q.history_weights))
+    ours = engine.user_vector(req)
+    assert ours is not None
+    row = data().matrix[5]
+    theirs = als._model().recalculate_user(0, row)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
+    # the same history as in training: the trained vector
+    known = engine.user_vector(engine.request(q))
+    np.testing.assert_array_equal(known, als.state.user_factors[5])
+
+
+def test_newer_history_is_folded_in() -> None:
+    funnel = fitted()
+    engine = funnel.state.engine
+    q = _row(5)
+    newer = np.concatenate([q.history, [int(np.setdiff1d(np.arange(200), q.history)[0])]])
+    req = engine.request(Query(user=5, history=newer))
+    vec = engine.user_vector(req)
+    assert vec is not None
+    assert not np.allclose(vec, engine.als.state.user_factors[5])  # type: ignore[union-attr]
+
+
+def test_featurize_runs_the_same_code_for_any_caller() -> None:
+    engine = fitted().state.engine
+    a = featurize(engine, _row(9), None)
+    b = featurize(engine, _row(9), None)
+    np.testing.assert_array_equal(a[1].items, b[1].items)
+    assert a[2] is not None and b[2] is not None
+    np.testing.assert_array_equal(a[2], b[2])
