@@ -488,6 +488,10 @@ def quickstart(
         "sieve-quickstart"
     ),
     port: Annotated[int, typer.Option("--port")] = 8000,
+    movielens: Annotated[
+        Path | None,
+        typer.Option("--movielens", help="a MovieLens 100K folder (u.data, u.item, u.user)"),
+    ] = None,
     no_serve: Annotated[bool, typer.Option("--no-serve", help="load and train, then exit")] = False,
 ) -> None:
     """A running demo in one command: load a data set into a local SQLite store,
@@ -499,6 +503,8 @@ def quickstart(
     from sieve.settings import Settings
     from sieve.storage import open_store
 
+    if movielens is not None:
+        data = f"movielens-100k:{movielens}"
     with _clean_errors():
         settings = Settings(
             store_url=f"sqlite:///{folder / 'sieve.db'}",
@@ -585,3 +591,44 @@ def models_rollback(model_dir: ModelDirOpt = None, config: ConfigOpt = None) -> 
     with _clean_errors():
         manifest = _registry(model_dir, config).rollback()
         out.print(f"serving {manifest.version}")
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    model_dir: ModelDirOpt = None,
+    funnel_config: Annotated[
+        Path | None, typer.Option("--funnel-config", help="TOML of the candidate's configuration")
+    ] = None,
+    every: Annotated[
+        float | None, typer.Option("--every", help="retrain at least every this many seconds")
+    ] = 24 * 3600.0,
+    after_events: Annotated[
+        int | None, typer.Option("--after-events", help="retrain after this many new events")
+    ] = 50_000,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="promote if ≥ serving × (1 − tolerance)")
+    ] = 0.0,
+    poll: Annotated[float, typer.Option("--poll", help="seconds between checks")] = 30.0,
+    once: Annotated[bool, typer.Option("--once", help="run one cycle now and exit")] = False,
+) -> None:
+    """Retrain beside the server: on a schedule, after N new events or when
+    MODEL_DIR/RETRAIN appears; promote the candidate only if it is not worse
+    than the serving model on the most recent events, else keep the old one
+    and record why (`sieve models list` shows it)."""
+    from sieve.worker import Retrainer, RetrainPolicy
+
+    with _clean_errors():
+        settings = _service_settings(
+            config, store_url=store, model_dir=model_dir, funnel_config=funnel_config
+        )
+        policy = RetrainPolicy(every_seconds=every, after_events=after_events, tolerance=tolerance)
+        retrainer = Retrainer(settings, policy)
+        if once:
+            d = retrainer.run_once("manual (`sieve worker --once`)")
+            verdict = "promoted" if d.promoted else "rejected"
+            out.print(f"{d.candidate} {verdict}: {d.why}", soft_wrap=True)
+            return
+        console.print(f"watching {settings.store_url} every {poll:.0f}s", soft_wrap=True)
+        retrainer.run_forever(poll_seconds=poll)

@@ -126,3 +126,14 @@ def test_quickstart_loads_and_trains(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (folder / "models" / CURRENT).is_file()
     assert "curl http://127.0.0.1:8000/popular" in result.output
+
+
+@pytest.mark.slow
+def test_quickstart_on_movielens(tmp_path: Path, ml100k_path: Path) -> None:
+    folder = tmp_path / "qs-ml"
+    result = runner.invoke(
+        app, ["quickstart", "--no-serve", "--dir", str(folder), "--movielens", str(ml100k_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "1682 items, 943 users, 100000 new events" in result.output
+    assert ModelRegistry(folder / "models").current() is not None

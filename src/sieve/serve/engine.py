@@ -156,7 +156,7 @@ def snapshot(store: Store, weights: Mapping[str, float]) -> Dataset:
         )
         items = pd.concat([items, extra], ignore_index=True)
     return Dataset.from_frames(
-        events[EVENT_COLUMNS].reset_index(drop=True),
+        events[[*EVENT_COLUMNS, "seq"]].reset_index(drop=True),  # seq: what a model saw
         items.reset_index(drop=True),
         users,
         weights=EventWeights(weights=dict(weights)),

@@ -1,0 +1,232 @@
+"""Background retraining: train a candidate, compare it with the serving model
+on the most recent events, promote it only if it is not worse.
+
+`Retrainer.due()` says whether a run is due — on a schedule, after N new
+events since the serving model's snapshot, or when a monitoring trigger asks
+for one (the file `model_dir/RETRAIN`, written by a drift check or an
+operator). `Retrainer.run_once()` does one cycle:
+
+1. snapshot the store; the *holdout* is the events that arrived after the
+   serving model's snapshot (its manifest's `max_seq`) — neither model saw
+   them — or, with no serving model or too few new events, the newest
+   `holdout_fraction` of the events by time; then the serving model saw the
+   holdout, so its configuration is refit on the same training part and that
+   refit stands in for it (a fair comparison of configurations);
+2. fit a candidate funnel on everything before the holdout;
+3. score both on the holdout (NDCG@k of each holdout user's new items,
+   given their history before it), through external ids so the two models'
+   vocabularies need not agree;
+4. register the candidate with both scores; promote it if its score is at
+   least the serving one's × (1 − tolerance), otherwise reject it and record
+   why. The serving model is never replaced by a worse one.
+
+The promoted candidate is the one evaluated (fitted without the holdout); the
+next cycle's snapshot includes those events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sieve.data.dataset import Dataset
+from sieve.data.schema import UnknownIdError
+from sieve.evaluate import metrics as M
+from sieve.pipeline import Funnel
+from sieve.registry import ModelRegistry
+from sieve.serve.engine import new_funnel, snapshot
+from sieve.settings import Settings
+from sieve.storage import open_store
+from sieve.types import Query
+
+log = logging.getLogger(__name__)
+
+#: The file a monitoring trigger (or an operator) writes to ask for a retrain.
+TRIGGER = "RETRAIN"
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """When to retrain and how to judge the candidate.
+
+    - `every_seconds`: retrain at least this often (None: no schedule);
+    - `after_events`: retrain once this many events arrived since the serving
+      model's snapshot (None: never for that reason);
+    - `holdout_fraction`: share of the newest events held out when there are
+      too few new events (fewer than `min_holdout_events`);
+    - `k`: list length of the NDCG comparison; `max_users`: users scored;
+    - `tolerance`: promote when candidate ≥ serving × (1 − tolerance).
+    """
+
+    every_seconds: float | None = 24 * 3600.0
+    after_events: int | None = 50_000
+    holdout_fraction: float = 0.1
+    min_holdout_events: int = 200
+    k: int = 10
+    max_users: int = 1000
+    tolerance: float = 0.0
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one retraining cycle."""
+
+    reason: str
+    candidate: str
+    serving: str | None
+    candidate_score: float
+    serving_score: float | None
+    promoted: bool
+    why: str
+
+
+class Retrainer:
+    """Runs retraining cycles against one store and one model registry."""
+
+    def __init__(self, settings: Settings, policy: RetrainPolicy | None = None) -> None:
+        self.settings = settings
+        self.policy = policy or RetrainPolicy()
+        self.registry = ModelRegistry(settings.model_dir)
+
+    # ------------------------------------------------------------ when
+    def due(self, now: float | None = None) -> str | None:
+        """Why a run is due now, or None."""
+        now = time.time() if now is None else now
+        trigger = Path(self.settings.model_dir) / TRIGGER
+        if trigger.exists():
+            return f"trigger: {trigger.read_text().strip() or 'requested'}"
+        current = self.registry.current()
+        if current is None:
+            return "no serving model"
+        manifest = self.registry.manifest(current)
+        p = self.policy
+        if p.every_seconds is not None and now - manifest.created_at >= p.every_seconds:
+            return f"schedule: serving model is older than {p.every_seconds:.0f}s"
+        if p.after_events is not None:
+            with open_store(self.settings.store_url) as store:
+                new = store.max_seq() - int(manifest.data.get("max_seq", 0))
+            if new >= p.after_events:
+                return f"{new} new events since the serving model (threshold {p.after_events})"
+        return None
+
+    # ------------------------------------------------------------ one cycle
+    def run_once(self, reason: str = "manual") -> Decision:
+        """Train, compare, and promote or reject; see the module docstring."""
+        with open_store(self.settings.store_url) as store:
+            data = snapshot(store, self.settings.event_weights)
+            max_seq = store.max_seq()
+        serving_version = self.registry.current()
+        loaded = self.registry.load() if serving_version else None
+        serving = loaded if isinstance(loaded, Funnel) else None
+        seen_seq = (
+            int(self.registry.manifest(serving_version).data.get("max_seq", 0))
+            if serving_version
+            else 0
+        )
+        seq = data.events["seq"].to_numpy() if "seq" in data.events else None
+        held = None
+        if seq is not None and serving is not None:
+            held = seq > seen_seq
+            if held.sum() < self.policy.min_holdout_events:
+                held = None
+        if held is None:
+            ts = data.events["timestamp"].to_numpy()
+            held = ts > np.quantile(ts, 1.0 - self.policy.holdout_fraction)
+        train = data.subset(~held)
+        test = data.subset(held)
+        reference = serving
+        if serving is not None and (seq is None or (seq[held] <= seen_seq).any()):
+            # the serving model saw part of the holdout: comparing it as it is
+            # would favour it unfairly, so its configuration is refit on the
+            # same training part and that refit is the reference
+            reason += "; serving configuration refit as the reference (too few new events)"
+            reference = Funnel(serving.config).fit(train)
+        candidate = new_funnel(self.settings).fit(train)
+        cand_score = score_on_holdout(candidate, train, test, self.policy)
+        serv_score = (
+            None if reference is None else score_on_holdout(reference, train, test, self.policy)
+        )
+        version = str(candidate.version)
+        self.registry.register(
+            candidate,
+            version=version,
+            data={
+                "events": len(train.events),
+                "max_seq": max_seq,
+                "holdout_events": int(held.sum()),
+                "reason": reason,
+            },
+            metrics={f"holdout ndcg@{self.policy.k}": cand_score}
+            | ({} if serv_score is None else {f"serving holdout ndcg@{self.policy.k}": serv_score}),
+        )
+        if serv_score is None or cand_score >= serv_score * (1.0 - self.policy.tolerance):
+            why = (
+                "no serving model"
+                if serv_score is None
+                else f"holdout ndcg@{self.policy.k} {cand_score:.4f} ≥ serving {serv_score:.4f}"
+            )
+            self.registry.promote(version, f"{reason}; {why}")
+            promoted = True
+        else:
+            why = (
+                f"holdout ndcg@{self.policy.k} {cand_score:.4f} < serving "
+                f"{serv_score:.4f}: kept {serving_version}"
+            )
+            self.registry.reject(version, f"{reason}; {why}")
+            promoted = False
+        (Path(self.settings.model_dir) / TRIGGER).unlink(missing_ok=True)
+        log.info("retrain (%s): %s %s", reason, version, why)
+        return Decision(reason, version, serving_version, cand_score, serv_score, promoted, why)
+
+    def run_forever(self, poll_seconds: float = 30.0, max_cycles: int | None = None) -> None:
+        """Check `due()` every `poll_seconds` and run a cycle when it is."""
+        cycles = 0
+        while max_cycles is None or cycles < max_cycles:
+            reason = self.due()
+            if reason is not None:
+                self.run_once(reason)
+                cycles += 1
+            else:
+                time.sleep(poll_seconds)
+
+
+def score_on_holdout(model: Funnel, train: Dataset, test: Dataset, policy: RetrainPolicy) -> float:
+    """Mean NDCG@k of a funnel on the holdout users' new items, given each
+    user's history before the holdout, matched by external ids (the funnel's
+    vocabulary need not be the snapshot's)."""
+    users = np.flatnonzero((test.matrix.getnnz(axis=1) > 0) & (train.matrix.getnnz(axis=1) > 0))
+    rng = np.random.default_rng(policy.seed)
+    if len(users) > policy.max_users:
+        users = np.sort(rng.choice(users, policy.max_users, replace=False))
+    if len(users) == 0:
+        raise ValueError("the holdout has no user with earlier history to score")
+    recs = np.full((len(users), policy.k), -1, dtype=np.int64)
+    for r, u in enumerate(users):
+        row = train.matrix[u]
+        items: list[int] = []
+        weights: list[float] = []
+        for i, w in zip(row.indices, row.data, strict=True):
+            try:
+                items.append(model.item_index(str(train.item_ids[i])))
+                weights.append(float(w))
+            except UnknownIdError:
+                continue  # an item the model has never seen
+        query = Query(
+            user_id=str(train.user_ids[u]),
+            user=model.user_index(str(train.user_ids[u])),
+            history=np.array(items, dtype=np.int64),
+            history_weights=np.array(weights, dtype=np.float32),
+            n=policy.k,
+        )
+        for j, rec in enumerate(model.recommend_query(query)[: policy.k]):
+            try:
+                recs[r, j] = train.item_index(str(model.item_ids[rec.item]))
+            except UnknownIdError:
+                recs[r, j] = -1
+    relevant = (test.matrix[users] > 0).astype(np.float64).tocsr()
+    return float(np.mean(M.ndcg_at_k(recs, relevant, policy.k)))
