@@ -750,25 +750,38 @@ class Engine:
             for r in recs
         ]
 
-    def recommend_user(
+    def cached_answer(
         self, user_id: str, n: int, filters: Filters = Filters()
-    ) -> RecommendationList:
-        """Top-n for `user_id`: from the precomputed cache when still valid, else live."""
+    ) -> RecommendationList | None:
+        """The precomputed answer when it is valid for this request, else None."""
+        if not filters.empty:
+            return None
         funnel = self.funnel
         version = str(funnel.version)
-        if filters.empty:
-            cached = self._cached(funnel, user_id, n, version)
-            if cached is not None:
-                hit = RecommendationList(
-                    items=cached,
-                    request_id=uuid.uuid4().hex,
-                    model_version=version,
-                    user_id=user_id,
-                    cached=True,
-                    cold_start=False,
-                )
-                self._log_impression(hit, {"cached": True})
+        cached = self._cached(funnel, user_id, n, version)
+        if cached is None:
+            return None
+        hit = RecommendationList(
+            items=cached,
+            request_id=uuid.uuid4().hex,
+            model_version=version,
+            user_id=user_id,
+            cached=True,
+            cold_start=False,
+        )
+        self._log_impression(hit, {"cached": True})
+        return hit
+
+    def recommend_user(
+        self, user_id: str, n: int, filters: Filters = Filters(), use_cache: bool = True
+    ) -> RecommendationList:
+        """Top-n for `user_id`: from the precomputed cache when still valid, else live."""
+        if use_cache:
+            hit = self.cached_answer(user_id, n, filters)
+            if hit is not None:
                 return hit
+        funnel = self.funnel
+        version = str(funnel.version)
         with self._lock.reading():
             query = self.user_query(funnel, user_id, n, filters)
             items = self._listed(funnel, funnel.recommend_query(query))

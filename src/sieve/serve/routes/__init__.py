@@ -15,8 +15,8 @@ from sieve.serve.engine import Engine
 from sieve.serve.schemas import ErrorBody
 
 
-def get_engine(request: Request) -> Engine:
-    """The app's engine (opened by the lifespan)."""
+async def get_engine(request: Request) -> Engine:
+    """The app's engine (opened by the lifespan); async: no thread-pool hop."""
     engine: Engine = request.app.state.engine
     return engine
 

@@ -16,6 +16,7 @@ cannot be excluded through the query string.
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.concurrency import run_in_threadpool
 
 from sieve.data.records import MAX_ID_LENGTH
 from sieve.data.schema import UnknownIdError
@@ -85,7 +86,7 @@ def router(settings: Settings) -> APIRouter:
     Label = Annotated[str | None, Query(min_length=1, max_length=MAX_LABEL)]
 
     @r.get("/recommendations/{user_id}")
-    def recommend_user(
+    async def recommend_user(
         user_id: UserId,
         engine: EngineDep,
         _: ReadAccess,
@@ -107,7 +108,12 @@ def router(settings: Settings) -> APIRouter:
             exclude=_split(exclude, "exclude", MAX_ID_LENGTH),
             context=Context(hour=hour, weekday=weekday, device=device, page=page),
         )
-        return engine.recommend_user(user_id, n, filters)
+        # a precomputed answer is a cache read: served on the event loop; the
+        # live funnel is CPU work and goes to the thread pool
+        cached = engine.cached_answer(user_id, n, filters)
+        if cached is not None:
+            return cached
+        return await run_in_threadpool(engine.recommend_user, user_id, n, filters, False)
 
     @r.post("/recommendations")
     def recommend_session(
