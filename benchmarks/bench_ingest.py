@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,50 +24,22 @@ from rich.console import Console
 from rich.table import Table
 
 from sieve.data.records import Item
+from sieve.serve.launch import free_port, start_server, stop_server
 from sieve.storage import open_store
 
 console = Console()
 POSTGRES = os.environ.get("SIEVE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run(store_url: str, batches: int, batch_size: int, clients: int, n_items: int) -> float:
     with open_store(store_url) as store:
         store.upsert_items([Item(id=f"i{k}", title=f"item {k}") for k in range(n_items)])
+    env = {"SIEVE_OPEN_READ": "true", "SIEVE_OPEN_WRITE": "true"}
+    args = ["--store", store_url, "--no-access-log", "--model-dir", tempfile.mkdtemp()]
     port = free_port()
-    env = {**os.environ, "SIEVE_OPEN_READ": "true", "SIEVE_OPEN_WRITE": "true"}
-    cmd = [
-        sys.executable,
-        "-c",
-        "from sieve.cli import app; app()",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--store",
-        store_url,
-        "--no-access-log",
-        "--model-dir",
-        tempfile.mkdtemp(),
-    ]
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = start_server(args, port=port, env=env, timeout=60)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit(f"server did not start: {server.stderr.read().decode()[-1500:]}")  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         acked = [0] * clients
         failures: list[str] = []
 
@@ -103,8 +71,7 @@ def run(store_url: str, batches: int, batch_size: int, clients: int, n_items: in
             t.join()
         elapsed = time.perf_counter() - start
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_server(server)
     if failures:
         raise SystemExit(f"{len(failures)} failed batches, e.g. {failures[0]}")
     with open_store(store_url) as store:

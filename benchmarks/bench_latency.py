@@ -23,8 +23,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -37,6 +35,7 @@ from rich.table import Table
 
 from sieve.data.synthetic import SyntheticConfig, generate
 from sieve.serve.engine import Engine, import_data, train
+from sieve.serve.launch import free_port, start_server, stop_server
 from sieve.settings import Settings
 from sieve.storage import open_store
 
@@ -82,12 +81,6 @@ def redis_url() -> str | None:
         return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def percentiles(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values)
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
@@ -122,17 +115,7 @@ def main() -> int:
         console.print("[yellow]Redis not reachable: cached answers are not measured[/yellow]")
     engine.close()
 
-    port = free_port()
-    env = {**os.environ, "SIEVE_OPEN_READ": "true"}
-    cmd = [
-        sys.executable,
-        "-c",
-        "from sieve.cli import app; app()",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+    args_ = [
         "--store",
         settings.store_url,
         "--model-dir",
@@ -141,22 +124,12 @@ def main() -> int:
         "--cache",
         cache or "memory://",
     ]
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    port = free_port()
+    server = start_server(
+        args_, port=port, env={"SIEVE_OPEN_READ": "true"}, ready_path="/ready", timeout=300
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                raise SystemExit(f"server exited: {server.stderr.read().decode()[-2000:]}")
-            time.sleep(0.5)
-        else:
-            raise SystemExit("server not ready in 300 s")
-
         kinds = ["health", "live"] + (["cached"] if cached else [])
         plan = [(kinds[i % len(kinds)], i) for i in range(args.requests)]
         results: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
@@ -197,8 +170,7 @@ def main() -> int:
             th.join()
         elapsed = time.perf_counter() - t0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server)
 
     table = Table(
         title=f"{args.items} items · {args.users} users · {args.requests} requests · "

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -17,52 +15,22 @@ import httpx
 import pytest
 
 from sieve.data.records import Item
+from sieve.serve.launch import free_port, start_server, stop_server
 from sieve.storage import open_store
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(store_url: str, model_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SIEVE_OPEN_READ": "true", "SIEVE_OPEN_WRITE": "true"}
-    cmd = [
-        sys.executable,
-        "-c",
-        "from sieve.cli import app; app()",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--store",
-        store_url,
-        "--model-dir",
-        str(model_dir),
-        "--no-access-log",
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not start in 60 s")
+    env = {"SIEVE_OPEN_READ": "true", "SIEVE_OPEN_WRITE": "true"}
+    args = ["--store", store_url, "--model-dir", str(model_dir), "--no-access-log"]
+    return start_server(args, port=port, env=env, timeout=60)
 
 
 def test_kill_9_loses_no_acknowledged_event(store_url: str, tmp_path: Path) -> None:
     with open_store(store_url) as store:
         store.upsert_items([Item(id=f"i{k}") for k in range(20)])
-    port = _free_port()
+    port = free_port()
     server = _start(store_url, tmp_path / "models", port)
     acked: list[str] = []
     in_flight: list[list[str]] = []
@@ -114,8 +82,7 @@ def test_kill_9_loses_no_acknowledged_event(store_url: str, tmp_path: Path) -> N
             r = httpx.post(f"http://127.0.0.1:{port}/events", json=body, timeout=5)
             assert r.status_code // 100 == 2, r.text
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_server(server)
     with open_store(store_url) as store:
         stored = store.events_frame()["event_id"].tolist()
     counts = Counter(stored)

@@ -3,12 +3,7 @@ server swaps to the promoted version while clients keep asking."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,15 +14,10 @@ import pytest
 
 from sieve.registry import ModelRegistry
 from sieve.serve.engine import train
+from sieve.serve.launch import free_port, start_server, stop_server
 from sieve.settings import Settings
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_promotion_under_load_fails_no_request(trained: Any, tmp_path: Path) -> None:
@@ -46,36 +36,12 @@ def test_promotion_under_load_fails_no_request(trained: Any, tmp_path: Path) -> 
     new = str(new_funnel.version)
     assert new != old
 
-    port = _free_port()
-    env = {**os.environ, "SIEVE_OPEN_READ": "true", "SIEVE_MODEL_POLL_SECONDS": "0.2"}
-    cmd = [
-        sys.executable,
-        "-c",
-        "from sieve.cli import app; app()",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--store",
-        store_url,
-        "--model-dir",
-        str(models),
-        "--no-access-log",
-    ]
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {"SIEVE_OPEN_READ": "true", "SIEVE_MODEL_POLL_SECONDS": "0.2"}
+    args = ["--store", store_url, "--model-dir", str(models), "--no-access-log"]
+    port = free_port()
+    server = start_server(args, port=port, env=env, ready_path="/ready", timeout=60)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            assert time.time() < deadline, "server not ready"
-            assert server.poll() is None, server.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-
         counts = trained.raw.events["user_id"].value_counts()
         users = [str(u) for u in counts[counts < 100].index[:50]]  # room for 5 unseen items
         seen: list[str] = []
@@ -107,8 +73,7 @@ def test_promotion_under_load_fails_no_request(trained: Any, tmp_path: Path) -> 
         for t in threads:
             t.join()
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_server(server)
     assert not failures, failures[:3]
     assert old in seen and new in seen
     # once the new version answers, the old one never answers again
