@@ -15,6 +15,7 @@ state; the implicit model object is rebuilt from them on first use after
 from __future__ import annotations
 
 import dataclasses
+from abc import abstractmethod
 from typing import Any, TypeVar
 
 import numpy as np
@@ -129,9 +130,9 @@ class _ImplicitMF(Recommender[CfgT, MFState]):
         super().__init__(config, **overrides)
         self._cache: tuple[MFState, Any] | None = None
 
+    @abstractmethod
     def _new_model(self) -> Any:
         """A fresh, unfitted implicit model with this config."""
-        raise NotImplementedError
 
     def _fit(self, dataset: Dataset) -> MFState:
         x = sp.csr_matrix(dataset.matrix, dtype=np.float32)
@@ -184,9 +185,9 @@ class _ImplicitMF(Recommender[CfgT, MFState]):
             vecs[~known] = self._fold_in(rows)
         return np.asarray(vecs @ self.state.item_factors.T, dtype=np.float32)
 
+    @abstractmethod
     def _fold_in(self, rows: sp.csr_matrix) -> NDArray[np.float32]:
         """User vectors for users unknown to the model, from their rows."""
-        raise NotImplementedError
 
     def recommend_batch(
         self,
