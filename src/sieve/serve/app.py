@@ -31,6 +31,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.datastructures import MutableHeaders
@@ -221,7 +222,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 watcher.set()
             engine.close()
 
-    app = FastAPI(
+    # the docs pages' scripts and styles are served by the app itself, not a
+    # CDN: /docs works on a machine without internet access
+    app: FastAPI = FastAPIOffline(
         title="sieve",
         version=__version__,
         description=DESCRIPTION,
