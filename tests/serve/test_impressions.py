@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from fastapi.testclient import TestClient
 
 from sieve.serve.engine import Engine
@@ -74,3 +75,25 @@ def test_click_outside_the_window_is_not_attributed(serve: MakeClient) -> None:
     )
     frame = _engine(client).store.events_frame().set_index("event_id")
     assert frame.loc["late", "request_id"] is None
+
+
+def test_events_update_the_online_counters(serve: MakeClient) -> None:
+    import time
+
+    client = serve()
+    item = client.get(f"/recommendations/{USER}", params={"n": 1}).json()["items"][0]
+    events = [
+        {"id": "oc1", "user_id": USER, "item_id": item["id"], "type": "view"},
+        {"id": "oc2", "user_id": USER, "item_id": item["id"], "type": "click"},
+    ]
+    assert client.post("/events", json={"events": events}).status_code in (200, 201)
+    engine = _engine(client)
+    engine.flush_counters()  # counters are updated off the request path
+    counters = engine.counters
+    now = time.time()
+    f = counters.item_features([item["id"]], now)
+    assert f["view@1h"][0] == pytest.approx(1.0, rel=1e-3)
+    assert f["click@1h"][0] == pytest.approx(1.0, rel=1e-3)
+    u = counters.user_features(USER, now)
+    assert u["recency_hours"] < 0.01
+    assert any(u.get(f"affinity:{c}", 0) > 0 for c in item["categories"])

@@ -45,6 +45,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +62,7 @@ from sieve.data.dataset import Dataset
 from sieve.data.io import RawData
 from sieve.data.records import Event, Impression, ImpressionItem, Item, User
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, EventWeights, UnknownIdError
+from sieve.realtime.counters import CounterEvent, OnlineCounters
 from sieve.registry import ModelRegistry, RegistryError
 from sieve.serve.impressions import ImpressionLogger
 from sieve.serve.schemas import RecommendationList, RecommendedItem
@@ -389,6 +391,11 @@ class Engine:
         #: Why the last attempt to load a model failed (None: it did not fail).
         self.load_error: str | None = None
         self.impressions = ImpressionLogger(store)
+        #: online counters (item views/clicks/CTR per window, user recency and
+        #: affinity), updated by every committed event
+        self.counters = OnlineCounters(cache)
+        # one worker keeps updates in commit order, off the request path
+        self._counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-counters")
 
     @classmethod
     def open(cls, settings: Settings, *, load_model: bool = True) -> Engine:
@@ -409,6 +416,7 @@ class Engine:
         return engine
 
     def close(self) -> None:
+        self._counting.shutdown(wait=True)
         self.impressions.close()
         self.store.close()
         self.cache.close()
@@ -557,7 +565,42 @@ class Engine:
                 new.append(e)
                 listed[e.id] = occurrences[e.id]  # only its first occurrence is new
         self._note_events(new)
+        if new:
+            self._counting.submit(self._count, list(new))
         return result.inserted, result.duplicates
+
+    def flush_counters(self) -> None:
+        """Wait until every event committed so far is in the online counters."""
+        self._counting.submit(lambda: None).result()
+
+    def _count(self, new: Sequence[Event]) -> None:
+        """Fold newly stored events into the online counters (best effort: the
+        events are committed; a cache outage only leaves the counters behind)."""
+        funnel = self._funnel
+
+        def categories(item_id: str) -> tuple[str, ...]:
+            if funnel is None:
+                return ()
+            try:
+                return tuple(funnel.item_categories(funnel.item_index(item_id)))
+            except UnknownIdError:
+                return ()
+
+        now = time.time()
+        ordered = sorted(new, key=lambda e: e.timestamp.timestamp() if e.timestamp else now)
+        try:
+            self.counters.update(
+                CounterEvent(
+                    e.user_id,
+                    e.item_id,
+                    e.type,
+                    e.timestamp.timestamp() if e.timestamp else now,
+                    categories(e.item_id),
+                )
+                for e in ordered
+            )
+        except CacheError:
+            log.warning("cache unavailable: online counters not updated", exc_info=True)
 
     def _attribute(self, events: Sequence[Event]) -> list[Event]:
         """Cite the request that showed the item: an event of an attributed type

@@ -1,0 +1,1 @@
+"""Online state updated by every event: counters and features."""
