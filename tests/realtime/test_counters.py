@@ -4,20 +4,17 @@ event-by-event updates and from a replay of the log, memory and Redis alike."""
 from __future__ import annotations
 
 import math
-import os
 import uuid
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import redis
 
+from servers import REDIS_URL, redis_problem
 from sieve.data.io import load_data
 from sieve.realtime.counters import CTR_PRIOR, CounterEvent, OnlineCounters
 from sieve.storage import open_cache
 from sieve.storage.cache import Cache, MemoryCache
-
-REDIS_URL = os.environ.get("SIEVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -25,10 +22,9 @@ def cache(request: pytest.FixtureRequest) -> Iterator[Cache]:
     if request.param == "memory":
         yield MemoryCache()
         return
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as e:
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {e}")
+    problem = redis_problem()
+    if problem:
+        pytest.skip(problem)
     prefix = f"sieve_counters_test_{uuid.uuid4().hex}:"
     c = open_cache(f"{REDIS_URL}?prefix={prefix}")
     yield c

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import uuid
@@ -27,6 +26,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from servers import POSTGRES_URL, REDIS_URL, libpq_url, postgres_problem, redis_problem
 from sieve.data.io import RawData, load_data
 from sieve.serve.app import create_app
 from sieve.serve.auth import hash_key
@@ -34,10 +34,6 @@ from sieve.serve.engine import import_data, train
 from sieve.settings import ApiKey, Settings
 from sieve.storage import open_store
 
-POSTGRES_URL = os.environ.get(
-    "SIEVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-REDIS_URL = os.environ.get("SIEVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 SYNTH = "synthetic:users=200,items=150,seed=1"
 #: A small but complete funnel (ranker on), quick to fit on the synthetic data.
 FUNNEL_TOML = """
@@ -69,32 +65,6 @@ def bearer(scope: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEYS[scope]}"}
 
 
-def _libpq_url(url: str) -> str:
-    scheme, rest = url.split("://", 1)
-    return "postgresql://" + rest if scheme.startswith("postgres") else url
-
-
-@functools.cache
-def postgres_problem() -> str | None:
-    try:
-        with psycopg.connect(_libpq_url(POSTGRES_URL), connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except Exception as e:
-        return f"PostgreSQL not reachable at {POSTGRES_URL}: {e}"
-    return None
-
-
-@functools.cache
-def redis_problem() -> str | None:
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-        client.ping()
-        client.close()
-    except Exception as e:
-        return f"Redis not reachable at {REDIS_URL}: {e}"
-    return None
-
-
 @pytest.fixture(autouse=True)
 def _no_sieve_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings read the environment: keep the developer's SIEVE_* out of the tests."""
@@ -121,7 +91,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     try:
         yield f"{POSTGRES_URL}?schema={schema}"
     finally:
-        with psycopg.connect(_libpq_url(POSTGRES_URL), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(POSTGRES_URL), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 

@@ -8,8 +8,6 @@ schema and each Redis test its own key prefix, both removed afterwards.
 
 from __future__ import annotations
 
-import functools
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,41 +17,9 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 
+from servers import POSTGRES_URL, REDIS_URL, libpq_url, postgres_problem, redis_problem
 from sieve.storage import Cache, MemoryCache, RedisCache, SQLStore, open_cache, open_store
-
-POSTGRES_URL = os.environ.get(
-    "SIEVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-REDIS_URL = os.environ.get("SIEVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def _libpq_url(url: str) -> str:
-    """The URL as psycopg itself takes it (without SQLAlchemy's driver suffix)."""
-    scheme, rest = url.split("://", 1)
-    return "postgresql://" + rest if scheme.startswith("postgres") else url
-
-
-@functools.cache
-def _postgres_problem() -> str | None:
-    try:
-        with psycopg.connect(_libpq_url(POSTGRES_URL), connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except Exception as e:
-        return f"PostgreSQL not reachable at {POSTGRES_URL}: {e}"
-    return None
-
-
-@functools.cache
-def _redis_problem() -> str | None:
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-        client.ping()
-        client.close()
-    except Exception as e:
-        return f"Redis not reachable at {REDIS_URL}: {e}"
-    return None
 
 
 @dataclass
@@ -82,7 +48,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreTarg
         for s in t.opened:
             s.close()
         return
-    problem = _postgres_problem()
+    problem = postgres_problem()
     if problem:
         pytest.skip(problem)
     t = StoreTarget("postgresql", POSTGRES_URL, schema=f"sieve_test_{uuid.uuid4().hex[:16]}")
@@ -91,7 +57,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreTarg
     finally:
         for s in t.opened:
             s.close()
-        with psycopg.connect(_libpq_url(POSTGRES_URL), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(POSTGRES_URL), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{t.schema}" CASCADE')
 
 
@@ -123,7 +89,7 @@ class CacheHarness:
 @pytest.fixture
 def redis_cache() -> Iterator[RedisCache]:
     """A Redis cache under a key prefix of its own, cleared afterwards."""
-    problem = _redis_problem()
+    problem = redis_problem()
     if problem:
         pytest.skip(problem)
     sep = "&" if "?" in REDIS_URL else "?"
