@@ -104,7 +104,7 @@ def evaluate(
     collected: dict[str, list[dict[str, Any]]] = {s.label: [] for s in specs}
     n_test_users = 0
     for split in splits:
-        ctx = _SplitContext.build(split, depth)
+        ctx = _SplitContext.build(split)
         n_test_users += len(ctx.users)
         baseline_top = _popularity_top(split, ctx, depth)
         for spec in specs:
@@ -151,7 +151,7 @@ class _SplitContext:
     n_train_users: int
 
     @classmethod
-    def build(cls, split: Split, depth: int) -> _SplitContext:
+    def build(cls, split: Split) -> _SplitContext:
         users = split.test_users
         model_users = np.where(split.holdout_users[users], -1, users).astype(np.int64)
         relevant = (split.test.matrix[users] > 0).astype(np.float64).tocsr()

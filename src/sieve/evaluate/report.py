@@ -176,8 +176,8 @@ def plot_curves(result: EvaluationResult) -> str:
 
 
 def plot_popularity_bias(result: EvaluationResult) -> str:
-    """Where recommendations fall on the item popularity scale: share of all
-    recommended slots per popularity decile of the training catalog."""
+    """Where recommendations fall on the item popularity scale: the density of
+    recommended slots over log training popularity, one curve per model."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for r in result.models:
         pop = r.rec_popularity

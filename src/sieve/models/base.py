@@ -161,8 +161,10 @@ class Recommender(ABC, Generic[C, S]):
         return TopN(idx, val).row(0)
 
     def item_vectors(self) -> NDArray[np.float32]:
-        """Dense item representations used for similarity; models override."""
-        raise NotImplementedError(f"{self.name} has no item vectors")
+        """Dense item representations used for similarity; models that have
+        them override this. A model without them cannot answer `similar_items`,
+        which is a usage error (TypeError), as for the popularity models."""
+        raise TypeError(f"{self.name} has no item vectors: it cannot find similar items")
 
     def predict(self, users: NDArray[np.int64], items: NDArray[np.int64]) -> NDArray[np.float64]:
         """Predicted ratings for (user, item) pairs (rating models only)."""

@@ -587,8 +587,7 @@ class Engine:
                 return ()
 
         now = time.time()
-        ordered = sorted(new, key=lambda e: e.timestamp.timestamp() if e.timestamp else now)
-        try:
+        try:  # `update` aggregates per key with exact decay: order does not matter
             self.counters.update(
                 CounterEvent(
                     e.user_id,
@@ -597,7 +596,7 @@ class Engine:
                     e.timestamp.timestamp() if e.timestamp else now,
                     categories(e.item_id),
                 )
-                for e in ordered
+                for e in new
             )
         except CacheError:
             log.warning("cache unavailable: online counters not updated", exc_info=True)
