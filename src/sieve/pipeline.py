@@ -10,9 +10,11 @@ explanation.
    catalogs, popular, trending and fresh items; merged under per-source
    quotas with seen, excluded, unavailable and out-of-category items removed.
 2. Ranking (`sieve.ranking`): LightGBM LambdaMART over the features of
-   `sieve.ranking.features`, trained on held-out training interactions; a
-   reciprocal-rank blend of the sources when it is off (and for requests with
-   no history at all, which get the charts).
+   `sieve.ranking.features` (online-counter features included, read from
+   `Funnel.online`), trained on held-out training interactions, on logged
+   impressions and their clicks (`Funnel.logged`, `RankerConfig.train_on`)
+   or both; a reciprocal-rank blend of the sources when it is off (and for
+   requests with no history at all, which get the charts).
 3. Re-ranking (`sieve.rerank`): freshness bonus, MMR diversity, a cap per
    category, calibration to the user's category mix, minimum long-tail
    exposure and business rules; then an explanation per item.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,14 +49,18 @@ from sieve.models.factorization import ALS, ALSConfig
 from sieve.models.itemknn import ItemKNN, ItemKNNConfig
 from sieve.models.popularity import TrendingConfig
 from sieve.ranking.features import FEATURE_NAMES, base_score, candidate_features
+from sieve.ranking.logged import LoggedData, logged_training_set
 from sieve.ranking.ltr import (
     LTRRanker,
     RankerConfig,
+    TrainingSet,
     collect,
+    concat,
     fold_fit_part,
     fold_users,
     holdout_labels,
 )
+from sieve.realtime.counters import OnlineCounters, Replay
 from sieve.rerank.explain import POPULAR, explain
 from sieve.rerank.rules import blocked_items, violations
 from sieve.rerank.stages import RerankConfig, SectionedConfig, rerank
@@ -67,7 +74,10 @@ from sieve.retrieval.sources import (
     Request,
     SourcesConfig,
 )
+from sieve.storage.cache import MemoryCache
 from sieve.types import ItemList, Query, Recommended, TopN
+
+log = logging.getLogger(__name__)
 
 _FORMAT = 1
 
@@ -148,7 +158,18 @@ class FunnelState:
 
 
 class Funnel(Recommender[FunnelConfig, FunnelState]):
-    """Candidate generation → LambdaMART ranking → re-ranking, explained."""
+    """Candidate generation → LambdaMART ranking → re-ranking, explained.
+
+    Two hooks beside the fitted state:
+
+    - `online`: the online counters the ranker's online features are read
+      from. `fit` sets the training snapshot's counters (the log replayed to
+      its end; saved with the model), so an offline evaluation serves with
+      what the ranker was trained on; the service replaces them with its live
+      counters (`Engine.load_model`).
+    - `logged`: impressions and attributed feedback to train the ranker on
+      when `ranker.train_on` asks for them; set before `fit`.
+    """
 
     name = "funnel"
     config_class = FunnelConfig
@@ -157,6 +178,8 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
     def __init__(self, config: FunnelConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
         self._user_lookup: dict[str, int] | None = None
+        self.online: OnlineCounters | None = None
+        self.logged: LoggedData | None = None
 
     # ================================================================= fit
     def _fit(self, dataset: Dataset) -> FunnelState:
@@ -167,10 +190,11 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             content = ContentTFIDF(cfg.content).fit(dataset)
             if content.state.item_matrix.shape[1] == 0:
                 content = None
-        ranker = self._train_ranker(dataset, content) if cfg.ranker.enabled else None
         engine = _build_engine(dataset, cfg, content)
+        ranker = self._train_ranker(dataset, content, engine) if cfg.ranker.enabled else None
         engine.catalog.warm(cfg.rerank.long_tail.head_share)
         self._user_lookup = None
+        self.online = OnlineCounters.replay(dataset.events, _categories_of(dataset))
         return FunnelState(
             engine=engine,
             ranker=ranker,
@@ -179,9 +203,37 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             fitted_at=started,
         )
 
-    def _train_ranker(self, dataset: Dataset, content: ContentTFIDF | None) -> LTRRanker | None:
-        """LambdaMART on the candidates of held-out training interactions
-        (see `sieve.ranking.ltr`); None when the data has too few users."""
+    def _train_ranker(
+        self, dataset: Dataset, content: ContentTFIDF | None, engine: Engine
+    ) -> LTRRanker | None:
+        """LambdaMART on the training set(s) `ranker.train_on` names: held-out
+        snapshot interactions, logged impressions (`self.logged`, scored by
+        the snapshot's `engine`), or both; None when there are too few query
+        groups. Asked for impressions with none usable, it trains on the
+        snapshot and says so in the log (a new service has no clicks yet)."""
+        cfg = self.config.ranker
+        parts: list[TrainingSet] = []
+        if cfg.train_on in ("impressions", "both"):
+            logged = TrainingSet.empty()
+            if self.logged is not None:
+                blocked = blocked_items(engine.catalog, self.config.rerank.rules)
+                logged = logged_training_set(
+                    engine, dataset, self.logged, _categories_of(dataset), cfg, blocked
+                )
+            if logged.n_groups < 2:
+                log.warning("no usable logged impressions: the ranker trains on the snapshot")
+            parts.append(logged)
+        if cfg.train_on != "impressions" or sum(p.n_groups for p in parts) < 2:
+            parts.append(self._snapshot_training_set(dataset, content))
+        data = concat(parts)
+        if data.n_groups < 2:
+            return None
+        return LTRRanker.train(data, FEATURE_NAMES, cfg)
+
+    def _snapshot_training_set(self, dataset: Dataset, content: ContentTFIDF | None) -> TrainingSet:
+        """Query groups of held-out training interactions (see
+        `sieve.ranking.ltr`), each fold's features computed on models and
+        online counters built from that fold's fit part."""
         cfg = self.config.ranker
         labels = holdout_labels(dataset, cfg)
         kept = dataset.matrix.getnnz(axis=1) - labels.getnnz(axis=1)
@@ -191,33 +243,59 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             eligible = np.sort(rng.choice(eligible, cfg.max_users, replace=False))
         requests: list[tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]] = []
         label_rows: list[NDArray[np.int64]] = []
+        categories = _categories_of(dataset)
         for users in fold_users(eligible, labels, dataset.matrix.nnz, cfg):
             fit_part = fold_fit_part(dataset, labels, users)
             engine = _build_engine(fit_part, self.config, content, exact_ann=True)
-            requests.extend(self._training_rows(engine, users, fit_part))
+            replay = Replay(fit_part.events, categories)
+            requests.extend(self._training_rows(engine, users, fit_part, replay))
             label_rows.extend(
                 labels.indices[labels.indptr[u] : labels.indptr[u + 1]] for u in users
             )
-        data = collect(requests, label_rows)
-        if data.n_groups < 2:
-            return None
-        return LTRRanker.train(data, FEATURE_NAMES, cfg)
+        return collect(requests, label_rows)
 
     def _training_rows(
-        self, engine: Engine, users: NDArray[np.int64], fit_part: Dataset
+        self,
+        engine: Engine,
+        users: NDArray[np.int64],
+        fit_part: Dataset,
+        replay: Replay | None = None,
     ) -> list[tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]]:
         """Offline side of the ranker's features: (candidates, features, base
         score) of each user's query built from the fit part, through
-        `featurize`, the function the live path uses."""
+        `featurize`, the function the live path uses.
+
+        Each query has a cut time: the snapshot's end for a random holdout
+        (its labels are no later than the rest), the user's last fit-part
+        event for a temporal one (the labels came after: the query is asked
+        then, `Query.now` = the cut). Queries are visited by cut and `replay`
+        (the fit part's log) is advanced to each, so the online features are
+        the counters as the live path held them at that moment."""
         cfg = self.config.ranker
         blocked = blocked_items(engine.catalog, self.config.rerank.rules)
-        rows = []
-        for u in users:
-            query = _training_query(int(u), fit_part.matrix, fit_part.last_time, cfg.session_length)
-            _, cands, x = featurize(engine, query, blocked)
+        cuts = np.full(len(users), engine.snapshot_time)
+        if cfg.holdout == "temporal":
+            for k, u in enumerate(users):
+                lo, hi = fit_part.last_time.indptr[u], fit_part.last_time.indptr[u + 1]
+                times = fit_part.last_time.data[lo:hi]
+                times = times[np.isfinite(times)]
+                cuts[k] = float(times.max()) if len(times) else engine.snapshot_time
+        rows: dict[int, tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]] = {}
+        for k in np.argsort(cuts, kind="stable"):
+            u = int(users[k])
+            query = _training_query(
+                u,
+                fit_part.matrix,
+                fit_part.last_time,
+                cfg.session_length,
+                user_id=str(fit_part.user_ids[u]),
+                now=float(cuts[k]) if cfg.holdout == "temporal" else None,
+            )
+            online = replay.advance(float(cuts[k])) if replay is not None else None
+            _, cands, x = featurize(engine, query, blocked, online=online)
             assert x is not None  # a training query always has a history
-            rows.append((cands.items, x, cfg.base_weight * base_score(x)))
-        return rows
+            rows[int(k)] = (cands.items, x, cfg.base_weight * base_score(x))
+        return [rows[k] for k in range(len(users))]
 
     # ============================================================ serving
     def recommend_query(self, query: Query) -> list[Recommended]:
@@ -230,14 +308,26 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         cfg = self.config
         if query.n <= 0:
             return []
+        from sieve.monitoring.stages import observe_stage  # a no-op until an app listens
+
+        t0 = time.perf_counter()
         blocked = blocked_items(engine.catalog, cfg.rerank.rules)
         ranker = state.ranker
         req, cands, x = featurize(
-            engine, query, blocked, exclude_seen=exclude_seen, with_features=ranker is not None
+            engine,
+            query,
+            blocked,
+            exclude_seen=exclude_seen,
+            with_features=ranker is not None,
+            online=self.online,
         )
+        t1 = time.perf_counter()
+        observe_stage("retrieval", t1 - t0)  # candidates and their features
         out: list[Recommended] = []
         if len(cands):
             relevance = self._relevance(req, cands, x)
+            t2 = time.perf_counter()
+            observe_stage("ranking", t2 - t1)
             positions = rerank(engine, req, cands.items, relevance, query.n, cfg.rerank)
             # the rules were applied when merging; this is the last line of defence
             positions = positions[
@@ -249,8 +339,11 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
                 proposed = ~np.isnan(cands.ranks[p])
                 sources = {SOURCES[s]: float(cands.scores[p, s]) for s in np.flatnonzero(proposed)}
                 out.append(Recommended(int(cands.items[p]), float(score), sources, reason))
+            observe_stage("rerank", time.perf_counter() - t2)  # with the explanations
         if len(out) < query.n:
+            t3 = time.perf_counter()
             out.extend(self._backfill(req, out, query.n - len(out), blocked))
+            observe_stage("backfill", time.perf_counter() - t3)
         return out
 
     def _relevance(
@@ -378,7 +471,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         out_items = np.full((len(users), n), -1, dtype=np.int64)
         out_scores = np.full((len(users), n), -np.inf, dtype=np.float32)
         for r, u in enumerate(users):
-            query = _row_query(int(u), rows, r, n)
+            query = _row_query(int(u), rows, r, n, self._user_id(int(u)))
             recs = self._recommend(query, exclude_seen=exclude_seen)
             for k, rec in enumerate(recs[:n]):
                 out_items[r, k] = rec.item
@@ -396,7 +489,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         out = np.full((len(users), self.n_items), -np.inf, dtype=np.float32)
         for r, u in enumerate(users):
             for rec in self._recommend(
-                _row_query(int(u), rows, r, self.n_items), exclude_seen=True
+                _row_query(int(u), rows, r, self.n_items, self._user_id(int(u))), exclude_seen=True
             ):
                 out[r, rec.item] = rec.score
         return out
@@ -414,6 +507,11 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
     @property
     def item_ids(self) -> NDArray[np.object_]:
         return self.state.engine.catalog.item_ids
+
+    def _user_id(self, user: int) -> str | None:
+        """The external id of a training user index (None: not one)."""
+        ids = self.state.user_ids
+        return str(ids[user]) if 0 <= user < len(ids) else None
 
     def user_index(self, user_id: str) -> int:
         """The user's training index, -1 when the funnel has not seen them."""
@@ -498,6 +596,12 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         parts["ranker"] = state.ranker is not None
         if state.ranker is not None:
             state.ranker.save(path / "ranker.txt")
+        parts["counters"] = self.online is not None
+        if self.online is not None:
+            _save_counters(
+                path / "counters.npz",
+                self.online.export(engine.catalog.item_ids.tolist(), state.user_ids.tolist()),
+            )
         meta = {
             "model": self.name,
             "format": _FORMAT,
@@ -550,6 +654,10 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         )
         engine.catalog.warm(funnel.config.rerank.long_tail.head_share)
         ranker = LTRRanker.load(path / "ranker.txt") if parts["ranker"] else None
+        if parts.get("counters", False):
+            records = _load_counters(path / "counters.npz")
+            funnel.online = OnlineCounters(MemoryCache(max_entries=max(len(records), 1)))
+            funnel.online.restore(records)
         funnel._state = FunnelState(
             engine=engine,
             ranker=ranker,
@@ -586,13 +694,41 @@ def featurize(
     *,
     exclude_seen: bool = True,
     with_features: bool = True,
+    online: OnlineCounters | None = None,
 ) -> tuple[Request, Candidates, NDArray[np.float32] | None]:
     """Request → candidates → ranking features: the one code path shared by
-    the ranker's training set (offline) and every live request (online)."""
+    the ranker's training set (offline) and every live request (online);
+    `online`: the counters the online features are read from."""
     req = engine.request(query, exclude_seen=exclude_seen)
     cands = engine.candidates(req, blocked)
-    x = candidate_features(engine, req, cands) if with_features and req.has_signal else None
+    x = candidate_features(engine, req, cands, online) if with_features and req.has_signal else None
     return req, cands, x
+
+
+def _categories_of(dataset: Dataset) -> Callable[[str], list[str]]:
+    """Item id → its categories in a snapshot (none for unknown ids)."""
+    table = dict(zip((str(i) for i in dataset.item_ids), dataset.item_categories(), strict=True))
+    return lambda item_id: table.get(item_id, [])
+
+
+def _save_counters(path: Path, records: dict[str, bytes]) -> None:
+    """Counter records (key → bytes) as an npz: keys, sizes, one byte buffer."""
+    blobs = list(records.values())
+    np.savez(
+        path,
+        keys=np.array(list(records), dtype=str),
+        sizes=np.array([len(b) for b in blobs], dtype=np.int64),
+        data=np.frombuffer(b"".join(blobs), dtype=np.uint8),
+    )
+
+
+def _load_counters(path: Path) -> dict[str, bytes]:
+    with np.load(path, allow_pickle=False) as f:
+        keys, sizes, data = f["keys"], f["sizes"], f["data"].tobytes()
+    ends = np.cumsum(sizes)
+    return {
+        str(k): data[e - n : e] for k, n, e in zip(keys, sizes.tolist(), ends.tolist(), strict=True)
+    }
 
 
 def _build_engine(
@@ -638,10 +774,11 @@ def _build_engine(
     )
 
 
-def _row_query(user: int, rows: sp.csr_matrix, r: int, n: int) -> Query:
+def _row_query(user: int, rows: sp.csr_matrix, r: int, n: int, user_id: str | None) -> Query:
     """The query of one user_items row: history = its items, no session."""
     lo, hi = rows.indptr[r], rows.indptr[r + 1]
     return Query(
+        user_id=user_id,
         user=user,
         history=rows.indices[lo:hi].astype(np.int64),
         history_weights=rows.data[lo:hi].astype(np.float32),
@@ -650,7 +787,13 @@ def _row_query(user: int, rows: sp.csr_matrix, r: int, n: int) -> Query:
 
 
 def _training_query(
-    user: int, history: sp.csr_matrix, last_time: sp.csr_matrix, session_length: int
+    user: int,
+    history: sp.csr_matrix,
+    last_time: sp.csr_matrix,
+    session_length: int,
+    *,
+    user_id: str | None = None,
+    now: float | None = None,
 ) -> Query:
     """A training user's query from their fit part: history, and optionally
     their latest interactions as the session."""
@@ -661,10 +804,12 @@ def _training_query(
         order = np.argsort(-last_time.data[tlo:thi], kind="stable")[:session_length]
         recent = tuple(int(i) for i in last_time.indices[tlo:thi][order])
     return Query(
+        user_id=user_id,
         user=user,
         history=history.indices[lo:hi].astype(np.int64),
         history_weights=history.data[lo:hi].astype(np.float32),
         recent=recent,
+        now=now,
     )
 
 

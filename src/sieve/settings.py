@@ -104,6 +104,16 @@ class Settings(BaseSettings):
     - `attribution_window_seconds` / `attribution_types`: an event of these
       types without a `request_id` is attributed to the latest impression of
       its item to its user within the window;
+    - `exploration_slots` / `exploration_policy` / `exploration_pool`: the
+      last `exploration_slots` positions of a list are chosen by a bandit
+      (`thompson`, `ucb1` or `epsilon`) among the next `exploration_pool`
+      candidates, with the propensity of each choice logged (0: off; an
+      experiment arm may set its own);
+    - `drift_check_seconds`: how often the service compares recent traffic
+      with the training snapshot (0: never); a population-stability index
+      above `drift_psi_threshold` or a relative CTR drop above
+      `ctr_drop_threshold` (over at least `drift_min_impressions` shown
+      slots) writes the retraining trigger `model_dir/RETRAIN`;
     - `host` / `port`: where `sieve serve` listens.
     """
 
@@ -133,6 +143,13 @@ class Settings(BaseSettings):
     model_poll_seconds: float = Field(default=2.0, ge=0.0)
     attribution_window_seconds: float = Field(default=1800.0, gt=0.0)
     attribution_types: tuple[str, ...] = ("click", "cart", "purchase")
+    exploration_slots: int = Field(default=0, ge=0, le=50)
+    exploration_policy: Literal["thompson", "ucb1", "epsilon"] = "thompson"
+    exploration_pool: int = Field(default=50, ge=1, le=1000)
+    drift_check_seconds: float = Field(default=300.0, ge=0.0)
+    drift_psi_threshold: float = Field(default=0.2, gt=0.0)
+    ctr_drop_threshold: float = Field(default=0.3, gt=0.0, lt=1.0)
+    drift_min_impressions: int = Field(default=1000, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 

@@ -154,6 +154,17 @@ class ImpressionItem(BaseModel):
     propensity: float = Field(default=1.0, gt=0.0, le=1.0)
 
 
+class ImpressionArm(BaseModel):
+    """One experiment a request was in: the arm it got and the probability of
+    that arm (1 under a sticky hash split; the bandit's under adaptive allocation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: Id
+    arm: Id
+    propensity: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
 class Impression(BaseModel):
     """A served response as it was logged: request id, user, the items with
     positions, scores and sources, the experiment arm and the model version."""
@@ -168,3 +179,5 @@ class Impression(BaseModel):
     arm: str | None = None
     context: Attributes = Field(default_factory=dict)
     items: list[ImpressionItem] = Field(default_factory=list)
+    #: every experiment the request was in (`experiment`/`arm` repeat the first)
+    arms: list[ImpressionArm] = Field(default_factory=list)

@@ -132,6 +132,8 @@ def _welch(
 ) -> TestResult:
     se = math.hypot(se_a, se_b)
     d = est_b - est_a
+    if not math.isfinite(se):  # an arm with one unit has no variance estimate
+        return _unknown(d)
     if se == 0.0:
         p = 1.0 if d == 0 else 0.0
         t = 0.0 if d == 0 else math.copysign(math.inf, d)
@@ -674,7 +676,9 @@ def _ztest(ea: float, sa: float, eb: float, sb: float, confidence: float) -> Tes
     se = math.hypot(sa, sb)
     d = eb - ea
     crit = float(scipy.stats.norm.ppf(0.5 + confidence / 2))
-    if se == 0.0 or not math.isfinite(se):
+    if not math.isfinite(se):  # an arm with one unit has no variance estimate
+        return _unknown(d)
+    if se == 0.0:
         zstat = 0.0 if d == 0 else math.copysign(math.inf, d)
         p = 1.0 if d == 0 else 0.0
     else:
@@ -682,6 +686,13 @@ def _ztest(ea: float, sa: float, eb: float, sb: float, confidence: float) -> Tes
         p = float(2 * scipy.stats.norm.sf(abs(zstat)))
     diff = Interval(d, d - crit * se, d + crit * se)
     return TestResult(diff, _lift(eb, ea, sb, sa, crit), zstat, p)
+
+
+def _unknown(d: float) -> TestResult:
+    """A difference whose standard error cannot be estimated: no evidence
+    either way (p = 1, an unbounded interval)."""
+    inf = math.inf
+    return TestResult(Interval(d, -inf, inf), Interval(math.nan, -inf, inf), math.nan, 1.0)
 
 
 def _cuped_adjust(

@@ -118,7 +118,14 @@ class Experiment(Config):
       experience, excluded from the analysis);
     - `unit`: randomisation unit, "user" or "session";
     - `status`: only "running" experiments assign units;
-    - `traffic`: fraction of the layer's units in this experiment's slot.
+    - `traffic`: fraction of the layer's units in this experiment's slot;
+    - `kind`: "ab" shows each unit its arm's list; "interleaving" shows every
+      unit one team-draft interleaving of the two served arms' lists and credits
+      each click to the arm whose team placed the item;
+    - `allocation`: "fixed" splits units by `share` (hash, sticky); "thompson"
+      lets a Thompson-sampling bandit choose the arm of every request from the
+      clicks so far (adaptive allocation: not sticky, the propensity of the
+      choice is logged, and no sample-ratio check applies).
     """
 
     name: str
@@ -129,6 +136,8 @@ class Experiment(Config):
     unit: Literal["user", "session"] = "user"
     status: Status = "running"
     traffic: float = 1.0
+    kind: Literal["ab", "interleaving"] = "ab"
+    allocation: Literal["fixed", "thompson"] = "fixed"
 
     def validate(self) -> None:
         who = f"Experiment {self.name!r}"
@@ -153,6 +162,19 @@ class Experiment(Config):
             raise ConfigError(f"{who}: holdout_share must be in [0, 1), got {self.holdout_share}")
         if not 0.0 < self.traffic <= 1.0:
             raise ConfigError(f"{who}: traffic must be in (0, 1], got {self.traffic}")
+        if self.kind not in ("ab", "interleaving"):
+            raise ConfigError(f"{who}: kind must be 'ab' or 'interleaving', got {self.kind!r}")
+        if self.allocation not in ("fixed", "thompson"):
+            raise ConfigError(
+                f"{who}: allocation must be 'fixed' or 'thompson', got {self.allocation!r}"
+            )
+        if self.kind == "interleaving" and len(served) != 2:
+            raise ConfigError(
+                f"{who}: an interleaving experiment needs exactly two served variants, "
+                f"got {len(served)}"
+            )
+        if self.kind == "interleaving" and self.allocation != "fixed":
+            raise ConfigError(f"{who}: an interleaving experiment shows both arms to every unit")
 
     # ------------------------------------------------------------- structure
     @property

@@ -216,6 +216,18 @@ class _CountPolicy(BanditPolicy):
         np.add.at(self.pulls, idx, 1.0)
         np.add.at(self.rewards, idx, r)
 
+    def credit(self, arm: str, reward: float) -> None:
+        """Add a reward to a pull counted earlier (a served list counts the pull
+        at once with `update(arm, 0)`; a click that arrives later credits it).
+        A reward sum never exceeds the pulls, so a stray click cannot push a
+        Beta posterior out of range."""
+        if not math.isfinite(reward):
+            raise ValueError("rewards must be finite")
+        i = self._index.get(str(arm))
+        if i is None:
+            return  # never served by this policy: nothing to credit
+        self.rewards[i] = min(self.rewards[i] + reward, self.pulls[i])
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "arms": list(self._index),

@@ -19,7 +19,15 @@ Features, one column each (NaN = missing, which LightGBM routes on its own):
 - item: popularity and trending percentiles in the catalog, age in days;
 - user: log history size, share of the history in the item's categories
   (sum and max over them);
-- request context: hour, weekday, device code.
+- request context: hour, weekday, device code;
+- online counters (`sieve.realtime.counters`, read as of the request time):
+  the item's views, clicks (click, cart or purchase) and smoothed CTR over
+  1 hour, 1 day and 7 days, hours since its last event; the user's event
+  count, hours since their last event and 7-day category affinity summed and
+  maxed over the item's categories. Serving reads the live counters, training
+  the same counters replayed from the log up to each training query's cut
+  (`sieve.realtime.counters.Replay`), through this same function. Without
+  counters (`online=None`) these columns are missing.
 
 Why normalised scores: the ranker is trained on candidate models fitted
 without the held-out labels and serves with models refitted on all data;
@@ -35,6 +43,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from sieve.realtime.counters import OnlineCounters
 from sieve.retrieval.sources import SOURCES, Candidates, Engine, Request, positions
 
 #: Request device names and their codes (others get `len(DEVICES)`).
@@ -44,6 +53,17 @@ MAX_EMBEDDING_ANCHORS = 20
 
 #: Model scores computed for every candidate (per-request normalised features).
 MODEL_SCORES: tuple[str, ...] = ("als", "knn", "content", "ease")
+#: Counter windows the online features read (`sieve.realtime.counters.WINDOWS`).
+ONLINE_WINDOWS: tuple[str, ...] = ("1h", "1d", "7d")
+#: Features read from the online counters (counts are log1p, hours log1p).
+ONLINE_FEATURES: tuple[str, ...] = (
+    *(f"item_{kind}_{w}" for kind in ("views", "clicks", "ctr") for w in ONLINE_WINDOWS),
+    "item_hours_since_event",
+    "user_events",
+    "user_hours_since_event",
+    "user_affinity_7d",
+    "user_affinity_7d_max",
+)
 
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"src_{s}_rank" for s in SOURCES),
@@ -63,13 +83,17 @@ FEATURE_NAMES: tuple[str, ...] = (
     "hour",
     "weekday",
     "device",
+    *ONLINE_FEATURES,
 )
 _COLUMN = {name: k for k, name in enumerate(FEATURE_NAMES)}
 
 
-def candidate_features(engine: Engine, req: Request, cands: Candidates) -> NDArray[np.float32]:
+def candidate_features(
+    engine: Engine, req: Request, cands: Candidates, online: OnlineCounters | None = None
+) -> NDArray[np.float32]:
     """The feature matrix (len(cands) × len(FEATURE_NAMES)) of a request's
-    candidates; used unchanged offline (training set) and online."""
+    candidates; used unchanged offline (training set) and online. `online`:
+    the counters to read the online features from (as of `req.now`)."""
     n = len(cands)
     x = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
     if n == 0:
@@ -135,7 +159,50 @@ def candidate_features(engine: Engine, req: Request, cands: Candidates) -> NDArr
     if ctx.device is not None:
         code = DEVICES.index(ctx.device) if ctx.device in DEVICES else len(DEVICES)
         x[:, _COLUMN["device"]] = code
+    if online is not None:
+        _put_online(x, engine, req, items, online)
     return x
+
+
+def _put_online(
+    x: NDArray[np.float32],
+    engine: Engine,
+    req: Request,
+    items: NDArray[np.int64],
+    online: OnlineCounters,
+) -> None:
+    """The online-counter columns of the candidates, as of the request time
+    (user columns stay missing for anonymous requests and unknown users)."""
+    cat = engine.catalog
+    f = online.item_features([str(i) for i in cat.item_ids[items]], req.now)
+    for w in ONLINE_WINDOWS:
+        if f"view@{w}" not in f:
+            continue
+        clicks = f[f"click@{w}"] + f[f"cart@{w}"] + f[f"purchase@{w}"]
+        x[:, _COLUMN[f"item_views_{w}"]] = np.log1p(f[f"view@{w}"])
+        x[:, _COLUMN[f"item_clicks_{w}"]] = np.log1p(clicks)
+        x[:, _COLUMN[f"item_ctr_{w}"]] = f[f"ctr@{w}"]
+    x[:, _COLUMN["item_hours_since_event"]] = _log_hours(f["recency_hours"])
+    user_id = req.query.user_id
+    if user_id is None:
+        return
+    u = online.user_features(user_id, req.now)
+    if u["events"] <= 0:
+        return
+    x[:, _COLUMN["user_events"]] = np.log1p(u["events"])
+    x[:, _COLUMN["user_hours_since_event"]] = _log_hours(np.array([u["recency_hours"]]))[0]
+    if cat.n_categories:
+        member = cat.item_categories[items]
+        names = cat.category_names[: member.shape[1]]
+        aff = np.array([u.get(f"affinity:{c}", 0.0) for c in names], dtype=np.float32)
+        x[:, _COLUMN["user_affinity_7d"]] = member @ aff
+        contrib = member.multiply(aff[None, :]).tocsr()
+        x[:, _COLUMN["user_affinity_7d_max"]] = contrib.max(axis=1).toarray().ravel()
+
+
+def _log_hours(hours: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log1p of hours; never (inf) is missing."""
+    return np.where(np.isfinite(hours), np.log1p(np.where(np.isfinite(hours), hours, 0.0)), np.nan)
 
 
 def _put_normalised(

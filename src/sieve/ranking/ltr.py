@@ -71,6 +71,20 @@ class RankerConfig(Config):
     - `seed`: seed of the holdout split, the user sample and LightGBM.
     - `num_threads`: training threads (0 = all cores); prediction always
       uses one thread (one request per core).
+    - `train_on`: the query groups to learn from: "snapshot" (held-out
+      interactions, above), "impressions" (logged served lists, a slot
+      relevant when the user clicked, carted or bought it from that list;
+      see `sieve.ranking.logged`; the snapshot when none are usable) or
+      "both".
+    - `max_logged_requests`: most recent logged requests (with a click and
+      a non-click) turned into query groups; each costs one funnel run.
+    - `max_ips_weight`: logged slots weigh 1 / their logging propensity
+      (explored slots were shown less often), capped at this.
+    - `position_bias_regularization`: logged slots carry their position,
+      from which LightGBM estimates a position bias alongside the ranker
+      (unbiased LambdaMART), so that a top slot's extra clicks are not taken
+      for relevance; serving needs no position. This regularises the bias
+      factors.
     """
 
     enabled: bool = True
@@ -90,6 +104,10 @@ class RankerConfig(Config):
     truncation_level: int = 20
     seed: int = 42
     num_threads: int = 0
+    train_on: Literal["snapshot", "impressions", "both"] = "snapshot"
+    max_logged_requests: int = 5000
+    max_ips_weight: float = 10.0
+    position_bias_regularization: float = 0.0
 
     def validate(self) -> None:
         if not 0 < self.holdout_fraction < 1:
@@ -112,6 +130,14 @@ class RankerConfig(Config):
             raise ConfigError("RankerConfig.truncation_level must be >= 1")
         if self.num_threads < 0:
             raise ConfigError("RankerConfig.num_threads must be >= 0")
+        if self.train_on not in ("snapshot", "impressions", "both"):
+            raise ConfigError("RankerConfig.train_on must be snapshot, impressions or both")
+        if self.max_logged_requests < 1:
+            raise ConfigError("RankerConfig.max_logged_requests must be >= 1")
+        if self.max_ips_weight < 1:
+            raise ConfigError("RankerConfig.max_ips_weight must be >= 1")
+        if self.position_bias_regularization < 0:
+            raise ConfigError("RankerConfig.position_bias_regularization must be >= 0")
 
 
 def holdout_labels(dataset: Dataset, config: RankerConfig) -> sp.csr_matrix:
@@ -171,17 +197,56 @@ def fold_users(
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSet:
-    """Feature rows, 0/1 labels, query-group sizes (one group per user) and
-    each row's base score (the boosting start)."""
+    """Feature rows, graded labels (0 = not relevant), query-group sizes and
+    each row's base score (the boosting start); logged rows add their
+    position id (1 + slot; 0 = a snapshot row, which has none) and weight."""
 
     x: NDArray[np.float32]
     y: NDArray[np.float32]
     groups: NDArray[np.int64]
     base: NDArray[np.float64]
+    position: NDArray[np.int64] | None = None
+    weight: NDArray[np.float64] | None = None
 
     @property
     def n_groups(self) -> int:
         return len(self.groups)
+
+    @classmethod
+    def empty(cls) -> TrainingSet:
+        return cls(
+            np.empty((0, 0), np.float32),
+            np.empty(0, np.float32),
+            np.empty(0, np.int64),
+            np.empty(0, np.float64),
+        )
+
+
+def concat(parts: Sequence[TrainingSet]) -> TrainingSet:
+    """Training sets stacked (empty ones skipped); rows without a position
+    get 0 and without a weight 1 when another part has them."""
+    parts = [p for p in parts if p.n_groups]
+    if not parts:
+        return TrainingSet.empty()
+    if len(parts) == 1:
+        return parts[0]
+    position = weight = None
+    if any(p.position is not None for p in parts):
+        position = np.concatenate(
+            [p.position if p.position is not None else np.zeros(len(p.y), np.int64) for p in parts]
+        )
+    if any(p.weight is not None for p in parts):
+        weight = np.concatenate(
+            [p.weight if p.weight is not None else np.ones(len(p.y)) for p in parts]
+        )
+    return TrainingSet(
+        np.vstack([p.x for p in parts]),
+        np.concatenate([p.y for p in parts]),
+        np.concatenate([p.groups for p in parts]),
+        np.concatenate([p.base for p in parts]),
+        position,
+        weight,
+    )
 
 
 def collect(
@@ -204,12 +269,7 @@ def collect(
         bases.append(base)
         groups.append(len(y))
     if not xs:
-        return TrainingSet(
-            np.empty((0, 0), np.float32),
-            np.empty(0, np.float32),
-            np.empty(0, np.int64),
-            np.empty(0, np.float64),
-        )
+        return TrainingSet.empty()
     return TrainingSet(
         np.vstack(xs), np.concatenate(ys), np.array(groups, dtype=np.int64), np.concatenate(bases)
     )
@@ -226,31 +286,37 @@ class LTRRanker:
     def train(
         cls, data: TrainingSet, feature_names: Sequence[str], config: RankerConfig
     ) -> LTRRanker:
-        """Fit `LGBMRanker(objective="lambdarank")` on the query groups."""
-        model = lgb.LGBMRanker(
-            objective="lambdarank",
-            n_estimators=config.n_estimators,
-            learning_rate=config.learning_rate,
-            num_leaves=config.num_leaves,
-            min_child_samples=config.min_child_samples,
-            subsample=config.subsample,
-            subsample_freq=1 if config.subsample < 1 else 0,
-            colsample_bytree=config.colsample,
-            lambdarank_truncation_level=config.truncation_level,
-            random_state=config.seed,
-            n_jobs=config.num_threads if config.num_threads > 0 else None,
-            deterministic=True,
-            force_row_wise=True,
-            verbose=-1,
-        )
-        model.fit(
+        """Fit a lambdarank booster on the query groups (the parameters of
+        `LGBMRanker`, through `lgb.train`, which also takes positions)."""
+        params: dict[str, object] = {
+            "objective": "lambdarank",
+            "learning_rate": config.learning_rate,
+            "num_leaves": config.num_leaves,
+            "min_child_samples": config.min_child_samples,
+            "subsample": config.subsample,
+            "subsample_freq": 1 if config.subsample < 1 else 0,
+            "colsample_bytree": config.colsample,
+            "lambdarank_truncation_level": config.truncation_level,
+            "seed": config.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbose": -1,
+        }
+        if config.num_threads > 0:
+            params["num_threads"] = config.num_threads
+        if data.position is not None:
+            params["lambdarank_position_bias_regularization"] = config.position_bias_regularization
+        train = lgb.Dataset(
             data.x,
             data.y,
             group=data.groups,
             init_score=data.base,
+            weight=data.weight,
+            position=data.position,
             feature_name=list(feature_names),
         )
-        return cls(model.booster_, feature_names)
+        booster = lgb.train(params, train, num_boost_round=config.n_estimators)
+        return cls(booster, feature_names)
 
     def predict(self, x: NDArray[np.float32], base: NDArray[np.float64]) -> NDArray[np.float64]:
         """Relevance of feature rows: base score plus the boosted correction

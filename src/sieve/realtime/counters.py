@@ -1,28 +1,45 @@
 """Event-driven counters with time windows, in the Cache (memory or Redis).
 
 Every event updates, for its item, a count per event type over each window
-(1 hour, 1 day, 7 days) and, for its user, the time of the last event, an
-event count and a category affinity. Windows are exponentially decayed
+(1 hour, 1 day, 7 days) and, for its user, an event count, the time of the
+last event and a category affinity. Windows are exponentially decayed
 counts (value × exp(−Δt / window) at each update and read), so a window costs
 one number instead of a ring of buckets, and a read needs one value per key.
 
-One class serves both sides, Metarank-style: `update` is the write path the
-service calls after committing events; `replay` runs the same `update` over an
-event log to rebuild the state as of a time, which is how training features
-are computed; `item_features` / `user_features` are the read path.
+One class serves both sides, Metarank-style: `update` / `update_columns` is
+the write path the service calls after committing events; `Replay` runs the
+same update over an event log to rebuild the state as of a time (advancing
+through the log for training queries with different cut times), which is how
+the ranker's training features are computed; `item_features` /
+`user_features` are the read path, used by `sieve.ranking.features`.
 
-Concurrency: a key is read, decayed and written back under a process lock;
-two processes updating the same key through one Redis can lose an increment
-(last writer wins). Counters are features, not accounting: that is accepted.
+Cost: the write path is vectorised per batch and touches the cache once per
+key kind — one `get_many` and one `set_many` for the items, the same for the
+users (and for the category affinities of users whose events carry
+categories). Item and user states are fixed-width little-endian float64
+records (no JSON), so a batch of any size is decoded with one `frombuffer`
+and aged with array operations; per-event Python work is a few list lookups.
+
+Keys (under `prefix`, default `feat:`): `v2:item:<id>` (t, then each counted
+type × window), `v2:user:<id>` (events, last event time), `v2:ucat:<id>`
+(t and the decayed weight per category), `v2:seeded` (see `seed`). A
+record of another width (the windows were reconfigured) reads as absent and
+is overwritten by the next update.
+
+Concurrency: a batch's keys are read, aged and written back under a process
+lock; two processes updating the same key through one Redis can lose an
+increment (last writer wins). Counters are features, not accounting: that
+is accepted.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,12 +47,22 @@ from numpy.typing import NDArray
 
 from sieve.storage.cache import Cache, MemoryCache
 
+if TYPE_CHECKING:
+    from sieve.storage.base import Store
+
 #: Window names and their lengths in seconds.
 WINDOWS: dict[str, float] = {"1h": 3600.0, "1d": 86_400.0, "7d": 604_800.0}
 #: Event types counted per item (others still update the user's state).
 COUNTED_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase")
 #: Beta prior of the smoothed click-through rate: (clicks + a) / (views + a + b).
 CTR_PRIOR: tuple[float, float] = (1.0, 19.0)
+
+_TYPE_INDEX = {t: k for k, t in enumerate(COUNTED_TYPES)}
+_F8 = np.dtype("<f8")
+_USER_WIDTH = 2  # events, last event time
+_CAT_HEADER = struct.Struct("<dI")  # t, number of categories
+#: Categories of an item id (called once per distinct item of a batch).
+CategoriesOf = Callable[[str], Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -49,16 +76,18 @@ class CounterEvent:
     categories: tuple[str, ...] = ()
 
 
-def _decay(state: dict[str, float], now: float, windows: dict[str, float]) -> None:
-    """Age every windowed value of `state` from its time `t` to `now`, in place."""
-    dt = max(0.0, now - state.get("t", now))
-    if dt == 0.0:
-        return
-    for key, value in list(state.items()):
-        window = key.rsplit("@", 1)[-1] if "@" in key else None
-        if window in windows:
-            state[key] = value * math.exp(-dt / windows[window])
-    state["t"] = max(state.get("t", now), now)
+def _factorize(values: Sequence[str] | NDArray[np.object_]) -> tuple[NDArray[np.int64], list[str]]:
+    """Codes and distinct values (hash-based: no sort)."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    return codes.astype(np.int64), list(uniques)
+
+
+def _group_max(
+    codes: NDArray[np.int64], values: NDArray[np.float64], n: int
+) -> NDArray[np.float64]:
+    out = np.full(n, -np.inf)
+    np.maximum.at(out, codes, values)
+    return out
 
 
 class OnlineCounters:
@@ -74,148 +103,320 @@ class OnlineCounters:
         self.windows = dict(windows or WINDOWS)
         self.prefix = prefix
         self._lock = threading.Lock()
+        self._lengths = np.array(list(self.windows.values()), dtype=np.float64)
+        # window length of each value column of an item record (type-major)
+        self._col_lengths = np.tile(self._lengths, len(COUNTED_TYPES))
+        self._item_width = 1 + len(COUNTED_TYPES) * len(self.windows)
+        self._week = self.windows.get("7d", WINDOWS["7d"])
 
     # ------------------------------------------------------------ write path
     def update(self, events: Iterable[CounterEvent]) -> None:
-        """Fold events into the counters.
-
-        Vectorised per batch: a windowed value at the batch's last time T is
-        the stored value decayed to T plus Σ exp(−(T − t_e)/window) over the
-        batch's events — exactly what updating event by event in time order
-        gives, at one read and one write per item and per user."""
+        """Fold events into the counters (see `update_columns`)."""
         rows = list(events)
         if not rows:
             return
-        frame = pd.DataFrame(
-            {
-                "user": [e.user_id for e in rows],
-                "item": [e.item_id for e in rows],
-                "type": [e.type for e in rows],
-                "ts": np.array([e.timestamp for e in rows], dtype=np.float64),
-            }
+        cats = {e.item_id: e.categories for e in rows}
+        self.update_columns(
+            [e.user_id for e in rows],
+            [e.item_id for e in rows],
+            [e.type for e in rows],
+            np.fromiter((e.timestamp for e in rows), np.float64, len(rows)),
+            cats.__getitem__ if any(cats.values()) else None,
         )
-        week = self.windows.get("7d", WINDOWS["7d"])
-        item_add: dict[str, tuple[float, dict[str, float]]] = {}
-        counted = frame[frame["type"].isin(COUNTED_TYPES)].copy()
-        if len(counted):
-            counted["end"] = counted.groupby("item")["ts"].transform("max")
-            for w, length in self.windows.items():
-                counted[w] = np.exp(-(counted["end"] - counted["ts"]) / length)
-            sums = counted.groupby(["item", "type", "end"], sort=False)[list(self.windows)].sum()
-            for (item_id, kind, end), values in zip(sums.index, sums.to_numpy(), strict=True):
-                _, adds = item_add.setdefault(str(item_id), (float(end), {}))
-                for w, v in zip(self.windows, values, strict=True):
-                    adds[f"{kind}@{w}"] = float(v)
-        users = frame.groupby("user", sort=False)["ts"].agg(["max", "size"])
-        cat_rows: list[tuple[str, str, float]] = []
-        user_end = users["max"].to_dict()
-        for e in rows:
-            for c in e.categories:
-                age = user_end[e.user_id] - e.timestamp
-                cat_rows.append((e.user_id, c, math.exp(-age / week) / len(e.categories)))
-        cat_add: dict[str, dict[str, float]] = {}
-        if cat_rows:
-            cats = pd.DataFrame(cat_rows, columns=["user", "cat", "w"])
-            for (user_id, cat), v in cats.groupby(["user", "cat"], sort=False)["w"].sum().items():
-                cat_add.setdefault(str(user_id), {})[f"cat:{cat}@7d"] = float(v)
-        with self._lock:
-            for item_id, (end, adds) in item_add.items():
-                self._merge(self._item_key(item_id), end, adds, {})
-            for user_id, (end, size) in zip(users.index, users.to_numpy(), strict=True):
-                self._merge(
-                    self._user_key(str(user_id)),
-                    float(end),
-                    cat_add.get(str(user_id), {}),
-                    {"n": float(size), "last": float(end)},
-                )
 
-    def _merge(
-        self, key: str, end: float, adds: dict[str, float], counts: dict[str, float]
+    def update_columns(
+        self,
+        users: Sequence[str] | NDArray[np.object_],
+        items: Sequence[str] | NDArray[np.object_],
+        types: Sequence[str] | NDArray[np.object_],
+        timestamps: Sequence[float] | NDArray[np.float64],
+        categories: CategoriesOf | None = None,
     ) -> None:
-        """Decay a stored state to the later of its time and `end`, add the
-        batch's windowed sums (aged from `end` to that time) and counts."""
-        state = self._load(key)
-        final = max(end, state.get("t", -math.inf))
-        _decay(state, final, self.windows)
-        for k, v in adds.items():
-            length = self.windows.get(k.rsplit("@", 1)[-1], WINDOWS["7d"])
-            state[k] = state.get(k, 0.0) + v * math.exp(-(final - end) / length)
-        if "n" in counts:
-            state["n"] = state.get("n", 0.0) + counts["n"]
-            state["last"] = max(state.get("last", -math.inf), counts["last"])
-        state["t"] = final
-        self.cache.set(key, json.dumps(state).encode())
+        """Fold a batch of events, given column-wise, into the counters.
 
+        Exact and order-free: a windowed value at a key's latest time T is the
+        stored value aged to T plus Σ exp(−(T − t_e)/window) over the batch's
+        events — what updating event by event in time order gives — at one
+        read and one write per key, batched over the keys."""
+        n = len(users)
+        if n == 0:
+            return
+        ts = np.asarray(timestamps, dtype=np.float64)
+        type_codes, type_names = _factorize(types)
+        kind = np.array([_TYPE_INDEX.get(t, -1) for t in type_names], dtype=np.int64)[type_codes]
+        item_arr = np.asarray(items, dtype=object)
+        ucode, uids = _factorize(users)
+        uend = _group_max(ucode, ts, len(uids))
+        cat_adds = self._category_sums(item_arr, ts, ucode, uend, categories) if categories else {}
+        with self._lock:
+            counted = kind >= 0
+            if counted.any():
+                self._merge_items(item_arr[counted], kind[counted], ts[counted])
+            self._merge_users(uids, ucode, uend)
+            if cat_adds:
+                self._merge_categories(uids, uend, cat_adds)
+
+    def _merge_items(
+        self, items: NDArray[np.object_], kind: NDArray[np.int64], ts: NDArray[np.float64]
+    ) -> None:
+        icode, ids = _factorize(items)
+        n, n_cols, n_win = len(ids), len(self._col_lengths), len(self._lengths)
+        end = _group_max(icode, ts, n)
+        age = end[icode] - ts
+        flat = icode * n_cols + kind * n_win
+        adds = np.zeros(n * n_cols)
+        for j, length in enumerate(self._lengths):
+            adds += np.bincount(flat + j, weights=np.exp(-age / length), minlength=n * n_cols)
+        keys = [self._item_key(i) for i in ids]
+        state, present = self._read_records(keys, self._item_width)
+        t_old = np.where(present, state[:, 0], end)
+        final = np.maximum(end, t_old)
+        lengths = self._col_lengths[None, :]
+        state[:, 1:] = state[:, 1:] * np.exp(-(final - t_old)[:, None] / lengths) + adds.reshape(
+            n, n_cols
+        ) * np.exp(-(final - end)[:, None] / lengths)
+        state[:, 0] = final
+        self._write_records(keys, state)
+
+    def _merge_users(
+        self, uids: list[str], ucode: NDArray[np.int64], uend: NDArray[np.float64]
+    ) -> None:
+        keys = [self._user_key(u) for u in uids]
+        state, present = self._read_records(keys, _USER_WIDTH)
+        state[:, 0] += np.bincount(ucode, minlength=len(uids))
+        state[:, 1] = np.maximum(np.where(present, state[:, 1], -np.inf), uend)
+        self._write_records(keys, state)
+
+    def _category_sums(
+        self,
+        items: NDArray[np.object_],
+        ts: NDArray[np.float64],
+        ucode: NDArray[np.int64],
+        uend: NDArray[np.float64],
+        categories: CategoriesOf,
+    ) -> dict[int, dict[str, float]]:
+        """Per user (code): Σ over their events of exp(−age/7d) / #categories
+        of the item, per category, aged to the user's latest event."""
+        icode, ids = _factorize(items)
+        names: dict[str, int] = {}
+        per_item = [[names.setdefault(c, len(names)) for c in categories(i)] for i in ids]
+        counts = np.array([len(c) for c in per_item], dtype=np.int64)
+        if not counts.any():
+            return {}
+        flat = np.fromiter((c for cs in per_item for c in cs), np.int64, int(counts.sum()))
+        starts = np.cumsum(counts) - counts
+        n_ev = counts[icode]
+        event = np.repeat(np.arange(len(ts)), n_ev)
+        offset = np.arange(len(event)) - np.repeat(np.cumsum(n_ev) - n_ev, n_ev)
+        cat = flat[starts[icode[event]] + offset]
+        user = ucode[event]
+        weight = np.exp(-(uend[user] - ts[event]) / self._week) / n_ev[event]
+        pair, inverse = np.unique(user * len(names) + cat, return_inverse=True)
+        sums = np.bincount(inverse, weights=weight, minlength=len(pair))
+        label = list(names)
+        out: dict[int, dict[str, float]] = {}
+        for p, v in zip(pair.tolist(), sums.tolist(), strict=True):
+            out.setdefault(p // len(names), {})[label[p % len(names)]] = v
+        return out
+
+    def _merge_categories(
+        self, uids: list[str], uend: NDArray[np.float64], adds: dict[int, dict[str, float]]
+    ) -> None:
+        codes = list(adds)
+        keys = [self._category_key(uids[c]) for c in codes]
+        week = self._week
+        out: dict[str, bytes] = {}
+        for key, code, blob in zip(keys, codes, self.cache.get_many(keys), strict=True):
+            end = float(uend[code])
+            new = adds[code]
+            if blob is not None:
+                t, merged = _unpack_categories(blob)
+                final = max(end, t)
+                if final > t:
+                    old = math.exp(-(final - t) / week)
+                    merged = {c: v * old for c, v in merged.items()}
+                scale = math.exp(-(final - end) / week)
+                for c, v in new.items():
+                    merged[c] = merged.get(c, 0.0) + v * scale
+                out[key] = _pack_categories(final, merged)
+            else:
+                out[key] = _pack_categories(end, new)
+        self.cache.set_many(out)
+
+    # ------------------------------------------------------------- replaying
     @classmethod
     def replay(
         cls,
         events: pd.DataFrame,
-        categories: Callable[[str], Sequence[str]],
+        categories: CategoriesOf,
         *,
         until: float | None = None,
         cache: Cache | None = None,
         windows: dict[str, float] | None = None,
     ) -> OnlineCounters:
         """The counters as they were at `until` (default: after every event),
-        rebuilt by the same `update` from an events frame (the schema's columns)."""
+        rebuilt by the same update from an events frame (the schema's columns)."""
         counters = cls(cache or MemoryCache(max_entries=10_000_000), windows)
-        frame = events.sort_values("timestamp", kind="stable")
-        if until is not None:
-            frame = frame[frame["timestamp"] <= until]
-        counters.update(
-            CounterEvent(str(u), str(i), str(t), float(ts), tuple(categories(str(i))))
-            for u, i, t, ts in zip(
-                frame["user_id"], frame["item_id"], frame["type"], frame["timestamp"], strict=True
-            )
-        )
-        return counters
+        return Replay(events, categories, counters).advance(math.inf if until is None else until)
+
+    def seed(self, store: Store, categories: CategoriesOf, upto_seq: int) -> int:
+        """Fold the stored log up to `upto_seq` into counters never seeded
+        before (marker key `v2:seeded`), so that a fresh cache starts from the
+        history the ranker was trained on rather than from nothing; returns
+        the events folded (0 when already seeded). Events after `upto_seq`
+        are the live path's to count. Two processes seeding one empty Redis
+        at the same moment both fold the log (counts doubled): start one first."""
+        marker = self.prefix + "v2:seeded"
+        if self.cache.get(marker) is not None:
+            return 0
+        frame = store.events_frame()
+        frame = frame[frame["seq"] <= upto_seq]
+        Replay(frame, categories, self).advance(math.inf)
+        self.cache.set(marker, str(upto_seq).encode())
+        return len(frame)
 
     # ------------------------------------------------------------- read path
     def item_features(self, item_ids: Sequence[str], now: float) -> dict[str, NDArray[np.float64]]:
-        """Per item: `<type>@<window>` counts and `ctr@<window>` (smoothed
-        clicks / views) as of `now`; zeros (and the prior CTR) for unseen items."""
-        raw = self.cache.get_many([self._item_key(i) for i in item_ids]) if item_ids else []
+        """Per item: `<type>@<window>` counts, `ctr@<window>` (smoothed
+        clicks / views, a click, cart or purchase implying a view) and
+        `recency_hours` (since the item's last counted event) as of `now`;
+        zeros, the prior CTR and inf for unseen items."""
+        keys = [self._item_key(i) for i in item_ids]
+        state, present = self._read_records(keys, self._item_width)
+        dt = np.where(present, np.maximum(0.0, now - state[:, 0]), 0.0)
+        values = state[:, 1:] * np.exp(-dt[:, None] / self._col_lengths[None, :])
+        n_win = len(self.windows)
+        out: dict[str, NDArray[np.float64]] = {}
+        for k, t in enumerate(COUNTED_TYPES):
+            for j, w in enumerate(self.windows):
+                out[f"{t}@{w}"] = values[:, k * n_win + j]
         a, b = CTR_PRIOR
-        out: dict[str, NDArray[np.float64]] = {
-            f"{t}@{w}": np.zeros(len(item_ids)) for t in COUNTED_TYPES for w in self.windows
-        }
-        for r, blob in enumerate(raw):
-            if blob is None:
-                continue
-            state = json.loads(blob)
-            _decay(state, now, self.windows)
-            for key in out:
-                out[key][r] = state.get(key, 0.0)
         for w in self.windows:
             clicks = out[f"click@{w}"] + out[f"cart@{w}"] + out[f"purchase@{w}"]
             views = np.maximum(out[f"view@{w}"] + clicks, clicks)
             out[f"ctr@{w}"] = (clicks + a) / (views + a + b)
+        out["recency_hours"] = np.where(present, dt / 3600.0, np.inf)
         return out
 
     def user_features(self, user_id: str, now: float) -> dict[str, float]:
         """The user's event count, hours since the last event (inf if none)
-        and category affinities over 7 days (shares summing to 1)."""
-        blob = self.cache.get(self._user_key(user_id))
-        if blob is None:
+        and category affinities over 7 days (`affinity:<category>`, shares
+        summing to 1; decay common to all categories cancels in a share)."""
+        record, cats = self.cache.get_many([self._user_key(user_id), self._category_key(user_id)])
+        if record is None or len(record) != _USER_WIDTH * 8:
             return {"events": 0.0, "recency_hours": math.inf}
-        state = json.loads(blob)
-        _decay(state, now, self.windows)
-        cats = {k[4:].rsplit("@", 1)[0]: v for k, v in state.items() if k.startswith("cat:")}
-        total = sum(cats.values()) or 1.0
-        out = {
-            "events": state.get("n", 0.0),
-            "recency_hours": max(0.0, now - state.get("last", now)) / 3600.0,
-        }
-        out.update({f"affinity:{c}": v / total for c, v in cats.items()})
+        events, last = np.frombuffer(record, dtype=_F8).tolist()
+        out = {"events": events, "recency_hours": max(0.0, now - last) / 3600.0}
+        if cats is not None:
+            weights = _unpack_categories(cats)[1]
+            total = sum(weights.values())
+            if total > 0:
+                out.update({f"affinity:{c}": v / total for c, v in weights.items()})
         return out
+
+    # ----------------------------------------------------------- persistence
+    def export(self, item_ids: Iterable[str], user_ids: Iterable[str]) -> dict[str, bytes]:
+        """The stored records of these items and users (key → bytes), to be
+        put back by `restore` (a saved model keeps its training-time counters)."""
+        users = [str(u) for u in user_ids]
+        keys = [self._item_key(str(i)) for i in item_ids]
+        keys += [self._user_key(u) for u in users] + [self._category_key(u) for u in users]
+        return {k: b for k, b in zip(keys, self.cache.get_many(keys), strict=True) if b is not None}
+
+    def restore(self, records: Mapping[str, bytes]) -> None:
+        """Write records from `export` (same prefix) into the cache."""
+        self.cache.set_many(records)
 
     # -------------------------------------------------------------- helpers
     def _item_key(self, item_id: str) -> str:
-        return f"{self.prefix}item:{item_id}"
+        return f"{self.prefix}v2:item:{item_id}"
 
     def _user_key(self, user_id: str) -> str:
-        return f"{self.prefix}user:{user_id}"
+        return f"{self.prefix}v2:user:{user_id}"
 
-    def _load(self, key: str) -> dict[str, float]:
-        blob = self.cache.get(key)
-        return {} if blob is None else dict(json.loads(blob))
+    def _category_key(self, user_id: str) -> str:
+        return f"{self.prefix}v2:ucat:{user_id}"
+
+    def _read_records(
+        self, keys: Sequence[str], width: int
+    ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+        """Records of `width` floats (zeros where absent or malformed) and
+        which were present, decoded with one `frombuffer`."""
+        blobs = self.cache.get_many(keys) if keys else []
+        state = np.zeros((len(keys), width))
+        size = width * 8
+        good = [r for r, b in enumerate(blobs) if b is not None and len(b) == size]
+        present = np.zeros(len(keys), dtype=bool)
+        if good:
+            joined = b"".join(blobs[r] or b"" for r in good)
+            state[good] = np.frombuffer(joined, dtype=_F8).reshape(len(good), width)
+            present[good] = True
+        return state, present
+
+    def _write_records(self, keys: Sequence[str], state: NDArray[np.float64]) -> None:
+        buf = np.ascontiguousarray(state, dtype=_F8).tobytes()
+        size = state.shape[1] * 8
+        self.cache.set_many({k: buf[r * size : (r + 1) * size] for r, k in enumerate(keys)})
+
+
+def _pack_categories(t: float, weights: Mapping[str, float]) -> bytes:
+    """A user's category record: t, the count, the weights (float64) and the
+    names joined by U+001F (a name's own U+001F becomes a space)."""
+    names = "\x1f".join(c.replace("\x1f", " ") for c in weights).encode()
+    values = np.fromiter(weights.values(), _F8, len(weights)).tobytes()
+    return _CAT_HEADER.pack(t, len(weights)) + values + names
+
+
+def _unpack_categories(blob: bytes) -> tuple[float, dict[str, float]]:
+    t, k = _CAT_HEADER.unpack_from(blob)
+    start = _CAT_HEADER.size
+    values = np.frombuffer(blob, _F8, count=k, offset=start).tolist()
+    names = blob[start + 8 * k :].decode().split("\x1f") if k else []
+    return float(t), dict(zip(names, values, strict=True))
+
+
+class Replay:
+    """An event log replayed into counters in time order: `advance(t)` folds
+    every event up to t not folded yet, so training queries visited by
+    increasing cut time each read the counters as they were at their cut —
+    what the live path held at that moment. Events without a timestamp are
+    left out; categories are looked up once per item."""
+
+    def __init__(
+        self,
+        events: pd.DataFrame,
+        categories: CategoriesOf,
+        counters: OnlineCounters | None = None,
+    ) -> None:
+        ts = events["timestamp"].to_numpy(np.float64)
+        order = np.argsort(ts, kind="stable")
+        order = order[np.isfinite(ts[order])]
+        self._ts = ts[order]
+        self._users = events["user_id"].astype(str).to_numpy(object)[order]
+        self._items = events["item_id"].astype(str).to_numpy(object)[order]
+        self._types = events["type"].astype(str).to_numpy(object)[order]
+        self._pos = 0
+        memo: dict[str, Sequence[str]] = {}
+
+        def cached(item_id: str) -> Sequence[str]:
+            if item_id not in memo:
+                memo[item_id] = tuple(categories(item_id))
+            return memo[item_id]
+
+        self._categories = cached
+        self.counters = counters or OnlineCounters(MemoryCache(max_entries=10_000_000))
+
+    def advance(self, until: float) -> OnlineCounters:
+        """The counters with every event at or before `until` folded in."""
+        stop = int(np.searchsorted(self._ts, until, side="right"))
+        if stop > self._pos:
+            part = slice(self._pos, stop)
+            self.counters.update_columns(
+                self._users[part],
+                self._items[part],
+                self._types[part],
+                self._ts[part],
+                self._categories,
+            )
+            self._pos = stop
+        return self.counters

@@ -14,6 +14,10 @@ Cross-cutting behaviour lives here:
   per-request item limits);
 - an access log on `sieve.serve.access` (method, path, status, milliseconds,
   the API key's *name*) — headers are never logged, so neither are keys;
+- Prometheus metrics (`GET /metrics`): latency and errors per route template
+  (`sieve.monitoring.metrics`); the funnel's stage timings go to the engine's
+  metrics while the lifespan runs, and drift checks run in the background
+  every `drift_check_seconds` (`sieve.monitoring.drift`);
 - errors as `{"detail": ...}`: 422 lists `{loc, msg, type}` without echoing
   the input; store/cache outages → 503; data the database refuses → 422;
   anything else → 500 with a generic message (the traceback goes to the log).
@@ -39,9 +43,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sieve import __version__
 from sieve.data.schema import UnknownIdError
+from sieve.monitoring.metrics import UNMATCHED
+from sieve.monitoring.stages import add_stage_sink
 from sieve.serve.auth import KeyRing
 from sieve.serve.engine import Engine, InvalidInput, NoModelError, TooLarge
-from sieve.serve.routes import events, items, recommendations, system, users
+from sieve.serve.routes import (
+    dashboard,
+    events,
+    experiments,
+    items,
+    metrics,
+    recommendations,
+    system,
+    users,
+)
 from sieve.settings import Settings
 from sieve.storage import CacheError, StoreError, StoreUnavailable
 
@@ -55,7 +70,8 @@ recommendations from the trained funnel.
 **Authentication.** Send an API key as `Authorization: Bearer <key>` or
 `X-API-Key: <key>`. Scopes: `read` (GET endpoints), `write` (catalog and
 events), `admin` (model reload, precompute; implies both others). `/health`,
-`/ready` and `/version` need no key.
+`/ready`, `/version` and `/metrics` (for Prometheus; keep it off the public
+network) need no key.
 
 **Errors** are `{"detail": ...}`; 422 lists `{loc, msg, type}` per problem.
 """
@@ -97,6 +113,8 @@ class TimingMiddleware:
                 return
             await self.app(scope, receive, timed_send)
         finally:
+            seconds = time.perf_counter() - start
+            _record(scope, status, seconds)
             if access_log.isEnabledFor(logging.INFO):
                 state = scope.get("state") or {}
                 access_log.info(
@@ -104,7 +122,7 @@ class TimingMiddleware:
                     scope["method"],
                     scope["path"],
                     status,
-                    (time.perf_counter() - start) * 1000,
+                    seconds * 1000,
                     state.get("principal", "-"),
                 )
 
@@ -117,6 +135,21 @@ class TimingMiddleware:
                 except ValueError:
                     return None
         return None
+
+
+def _record(scope: Scope, status: int, seconds: float) -> None:
+    """Latency and errors in the engine's metrics, labelled by the route template
+    the router matched (`scope["route"]`), never the raw path."""
+    app = scope.get("app")
+    engine = getattr(getattr(app, "state", None), "engine", None)
+    if engine is None:  # before the lifespan opened it
+        return
+    route = scope.get("route")
+    endpoint = getattr(route, "path", None) or UNMATCHED
+    try:
+        engine.metrics.request(endpoint, scope["method"], status, seconds)
+    except Exception:  # a metric never fails a response
+        log.debug("request metrics not recorded", exc_info=True)
 
 
 def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -215,11 +248,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 time.perf_counter() - start,
             )
         watcher = engine.watch_models(settings.model_poll_seconds)
+        unhook = add_stage_sink(engine.metrics.stage)  # after the start-up precompute
+        engine.drift.start(settings.drift_check_seconds)
         try:
             yield
         finally:
             if watcher is not None:
                 watcher.set()
+            unhook()
+            engine.drift.stop()
             engine.close()
 
     # the docs pages' scripts and styles are served by the app itself, not a
@@ -234,7 +271,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = KeyRing(settings.api_keys)
     app.add_middleware(TimingMiddleware, max_body_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
-    for module in (items, users, events, recommendations, system):
+    for module in (items, users, events, recommendations, experiments, system, dashboard, metrics):
         app.include_router(module.router(settings))
     return app
 

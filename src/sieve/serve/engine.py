@@ -43,7 +43,7 @@ import math
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -60,12 +60,24 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from sieve.data.dataset import Dataset
 from sieve.data.io import RawData
-from sieve.data.records import Event, Impression, ImpressionItem, Item, User
+from sieve.data.records import Event, Impression, ImpressionArm, ImpressionItem, Item, User
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, EventWeights, UnknownIdError
-from sieve.realtime.counters import CounterEvent, OnlineCounters
+from sieve.experiments.interleaving import request_rng, team_draft
+from sieve.experiments.online import (
+    CLICK_TYPES,
+    TEAM_PREFIX,
+    Arm,
+    ExperimentBook,
+    ExperimentRecord,
+    experiment_report,
+)
+from sieve.explore.slots import ExplorationSlots
+from sieve.monitoring.drift import DriftMonitor
+from sieve.monitoring.metrics import ServingMetrics
+from sieve.realtime.counters import OnlineCounters
 from sieve.registry import ModelRegistry, RegistryError
 from sieve.serve.impressions import ImpressionLogger
-from sieve.serve.schemas import RecommendationList, RecommendedItem
+from sieve.serve.schemas import ExperimentArm, RecommendationList, RecommendedItem
 from sieve.settings import Settings
 from sieve.storage import Cache, CacheError, SQLStore, Store, open_cache, open_store
 from sieve.types import Context, ItemList, Query, Recommended
@@ -75,9 +87,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sieve.serve")
 
-#: The file in `model_dir` that names the funnel to serve.
 #: Longest session list kept per user in the cache.
 RECENT_MAX = 50
+#: Served requests remembered for crediting clicks to bandits (newest kept).
+SERVED_MAX = 100_000
+#: Model versions of experiment arms kept loaded beside the serving one.
+VARIANT_FUNNELS_MAX = 4
+
+
+@dataclass
+class Served:
+    """What a request was served, for crediting the clicks that cite it."""
+
+    arms: list[tuple[str, str]]
+    explored: dict[str, str]  # item id -> exploration policy
+    credited: set[str] = field(default_factory=set)
 
 
 class NoModelError(RuntimeError):
@@ -268,6 +292,17 @@ def _context_dict(filters: Filters) -> dict[str, Any]:
     }
 
 
+def _slot_sources(item: RecommendedItem) -> list[str]:
+    """The sources logged for a slot: the candidate sources, plus `explore`
+    for an exploration slot and `team:<arm>` for an interleaved one."""
+    out = sorted(item.sources)
+    if item.slot == "explore":
+        out.append("explore")
+    if item.team is not None:
+        out.append(f"{TEAM_PREFIX}{item.team}")
+    return out
+
+
 def _redacted(url: str) -> str:
     """A URL without its password, for manifests and logs."""
     from sqlalchemy.engine import make_url
@@ -396,6 +431,28 @@ class Engine:
         self.counters = OnlineCounters(cache)
         # one worker keeps updates in commit order, off the request path
         self._counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-counters")
+        # the first model load seeds the counters with the stored log up to this
+        # seq (an empty cache would otherwise tell the ranker every user is new);
+        # events committed later are counted by `_count` as they come
+        self._counters_seeded = threading.Event()
+        self._seed_seq: int | None = None
+        try:
+            self._seed_seq = store.max_seq()
+        except Exception:  # the store's failure is reported where it is used
+            self._counters_seeded.set()
+        #: Prometheus metrics and drift checks (`sieve.monitoring`)
+        self.metrics = ServingMetrics.for_settings(settings, store)
+        self.drift = DriftMonitor.for_engine(self)
+        #: running experiments (stored; re-read every model_poll_seconds or 2 s)
+        self.experiments = ExperimentBook(
+            store, cache, refresh_seconds=settings.model_poll_seconds or 2.0
+        )
+        #: bandit-filled exploration slots
+        self.explorer = ExplorationSlots(cache)
+        self._variant_funnels: OrderedDict[str, Funnel] = OrderedDict()
+        self._variants_lock = threading.Lock()
+        self._served: OrderedDict[str, Served] = OrderedDict()
+        self._served_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: Settings, *, load_model: bool = True) -> Engine:
@@ -416,6 +473,7 @@ class Engine:
         return engine
 
     def close(self) -> None:
+        self.save_bandits()
         self._counting.shutdown(wait=True)
         self.impressions.close()
         self.store.close()
@@ -440,6 +498,7 @@ class Engine:
                         self.load_model()
                 except Exception:  # keep serving the old model; say why in the log
                     log.exception("could not swap to the promoted model")
+                self.save_bandits()
 
         threading.Thread(target=loop, name="sieve-model-watcher", daemon=True).start()
         return stop
@@ -466,7 +525,15 @@ class Engine:
 
         funnel = Funnel.load(path)
         self._sync_catalog(funnel)
+        if self._counters_seeded.is_set():
+            funnel.online = self.counters  # the ranker reads the live counters
         self._funnel, self.model_path, self.load_error = funnel, path, None
+        if self._counters_seeded.is_set():  # (seeding may have ended meanwhile)
+            funnel.online = self.counters
+        elif self._seed_seq is not None:  # until seeded: its training-time counters
+            seq, self._seed_seq = self._seed_seq, None
+            self._counting.submit(self._count, [], seq)
+        self.metrics.model_loaded(str(funnel.version))
         log.info("serving funnel %s from %s", funnel.version, path)
         return True
 
@@ -508,11 +575,38 @@ class Engine:
         funnel = self._funnel
         if funnel is None or frame.empty:
             return
+        with self._variants_lock:
+            others = list(self._variant_funnels.values())
         try:
             with self._lock.writing():
-                funnel.add_items(frame)
+                for f in (funnel, *others):
+                    f.add_items(frame)
         except Exception:  # the store write is committed; the next reload catches up
             log.exception("the serving funnel could not take %d catalog rows", len(frame))
+
+    def funnel_for(self, version: str | None) -> Funnel:
+        """The funnel of a registered model version (an experiment arm's), loaded
+        beside the serving one on first use and brought up to the catalog;
+        None or the serving version → the serving funnel."""
+        base = self.funnel
+        if version is None or version == str(base.version):
+            return base
+        with self._variants_lock:
+            funnel = self._variant_funnels.get(version)
+            if funnel is not None:
+                self._variant_funnels.move_to_end(version)
+                return funnel
+        from sieve.pipeline import Funnel
+
+        path = ModelRegistry(self.settings.model_dir).model_path(version)
+        loaded = Funnel.load(path)
+        self._sync_catalog(loaded)
+        with self._variants_lock:
+            funnel = self._variant_funnels.setdefault(version, loaded)
+            while len(self._variant_funnels) > VARIANT_FUNNELS_MAX:
+                self._variant_funnels.popitem(last=False)
+        log.info("loaded model %s for an experiment arm", version)
+        return funnel
 
     # ------------------------------------------------------------ events
     def check_events(self, events: Sequence[Event]) -> None:
@@ -565,41 +659,55 @@ class Engine:
                 new.append(e)
                 listed[e.id] = occurrences[e.id]  # only its first occurrence is new
         self._note_events(new)
+        self.metrics.events_ingested(new)
         if new:
             self._counting.submit(self._count, list(new))
+            self._credit_clicks(new)
         return result.inserted, result.duplicates
 
     def flush_counters(self) -> None:
         """Wait until every event committed so far is in the online counters."""
         self._counting.submit(lambda: None).result()
 
-    def _count(self, new: Sequence[Event]) -> None:
+    def _count(self, new: Sequence[Event], seed_upto: int | None = None) -> None:
         """Fold newly stored events into the online counters (best effort: the
-        events are committed; a cache outage only leaves the counters behind)."""
+        events are committed; a cache outage only leaves the counters behind).
+        With `seed_upto` (first model load): first fold the stored log up to
+        that seq into counters never seeded, then point the funnel at them."""
         funnel = self._funnel
 
-        def categories(item_id: str) -> tuple[str, ...]:
-            if funnel is None:
-                return ()
+        def categories(item_id: str) -> tuple[str, ...]:  # once per item and batch
+            assert funnel is not None
             try:
                 return tuple(funnel.item_categories(funnel.item_index(item_id)))
             except UnknownIdError:
                 return ()
 
-        now = time.time()
-        try:  # `update` aggregates per key with exact decay: order does not matter
-            self.counters.update(
-                CounterEvent(
-                    e.user_id,
-                    e.item_id,
-                    e.type,
-                    e.timestamp.timestamp() if e.timestamp else now,
-                    categories(e.item_id),
+        try:
+            if seed_upto is not None:
+                folded = self.counters.seed(self.store, categories, seed_upto)
+                log.info("online counters seeded with %d stored events", folded)
+            if new:
+                now = time.time()
+                # aggregated per key with exact decay: order does not matter
+                self.counters.update_columns(
+                    [e.user_id for e in new],
+                    [e.item_id for e in new],
+                    [e.type for e in new],
+                    [e.timestamp.timestamp() if e.timestamp else now for e in new],
+                    categories if funnel is not None else None,
                 )
-                for e in new
-            )
         except CacheError:
             log.warning("cache unavailable: online counters not updated", exc_info=True)
+        except Exception:
+            if seed_upto is None:
+                raise
+            log.exception("online counters not seeded from the stored log")
+        finally:
+            if seed_upto is not None:
+                self._counters_seeded.set()
+                if self._funnel is not None:
+                    self._funnel.online = self.counters
 
     def _attribute(self, events: Sequence[Event]) -> list[Event]:
         """Cite the request that showed the item: an event of an attributed type
@@ -620,30 +728,41 @@ class Engine:
                 out[k] = events[k].model_copy(update={"request_id": request_id})
         return out
 
-    def _log_impression(self, result: RecommendationList, context: Mapping[str, Any]) -> None:
+    def _log_impression(
+        self,
+        result: RecommendationList,
+        context: Mapping[str, Any],
+        arms: Sequence[Arm] = (),
+    ) -> None:
         """Log a served list (off the request path; see `ImpressionLogger`)."""
         # built without re-validation: every field comes from a validated list
-        self.impressions.log(
-            Impression.model_construct(
-                request_id=result.request_id,
-                user_id=result.user_id,
-                timestamp=datetime.now(UTC),
-                model_version=result.model_version,
-                experiment=None,
-                arm=None,
-                context={k: v for k, v in context.items() if v is not None},
-                items=[
-                    ImpressionItem.model_construct(
-                        item_id=item.id,
-                        position=pos,
-                        score=item.score if item.score is not None else 0.0,
-                        sources=sorted(item.sources),
-                        propensity=1.0,
-                    )
-                    for pos, item in enumerate(result.items)
-                ],
-            )
+        impression = Impression.model_construct(
+            request_id=result.request_id,
+            user_id=result.user_id,
+            timestamp=datetime.now(UTC),
+            model_version=result.model_version,
+            experiment=arms[0].experiment.name if arms else None,
+            arm=arms[0].name if arms else None,
+            context={k: v for k, v in context.items() if v is not None},
+            items=[
+                ImpressionItem.model_construct(
+                    item_id=item.id,
+                    position=pos,
+                    score=item.score if item.score is not None else 0.0,
+                    sources=_slot_sources(item),
+                    propensity=item.propensity,
+                )
+                for pos, item in enumerate(result.items)
+            ],
+            arms=[
+                ImpressionArm.model_construct(
+                    experiment=a.experiment.name, arm=a.name, propensity=a.propensity
+                )
+                for a in arms
+            ],
         )
+        self.impressions.log(impression)
+        self.metrics.served(impression)
 
     def _note_events(self, new: Sequence[Event]) -> None:
         """Session lists and last-event times of the users of newly stored events."""
@@ -799,8 +918,11 @@ class Engine:
         if not filters.empty:
             return None
         funnel = self.funnel
+        if self.experiments.in_experiment(user_id):
+            return None  # the arm decides the list: answered live
         version = str(funnel.version)
         cached = self._cached(funnel, user_id, n, version)
+        self.metrics.cache_lookup(hit=cached is not None)
         if cached is None:
             return None
         hit = RecommendationList(
@@ -815,28 +937,172 @@ class Engine:
         return hit
 
     def recommend_user(
-        self, user_id: str, n: int, filters: Filters = Filters(), use_cache: bool = True
+        self,
+        user_id: str,
+        n: int,
+        filters: Filters = Filters(),
+        use_cache: bool = True,
+        log: bool = True,
     ) -> RecommendationList:
-        """Top-n for `user_id`: from the precomputed cache when still valid, else live."""
+        """Top-n for `user_id`: from the precomputed cache when still valid, else live.
+
+        Live: the user's experiment arms decide the model version, the
+        exploration slots, or (interleaving) the two lists merged by team
+        draft; shadow arms are computed and logged, never shown.
+        `log=False` (a preview: the dashboard's inspector) logs no impression
+        and teaches no bandit, so it never counts as traffic."""
         if use_cache:
             hit = self.cached_answer(user_id, n, filters)
             if hit is not None:
                 return hit
-        funnel = self.funnel
-        version = str(funnel.version)
+        arms = self.experiments.assign(user_id, learn=log)
+        base = self.funnel
+        request_id = uuid.uuid4().hex
+        stored = [
+            (e.item_id, e.type)
+            for e in self.store.user_events(user_id, limit=self.settings.history_limit)
+        ]
+        ab = [a for a in arms if a.experiment.kind == "ab"]
+        version = next((a.variant.model_version for a in ab if a.variant.model_version), None)
+        config: dict[str, Any] = {}
+        for a in ab:
+            config.update(a.variant.config or {})
+        interleaved = next((a for a in arms if a.experiment.kind == "interleaving"), None)
+        explored: dict[str, str] = {}
+        shadows: dict[str, list[str]] = {}
         with self._lock.reading():
-            query = self.user_query(funnel, user_id, n, filters)
-            items = self._listed(funnel, funnel.recommend_query(query))
+            if interleaved is not None:
+                items, cold = self._interleave(interleaved, user_id, n, filters, stored, request_id)
+                version = None
+            else:
+                funnel = self.funnel_for(version)
+                k = int(config.get("exploration_slots", self.settings.exploration_slots))
+                policy = str(config.get("exploration_policy", self.settings.exploration_policy))
+                pool = self.settings.exploration_pool if k > 0 else 0
+                ranked, cold = self._ranked(funnel, user_id, n - min(k, n) + pool, filters, stored)
+                items = []
+                for item, propensity, explore in self.explorer.fill(
+                    ranked, n, k, policy, key=lambda r: r.id, learn=log
+                ):
+                    if explore:
+                        explored[item.id] = policy
+                        item = item.model_copy(update={"propensity": propensity, "slot": "explore"})
+                    items.append(item)
+            for a in arms:
+                for shadow in a.experiment.shadows:
+                    shadow_funnel = self.funnel_for(shadow.model_version)
+                    shown, _ = self._ranked(shadow_funnel, user_id, n, filters, stored)
+                    shadows[f"{a.experiment.name}/{shadow.name}"] = [i.id for i in shown]
         result = RecommendationList(
             items=items,
-            request_id=query.request_id,
-            model_version=version,
+            request_id=request_id,
+            model_version=version or str(base.version),
             user_id=user_id,
             cached=False,
-            cold_start=query.user < 0 and len(query.history) == 0,
+            cold_start=cold,
+            experiments=[
+                ExperimentArm(experiment=a.experiment.name, arm=a.name, propensity=a.propensity)
+                for a in arms
+            ],
         )
-        self._log_impression(result, _context_dict(filters))
+        context: dict[str, Any] = _context_dict(filters)
+        if shadows:
+            context["shadows"] = shadows
+        if not log:
+            return result
+        if arms or explored:
+            self._remember(
+                request_id, Served([(a.experiment.name, a.name) for a in arms], explored)
+            )
+        self._log_impression(result, context, arms)
         return result
+
+    def _ranked(
+        self,
+        funnel: Funnel,
+        user_id: str,
+        n: int,
+        filters: Filters,
+        stored: Sequence[tuple[str, str]],
+    ) -> tuple[list[RecommendedItem], bool]:
+        """The funnel's top-n for a user as served items, and whether it was a cold start."""
+        query = self.user_query(funnel, user_id, n, filters, stored=stored)
+        items = self._listed(funnel, funnel.recommend_query(query))
+        return items, query.user < 0 and len(query.history) == 0
+
+    def _interleave(
+        self,
+        arm: Arm,
+        user_id: str,
+        n: int,
+        filters: Filters,
+        stored: Sequence[tuple[str, str]],
+        request_id: str,
+    ) -> tuple[list[RecommendedItem], bool]:
+        """Team-draft interleaving of the two arms' lists; each item carries its team."""
+        a, b = arm.experiment.served
+        list_a, cold = self._ranked(self.funnel_for(a.model_version), user_id, n, filters, stored)
+        list_b, _ = self._ranked(self.funnel_for(b.model_version), user_id, n, filters, stored)
+        by_id = {i.id: i for i in list_b} | {i.id: i for i in list_a}
+        merged = team_draft(
+            [i.id for i in list_a], [i.id for i in list_b], request_rng(request_id), k=n
+        )
+        items = [
+            by_id[item_id].model_copy(update={"team": (a.name, b.name)[int(team)]})
+            for item_id, team in zip(merged.items, merged.teams, strict=True)
+        ]
+        return items, cold
+
+    def _remember(self, request_id: str, served: Served) -> None:
+        with self._served_lock:
+            self._served[request_id] = served
+            while len(self._served) > SERVED_MAX:
+                self._served.popitem(last=False)
+
+    def _credit_clicks(self, events: Sequence[Event]) -> None:
+        """Clicks citing a request reward its exploration slots and its
+        adaptively allocated arms (at most once per request and experiment)."""
+        for e in events:
+            if e.request_id is None or e.type not in CLICK_TYPES:
+                continue
+            with self._served_lock:
+                served = self._served.get(e.request_id)
+                if served is None:
+                    continue
+                todo = [(x, arm) for x, arm in served.arms if x not in served.credited]
+                served.credited.update(x for x, _ in todo)
+                policy = served.explored.pop(e.item_id, None)
+            if policy is not None:
+                self.explorer.credit(policy, e.item_id)
+            for experiment, arm in todo:
+                self.experiments.clicked(experiment, arm)
+
+    def save_bandits(self) -> None:
+        """Persist exploration and allocation bandit state to the cache."""
+        self.explorer.save()
+        self.experiments.save_state()
+
+    # -------------------------------------------------------- experiments
+    def create_experiment(self, spec: Mapping[str, Any]) -> ExperimentRecord:
+        """Validate (including that each arm's model version is registered) and store."""
+        known = [m.version for m in ModelRegistry(self.settings.model_dir).list()]
+        return self.experiments.create(spec, known)
+
+    def experiment_report(self, name: str, alpha: float = 0.05) -> dict[str, Any]:
+        """The analysis of an experiment (see `sieve.experiments.online`)."""
+        record = self.experiments.get(name)
+        self.impressions.flush()
+        funnel = self._funnel
+        out = experiment_report(
+            self.store,
+            record,
+            alpha=alpha,
+            catalog_size=self.store.count_items(),
+            cache=self.cache,
+        )
+        if funnel is not None and record.experiment.allocation == "thompson":
+            out["allocation_state"] = self.experiments.allocation(name)
+        return out
 
     def _cached(
         self, funnel: Funnel, user_id: str, n: int, version: str

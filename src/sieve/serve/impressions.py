@@ -31,15 +31,25 @@ class ImpressionLogger:
         self._write_lock = threading.Lock()
         self._closed = threading.Event()
         self.dropped = 0
+        # counts of impressions queued and written (or dropped): `flush` waits
+        # for the background thread's batch in flight, not only for the queue
+        self._queued = 0
+        self._handled = 0
+        self._progress = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="sieve-impressions", daemon=True)
         self._thread.start()
 
     def log(self, impression: Impression) -> None:
         """Queue one served list (never blocks the request)."""
+        with self._progress:
+            self._queued += 1
         self._queue.put(impression)
 
     def flush(self) -> None:
-        """Write everything queued so far (called before attribution and at close)."""
+        """Write everything queued so far (called before attribution and at close),
+        including a batch the background thread has taken but not yet written."""
+        with self._progress:
+            target = self._queued
         batch: list[Impression] = []
         while True:
             try:
@@ -49,6 +59,8 @@ class ImpressionLogger:
             if item is not None:
                 batch.append(item)
         self._write(batch)
+        with self._progress:
+            self._progress.wait_for(lambda: self._handled >= target, timeout=10.0)
 
     def _write(self, batch: list[Impression]) -> None:
         if not batch:
@@ -63,6 +75,10 @@ class ImpressionLogger:
                     log.warning(
                         "impression log unavailable: %d impressions lost", len(part), exc_info=True
                     )
+                finally:
+                    with self._progress:
+                        self._handled += len(part)
+                        self._progress.notify_all()
 
     def _run(self) -> None:
         while not self._closed.is_set():

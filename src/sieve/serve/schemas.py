@@ -8,7 +8,7 @@ Every model forbids unknown fields and carries an OpenAPI example.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -186,6 +186,21 @@ class RecommendedItem(BaseModel):
     categories: list[str]
     explanation: str
     sources: dict[str, float | None]
+    #: probability that the serving policy put this item in the list (1 for a
+    #: ranked slot; the bandit's inclusion probability for an exploration slot)
+    propensity: float = 1.0
+    #: "ranked" (the funnel's order) or "explore" (chosen by the exploration bandit)
+    slot: Literal["ranked", "explore"] = "ranked"
+    #: in an interleaving experiment, the arm whose list contributed the item
+    team: str | None = None
+
+
+class ExperimentArm(BaseModel):
+    """An experiment the request was in and the arm it got."""
+
+    experiment: str
+    arm: str
+    propensity: float = 1.0
 
 
 class RecommendationList(BaseModel):
@@ -213,6 +228,8 @@ class RecommendationList(BaseModel):
     user_id: str | None
     cached: bool
     cold_start: bool
+    #: the experiments this request was in (empty: the default experience)
+    experiments: list[ExperimentArm] = Field(default_factory=list)
 
 
 class SimilarItems(BaseModel):
@@ -322,3 +339,69 @@ __all__ = [
     "UserPatch",
     "VersionInfo",
 ]
+
+
+# ------------------------------------------------------------ experiments
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+
+class VariantIn(BaseModel):
+    """One arm: its traffic share (0 for a shadow), and what it changes — a
+    registered model version and/or `config` (`exploration_slots` 0-50,
+    `exploration_policy` thompson|ucb1|epsilon)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_NAME)
+    share: float = Field(ge=0.0, le=1.0)
+    model_version: str | None = Field(default=None, min_length=1, max_length=256)
+    config: dict[str, Any] | None = None
+    shadow: bool = False
+
+
+class ExperimentIn(BaseModel):
+    """A new experiment (see `sieve.experiments.assignment.Experiment`)."""
+
+    model_config = _config(
+        {
+            "name": "explore-2",
+            "variants": [
+                {"name": "control", "share": 0.5},
+                {"name": "explore", "share": 0.5, "config": {"exploration_slots": 2}},
+            ],
+        }
+    )
+
+    name: str = Field(pattern=_NAME)
+    layer: str = Field(default="default", pattern=_NAME)
+    kind: Literal["ab", "interleaving"] = "ab"
+    allocation: Literal["fixed", "thompson"] = "fixed"
+    variants: list[VariantIn] = Field(min_length=1, max_length=20)
+    holdout_share: float = Field(default=0.0, ge=0.0, lt=1.0)
+    traffic: float = Field(default=1.0, gt=0.0, le=1.0)
+    salt: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class VariantOut(BaseModel):
+    name: str
+    share: float
+    model_version: str | None = None
+    config: dict[str, Any] | None = None
+    shadow: bool = False
+
+
+class ExperimentOut(BaseModel):
+    """A stored experiment with its status and life-cycle times (epoch seconds)."""
+
+    name: str
+    layer: str
+    kind: str
+    allocation: str
+    status: str
+    unit: str
+    salt: str
+    holdout_share: float
+    traffic: float
+    variants: list[VariantOut]
+    created_at: float
+    stopped_at: float | None

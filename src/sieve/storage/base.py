@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import pandas as pd
 
@@ -139,6 +139,23 @@ class Store(Protocol):
 
     def impressions_frame(self, since: float | None = None) -> pd.DataFrame:
         """One row per shown slot, oldest first."""
+        ...
+
+    # ----------------------------------------------------------- experiments
+    def add_experiment(self, definition: dict[str, Any], status: str, at: datetime) -> None:
+        """Store a new experiment definition (its name must be new)."""
+        ...
+
+    def experiments(self) -> list[dict[str, Any]]:
+        """Every experiment (definition, status, created_at, stopped_at), oldest first."""
+        ...
+
+    def set_experiment_status(self, name: str, status: str, at: datetime) -> bool:
+        """Change an experiment's status; False if there is no such experiment."""
+        ...
+
+    def experiment_frames(self, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(shown slots of the experiment's requests with their arm, events citing them)."""
         ...
 
     # ------------------------------------------------------------- lifecycle

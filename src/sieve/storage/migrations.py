@@ -143,12 +143,41 @@ def _v3_impressions(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v4_experiments(conn: Connection) -> None:
+    md = MetaData()
+    Table(
+        "experiments",
+        md,
+        Column("name", String(256), primary_key=True),
+        Column("layer", String(256), nullable=False),
+        Column("definition", JSONType, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("created_at_us", BigInteger, nullable=False),
+        Column("stopped_at_us", BigInteger, nullable=True),
+    )
+    arms = Table(
+        "impression_arms",
+        md,
+        Column("request_id", String(256), primary_key=True),
+        Column("experiment", String(256), primary_key=True),
+        Column("arm", String(256), nullable=False),
+        Column("user_id", String(256), nullable=True),
+        Column("propensity", Float(53), nullable=False),
+        Column("timestamp_us", BigInteger, nullable=False),
+    )
+    Index("ix_impression_arms_experiment", arms.c.experiment, arms.c.timestamp_us)
+    md.create_all(conn)
+
+
 #: Every step in version order; the last one's version is the current schema version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog: items and users", _v1_catalog),
     Migration(2, "event log: events with seq, unique event id, per-user time index", _v2_event_log),
     Migration(
         3, "impression log: served lists with positions, propensities, arms", _v3_impressions
+    ),
+    Migration(
+        4, "experiments, and the arm of every experiment each impression was in", _v4_experiments
     ),
 )
 

@@ -57,7 +57,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
-from sieve.data.records import Event, Impression, ImpressionItem, Item, User
+from sieve.data.records import Event, Impression, ImpressionArm, ImpressionItem, Item, User
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 from sieve.storage.base import AppendResult, StoreError, StoreUnavailable
 from sieve.storage.migrations import MIGRATIONS, JSONType, Migration, SeqType, apply_migrations
@@ -123,6 +123,27 @@ impression_items_table = Table(
     Column("score", Float(53), nullable=False),
     Column("propensity", Float(53), nullable=False),
     Column("sources", JSONType, nullable=False),
+    Column("timestamp_us", BigInteger, nullable=False),
+)
+
+experiments_table = Table(
+    "experiments",
+    _md,
+    Column("name", String(256), primary_key=True),
+    Column("layer", String(256), nullable=False),
+    Column("definition", JSONType, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("stopped_at_us", BigInteger),
+)
+impression_arms_table = Table(
+    "impression_arms",
+    _md,
+    Column("request_id", String(256), primary_key=True),
+    Column("experiment", String(256), primary_key=True),
+    Column("arm", String(256), nullable=False),
+    Column("user_id", String(256)),
+    Column("propensity", Float(53), nullable=False),
     Column("timestamp_us", BigInteger, nullable=False),
 )
 
@@ -484,6 +505,7 @@ class SQLStore:
         now_us = _to_us(datetime.now(UTC))
         heads: dict[str, dict[str, Any]] = {}
         slots: list[dict[str, Any]] = []
+        arms: list[dict[str, Any]] = []
         for imp in impressions:
             if imp.request_id in heads:
                 continue
@@ -510,6 +532,17 @@ class SQLStore:
                 }
                 for it in imp.items
             )
+            arms.extend(
+                {
+                    "request_id": imp.request_id,
+                    "experiment": a.experiment,
+                    "arm": a.arm,
+                    "user_id": imp.user_id,
+                    "propensity": a.propensity,
+                    "timestamp_us": ts,
+                }
+                for a in imp.arms
+            )
         if not heads:
             return 0
         with self._write("log_impressions") as conn:
@@ -522,6 +555,9 @@ class SQLStore:
             rows = [s for s in slots if s["request_id"] in new]
             if rows:
                 conn.execute(impression_items_table.insert(), rows)
+            arm_rows = [a for a in arms if a["request_id"] in new]
+            if arm_rows:
+                conn.execute(impression_arms_table.insert(), arm_rows)
         return len(new)
 
     def get_impression(self, request_id: str) -> Impression | None:
@@ -536,6 +572,11 @@ class SQLStore:
                 select(impression_items_table)
                 .where(impression_items_table.c.request_id == request_id)
                 .order_by(impression_items_table.c.position)
+            ).all()
+            arm_rows = conn.execute(
+                select(impression_arms_table).where(
+                    impression_arms_table.c.request_id == request_id
+                )
             ).all()
         return Impression(
             request_id=head.request_id,
@@ -554,6 +595,10 @@ class SQLStore:
                     propensity=r.propensity,
                 )
                 for r in rows
+            ],
+            arms=[
+                ImpressionArm(experiment=a.experiment, arm=a.arm, propensity=a.propensity)
+                for a in arm_rows
             ],
         )
 
@@ -643,6 +688,102 @@ class SQLStore:
         frame = pd.DataFrame(rows, columns=[*IMPRESSION_COLUMNS[:-1], "timestamp_us"])
         frame["timestamp"] = frame.pop("timestamp_us").astype(np.int64) / 1e6
         return frame[IMPRESSION_COLUMNS]
+
+    # ----------------------------------------------------------- experiments
+    def add_experiment(self, definition: dict[str, Any], status: str, at: datetime) -> None:
+        """Store a new experiment (`StoreError` from an IntegrityError when the
+        name exists: the caller says so as a conflict)."""
+        row = {
+            "name": definition["name"],
+            "layer": definition["layer"],
+            "definition": definition,
+            "status": status,
+            "created_at_us": _to_us(at),
+            "stopped_at_us": None,
+        }
+        with self._write("add_experiment") as conn:
+            conn.execute(experiments_table.insert(), [row])
+
+    def experiments(self) -> list[dict[str, Any]]:
+        """Every experiment in creation order: `definition`, `status`,
+        `created_at` and `stopped_at` (epoch seconds or None)."""
+        t = experiments_table
+        with self._read("experiments") as conn:
+            rows = conn.execute(select(t).order_by(t.c.created_at_us, t.c.name)).all()
+        return [
+            {
+                "definition": dict(r.definition),
+                "status": r.status,
+                "created_at": r.created_at_us / 1e6,
+                "stopped_at": None if r.stopped_at_us is None else r.stopped_at_us / 1e6,
+            }
+            for r in rows
+        ]
+
+    def set_experiment_status(self, name: str, status: str, at: datetime) -> bool:
+        """Set an experiment's status (stopping records the time); False if unknown."""
+        t = experiments_table
+        values: dict[str, Any] = {"status": status}
+        if status == "stopped":
+            values["stopped_at_us"] = _to_us(at)
+        with self._write("set_experiment_status") as conn:
+            result = conn.execute(t.update().where(t.c.name == name).values(**values))
+        return bool(result.rowcount)
+
+    def experiment_frames(self, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """What an experiment served and what came of it.
+
+        - slots: one row per shown slot of a request in the experiment
+          (request_id, user_id, arm, arm_propensity, item_id, position,
+          propensity, sources, timestamp);
+        - events: the events citing those requests (request_id, user_id,
+          item_id, type, value, timestamp).
+        """
+        a, s, e = impression_arms_table, impression_items_table, events_table
+        slot_query = (
+            select(
+                a.c.request_id,
+                a.c.user_id,
+                a.c.arm,
+                a.c.propensity.label("arm_propensity"),
+                s.c.item_id,
+                s.c.position,
+                s.c.propensity,
+                s.c.sources,
+                a.c.timestamp_us,
+            )
+            .join(s, s.c.request_id == a.c.request_id)
+            .where(a.c.experiment == name)
+            .order_by(a.c.timestamp_us, a.c.request_id, s.c.position)
+        )
+        event_query = (
+            select(e.c.request_id, e.c.user_id, e.c.item_id, e.c.type, e.c.value, e.c.timestamp_us)
+            .join(a, a.c.request_id == e.c.request_id)
+            .where(a.c.experiment == name)
+            .order_by(e.c.seq)
+        )
+        with self._read("experiment_frames") as conn:
+            slots = pd.DataFrame(
+                conn.execute(slot_query).all(),
+                columns=[
+                    "request_id",
+                    "user_id",
+                    "arm",
+                    "arm_propensity",
+                    "item_id",
+                    "position",
+                    "propensity",
+                    "sources",
+                    "timestamp_us",
+                ],
+            )
+            events = pd.DataFrame(
+                conn.execute(event_query).all(),
+                columns=["request_id", "user_id", "item_id", "type", "value", "timestamp_us"],
+            )
+        for frame in (slots, events):
+            frame["timestamp"] = frame.pop("timestamp_us").astype(np.int64) / 1e6
+        return slots, events
 
     # ------------------------------------------------------------- lifecycle
     def close(self) -> None:

@@ -1,0 +1,633 @@
+"""The experiments of a running service: stored, assigned per request, reported.
+
+`ExperimentBook` is what the engine, the API and `sieve experiment` share:
+
+- experiments live in the store (`experiments` table), so every server
+  process and the CLI see the same set; a book re-reads them at most every
+  `refresh_seconds` (a new or stopped experiment reaches a running server
+  within that time, without a restart);
+- each layer gets the salt ``layer:<name>`` and no layer holdout; an
+  experiment's arm split uses its own salt (default ``exp:<name>``);
+  experiments keep their slot in the layer in creation order, stopped ones
+  included, so a stop never moves users between the other experiments (a
+  stopped experiment's slot serves the default experience);
+- `assign(user)` gives the running experiments a user is in (hashing only:
+  no store access on the request path);
+- experiments with ``allocation = "thompson"`` choose the arm of every request
+  with a Beta–Bernoulli Thompson sampler over the arms' request-level clicks
+  (state in the cache, so it survives a restart with Redis), and log the
+  propensity of that choice.
+
+`experiment_report` turns the impression log and the events that cite its
+requests into the per-unit frame of `sieve.experiments.analysis.analyze` and
+the JSON the API, the CLI and the dashboard show.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+from sieve.config import ConfigError
+from sieve.experiments.analysis import AnalysisConfig, analyze
+from sieve.experiments.assignment import Assigner, Experiment, Layer, Variant
+from sieve.experiments.interleaving import TEAM_A, TEAM_B, credit_many, interleaving_test
+from sieve.experiments.sequential import always_valid_pvalues
+from sieve.explore.bandits import ThompsonSampling
+from sieve.storage.base import Store
+from sieve.storage.cache import Cache, CacheError
+
+log = logging.getLogger(__name__)
+
+#: Event types that count as a click / a conversion in a report.
+CLICK_TYPES = frozenset({"click"})
+CONVERSION_TYPES = frozenset({"purchase"})
+#: The source tag of an interleaved slot: ``team:<arm>``.
+TEAM_PREFIX = "team:"
+
+
+class ExperimentError(ValueError):
+    """An experiment request that cannot be honoured (bad definition, unknown name)."""
+
+
+class ExperimentNotFound(ExperimentError, KeyError):
+    """No experiment of that name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ExperimentExists(ExperimentError):
+    """An experiment of that name exists already."""
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """A stored experiment with its life-cycle times (epoch seconds)."""
+
+    experiment: Experiment
+    created_at: float
+    stopped_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+    @property
+    def status(self) -> str:
+        return self.experiment.status
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.experiment.to_dict()
+        out["created_at"] = self.created_at
+        out["stopped_at"] = self.stopped_at
+        return out
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A request's arm in one experiment, as the engine applies and logs it."""
+
+    experiment: Experiment
+    variant: Variant
+    propensity: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
+
+def parse_experiment(spec: Mapping[str, Any]) -> Experiment:
+    """An `Experiment` from an API/CLI definition, with defaults: layer
+    "default", salt ``exp:<name>``, status "running"; `ExperimentError` says
+    what is wrong."""
+    data = dict(spec)
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ExperimentError("experiment: `name` must be a non-empty string")
+    data.setdefault("layer", "default")
+    data.setdefault("salt", f"exp:{name}")
+    data["status"] = "running"
+    variants = data.get("variants")
+    if not isinstance(variants, list | tuple) or not variants:
+        raise ExperimentError(f"experiment {name!r}: `variants` must be a non-empty list")
+    try:
+        exp = Experiment.from_dict(data)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ExperimentError(str(e)) from None
+    for v in exp.variants:
+        check_variant_config(exp.name, v)
+    return exp
+
+
+#: What a variant's `config` may set, with the check of each value.
+VARIANT_CONFIG: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "exploration_slots": (
+        "an integer from 0 to 50",
+        lambda x: isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 50,
+    ),
+    "exploration_policy": (
+        "one of thompson, ucb1, epsilon",
+        lambda x: x in ("thompson", "ucb1", "epsilon"),
+    ),
+}
+
+
+def check_variant_config(experiment: str, variant: Variant) -> None:
+    """`ExperimentError` naming each unknown key or bad value of a variant's config."""
+    problems = []
+    for key, value in (variant.config or {}).items():
+        rule = VARIANT_CONFIG.get(key)
+        if rule is None:
+            problems.append(f"unknown key {key!r} (known: {sorted(VARIANT_CONFIG)})")
+        elif not rule[1](value):
+            problems.append(f"{key} must be {rule[0]}, got {value!r}")
+    if problems:
+        raise ExperimentError(
+            f"experiment {experiment!r}, variant {variant.name!r}: config " + "; ".join(problems)
+        )
+
+
+def _layer(name: str) -> Layer:
+    return Layer(name=name, salt=f"layer:{name}")
+
+
+def build_assigner(experiments: Sequence[Experiment]) -> Assigner:
+    """The assigner of these experiments, one default layer per layer name."""
+    layers = [_layer(n) for n in dict.fromkeys(e.layer for e in experiments)]
+    return Assigner(layers, list(experiments))
+
+
+class ExperimentBook:
+    """Stored experiments, their assignment and adaptive-allocation bandits."""
+
+    def __init__(
+        self,
+        store: Store,
+        cache: Cache | None = None,
+        refresh_seconds: float = 2.0,
+        seed: int | None = None,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.refresh_seconds = refresh_seconds
+        self._lock = threading.Lock()
+        self._records: dict[str, ExperimentRecord] = {}
+        self._assigner = build_assigner([])
+        self._loaded_at = -math.inf
+        self._bandits: dict[str, ThompsonSampling] = {}
+        self._dirty: set[str] = set()
+        self._rng = np.random.default_rng(seed)
+
+    # -------------------------------------------------------------- reading
+    def refresh(self, force: bool = False) -> None:
+        """Re-read the store when the last read is older than `refresh_seconds`."""
+        if not force and time.monotonic() - self._loaded_at < self.refresh_seconds:
+            return
+        rows = self.store.experiments()
+        records: dict[str, ExperimentRecord] = {}
+        for row in rows:
+            try:
+                exp = Experiment.from_dict({**row["definition"], "status": row["status"]})
+            except (ConfigError, TypeError, ValueError):
+                log.exception("stored experiment %r is invalid: ignored", row["definition"])
+                continue
+            records[exp.name] = ExperimentRecord(exp, row["created_at"], row["stopped_at"])
+        assigner = build_assigner([r.experiment for r in records.values()])
+        with self._lock:
+            self._records, self._assigner = records, assigner
+            self._loaded_at = time.monotonic()
+
+    def records(self) -> list[ExperimentRecord]:
+        self.refresh(force=True)
+        return list(self._records.values())
+
+    def get(self, name: str) -> ExperimentRecord:
+        self.refresh(force=True)
+        record = self._records.get(name)
+        if record is None:
+            raise ExperimentNotFound(f"no experiment named {name!r}")
+        return record
+
+    # -------------------------------------------------------------- writing
+    def create(
+        self, spec: Mapping[str, Any], model_versions: Collection[str] | None = None
+    ) -> ExperimentRecord:
+        """Validate a definition against the running set (names, salts, layer
+        room) and, given the registered `model_versions`, that every arm's model
+        exists; store it; it takes traffic from the next refresh."""
+        exp = parse_experiment(spec)
+        if model_versions is not None:
+            known = set(model_versions)
+            for v in exp.variants:
+                if v.model_version is not None and v.model_version not in known:
+                    raise ExperimentError(
+                        f"experiment {exp.name!r}, variant {v.name!r}: model version "
+                        f"{v.model_version!r} is not registered (known: {sorted(known)})"
+                    )
+        self.refresh(force=True)
+        if exp.name in self._records:
+            raise ExperimentExists(f"an experiment named {exp.name!r} exists already")
+        try:
+            build_assigner([*(r.experiment for r in self._records.values()), exp])
+        except ConfigError as e:
+            raise ExperimentError(str(e)) from None
+        now = datetime.now(UTC)
+        self.store.add_experiment(exp.to_dict(), exp.status, now)
+        self.refresh(force=True)
+        return self._records[exp.name]
+
+    def stop(self, name: str) -> ExperimentRecord:
+        """Stop an experiment: its units get the default experience from the next
+        refresh; its slot and its log stay for the report."""
+        record = self.get(name)
+        if record.status != "stopped":
+            self.store.set_experiment_status(name, "stopped", datetime.now(UTC))
+            self.refresh(force=True)
+        return self._records[name]
+
+    # ----------------------------------------------------------- assignment
+    def in_experiment(self, user_id: str) -> bool:
+        """Whether any running experiment takes `user_id` (no bandit draw)."""
+        self.refresh()
+        assigner = self._assigner
+        return any(
+            assigner.assign_layer(layer, user_id, user_id).in_experiment
+            for layer in assigner.layers
+        )
+
+    def assign(self, user_id: str, session_id: str | None = None, learn: bool = True) -> list[Arm]:
+        """The running experiments `user_id` is in, with the arm of this request
+        (`learn=False`: an adaptive choice counts no pull — for previews)."""
+        self.refresh()
+        assigner = self._assigner
+        out: list[Arm] = []
+        for layer in assigner.layers:
+            a = assigner.assign_layer(layer, user_id, session_id or user_id)
+            if not a.in_experiment or a.experiment is None or a.variant is None:
+                continue
+            exp = assigner.experiments[a.experiment]
+            if exp.allocation == "thompson":
+                out.append(self._choose(exp, learn))
+            else:
+                out.append(Arm(exp, exp.variant(a.variant)))
+        return out
+
+    def _choose(self, exp: Experiment, learn: bool = True) -> Arm:
+        """Adaptive allocation: Thompson sampling over the served arms."""
+        names = [v.name for v in exp.served]
+        with self._lock:
+            bandit = self._bandit(exp.name)
+            chosen, propensity = bandit.select(names, self._rng, 1)
+            if learn:
+                bandit.update(chosen[0], 0.0)  # the pull; a click credits it later
+                self._dirty.add(exp.name)
+        return Arm(exp, exp.variant(chosen[0]), max(float(propensity[0]), 1e-6))
+
+    def _bandit(self, name: str) -> ThompsonSampling:
+        bandit = self._bandits.get(name)
+        if bandit is None:
+            bandit = ThompsonSampling(n_draws=500)
+            if self.cache is not None:
+                try:
+                    bandit = ThompsonSampling.load(self.cache, _bandit_key(name))
+                except KeyError:
+                    pass
+                except (CacheError, ValueError, TypeError):
+                    log.warning("allocation state of %r unreadable: starting afresh", name)
+            self._bandits[name] = bandit
+        return bandit
+
+    def clicked(self, experiment: str, arm: str) -> None:
+        """A click on a request of `experiment` served by `arm` (adaptive
+        allocation learns from it; fixed splits need nothing)."""
+        record = self._records.get(experiment)
+        if record is None or record.experiment.allocation != "thompson":
+            return
+        with self._lock:
+            self._bandit(experiment).credit(arm, 1.0)
+            self._dirty.add(experiment)
+
+    def save_state(self) -> None:
+        """Write changed allocation bandits to the cache (called periodically)."""
+        if self.cache is None:
+            return
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            states = {n: self._bandits[n].to_dict() for n in dirty if n in self._bandits}
+        for name, state in states.items():
+            try:
+                self.cache.set_json(_bandit_key(name), state)
+            except CacheError:
+                log.warning("cache unavailable: allocation state of %r not saved", name)
+
+    def allocation(self, name: str) -> dict[str, dict[str, float]] | None:
+        """Pulls and clicks per arm of an adaptively allocated experiment."""
+        bandit = self._bandits.get(name)
+        if bandit is None:
+            return None
+        with self._lock:
+            pulls, sums = bandit.counts(bandit.arms)
+            return {
+                a: {"requests": float(n), "clicks": float(s)}
+                for a, n, s in zip(bandit.arms, pulls, sums, strict=True)
+            }
+
+
+def _bandit_key(name: str) -> str:
+    return f"bandit:allocation:{name}"
+
+
+# ------------------------------------------------------------------ report
+def _interval(iv: Any) -> dict[str, float] | None:
+    if iv is None:
+        return None
+    return {"estimate": float(iv.mean), "low": float(iv.low), "high": float(iv.high)}
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(float(x)) else None
+
+
+def unit_frame(slots: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """One row per (unit, arm): impressions (shown slots), requests, clicks,
+    conversions and revenue from the events that cite the unit's requests."""
+    if slots.empty:
+        return pd.DataFrame(
+            columns=["unit", "arm", "impressions", "requests", "clicks", "conversions", "revenue"]
+        )
+    unit = slots["user_id"].fillna(slots["request_id"])
+    shown = (
+        slots.assign(unit=unit)
+        .groupby(["unit", "arm"], sort=True)
+        .agg(impressions=("item_id", "size"), requests=("request_id", "nunique"))
+    )
+    arm_of = slots.drop_duplicates("request_id").set_index("request_id")["arm"]
+    unit_of = pd.Series(unit.to_numpy(), index=slots["request_id"]).groupby(level=0).first()
+    ev = events.loc[events["request_id"].isin(arm_of.index)].copy()
+    ev["unit"] = ev["request_id"].map(unit_of)
+    ev["arm"] = ev["request_id"].map(arm_of)
+    ev["clicks"] = ev["type"].isin(CLICK_TYPES).astype(float)
+    ev["conversions"] = ev["type"].isin(CONVERSION_TYPES).astype(float)
+    ev["revenue"] = np.where(ev["conversions"] > 0, ev["value"].fillna(0.0), 0.0)
+    got = ev.groupby(["unit", "arm"], sort=True)[["clicks", "conversions", "revenue"]].sum()
+    frame = shown.join(got, how="left").fillna(0.0).reset_index()
+    return frame
+
+
+def _teams(sources: Any) -> str | None:
+    for s in sources or ():
+        if isinstance(s, str) and s.startswith(TEAM_PREFIX):
+            return s[len(TEAM_PREFIX) :]
+    return None
+
+
+def interleaving_summary(
+    exp: Experiment, slots: pd.DataFrame, events: pd.DataFrame, alpha: float
+) -> dict[str, Any]:
+    """Per-request credit of an interleaving experiment: the arm whose team got
+    more clicks wins the request; a sign test over decided requests."""
+    a_name, b_name = (v.name for v in exp.served)
+    clicked = set(
+        zip(
+            events.loc[events["type"].isin(CLICK_TYPES), "request_id"],
+            events.loc[events["type"].isin(CLICK_TYPES), "item_id"],
+            strict=True,
+        )
+    )
+    outcomes: list[int] = []
+    for request_id, group in slots.groupby("request_id", sort=False):
+        team = [_teams(s) for s in group["sources"]]
+        teams = np.array([TEAM_A if t == a_name else TEAM_B if t == b_name else -1 for t in team])
+        clicks = np.array([(request_id, i) in clicked for i in group["item_id"]], dtype=float)
+        outcomes.append(int(credit_many(teams[None, :], clicks[None, :])[0]))
+    result = interleaving_test(np.asarray(outcomes, dtype=np.int64), alpha=alpha)
+    winner = {"A": a_name, "B": b_name}.get(result.winner or "")
+    return {
+        "wins": {a_name: result.wins_a, b_name: result.wins_b},
+        "ties": result.ties,
+        "requests": len(outcomes),
+        "preference": _interval(result.preference),
+        "p_value": result.p_value,
+        "winner": winner,
+    }
+
+
+def experiment_report(
+    store: Store,
+    record: ExperimentRecord,
+    *,
+    alpha: float = 0.05,
+    catalog_size: int | None = None,
+    cache: Cache | None = None,
+) -> dict[str, Any]:
+    """The analysis of one experiment as JSON-able data (see the module doc).
+
+    Always-valid p-values: the mSPRT p-value of the primary difference at this
+    look, with τ = the difference's own minimum detectable effect; with a
+    `cache` the running minimum over all looks so far is kept, which is what
+    makes looking early safe.
+    """
+    exp = record.experiment
+    slots, events = store.experiment_frames(exp.name)
+    units = unit_frame(slots, events)
+    out: dict[str, Any] = {
+        "experiment": exp.name,
+        "kind": exp.kind,
+        "allocation": exp.allocation,
+        "status": record.status,
+        "created_at": record.created_at,
+        "stopped_at": record.stopped_at,
+        "arms": [],
+        "comparisons": [],
+        "srm": None,
+        "interleaving": None,
+        "verdict": "",
+    }
+    if exp.kind == "interleaving":
+        summary = interleaving_summary(exp, slots, events, alpha)
+        out["interleaving"] = summary
+        out["arms"] = [
+            {"arm": name, "units": 0, "impressions": 0, "clicks": 0, "wins": wins}
+            for name, wins in summary["wins"].items()
+        ]
+        out["verdict"] = _interleaving_verdict(summary, alpha)
+        return out
+    served = {v.name for v in exp.served}
+    units = units.loc[units["arm"].isin(served)]
+    if units.empty:
+        out["verdict"] = "No impressions of this experiment have been logged yet."
+        return out
+    extra = _shown_extras(slots, catalog_size)
+    adaptive = exp.allocation == "thompson"  # shares drift by design: no SRM check
+    report = analyze(
+        units,
+        None if adaptive else exp,
+        config=AnalysisConfig(alpha=alpha, control=exp.served[0].name),
+        extra=extra,
+    )
+    for arm in report.arms.values():
+        out["arms"].append(
+            {
+                "arm": arm.arm,
+                "units": arm.units,
+                "requests": int(arm.totals.get("requests", 0)),
+                "impressions": int(arm.totals.get("impressions", 0)),
+                "clicks": int(arm.totals.get("clicks", 0)),
+                "conversions": int(arm.totals.get("conversions", 0)),
+                "revenue": float(arm.totals.get("revenue", 0.0)),
+                "ctr": _interval(arm.ctr),
+                "conversion_rate": _interval(arm.conversion_rate),
+                "revenue_per_user": _interval(arm.revenue_per_user),
+                **{k: _finite(v) for k, v in arm.extra.items()},
+            }
+        )
+    for c in report.comparisons:
+        r = c.result
+        avp = None
+        if c.primary:
+            tau = abs(c.mde * c.control_value) if math.isfinite(c.mde) else 0.0
+            avp = _always_valid(cache, exp.name, c.treatment, r.diff, tau, alpha)
+        out["comparisons"].append(
+            {
+                "metric": c.metric,
+                "control": c.control,
+                "treatment": c.treatment,
+                "control_value": _finite(c.control_value),
+                "treatment_value": _finite(c.treatment_value),
+                "estimate": _finite(r.diff.mean),
+                "low": _finite(r.diff.low),
+                "high": _finite(r.diff.high),
+                "relative": _finite(r.lift.mean),
+                "relative_low": _finite(r.lift.low),
+                "relative_high": _finite(r.lift.high),
+                "p_value": _finite(r.p_value),
+                "p_adjusted": _finite(c.p_adjusted),
+                "always_valid_p": avp,
+                "significant": bool(c.significant),
+                "primary": bool(c.primary),
+                "mde": _finite(c.mde),
+                "test": c.test,
+            }
+        )
+    if report.srm is not None:
+        out["srm"] = {
+            "p_value": float(report.srm.p_value),
+            "ok": not report.srm.mismatch,
+            "counts": report.srm.counts,
+            "message": report.srm.describe(),
+        }
+    verdict = report.verdict()
+    if exp.allocation == "thompson":
+        verdict += (
+            " Arms were allocated adaptively (Thompson sampling): shares drifted toward the "
+            "better arm by design, so no sample-ratio check applies, and later, larger "
+            "samples weigh more than under a fixed split."
+        )
+    out["verdict"] = verdict
+    return out
+
+
+def _shown_extras(slots: pd.DataFrame, catalog_size: int | None) -> dict[str, dict[str, float]]:
+    """Per arm: distinct items shown, catalog coverage and mean list length."""
+    out: dict[str, dict[str, float]] = {}
+    for arm, group in slots.groupby("arm", sort=True):
+        distinct = float(group["item_id"].nunique())
+        row = {
+            "distinct_items": distinct,
+            "mean_list_length": float(group.groupby("request_id").size().mean()),
+        }
+        if catalog_size:
+            row["coverage"] = distinct / catalog_size
+        out[str(arm)] = row
+    return out
+
+
+def _always_valid(
+    cache: Cache | None,
+    experiment: str,
+    treatment: str,
+    interval: Any,
+    tau_guess: float,
+    alpha: float,
+) -> float | None:
+    """mSPRT p-value of this look, min-accumulated over looks in the cache.
+
+    τ (the effect size the mixture is tuned to) must not change between looks,
+    so it is fixed at the first look (the absolute minimum detectable effect
+    then) and kept with the running minimum."""
+    z = float(scipy.stats.norm.ppf(1 - alpha / 2))
+    se = (interval.high - interval.low) / (2 * z)
+    diff = float(interval.mean)
+    if not (math.isfinite(se) and se > 0 and math.isfinite(diff)):
+        return None
+    key = f"avp:{experiment}:{treatment}"
+    state: Any = None
+    if cache is not None:
+        try:
+            state = cache.get_json(key)
+        except CacheError:
+            log.warning("cache unavailable: always-valid p-value of %r not kept", experiment)
+    if not isinstance(state, dict):
+        state = {"tau": tau_guess if tau_guess > 0 else 2.8 * se, "p": 1.0}
+    p = float(always_valid_pvalues(np.array([diff]), np.array([se * se]), state["tau"])[0])
+    p = min(p, float(state["p"]))
+    if cache is not None:
+        try:
+            cache.set_json(key, {"tau": state["tau"], "p": p})
+        except CacheError:
+            log.warning("cache unavailable: always-valid p-value of %r not kept", experiment)
+    return p
+
+
+def _interleaving_verdict(summary: Mapping[str, Any], alpha: float) -> str:
+    wins = summary["wins"]
+    (a, wa), (b, wb) = wins.items()
+    decided = wa + wb
+    if summary["requests"] == 0:
+        return "No interleaved impressions have been logged yet."
+    if decided == 0:
+        return (
+            f"{summary['requests']} interleaved requests, none with more clicks on one "
+            "team: nothing can be concluded yet."
+        )
+    share = wa / decided
+    p = summary["p_value"]
+    p_text = "p<0.001" if p < 0.001 else f"p={p:.3f}"
+    if summary["winner"]:
+        loser = b if summary["winner"] == a else a
+        return (
+            f"{summary['winner']} wins the interleaving against {loser}: it got more clicks "
+            f"in {max(wa, wb)} of {decided} decided requests ({100 * max(share, 1 - share):.1f}%, "
+            f"sign test {p_text}); the preference is significant at α={alpha:g}."
+        )
+    return (
+        f"No significant preference between {a} and {b}: {a} won {wa} and {b} won {wb} "
+        f"of {decided} decided requests ({summary['ties']} ties; sign test {p_text}); "
+        "keep running or accept that any difference is small."
+    )
+
+
+__all__ = [
+    "Arm",
+    "ExperimentBook",
+    "ExperimentError",
+    "ExperimentExists",
+    "ExperimentNotFound",
+    "ExperimentRecord",
+    "build_assigner",
+    "experiment_report",
+    "interleaving_summary",
+    "parse_experiment",
+    "unit_frame",
+]

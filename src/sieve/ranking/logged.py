@@ -1,0 +1,228 @@
+"""The ranker's training set from logged impressions and the feedback they got.
+
+Every served list is logged (`Store.impressions_frame`: one row per shown
+slot), and clicks, carts and purchases cite the request that showed their
+item (`request_id`, sent by the client or attributed by the service). A
+logged request becomes one LambdaMART query group: its shown slots are the
+rows, and a slot's label is the strongest feedback it got from that list
+(`GRADES`: click 1, cart 2, purchase 3; nothing 0). Requests without a
+positive or without a negative slot teach nothing and are left out.
+
+Features are the ranker's own (`candidate_features`), computed as the world
+was when the list was served:
+
+- the request is rebuilt from the snapshot: the user's events before the
+  impression (history weighted by event type, the latest events as the
+  session), `now` = the impression time, the user's ALS vector folded in
+  from that history (never the trained vector, which saw what came after);
+- candidates are generated again and the shown items added where missing
+  (explored slots, another model's lists), so that the per-request
+  normalised scores are taken among a full candidate set, as when serving;
+- the online counters are the event log replayed up to the impression
+  (`Replay`), what the live counters held then.
+
+Position bias: a top slot is clicked more for being on top. Each row keeps
+its slot as a position id, from which LightGBM estimates a bias factor per
+position jointly with the ranker (unbiased LambdaMART); serving, which has no
+position, uses the debiased ranker. Slots that were explored (propensity
+below 1) weigh 1 / propensity, capped (`RankerConfig.max_ips_weight`).
+
+Approximations: the candidate models are the snapshot's, fitted on events
+after some impressions — including, weakly (through item-to-item
+statistics), the very clicks being predicted; the user's own history is cut
+at the impression. Requests of anonymous sessions are skipped (their session
+is not stored), and the request context (hour, device) is not in the
+impressions frame, so those features are missing for logged rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from sieve.data.dataset import Dataset
+from sieve.ranking.features import base_score, candidate_features
+from sieve.ranking.ltr import RankerConfig, TrainingSet
+from sieve.realtime.counters import CategoriesOf, Replay
+from sieve.retrieval.sources import SOURCES, Candidates, Engine
+from sieve.types import Query
+
+if TYPE_CHECKING:
+    from sieve.storage.base import Store
+
+#: Relevance grade of a shown slot by the strongest feedback it got.
+GRADES: dict[str, int] = {"click": 1, "cart": 2, "purchase": 3}
+
+
+@dataclass(frozen=True)
+class LoggedData:
+    """Impressions (`impressions_frame` columns: one row per shown slot) and
+    the feedback that cites them (events with a `request_id`: columns
+    request_id, item_id, type, timestamp)."""
+
+    impressions: pd.DataFrame
+    feedback: pd.DataFrame
+
+    @classmethod
+    def from_store(cls, store: Store, until: float | None = None) -> LoggedData:
+        """The store's impressions and attributed events, up to `until`."""
+        impressions = store.impressions_frame()
+        events = store.events_frame()
+        feedback = events.loc[
+            events["request_id"].notna(), ["request_id", "item_id", "type", "timestamp"]
+        ]
+        if until is not None:
+            impressions = impressions[impressions["timestamp"] <= until]
+            feedback = feedback[feedback["timestamp"] <= until]
+        return cls(impressions.reset_index(drop=True), feedback.reset_index(drop=True))
+
+
+def slot_labels(impressions: pd.DataFrame, feedback: pd.DataFrame) -> NDArray[np.float32]:
+    """Per impression row: the highest `GRADES` grade among the feedback
+    events citing its request and item (0 when none)."""
+    out = np.zeros(len(impressions), np.float32)
+    if impressions.empty or feedback.empty:
+        return out
+    grade = feedback["type"].map(GRADES)
+    fb = feedback.assign(grade=grade, request_id=feedback["request_id"].astype(str))
+    fb = fb[fb["grade"].notna()]
+    if fb.empty:
+        return out
+    fb = fb.assign(item_id=fb["item_id"].astype(str))
+    best = fb.groupby(["request_id", "item_id"])["grade"].max()
+    keys = pd.MultiIndex.from_arrays(
+        [impressions["request_id"].astype(str), impressions["item_id"].astype(str)]
+    )
+    return best.reindex(keys).fillna(0).to_numpy(np.float32)
+
+
+class _UserLog:
+    """Each snapshot user's events in time order, to rebuild the query a
+    user made at a given time."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        ev = dataset.events
+        user = ev["user_idx"].to_numpy(np.int64)
+        ts = ev["timestamp"].to_numpy(np.float64)
+        order = np.lexsort((np.nan_to_num(ts, nan=np.inf), user))
+        self._items = ev["item_idx"].to_numpy(np.int64)[order]
+        self._weights = ev["weight"].to_numpy(np.float64)[order]
+        self._types = ev["type"].astype(str).to_numpy(object)[order]
+        self._ts = ts[order]
+        self._ptr = np.concatenate([[0], np.cumsum(np.bincount(user, minlength=dataset.n_users))])
+        self._lookup = {str(u): k for k, u in enumerate(dataset.user_ids)}
+
+    def query(self, user_id: str, at: float, max_recent: int) -> Query | None:
+        """The query of `user_id` at time `at` from their earlier events;
+        None when there are none (a request the ranker does not score)."""
+        u = self._lookup.get(user_id, -1)
+        if u < 0:
+            return None
+        lo, hi = int(self._ptr[u]), int(self._ptr[u + 1])
+        stop = lo + int(np.searchsorted(self._ts[lo:hi], at, side="left"))
+        if stop == lo:
+            return None
+        items, weights = self._items[lo:stop], self._weights[lo:stop]
+        positive = weights > 0
+        history, inverse = np.unique(items[positive], return_inverse=True)
+        summed = np.bincount(inverse, weights=weights[positive], minlength=len(history))
+        start = max(lo, stop - max_recent)
+        return Query(
+            user_id=user_id,
+            user=-1,  # folded in: the trained vector saw what came after `at`
+            history=history,
+            history_weights=summed.astype(np.float32),
+            recent=tuple(int(i) for i in self._items[start:stop][::-1]),
+            recent_types=tuple(str(t) for t in self._types[start:stop][::-1]),
+            now=at,
+        )
+
+
+def with_items(cands: Candidates, items: NDArray[np.int64]) -> Candidates:
+    """The candidates plus `items` they lack (proposed by no source)."""
+    missing = np.unique(items[~np.isin(items, cands.items)])
+    if len(missing) == 0:
+        return cands
+    nan = np.full((len(missing), len(SOURCES)), np.nan, np.float32)
+    return Candidates(
+        np.concatenate([cands.items, missing]),
+        np.vstack([cands.scores, nan]),
+        np.vstack([cands.ranks, nan]),
+        np.concatenate([cands.anchors, np.full(len(missing), -1, np.int64)]),
+    )
+
+
+def logged_training_set(
+    engine: Engine,
+    dataset: Dataset,
+    logged: LoggedData,
+    categories: CategoriesOf,
+    config: RankerConfig,
+    blocked: NDArray[np.bool_] | None = None,
+) -> TrainingSet:
+    """LambdaMART query groups of the logged requests (the latest
+    `config.max_logged_requests` with a positive and a negative slot), with
+    features as of each impression; see the module docstring. `engine`: the
+    candidate models of `dataset`, the snapshot holding the events."""
+    imp = logged.impressions
+    if imp.empty:
+        return TrainingSet.empty()
+    cat = engine.catalog
+    imp = imp.assign(
+        label=slot_labels(imp, logged.feedback),
+        item=np.array([cat.find(str(i)) for i in imp["item_id"]], dtype=np.int64),
+    )
+    imp = imp[imp["user_id"].notna() & (imp["item"] >= 0)]
+    by_label = imp.groupby("request_id")["label"]
+    imp = imp[(by_label.transform("max") > 0) & (by_label.transform("min") == 0)]
+    if imp.empty:
+        return TrainingSet.empty()
+    served = imp.groupby("request_id", sort=False)["timestamp"].min().sort_values(kind="stable")
+    served = served.iloc[-config.max_logged_requests :]
+    slots = dict(tuple(imp.groupby("request_id", sort=False)))
+    users = _UserLog(dataset)
+    replay = Replay(dataset.events, categories)
+    xs: list[NDArray[np.float32]] = []
+    ys: list[NDArray[np.float32]] = []
+    bases: list[NDArray[np.float64]] = []
+    slot_ids: list[NDArray[np.int64]] = []
+    weights: list[NDArray[np.float64]] = []
+    for request_id, at in served.items():
+        shown = slots[request_id].sort_values("position")
+        query = users.query(str(shown["user_id"].iloc[0]), float(at), engine.config.max_recent)
+        if query is None:
+            continue
+        req = engine.request(query)
+        if not req.has_signal:
+            continue
+        items = shown["item"].to_numpy(np.int64)
+        cands = with_items(engine.candidates(req, blocked), items)
+        online = replay.advance(math.nextafter(float(at), -math.inf))  # strictly before
+        x = candidate_features(engine, req, cands, online)
+        row_of = {int(i): k for k, i in enumerate(cands.items)}
+        at_rows = np.array([row_of[int(i)] for i in items], dtype=np.int64)
+        propensity = shown["propensity"].to_numpy(np.float64)
+        weight = np.minimum(
+            1.0 / np.where(np.isfinite(propensity) & (propensity > 0), propensity, 1e-12),
+            config.max_ips_weight,
+        )
+        xs.append(x[at_rows])
+        ys.append(shown["label"].to_numpy(np.float32))
+        bases.append(config.base_weight * base_score(x)[at_rows])
+        slot_ids.append(1 + shown["position"].to_numpy(np.int64))
+        weights.append(weight)
+    if not xs:
+        return TrainingSet.empty()
+    return TrainingSet(
+        np.vstack(xs),
+        np.concatenate(ys),
+        np.array([len(y) for y in ys], dtype=np.int64),
+        np.concatenate(bases),
+        np.concatenate(slot_ids),
+        np.concatenate(weights),
+    )

@@ -1,0 +1,17 @@
+"""Fixtures of the dashboard tests: the service tests' apps, keys and trained funnel.
+
+`serve`, `make_client` and `trained` are the fixtures of `tests/serve`
+(imported here, so a session that runs both folders fits the funnel once per
+folder); see tests/serve/conftest.py.
+"""
+
+from __future__ import annotations
+
+from serve.conftest import (  # noqa: F401  (fixtures, found by name)
+    _no_sieve_env,
+    headers,
+    keys,
+    make_client,
+    serve,
+    trained,
+)

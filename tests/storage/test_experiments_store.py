@@ -1,0 +1,92 @@
+"""Experiments in the store, on SQLite and PostgreSQL: definitions, status,
+and the per-experiment join of impressions, arms and the events citing them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy.exc
+
+from sieve.data.records import Event, Impression, ImpressionArm, ImpressionItem, Item
+from sieve.storage import StoreError
+from sieve.storage.sql import SQLStore
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def _definition(name: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "layer": "default",
+        "salt": f"exp:{name}",
+        "variants": [{"name": "A", "share": 0.5}, {"name": "B", "share": 0.5}],
+    }
+
+
+def test_definitions_keep_order_and_status(store: SQLStore) -> None:
+    store.add_experiment(_definition("first"), "running", T0)
+    store.add_experiment(_definition("second"), "running", T0 + timedelta(seconds=1))
+    with pytest.raises((StoreError, sqlalchemy.exc.IntegrityError)):
+        store.add_experiment(_definition("first"), "running", T0)
+    assert store.set_experiment_status("first", "stopped", T0 + timedelta(hours=1))
+    assert not store.set_experiment_status("missing", "stopped", T0)
+    rows = store.experiments()
+    assert [r["definition"]["name"] for r in rows] == ["first", "second"]
+    assert rows[0]["status"] == "stopped"
+    assert rows[0]["stopped_at"] == pytest.approx((T0 + timedelta(hours=1)).timestamp())
+    assert rows[1]["status"] == "running" and rows[1]["stopped_at"] is None
+    assert rows[1]["definition"]["variants"][1] == {"name": "B", "share": 0.5}
+
+
+def test_experiment_frames_join_arms_slots_and_citing_events(store: SQLStore) -> None:
+    store.upsert_items([Item(id=i) for i in "abcd"])
+
+    def imp(rid: str, user: str, items: str, arms: list[tuple[str, str]]) -> Impression:
+        return Impression(
+            request_id=rid,
+            user_id=user,
+            timestamp=T0,
+            model_version="v1",
+            experiment=arms[0][0] if arms else None,
+            arm=arms[0][1] if arms else None,
+            items=[
+                ImpressionItem(item_id=i, position=p, score=1.0, propensity=0.5 if p else 1.0)
+                for p, i in enumerate(items)
+            ],
+            arms=[ImpressionArm(experiment=e, arm=a, propensity=0.8) for e, a in arms],
+        )
+
+    store.log_impressions(
+        [
+            imp("r1", "u1", "ab", [("exp", "A"), ("other", "X")]),
+            imp("r2", "u2", "cd", [("exp", "B")]),
+            imp("r3", "u3", "ad", []),  # in no experiment
+        ]
+    )
+    back = store.get_impression("r1")
+    assert back is not None
+    assert [(a.experiment, a.arm, a.propensity) for a in back.arms] == [
+        ("exp", "A", 0.8),
+        ("other", "X", 0.8),
+    ]
+    store.append_events(
+        [
+            Event(id="e1", user_id="u1", item_id="b", type="click", request_id="r1"),
+            Event(id="e2", user_id="u2", item_id="c", type="purchase", value=9.5, request_id="r2"),
+            Event(id="e3", user_id="u3", item_id="a", type="click", request_id="r3"),
+        ]
+    )
+    slots, events = store.experiment_frames("exp")
+    assert list(zip(slots["request_id"], slots["arm"], slots["item_id"], strict=True)) == [
+        ("r1", "A", "a"),
+        ("r1", "A", "b"),
+        ("r2", "B", "c"),
+        ("r2", "B", "d"),
+    ]
+    assert slots["arm_propensity"].tolist() == [0.8] * 4
+    assert slots["propensity"].tolist() == [1.0, 0.5, 1.0, 0.5]
+    assert sorted(events["request_id"]) == ["r1", "r2"]  # r3 was in no experiment
+    assert events.set_index("request_id").loc["r2", "value"] == 9.5
+    other, _ = store.experiment_frames("other")
+    assert other["request_id"].unique().tolist() == ["r1"]
