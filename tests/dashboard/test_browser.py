@@ -444,3 +444,67 @@ def test_dashboard_renders_experiments_and_drift(live: Live, browser: Any, tmp_p
     # the one failed report is the only console error (Chromium logs the 500)
     assert all("status of 500" in e for e in errors), errors
     assert len(errors) <= 1, errors
+
+
+def test_dashboard_shows_a_simulated_experiment(trained: Any, browser: Any, tmp_path: Path) -> None:
+    """`sieve simulate`'s users drive a real server running an A/B test; the
+    page's experiment card shows the report's live numbers for each arm."""
+    from sieve.experiments.online import ExperimentBook
+    from sieve.simulator import Simulator, world_from_spec
+    from sieve.storage import open_store
+
+    db = tmp_path / "sim.db"
+    shutil.copy(trained.db, db)
+    store_url = f"sqlite:///{db}"
+    with open_store(store_url) as store:
+        ExperimentBook(store).create(
+            {
+                "name": "sim-ab",
+                "variants": [
+                    {"name": "control", "share": 0.5},
+                    {"name": "explore", "share": 0.5, "config": {"exploration_slots": 2}},
+                ],
+            }
+        )
+    args = ["--store", store_url, "--model-dir", str(trained.model_dir), "--no-access-log"]
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("SIEVE_"):
+                mp.delenv(name)
+        port = free_port()
+        proc = start_server(
+            args,
+            port=port,
+            env={"SIEVE_OPEN_READ": "true", "SIEVE_OPEN_WRITE": "true"},
+            timeout=60,
+        )
+    url = f"http://127.0.0.1:{port}"
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    try:
+        with Simulator(world_from_spec("synthetic:users=200,items=150,seed=1"), url, n=8) as sim:
+            result = sim.run(requests=150, seconds=60)
+        assert result.errors == 0
+        report = httpx.get(f"{url}/experiments/sim-ab/report", timeout=30).json()
+        page.goto(f"{url}/dashboard")
+        for arm in ("control", "explore"):
+            row = page.locator(f'[data-experiment="sim-ab"] tr[data-arm="{arm}"]')
+            row.wait_for(timeout=15_000)
+            cells = row.locator("td").all_inner_texts()
+            expected = next(a for a in report["arms"] if a["arm"] == arm)
+            seen = result.arms[f"sim-ab/{arm}"]
+            # page = report = what the simulator saw
+            assert expected["impressions"] == seen.impressions
+            assert expected["clicks"] == seen.clicks
+            assert cells[2].replace(",", "") == str(seen.impressions)
+            assert cells[3].replace(",", "") == str(seen.clicks)
+        verdict = page.inner_text('[data-experiment="sim-ab"] [data-verdict]')
+        assert verdict == report["verdict"]
+        _save(page.locator("#experiments"), tmp_path, "dashboard-experiment.png")
+    finally:
+        context.close()
+        stop_server(proc)
+    assert not errors, errors
