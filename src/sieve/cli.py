@@ -525,7 +525,7 @@ def quickstart(
         base = f"http://127.0.0.1:{port}"
         out.print(
             f"try: curl {base}/popular  ·  curl {base}/recommendations/"
-            f"{funnel.user_ids[0]}  ·  docs: {base}/docs",
+            f"{funnel.user_ids[0]}  ·  docs: {base}/docs  ·  dashboard: {base}/dashboard",
             soft_wrap=True,
         )
     if not no_serve:

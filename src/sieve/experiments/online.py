@@ -44,7 +44,7 @@ from sieve.experiments.assignment import Assigner, Experiment, Layer, Variant
 from sieve.experiments.interleaving import TEAM_A, TEAM_B, credit_many, interleaving_test
 from sieve.experiments.sequential import always_valid_pvalues
 from sieve.explore.bandits import ThompsonSampling
-from sieve.storage.base import Store
+from sieve.storage.base import Store, StoreError
 from sieve.storage.cache import Cache, CacheError
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,15 @@ class ExperimentBook:
         """Re-read the store when the last read is older than `refresh_seconds`."""
         if not force and time.monotonic() - self._loaded_at < self.refresh_seconds:
             return
-        rows = self.store.experiments()
+        if not force:
+            try:
+                rows = self.store.experiments()
+            except StoreError:  # serve with the experiments known so far
+                log.warning("store unavailable: experiments not refreshed", exc_info=True)
+                self._loaded_at = time.monotonic()
+                return
+        else:
+            rows = self.store.experiments()
         records: dict[str, ExperimentRecord] = {}
         for row in rows:
             try:
