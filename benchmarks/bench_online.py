@@ -3,10 +3,10 @@
 Builds a synthetic world (known click probabilities), imports it into a fresh
 SQLite store and registers three model versions: the default funnel ("full",
 promoted, serving), a deliberately weak one ("popular-only": only the
-`popular` candidate source, ranker off) and a mildly weaker one ("no-ranker":
-every source, reciprocal-rank blend instead of the learned ranker), the last
-two with ``promote=False``. One real server process is started, and
-experiments are created and stopped with `sieve experiment` on the store,
+`popular` candidate source, ranker off) and a mildly weaker one
+("small-ranker": the ranker with 10 trees instead of 100, about 15% lower true
+CTR), the last two with ``promote=False``. One real server process is started,
+and experiments are created and stopped with `sieve experiment` on the store,
 as an operator would; simulated users request lists over HTTP and send their
 clicks back citing the request id. One after the other:
 
@@ -18,7 +18,7 @@ b. an interleaving test of the same two versions (a new experiment in another
    reaches p < .05 against the A/B's z-test, both computed per request from
    the simulator's own log with the service's formulas (cross-checked with the
    service's report, polled every --poll requests);
-   a and b again for full vs no-ranker (a small difference), unless --no-subtle;
+   a and b again for full vs small-ranker (a smaller difference) unless --no-subtle;
 c. exploration: control vs ``exploration_slots: 2`` (Thompson), the explore
    slots' CTR against the control's CTR in the same two positions, and the
    overall CTR cost or benefit (true CTR from the simulator);
@@ -29,7 +29,7 @@ Every report is checked against the simulator's ground truth (shown slots,
 clicks, purchases, units, requests, interleaving wins); mismatches are printed
 and saved with the results (--out), and the plot goes to docs/img/online_ab.png.
 
-    .venv/bin/python benchmarks/bench_online.py              # about 8 min on 2 cores
+    .venv/bin/python benchmarks/bench_online.py              # 8-10 min on 2 cores
     .venv/bin/python benchmarks/bench_online.py --quick      # about 2 min
 """
 
@@ -74,6 +74,8 @@ from sieve.storage import open_store
 ROOT = Path(__file__).resolve().parents[1]
 ALPHA = 0.05
 EXPLORE_SLOTS = 2
+#: minimum detectable effect / its standard error at α = .05, power .8 (the τ rule)
+MDE_Z = float(scipy.stats.norm.ppf(1 - ALPHA / 2) + scipy.stats.norm.ppf(0.8))
 CONTROL = "full"
 #: the weaker versions: name → funnel TOML
 WEAKER = {
@@ -90,9 +92,9 @@ fresh = 0
 [ranker]
 enabled = false
 """,
-    "no-ranker": """
+    "small-ranker": """
 [ranker]
-enabled = false
+n_estimators = 10
 """,
 }
 console = Console(width=120)
@@ -109,9 +111,11 @@ class Served:
     clicks: int
     expected: float  # Σ true click probability × examination
     purchases: int
+    revenue: float  # Σ value of the purchases sent
     team_clicks: dict[str, int]  # interleaving: clicks per team
     explore: tuple[int, int, float]  # explore slots: shown, clicked, expected clicks
     tail: tuple[int, int, float]  # the last EXPLORE_SLOTS positions, any slot kind
+    head: tuple[int, int, float]  # the positions before them
     seconds: float  # client-side latency of the GET
 
 
@@ -158,12 +162,14 @@ class RecordingSimulator(Simulator):
             clicks=0,
             expected=0.0,
             purchases=sum(e["type"] == "purchase" for e in posted),
+            revenue=sum(float(e.get("value") or 0.0) for e in posted if e["type"] == "purchase"),
             team_clicks={},
             explore=(0, 0, 0.0),
             tail=(0, 0, 0.0),
+            head=(0, 0, 0.0),
             seconds=self._elapsed,
         )
-        ex, tl = [0, 0, 0.0], [0, 0, 0.0]
+        ex, tl, hd = [0, 0, 0.0], [0, 0, 0.0], [0, 0, 0.0]
         for position, item in enumerate(items):
             index = self._items.get(item["id"])
             p = (
@@ -180,8 +186,11 @@ class RecordingSimulator(Simulator):
                 ex = [ex[0] + 1, ex[1] + c, ex[2] + p]
             if position >= self.n - EXPLORE_SLOTS:
                 tl = [tl[0] + 1, tl[1] + c, tl[2] + p]
+            else:
+                hd = [hd[0] + 1, hd[1] + c, hd[2] + p]
         out.explore = (int(ex[0]), int(ex[1]), float(ex[2]))
         out.tail = (int(tl[0]), int(tl[1]), float(tl[2]))
+        out.head = (int(hd[0]), int(hd[1]), float(hd[2]))
         return out
 
 
@@ -229,6 +238,16 @@ def running_ab(
     p = np.where(np.isfinite(z), 2 * scipy.stats.norm.sf(z), 1.0)
     p = np.where((se == 0) & (diff != 0), 0.0, p)
     return diff, se, p
+
+
+def always_valid_from(
+    diff: NDArray[np.float64], se: NDArray[np.float64], start: int, tau: float
+) -> NDArray[np.float64]:
+    """mSPRT p-values monitored at every request from request `start` on (1 before)."""
+    avp = np.ones_like(diff)
+    var = np.where(np.isfinite(se), se**2, 0.0)
+    avp[start - 1 :] = always_valid_pvalues(np.nan_to_num(diff[start - 1 :]), var[start - 1 :], tau)
+    return avp
 
 
 def outcomes(log: Sequence[Served], a: str, b: str) -> NDArray[np.int64]:
@@ -362,6 +381,10 @@ class Phase:
     final: dict[str, Any]
 
     @property
+    def looks(self) -> list[tuple[int, dict[str, Any]]]:
+        return [(c, r) for c, r in self.polls if r.get("comparisons") or r.get("interleaving")]
+
+    @property
     def requests_per_second(self) -> float:
         return self.result.requests / max(self.result.seconds - self.poll_seconds, 1e-9)
 
@@ -418,6 +441,7 @@ def tally(log: Sequence[Served], arm: str) -> dict[str, Any]:
         "impressions": shown,
         "clicks": clicks,
         "purchases": sum(r.purchases for r in rows),
+        "revenue": sum(r.revenue for r in rows),
         "ctr": clicks / shown if shown else math.nan,
         "true_ctr": sum(r.expected for r in rows) / shown if shown else math.nan,
     }
@@ -461,6 +485,10 @@ def check_counts(phase: Phase, problems: list[str], notes: list[str]) -> None:
                 )
             else:
                 problems.append(f"{key}: report {name} {theirs} != simulator {ours}")
+        if abs(float(got.get("revenue", math.nan)) - mine["revenue"]) > 1e-6 * (
+            1 + mine["revenue"]
+        ):
+            problems.append(f"{key}: report revenue {got.get('revenue')} != sent {mine['revenue']}")
         if got.get("ctr") and sim.impressions and abs(got["ctr"]["estimate"] - sim.ctr) > 1e-12:
             problems.append(f"{key}: report CTR {got['ctr']['estimate']} != simulator {sim.ctr}")
         if (mine["impressions"], mine["clicks"]) != (sim.impressions, sim.clicks):
@@ -485,13 +513,19 @@ def ab_summary(
     # per request, with the same τ from that look on
     first_count, first = next((c, r) for c, r in phase.polls if r["comparisons"])
     tau = abs(primary(first)["mde"] * primary(first)["control_value"])
-    avp = np.ones_like(p)
-    if tau > 0:
-        var = np.where(np.isfinite(se), se**2, 0.0)
-        tail = always_valid_pvalues(
-            np.nan_to_num(diff[first_count - 1 :]), var[first_count - 1 :], tau
-        )
-        avp[first_count - 1 :] = tail
+    if abs(tau - MDE_Z * se[first_count - 1]) > 1e-9 * tau:
+        problems.append(f"{phase.name}: τ {tau:.6g} != {MDE_Z:.4f} × se of the first look")
+    avp = always_valid_from(diff, se, first_count, tau)
+    # how much τ, and so the always-valid p, depends on when someone first looked
+    first_look = {}
+    for k in sorted({25, 100, first_count, 1000}):
+        if k <= len(p) and math.isfinite(se[k - 1]) and se[k - 1] > 0:
+            curve = always_valid_from(diff, se, k, MDE_Z * float(se[k - 1]))
+            first_look[k] = {
+                "tau": MDE_Z * float(se[k - 1]),
+                "first_below_alpha": first_below(curve),
+                "final": float(curve[-1]),
+            }
     for count, report in phase.polls:  # our z-test at each look against the service's
         if count and report["comparisons"]:
             theirs, ours = primary(report)["p_value"], float(p[count - 1])
@@ -528,6 +562,7 @@ def ab_summary(
         "p_value": final["p_value"],
         "always_valid_p": final["always_valid_p"],
         "tau": tau,
+        "always_valid_by_first_look": first_look,
         "srm": phase.final["srm"],
         "verdict": phase.final["verdict"],
         "first_p_below_alpha": first_below(p),
@@ -596,34 +631,32 @@ def interleaving_summary(
     return summary, p
 
 
-def reorder_first_crossings(
+def reorder_crossings(
     ab_log: Sequence[Served], il_log: Sequence[Served], treatment: str, reps: int, seed: int
 ) -> dict[str, Any]:
-    """First p < α of each test over `reps` random orders of its own logged
-    requests: the single run's crossing is one noisy draw of this."""
+    """When each test first gets p < α, and from when it stays there, over `reps`
+    random orders of its own logged requests (quartiles): the single run's
+    crossings are one noisy draw of these."""
     rng = np.random.default_rng(seed)
     experiment = ab_log[0].arm.partition("/")[0]
     keys = (f"{experiment}/{CONTROL}", f"{experiment}/{treatment}")
-    ab_n, il_n = [], []
+    runs: dict[str, list[float]] = {"ab_first": [], "ab_stays": [], "il_first": [], "il_stays": []}
     for _ in range(reps):
         order = rng.permutation(len(ab_log))
-        ab_n.append(first_below(running_ab([ab_log[i] for i in order], *keys)[2]) or math.inf)
+        p = running_ab([ab_log[i] for i in order], *keys)[2]
+        runs["ab_first"].append(first_below(p) or math.inf)
+        runs["ab_stays"].append(stays_below(p) or math.inf)
         order = rng.permutation(len(il_log))
         p = running_sign_test([il_log[i] for i in order], CONTROL, treatment)
-        il_n.append(first_below(p) or math.inf)
-    a, b = np.array(ab_n), np.array(il_n)
-
-    def q(x: NDArray[np.float64]) -> list[float]:
-        return [float(np.percentile(x, 25)), float(np.median(x)), float(np.percentile(x, 75))]
-
-    return {
-        "reps": reps,
-        "ab_quartiles": q(a),
-        "ab_never": int(np.isinf(a).sum()),
-        "interleaving_quartiles": q(b),
-        "interleaving_never": int(np.isinf(b).sum()),
-        "ratio_of_medians": float(np.median(a) / np.median(b)),
-    }
+        runs["il_first"].append(first_below(p) or math.inf)
+        runs["il_stays"].append(stays_below(p) or math.inf)
+    out: dict[str, Any] = {"reps": reps}
+    for name, values in runs.items():
+        x = np.array(values)
+        out[name] = [float(np.percentile(x, q)) for q in (25, 50, 75)]
+    out["ratio_first"] = out["ab_first"][1] / out["il_first"][1]
+    out["ratio_stays"] = out["ab_stays"][1] / out["il_stays"][1]
+    return out
 
 
 def exploration_summary(phase: Phase, problems: list[str], notes: list[str]) -> dict[str, Any]:
@@ -636,6 +669,7 @@ def exploration_summary(phase: Phase, problems: list[str], notes: list[str]) -> 
         rows = [r for r in phase.log if r.arm == key]
         ex = [sum(r.explore[i] for r in rows) for i in range(3)]
         tl = [sum(r.tail[i] for r in rows) for i in range(3)]
+        hd = [sum(r.head[i] for r in rows) for i in range(3)]
         arms[arm] = {
             **tally(phase.log, key),
             "report_ctr": reported[arm]["ctr"],
@@ -649,6 +683,8 @@ def exploration_summary(phase: Phase, problems: list[str], notes: list[str]) -> 
             "last2_ctr": tl[1] / tl[0] if tl[0] else None,
             "last2_ctr_ci": wilson(int(tl[1]), int(tl[0])),
             "last2_true_ctr": tl[2] / tl[0] if tl[0] else None,
+            "first8_ctr": hd[1] / hd[0] if hd[0] else None,
+            "first8_true_ctr": hd[2] / hd[0] if hd[0] else None,
         }
         sim = phase.result.arms.get(key)
         if sim is not None and (sim.explore_impressions, sim.explore_clicks) != tuple(ex[:2]):
@@ -657,6 +693,11 @@ def exploration_summary(phase: Phase, problems: list[str], notes: list[str]) -> 
         problems.append(f"{phase.name}/control: the control arm showed exploration slots")
     final = primary(phase.final)
     c, e = arms["control"], arms["explore"]
+    # the arms' users differ; the slots before the explore slots are served alike,
+    # so the slot-level truth isolates the cost: Δ(true CTR of the last slots) ×
+    # their share of the shown slots, relative to the control's true CTR
+    share = e["last2_impressions"] / max(e["impressions"], 1)
+    slot_cost = (e["last2_true_ctr"] - c["last2_true_ctr"]) * share / c["true_ctr"]
     return {
         "experiment": phase.name,
         "requests": len(phase.log),
@@ -664,12 +705,43 @@ def exploration_summary(phase: Phase, problems: list[str], notes: list[str]) -> 
         "relative_ctr_change": final["relative"],
         "relative_ctr_change_ci": [final["relative_low"], final["relative_high"]],
         "true_relative_ctr_change": e["true_ctr"] / c["true_ctr"] - 1,
+        "true_relative_change_from_slots": slot_cost,
         "p_value": final["p_value"],
         "always_valid_p": final["always_valid_p"],
         "verdict": phase.final["verdict"],
         "requests_per_second": phase.requests_per_second,
         **latency(phase.log),
     }
+
+
+def compare_cli(
+    phases: dict[str, Phase],
+    cli_reports: dict[str, dict[str, Any]],
+    problems: list[str],
+    notes: list[str],
+) -> dict[str, Any]:
+    """`sieve experiment report` (from the store) against the API's last report."""
+    out: dict[str, Any] = {}
+    for name, phase in phases.items():
+        api, cli = phase.final, cli_reports[name]
+        if api["kind"] == "interleaving":
+            a, c = api["interleaving"], cli["interleaving"]
+            out[name] = {"p_value": [a["p_value"], c["p_value"]]}
+            if (a["wins"], a["ties"], a["p_value"]) != (c["wins"], c["ties"], c["p_value"]):
+                problems.append(f"{name}: the CLI's interleaving report differs from the API's")
+            continue
+        a, c = primary(api), primary(cli)
+        out[name] = {k: [a[k], c[k]] for k in ("p_value", "always_valid_p", "estimate")}
+        if a["p_value"] != c["p_value"] or a["estimate"] != c["estimate"]:
+            problems.append(f"{name}: the CLI's p / estimate differ from the API's")
+        if a["always_valid_p"] != c["always_valid_p"]:
+            notes.append(
+                f"{name}: always-valid p {_p(a['always_valid_p'])} from the API (min over "
+                f"{len(phase.looks)} looks, τ fixed at the first) but {_p(c['always_valid_p'])} "
+                "from `sieve experiment report` on the same data (its own fresh cache: one look, "
+                "τ from this look)"
+            )
+    return out
 
 
 # ------------------------------------------------------------ output
@@ -712,7 +784,7 @@ def _p_panel(
     )
     ax.scatter(
         [q["requests"] for q in looks],
-        [max(q["always_valid_p"] or 1.0, floor) for q in looks],
+        [1.0 if q["always_valid_p"] is None else max(q["always_valid_p"], floor) for q in looks],
         s=14,
         marker="s",
         color="C3",
@@ -723,8 +795,9 @@ def _p_panel(
     ax.plot(xi, np.maximum(il_p, floor), color="C4", lw=1.2, label="interleaving sign-test p")
     ax.axhline(ALPHA, color="grey", ls=":", lw=0.9)
     ax.set_yscale("log")
+    ax.set_xscale("log")
     ax.set_ylim(floor / 2, 2)
-    ax.set_xlabel("requests in the experiment")
+    ax.set_xlabel("requests in the experiment (log scale)")
     ax.set_ylabel("p-value (log scale, floor 1e-12)")
     ax.set_title(f"{CONTROL} vs {treatment}: p-values as traffic comes in", fontsize=10)
     ax.legend(fontsize=7, loc="lower left")
@@ -758,6 +831,8 @@ def _clean(x: Any) -> Any:
 def _p(p: float | None) -> str:
     if p is None:
         return "—"
+    if p == 0:
+        return "<1e-300"
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
@@ -803,18 +878,28 @@ def print_results(results: dict[str, Any]) -> None:
             soft_wrap=True,
         )
         console.print(
+            "always-valid p by the request of the first look (τ = 2.8 se then): "
+            + "; ".join(
+                f"{k}: τ {v['tau']:.4f}, p < {ALPHA} from {v['first_below_alpha']}, "
+                f"final {_p(v['final'])}"
+                for k, v in ab["always_valid_by_first_look"].items()
+            ),
+            soft_wrap=True,
+        )
+        console.print(
             f"interleaving: wins {il['wins']}, ties {il['ties']}, p {_p(il['p_value'])}\n"
             f"first p < {ALPHA} after: A/B {tts['ab_first']}, interleaving "
             f"{tts['interleaving_first']} requests; stays below from {tts['ab_stays']} vs "
             f"{tts['interleaving_stays']}; first report look below: {tts['ab_first_look']} vs "
             f"{tts['interleaving_first_look']}; medians over {tts['reorder']['reps']} random "
-            f"orders: {tts['reorder']['ab_quartiles'][1]} vs "
-            f"{tts['reorder']['interleaving_quartiles'][1]}",
+            f"orders: first {tts['reorder']['ab_first'][1]:.0f} vs "
+            f"{tts['reorder']['il_first'][1]:.0f}, stays {tts['reorder']['ab_stays'][1]:.0f} vs "
+            f"{tts['reorder']['il_stays'][1]:.0f}",
             soft_wrap=True,
         )
     ex = results["exploration"]
     t = Table(title=f"Exploration {ex['experiment']}: {ex['requests']:,} requests")
-    cols = ("arm", "CTR (report)", "true CTR", "last-2 CTR", "last-2 true", "explore", "true")
+    cols = ("arm", "CTR (report)", "true", "first-8 true", "last-2 CTR", "last-2 true", "explore")
     for col in cols:
         t.add_column(col, justify="left" if col == "arm" else "right")
     for arm, a in ex["arms"].items():
@@ -822,16 +907,17 @@ def print_results(results: dict[str, Any]) -> None:
             arm,
             _ci(a["report_ctr"]),
             f"{a['true_ctr']:.4f}",
+            _r(a["first8_true_ctr"]),
             _r(a["last2_ctr"]),
             _r(a["last2_true_ctr"]),
             _r(a["explore_ctr"]),
-            _r(a["explore_true_ctr"]),
         )
     console.print(t)
     lo, hi = ex["relative_ctr_change_ci"]
     console.print(
         f"overall CTR {100 * ex['relative_ctr_change']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}] "
-        f"(true {100 * ex['true_relative_ctr_change']:+.1f}%), p {_p(ex['p_value'])}",
+        f"(true, these users {100 * ex['true_relative_ctr_change']:+.1f}%; from the slots "
+        f"{100 * ex['true_relative_change_from_slots']:+.1f}%), p {_p(ex['p_value'])}",
         soft_wrap=True,
     )
     console.print(
@@ -863,7 +949,7 @@ def definitions(world: World, treatment: str) -> tuple[dict[str, Any], dict[str,
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    weaker = ["popular-only"] + ([] if args.no_subtle else ["no-ranker"])
+    weaker = ["popular-only"] + ([] if args.no_subtle else ["small-ranker"])
     world = build(workdir, args.data, weaker)
     synthetic = world_from_spec(args.data)
     env = {"SIEVE_OPEN_READ": "true", "SIEVE_OPEN_WRITE": "true", "SIEVE_MODEL_POLL_SECONDS": "1"}
@@ -893,6 +979,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             phases[previous] = simulate(synthetic, url, previous, args, args.seed + k)
         stop_experiment(world, url, previous or "")
         listing = cli(world, "experiment", "list")
+    # the same reports read by the CLI from the store (a fresh cache of its own)
+    cli_reports: dict[str, dict[str, Any]] = {}
+    for name in phases:
+        path = workdir / f"{name}.report.json"
+        cli(world, "experiment", "report", name, "--json", str(path))
+        cli_reports[name] = json.loads(path.read_text())
     problems: list[str] = []
     notes: list[str] = []
     pairs: dict[str, dict[str, Any]] = {}
@@ -910,7 +1002,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "interleaving_stays": il["p_stays_below_alpha_from"],
             "ab_first_look": ab["first_report_look_below_alpha"],
             "interleaving_first_look": il["first_report_look_below_alpha"],
-            "reorder": reorder_first_crossings(
+            "reorder": reorder_crossings(
                 ab_phase.log, il_phase.log, treatment, args.reorders, args.seed
             ),
         }
@@ -922,6 +1014,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "il_p": il_p,
         }
     ex = exploration_summary(phases[explore["name"]], problems, notes)
+    cli_vs_api = compare_cli(phases, cli_reports, problems, notes)
     plot(args.plot, pairs)
     return {
         "data": args.data,
@@ -948,6 +1041,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             }
             for k, v in phases.items()
         },
+        "cli_vs_api": cli_vs_api,
         "problems": problems,
         "notes": notes,
         "experiment_list": listing,
@@ -965,7 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=int, default=250, help="read the report every K requests")
     parser.add_argument("--n", type=int, default=10, help="list length")
     parser.add_argument("--reorders", type=int, default=200, help="random orders of the logs")
-    parser.add_argument("--no-subtle", action="store_true", help="skip full vs no-ranker")
+    parser.add_argument("--no-subtle", action="store_true", help="skip full vs small-ranker")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench_online.json")
     parser.add_argument("--plot", type=Path, default=None, help="default docs/img/online_ab.png")

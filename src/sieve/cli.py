@@ -787,6 +787,13 @@ def experiment_report_cmd(
             book.store.close()
             cache.close()
         _print_report(report)
+        if settings.cache_url.startswith("memory"):
+            console.print(
+                "note: with a memory:// cache the always-valid p-value is of this look only; "
+                "the server's running minimum over looks is in its own cache (use Redis, "
+                "or GET /experiments/NAME/report)",
+                soft_wrap=True,
+            )
         if json_path is not None:
             json_path.write_text(json.dumps(report, indent=2))
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 import sqlalchemy.exc
 
 from sieve.data.records import Event, Impression, ImpressionArm, ImpressionItem, Item
+from sieve.experiments.online import unit_frame
 from sieve.storage import StoreError
 from sieve.storage.sql import SQLStore
 
@@ -62,6 +64,7 @@ def test_experiment_frames_join_arms_slots_and_citing_events(store: SQLStore) ->
             imp("r1", "u1", "ab", [("exp", "A"), ("other", "X")]),
             imp("r2", "u2", "cd", [("exp", "B")]),
             imp("r3", "u3", "ad", []),  # in no experiment
+            imp("r4", "u4", "", [("exp", "B")]),  # an empty list still counts
         ]
     )
     back = store.get_impression("r1")
@@ -78,14 +81,24 @@ def test_experiment_frames_join_arms_slots_and_citing_events(store: SQLStore) ->
         ]
     )
     slots, events = store.experiment_frames("exp")
-    assert list(zip(slots["request_id"], slots["arm"], slots["item_id"], strict=True)) == [
+    items = [None if pd.isna(i) else i for i in slots["item_id"]]
+    assert list(zip(slots["request_id"], slots["arm"], items, strict=True)) == [
         ("r1", "A", "a"),
         ("r1", "A", "b"),
         ("r2", "B", "c"),
         ("r2", "B", "d"),
+        ("r4", "B", None),
     ]
-    assert slots["arm_propensity"].tolist() == [0.8] * 4
-    assert slots["propensity"].tolist() == [1.0, 0.5, 1.0, 0.5]
+    assert slots["arm_propensity"].tolist() == [0.8] * 5
+    assert slots["propensity"].tolist()[:4] == [1.0, 0.5, 1.0, 0.5]
+    units = unit_frame(slots, events).set_index("unit")
+    assert units.loc["u4", ["impressions", "requests", "clicks"]].tolist() == [0, 1, 0]
+    assert units.loc["u2", ["impressions", "requests", "conversions", "revenue"]].tolist() == [
+        2,
+        1,
+        1,
+        9.5,
+    ]
     assert sorted(events["request_id"]) == ["r1", "r2"]  # r3 was in no experiment
     assert events.set_index("request_id").loc["r2", "value"] == 9.5
     other, _ = store.experiment_frames("other")

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 #: Event types that count as a click / a conversion in a report.
 CLICK_TYPES = frozenset({"click"})
 CONVERSION_TYPES = frozenset({"purchase"})
+#: Fewer units than this in an arm: the verdict says it is too early.
+MIN_UNITS = 100
 #: The source tag of an interleaved slot: ``team:<arm>``.
 TEAM_PREFIX = "team:"
 
@@ -378,7 +380,7 @@ def unit_frame(slots: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     shown = (
         slots.assign(unit=unit)
         .groupby(["unit", "arm"], sort=True)
-        .agg(impressions=("item_id", "size"), requests=("request_id", "nunique"))
+        .agg(impressions=("item_id", "count"), requests=("request_id", "nunique"))
     )
     arm_of = slots.drop_duplicates("request_id").set_index("request_id")["arm"]
     unit_of = pd.Series(unit.to_numpy(), index=slots["request_id"]).groupby(level=0).first()
@@ -394,7 +396,9 @@ def unit_frame(slots: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
 
 
 def _teams(sources: Any) -> str | None:
-    for s in sources or ():
+    if not isinstance(sources, list | tuple):
+        return None  # an empty list's placeholder row
+    for s in sources:
         if isinstance(s, str) and s.startswith(TEAM_PREFIX):
             return s[len(TEAM_PREFIX) :]
     return None
@@ -536,6 +540,14 @@ def experiment_report(
             "message": report.srm.describe(),
         }
     verdict = report.verdict()
+    smallest = min(report.arms.values(), key=lambda a: a.units)
+    out["early"] = smallest.units < MIN_UNITS
+    if out["early"]:
+        verdict = (
+            f"Too early to conclude: arm {smallest.arm} has {smallest.units} units (fewer "
+            f"than {MIN_UNITS} per arm); fixed-horizon p-values this early are unreliable and "
+            "acting on them is peeking — only the always-valid p-value may be acted on. " + verdict
+        )
     if exp.allocation == "thompson":
         verdict += (
             " Arms were allocated adaptively (Thompson sampling): shares drifted toward the "
@@ -553,7 +565,7 @@ def _shown_extras(slots: pd.DataFrame, catalog_size: int | None) -> dict[str, di
         distinct = float(group["item_id"].nunique())
         row = {
             "distinct_items": distinct,
-            "mean_list_length": float(group.groupby("request_id").size().mean()),
+            "mean_list_length": float(group.groupby("request_id")["item_id"].count().mean()),
         }
         if catalog_size:
             row["coverage"] = distinct / catalog_size

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -48,23 +49,28 @@ def start_server(
         str(port),
         *args,
     ]
-    proc = subprocess.Popen(
-        cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    url = f"http://127.0.0.1:{port}{ready_path}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"the server exited with code {proc.returncode}: {err[-2000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    proc.wait()
+    # stderr goes to a file, not a pipe: a pipe nobody reads blocks a server
+    # that logs more than its buffer during a long run (the child keeps its
+    # own handle of the file after ours is closed)
+    with tempfile.TemporaryFile() as log_file:
+        proc = subprocess.Popen(
+            cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log_file
+        )
+        url = f"http://127.0.0.1:{port}{ready_path}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                log_file.seek(0)
+                err = log_file.read().decode(errors="replace")
+                raise RuntimeError(f"the server exited with code {proc.returncode}: {err[-2000:]}")
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
     raise RuntimeError(f"the server did not answer {url} within {timeout:.0f}s")
 
 

@@ -735,7 +735,8 @@ class SQLStore:
 
         - slots: one row per shown slot of a request in the experiment
           (request_id, user_id, arm, arm_propensity, item_id, position,
-          propensity, sources, timestamp);
+          propensity, sources, timestamp); a request that showed nothing
+          has one row with no item (item_id None);
         - events: the events citing those requests (request_id, user_id,
           item_id, type, value, timestamp).
         """
@@ -752,7 +753,9 @@ class SQLStore:
                 s.c.sources,
                 a.c.timestamp_us,
             )
-            .join(s, s.c.request_id == a.c.request_id)
+            # outer: a request that served an empty list still counts (one
+            # row with no item), so an arm that fails to fill lists shows it
+            .outerjoin(s, s.c.request_id == a.c.request_id)
             .where(a.c.experiment == name)
             .order_by(a.c.timestamp_us, a.c.request_id, s.c.position)
         )
