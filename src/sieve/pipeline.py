@@ -656,7 +656,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         ranker = LTRRanker.load(path / "ranker.txt") if parts["ranker"] else None
         if parts.get("counters", False):
             records = _load_counters(path / "counters.npz")
-            funnel.online = OnlineCounters(MemoryCache(max_entries=max(len(records), 1)))
+            funnel.online = OnlineCounters(MemoryCache())
             funnel.online.restore(records)
         funnel._state = FunnelState(
             engine=engine,

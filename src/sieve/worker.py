@@ -12,7 +12,9 @@ operator). `Retrainer.run_once()` does one cycle:
    `holdout_fraction` of the events by time; then the serving model saw the
    holdout, so its configuration is refit on the same training part and that
    refit stands in for it (a fair comparison of configurations);
-2. fit a candidate funnel on everything before the holdout;
+2. fit a candidate funnel on everything before the holdout (and, when its
+   ranker trains on impressions, `RankerConfig.train_on`, on the impressions
+   logged up to then);
 3. score both on the holdout (NDCG@k of each holdout user's new items,
    given their history before it), through external ids so the two models'
    vocabularies need not agree;
@@ -37,6 +39,7 @@ from sieve.data.dataset import Dataset
 from sieve.data.schema import UnknownIdError
 from sieve.evaluate import metrics as M
 from sieve.pipeline import Funnel
+from sieve.ranking.logged import LoggedData
 from sieve.registry import ModelRegistry
 from sieve.serve.engine import new_funnel, snapshot
 from sieve.settings import Settings
@@ -145,8 +148,11 @@ class Retrainer:
             # would favour it unfairly, so its configuration is refit on the
             # same training part and that refit is the reference
             reason += "; serving configuration refit as the reference (too few new events)"
-            reference = Funnel(serving.config).fit(train)
-        candidate = new_funnel(self.settings).fit(train)
+            reference = self._with_logged(Funnel(serving.config), train).fit(train)
+        candidate = self._with_logged(new_funnel(self.settings), train).fit(train)
+        if serving is not None and reference is serving:
+            # scored with the online counters it would read live at the holdout
+            serving.online = candidate.online
         cand_score = score_on_holdout(candidate, train, test, self.policy)
         serv_score = (
             None if reference is None else score_on_holdout(reference, train, test, self.policy)
@@ -182,6 +188,17 @@ class Retrainer:
         (Path(self.settings.model_dir) / TRIGGER).unlink(missing_ok=True)
         log.info("retrain (%s): %s %s", reason, version, why)
         return Decision(reason, version, serving_version, cand_score, serv_score, promoted, why)
+
+    def _with_logged(self, funnel: Funnel, train: Dataset) -> Funnel:
+        """The funnel with the store's logged impressions up to the end of
+        `train` (`Funnel.logged`) when its ranker trains on them."""
+        if funnel.config.ranker.train_on == "snapshot":
+            return funnel
+        times = train.events["timestamp"].to_numpy(np.float64)
+        until = float(np.nanmax(times)) if len(times) else None
+        with open_store(self.settings.store_url) as store:
+            funnel.logged = LoggedData.from_store(store, until=until)
+        return funnel
 
     def run_forever(self, poll_seconds: float = 30.0, max_cycles: int | None = None) -> None:
         """Check `due()` every `poll_seconds` and run a cycle when it is."""

@@ -186,3 +186,10 @@ def test_get_many_in_one_call(cache: Cache) -> None:
     cache.set("c", b"3")
     assert cache.get_many(["a", "b", "c"]) == [b"1", None, b"3"]
     assert cache.get_many([]) == []
+
+
+def test_set_many_then_get_many(cache: Cache) -> None:
+    cache.set("a", b"old", ttl=60)
+    cache.set_many({"a": b"1", "b": b"2"})  # replaces, without a TTL
+    cache.set_many({})
+    assert cache.get_many(["a", "b", "c"]) == [b"1", b"2", None]

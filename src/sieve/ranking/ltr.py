@@ -30,6 +30,7 @@ from typing import Literal
 import lightgbm as lgb
 import numpy as np
 import scipy.sparse as sp
+from joblib import cpu_count
 from numpy.typing import NDArray
 
 from sieve.config import Config, ConfigError
@@ -302,8 +303,8 @@ class LTRRanker:
             "force_row_wise": True,
             "verbose": -1,
         }
-        if config.num_threads > 0:
-            params["num_threads"] = config.num_threads
+        # as LGBMRanker(n_jobs=None) did: one thread per physical core
+        params["num_threads"] = config.num_threads or cpu_count(only_physical_cores=True)
         if data.position is not None:
             params["lambdarank_position_bias_regularization"] = config.position_bias_regularization
         train = lgb.Dataset(

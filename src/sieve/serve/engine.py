@@ -253,13 +253,18 @@ def train(
     the folder of its saved model."""
     own = store is None
     store = store or open_store(settings.store_url)
+    funnel = new_funnel(settings)
     try:
         dataset = snapshot(store, settings.event_weights)
         max_seq = store.max_seq()
+        if funnel.config.ranker.train_on != "snapshot":  # the ranker learns from what was shown
+            from sieve.ranking.logged import LoggedData
+
+            funnel.logged = LoggedData.from_store(store)
     finally:
         if own:
             store.close()
-    funnel = new_funnel(settings).fit(dataset)
+    funnel = funnel.fit(dataset)
     registry = ModelRegistry(settings.model_dir)
     registry.register(
         funnel,

@@ -1,0 +1,1 @@
+"""Ranking: features, logged-impression training."""
