@@ -66,6 +66,19 @@ def _auth(scope: str) -> dict[str, str]:
     return {"X-API-Key": KEYS[scope]}
 
 
+def _start(store_url: str, model_dir: Path, env: dict[str, str]) -> tuple[Any, str]:
+    """A `sieve serve` process on a free port that sees no developer SIEVE_*
+    setting, only `env`; returns it and its base URL."""
+    args = ["--store", store_url, "--model-dir", str(model_dir), "--no-access-log"]
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("SIEVE_"):
+                mp.delenv(name)
+        port = free_port()
+        proc = start_server(args, port=port, env=env, ready_path="/health", timeout=60)
+    return proc, f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="module")
 def live(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """A server on a copy of the trained store, with REQUESTS lists served
@@ -74,20 +87,11 @@ def live(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Liv
     db = root / "served.db"
     shutil.copy(trained.db, db)
     keys = json.dumps([k.model_dump(mode="json") for k in API_KEYS])
-    args = ["--store", f"sqlite:///{db}", "--model-dir", str(trained.model_dir), "--no-access-log"]
-    with pytest.MonkeyPatch.context() as mp:  # the server sees no developer SIEVE_* setting
-        for name in list(os.environ):
-            if name.startswith("SIEVE_"):
-                mp.delenv(name)
-        port = free_port()
-        proc = start_server(
-            args,
-            port=port,
-            env={"SIEVE_API_KEYS": keys, "SIEVE_MODEL_POLL_SECONDS": "0"},
-            ready_path="/health",
-            timeout=60,
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _start(
+        f"sqlite:///{db}",
+        trained.model_dir,
+        {"SIEVE_API_KEYS": keys, "SIEVE_MODEL_POLL_SECONDS": "0"},
+    )
     try:
         counts = trained.raw.events["user_id"].value_counts()
         users = [str(u) for u in counts[(counts >= 25) & (counts < 100)].index[:4]]
@@ -466,19 +470,9 @@ def test_dashboard_shows_a_simulated_experiment(trained: Any, browser: Any, tmp_
                 ],
             }
         )
-    args = ["--store", store_url, "--model-dir", str(trained.model_dir), "--no-access-log"]
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("SIEVE_"):
-                mp.delenv(name)
-        port = free_port()
-        proc = start_server(
-            args,
-            port=port,
-            env={"SIEVE_OPEN_READ": "true", "SIEVE_OPEN_WRITE": "true"},
-            timeout=60,
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _start(
+        store_url, trained.model_dir, {"SIEVE_OPEN_READ": "true", "SIEVE_OPEN_WRITE": "true"}
+    )
     context = browser.new_context(viewport={"width": 1360, "height": 900})
     page = context.new_page()
     errors: list[str] = []

@@ -67,6 +67,22 @@ def test_live_counters_are_the_log_replayed_and_the_ranker_reads_them(
             )
 
 
+def _count_logged_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of query groups of every logged training set built."""
+    import sieve.pipeline
+
+    built: list[int] = []
+    real = sieve.pipeline.logged_training_set
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        data = real(*args, **kwargs)
+        built.append(data.n_groups)
+        return data
+
+    monkeypatch.setattr(sieve.pipeline, "logged_training_set", spy)
+    return built
+
+
 def test_a_retrain_learns_from_logged_impressions(
     serve: MakeClient, trained: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -106,17 +122,7 @@ def test_a_retrain_learns_from_logged_impressions(
     ]
     assert client.post("/events", json={"events": views}).status_code in (200, 201)
 
-    import sieve.pipeline
-
-    built: list[int] = []
-    real = sieve.pipeline.logged_training_set
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        data = real(*args, **kwargs)
-        built.append(data.n_groups)
-        return data
-
-    monkeypatch.setattr(sieve.pipeline, "logged_training_set", spy)
+    built = _count_logged_groups(monkeypatch)
     config = tmp_path / "funnel.toml"
     config.write_text(
         trained.funnel_config.read_text().replace("[ranker]", '[ranker]\ntrain_on = "both"')
@@ -151,18 +157,9 @@ def test_sieve_train_learns_from_logged_impressions(
     assert client.post("/events", json={"events": clicks}).status_code == 200
     engine.impressions.flush()
 
-    import sieve.pipeline
     from sieve.serve.engine import train
 
-    built: list[int] = []
-    real = sieve.pipeline.logged_training_set
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        data = real(*args, **kwargs)
-        built.append(data.n_groups)
-        return data
-
-    monkeypatch.setattr(sieve.pipeline, "logged_training_set", spy)
+    built = _count_logged_groups(monkeypatch)
     config = tmp_path / "funnel.toml"
     config.write_text(
         trained.funnel_config.read_text().replace("[ranker]", '[ranker]\ntrain_on = "impressions"')

@@ -43,7 +43,7 @@ from sieve.experiments.analysis import AnalysisConfig, analyze
 from sieve.experiments.assignment import Assigner, Experiment, Layer, Variant
 from sieve.experiments.interleaving import TEAM_A, TEAM_B, credit_many, interleaving_test
 from sieve.experiments.sequential import always_valid_pvalues
-from sieve.explore.bandits import ThompsonSampling
+from sieve.explore.bandits import ThompsonSampling, restore_policy
 from sieve.storage.base import Store, StoreError
 from sieve.storage.cache import Cache, CacheError
 
@@ -307,15 +307,11 @@ class ExperimentBook:
     def _bandit(self, name: str) -> ThompsonSampling:
         bandit = self._bandits.get(name)
         if bandit is None:
-            bandit = ThompsonSampling(n_draws=500)
-            if self.cache is not None:
-                try:
-                    bandit = ThompsonSampling.load(self.cache, _bandit_key(name))
-                except KeyError:
-                    pass
-                except (CacheError, ValueError, TypeError):
-                    log.warning("allocation state of %r unreadable: starting afresh", name)
-            self._bandits[name] = bandit
+            restored = restore_policy(self.cache, _bandit_key(name), ThompsonSampling(n_draws=500))
+            if not isinstance(restored, ThompsonSampling):
+                log.warning("allocation state of %r is not Thompson sampling: ignored", name)
+                restored = ThompsonSampling(n_draws=500)
+            bandit = self._bandits[name] = restored
         return bandit
 
     def clicked(self, experiment: str, arm: str) -> None:

@@ -39,6 +39,7 @@ propensities are exact):
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -49,7 +50,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from sieve.config import Config, ConfigError
-from sieve.storage.cache import Cache
+from sieve.storage.cache import Cache, CacheError
+
+log = logging.getLogger(__name__)
 
 FloatArray = NDArray[np.float64]
 
@@ -64,6 +67,7 @@ __all__ = [
     "ThompsonSampling",
     "UCB1Config",
     "load_policy",
+    "restore_policy",
 ]
 
 _POLICIES: dict[str, type[BanditPolicy]] = {}
@@ -170,6 +174,20 @@ class BanditPolicy(ABC):
 def load_policy(cache: Cache, key: str) -> BanditPolicy:
     """Whatever policy is stored at ``key``."""
     return BanditPolicy.load(cache, key)
+
+
+def restore_policy(cache: Cache | None, key: str, fresh: BanditPolicy) -> BanditPolicy:
+    """The policy stored at ``key``, or ``fresh`` when there is none (or no
+    cache, or an unreadable state: logged, then started afresh)."""
+    if cache is None:
+        return fresh
+    try:
+        return BanditPolicy.load(cache, key)
+    except KeyError:
+        return fresh
+    except (CacheError, ValueError, TypeError):
+        log.warning("bandit state at %r unreadable: starting afresh", key)
+        return fresh
 
 
 # --------------------------------------------------------- count-based policies

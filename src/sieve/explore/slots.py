@@ -25,7 +25,13 @@ from typing import TypeVar
 
 import numpy as np
 
-from sieve.explore.bandits import UCB1, BanditPolicy, EpsilonGreedy, ThompsonSampling
+from sieve.explore.bandits import (
+    UCB1,
+    BanditPolicy,
+    EpsilonGreedy,
+    ThompsonSampling,
+    restore_policy,
+)
 from sieve.storage.cache import Cache, CacheError
 
 log = logging.getLogger(__name__)
@@ -62,15 +68,9 @@ class ExplorationSlots:
     def _policy(self, name: str) -> BanditPolicy:
         policy = self._policies.get(name)
         if policy is None:
-            policy = make_policy(name)
-            if self.cache is not None:
-                try:
-                    policy = BanditPolicy.load(self.cache, _key(name))
-                except KeyError:
-                    pass
-                except (CacheError, ValueError, TypeError):
-                    log.warning("exploration state %r unreadable: starting afresh", name)
-            self._policies[name] = policy
+            policy = self._policies[name] = restore_policy(
+                self.cache, _key(name), make_policy(name)
+            )
         return policy
 
     def fill(
