@@ -196,15 +196,15 @@ class ExperimentBook:
         """Re-read the store when the last read is older than `refresh_seconds`."""
         if not force and time.monotonic() - self._loaded_at < self.refresh_seconds:
             return
-        if not force:
-            try:
-                rows = self.store.experiments()
-            except StoreError:  # serve with the experiments known so far
-                log.warning("store unavailable: experiments not refreshed", exc_info=True)
-                self._loaded_at = time.monotonic()
-                return
-        else:
+        try:
             rows = self.store.experiments()
+        except StoreError:
+            if force:
+                raise
+            # a periodic refresh keeps serving with the experiments known so far
+            log.warning("store unavailable: experiments not refreshed", exc_info=True)
+            self._loaded_at = time.monotonic()
+            return
         records: dict[str, ExperimentRecord] = {}
         for row in rows:
             try:

@@ -42,6 +42,7 @@ import math
 import struct
 import threading
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -178,7 +179,7 @@ class OnlineCounters:
         for j, length in enumerate(self._lengths):
             adds += np.bincount(flat + j, weights=np.exp(-age / length), minlength=n * n_cols)
         keys = [self._item_key(i) for i in ids]
-        state, present = self._read_records(keys, self._item_width)
+        state, present = self._records.read(keys, self._item_width)
         t_old = np.where(present, state[:, 0], end)
         final = np.maximum(end, t_old)
         lengths = self._col_lengths[None, :]
@@ -186,16 +187,16 @@ class OnlineCounters:
         added = np.exp(-(final - end)[:, None] / lengths)  # the batch's sums, to `final`
         state[:, 1:] = state[:, 1:] * aged + adds.reshape(n, n_cols) * added
         state[:, 0] = final
-        self._write_records(keys, state)
+        self._records.write(keys, state)
 
     def _merge_users(
         self, uids: list[str], ucode: NDArray[np.int64], uend: NDArray[np.float64]
     ) -> None:
         keys = [self._user_key(u) for u in uids]
-        state, present = self._read_records(keys, _USER_WIDTH)
+        state, present = self._records.read(keys, _USER_WIDTH)
         state[:, 0] += np.bincount(ucode, minlength=len(uids))
         state[:, 1] = np.maximum(np.where(present, state[:, 1], -np.inf), uend)
-        self._write_records(keys, state)
+        self._records.write(keys, state)
 
     def _category_sums(
         self,
@@ -292,7 +293,7 @@ class OnlineCounters:
         `recency_hours` (since the item's last counted event) as of `now`;
         zeros, the prior CTR and inf for unseen items."""
         keys = [self._item_key(i) for i in item_ids]
-        state, present = self._read_records(keys, self._item_width)
+        state, present = self._records.read(keys, self._item_width)
         dt = np.where(present, np.maximum(0.0, now - state[:, 0]), 0.0)
         values = state[:, 1:] * np.exp(-dt[:, None] / self._col_lengths[None, :])
         n_win = len(self.windows)
@@ -312,7 +313,7 @@ class OnlineCounters:
         """The user's event count, hours since the last event (inf if none)
         and category affinities over 7 days (`affinity:<category>`, shares
         summing to 1; decay common to all categories cancels in a share)."""
-        state, present = self._read_records([self._user_key(user_id)], _USER_WIDTH)
+        state, present = self._records.read([self._user_key(user_id)], _USER_WIDTH)
         if not present[0]:
             return {"events": 0.0, "recency_hours": math.inf}
         events, last = state[0].tolist()
@@ -335,7 +336,7 @@ class OnlineCounters:
             ([self._item_key(str(i)) for i in item_ids], self._item_width),
             ([self._user_key(u) for u in users], _USER_WIDTH),
         ):
-            state, present = self._read_records(keys, width)
+            state, present = self._records.read(keys, width)
             out.update(
                 (k, state[r].astype(_F8).tobytes()) for r, k in enumerate(keys) if present[r]
             )
@@ -350,7 +351,7 @@ class OnlineCounters:
             keys = [k for k, b in records.items() if k.startswith(head) and len(b) == width * 8]
             if keys:
                 joined = b"".join(records[k] for k in keys)
-                self._write_records(keys, np.frombuffer(joined, _F8).reshape(len(keys), width))
+                self._records.write(keys, np.frombuffer(joined, _F8).reshape(len(keys), width))
         head = f"{self.prefix}v2:ucat:"
         self._records.set_many({k: b for k, b in records.items() if k.startswith(head)})
 
@@ -364,34 +365,29 @@ class OnlineCounters:
     def _category_key(self, user_id: str) -> str:
         return f"{self.prefix}v2:ucat:{user_id}"
 
-    def _read_records(
-        self, keys: Sequence[str], width: int
-    ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-        return self._records.read(keys, width)
 
-    def _write_records(self, keys: Sequence[str], state: NDArray[np.float64]) -> None:
-        self._records.write(keys, state)
-
-
-class _Records:
+class _Records(ABC):
     """Where the counters' records live: fixed-width float64 records (items,
     users) read and written in bulk, and byte values (category records)."""
 
+    @abstractmethod
     def read(
         self, keys: Sequence[str], width: int
     ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
         """Records of `width` floats (zeros where absent or of another width)
         and which were present."""
-        raise NotImplementedError
 
+    @abstractmethod
     def write(self, keys: Sequence[str], state: NDArray[np.float64]) -> None:
-        raise NotImplementedError
+        """Store records (one row of `state` per key)."""
 
+    @abstractmethod
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        raise NotImplementedError
+        """Byte values (None where absent)."""
 
+    @abstractmethod
     def set_many(self, values: Mapping[str, bytes]) -> None:
-        raise NotImplementedError
+        """Store byte values."""
 
 
 class _CacheRecords(_Records):

@@ -449,8 +449,10 @@ class Engine:
         self.metrics = ServingMetrics.for_settings(settings, store)
         self.drift = DriftMonitor.for_engine(self)
         #: running experiments (stored; re-read every model_poll_seconds or 2 s)
+        # re-read by the model watcher when it runs (`watch_models`), so the
+        # request path never waits on the store; without one, every 2 s by a request
         self.experiments = ExperimentBook(
-            store, cache, refresh_seconds=settings.model_poll_seconds or 2.0
+            store, cache, refresh_seconds=math.inf if settings.model_poll_seconds > 0 else 2.0
         )
         #: bandit-filled exploration slots
         self.explorer = ExplorationSlots(cache)
@@ -503,6 +505,10 @@ class Engine:
                         self.load_model()
                 except Exception:  # keep serving the old model; say why in the log
                     log.exception("could not swap to the promoted model")
+                try:
+                    self.experiments.refresh(force=True)
+                except Exception:  # keep serving the experiments known so far
+                    log.exception("could not re-read the experiments")
                 self.save_bandits()
 
         threading.Thread(target=loop, name="sieve-model-watcher", daemon=True).start()
@@ -1097,7 +1103,6 @@ class Engine:
         """The analysis of an experiment (see `sieve.experiments.online`)."""
         record = self.experiments.get(name)
         self.impressions.flush()
-        funnel = self._funnel
         out = experiment_report(
             self.store,
             record,
@@ -1105,7 +1110,7 @@ class Engine:
             catalog_size=self.store.count_items(),
             cache=self.cache,
         )
-        if funnel is not None and record.experiment.allocation == "thompson":
+        if record.experiment.allocation == "thompson":
             out["allocation_state"] = self.experiments.allocation(name)
         return out
 
