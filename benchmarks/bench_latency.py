@@ -34,10 +34,12 @@ from rich.console import Console
 from rich.table import Table
 
 from sieve.data.synthetic import SyntheticConfig, generate
-from sieve.serve.engine import Engine, import_data, train
+from sieve.serve.engine import Engine
 from sieve.serve.launch import free_port, start_server, stop_server
 from sieve.settings import Settings
 from sieve.storage import open_store
+from sieve.training.snapshot import import_data
+from sieve.training.train import train
 
 console = Console()
 TIMING = re.compile(r"app;dur=([0-9.]+)")

@@ -65,11 +65,12 @@ from sieve.data.io import load_data
 from sieve.data.synthetic import SyntheticWorld
 from sieve.experiments.interleaving import sign_test_pvalues
 from sieve.experiments.sequential import always_valid_pvalues
-from sieve.serve.engine import import_data, train
 from sieve.serve.launch import running_server
 from sieve.settings import Settings
 from sieve.simulator import SimulationResult, Simulator, examination, world_from_spec
 from sieve.storage import open_store
+from sieve.training.snapshot import import_data
+from sieve.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPHA = 0.05

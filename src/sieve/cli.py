@@ -337,7 +337,7 @@ def train(
     """Train a funnel on the store's catalog and event log, register it in the
     model registry (MODEL_DIR/<version>/) and promote it (a running service
     swaps to it within `model_poll_seconds`), unless --no-promote."""
-    from sieve.serve.engine import train as train_funnel
+    from sieve.training.train import train as train_funnel
 
     with _clean_errors():
         settings = _service_settings(
@@ -407,7 +407,7 @@ def batch(
     (`recs:{user}`); the service answers from it until the user's next event or
     a new model. With the default memory:// cache the lists vanish when this
     command ends: use a redis:// cache, or `sieve serve --precompute`."""
-    from sieve.serve.engine import Engine
+    from sieve.serve.service import Service
 
     with _clean_errors():
         settings = _service_settings(
@@ -419,16 +419,16 @@ def batch(
                 "lists are lost when batch exits; use --cache redis://… or "
                 "`sieve serve --precompute`"
             )
-        engine = Engine.open(settings)
+        service = Service.open(settings)
         try:
-            if engine.model_version is None:
+            if service.model_version is None:
                 raise UsageError(f"no model trained yet in {settings.model_dir}: run `sieve train`")
             start = time.perf_counter()
-            count = engine.precompute(settings.batch_n)
+            count = service.precompute(settings.batch_n)
         finally:
-            engine.close()
+            service.close()
         out.print(
-            f"precomputed {count} lists of {settings.batch_n} for model {engine.model_version} "
+            f"precomputed {count} lists of {settings.batch_n} for model {service.model_version} "
             f"in {time.perf_counter() - start:.1f}s into {settings.cache_url}",
             soft_wrap=True,
         )
@@ -498,10 +498,10 @@ def quickstart(
     train a funnel, and serve it on 127.0.0.1 with reads and (loopback) writes
     open, no key needed. Not for production: see `sieve serve`."""
     from sieve.data.io import load_data
-    from sieve.serve.engine import import_data
-    from sieve.serve.engine import train as train_funnel
     from sieve.settings import Settings
     from sieve.storage import open_store
+    from sieve.training.snapshot import import_data
+    from sieve.training.train import train as train_funnel
 
     if movielens is not None:
         data = f"movielens-100k:{movielens}"
@@ -617,7 +617,7 @@ def worker(
     MODEL_DIR/RETRAIN appears; promote the candidate only if it is not worse
     than the serving model on the most recent events, else keep the old one
     and record why (`sieve models list` shows it)."""
-    from sieve.worker import Retrainer, RetrainPolicy
+    from sieve.training.worker import Retrainer, RetrainPolicy
 
     with _clean_errors():
         settings = _service_settings(

@@ -25,12 +25,13 @@ need no file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ from sieve.ranking.ltr import (
     fold_users,
     holdout_labels,
 )
+from sieve.ranking.query import QueryConfig, UserEvent, UserLog, build_query
 from sieve.realtime.counters import OnlineCounters, Replay
 from sieve.rerank.explain import POPULAR, explain
 from sieve.rerank.rules import blocked_items, violations
@@ -75,7 +77,7 @@ from sieve.retrieval.sources import (
     SourcesConfig,
 )
 from sieve.storage.cache import MemoryCache
-from sieve.types import ItemList, Query, Recommended, TopN
+from sieve.types import Context, ItemList, Query, Recommended, TopN
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,8 @@ class FunnelConfig(SectionedConfig):
       (`RankerConfig`).
     - `blend`: source weights when the ranker is off (`BlendConfig`).
     - `rerank`: the re-ranking stages (`RerankConfig`).
+    - `query`: how a request is built from a user's events, the same for the
+      ranker's training queries and live requests (`QueryConfig`).
     """
 
     sources: SourcesConfig = dataclasses.field(default_factory=SourcesConfig)
@@ -138,6 +142,7 @@ class FunnelConfig(SectionedConfig):
     ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
     blend: BlendConfig = dataclasses.field(default_factory=BlendConfig)
     rerank: RerankConfig = dataclasses.field(default_factory=RerankConfig)
+    query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
 
 
 def load_funnel_config(path: str | Path) -> FunnelConfig:
@@ -180,6 +185,10 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         self._user_lookup: dict[str, int] | None = None
         self.online: OnlineCounters | None = None
         self.logged: LoggedData | None = None
+        #: the training snapshot's events per user (set by `fit`, not saved):
+        #: offline `recommend_batch` builds each known user's query from them,
+        #: as the service builds it from the store
+        self.user_log: UserLog | None = None
 
     # ================================================================= fit
     def _fit(self, dataset: Dataset) -> FunnelState:
@@ -195,6 +204,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         engine.catalog.warm(cfg.rerank.long_tail.head_share)
         self._user_lookup = None
         self.online = OnlineCounters.replay(dataset.events, _categories_of(dataset))
+        self.user_log = UserLog(dataset.events)
         return FunnelState(
             engine=engine,
             ranker=ranker,
@@ -218,7 +228,13 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             if self.logged is not None:
                 blocked = blocked_items(engine.catalog, self.config.rerank.rules)
                 logged = logged_training_set(
-                    engine, dataset, self.logged, _categories_of(dataset), cfg, blocked
+                    engine,
+                    dataset,
+                    self.logged,
+                    _categories_of(dataset),
+                    cfg,
+                    blocked,
+                    self.config.query,
                 )
             if logged.n_groups < 2:
                 log.warning("no usable logged impressions: the ranker trains on the snapshot")
@@ -281,15 +297,19 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
                 times = times[np.isfinite(times)]
                 cuts[k] = float(times.max()) if len(times) else engine.snapshot_time
         rows: dict[int, tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]] = {}
+        log_ = UserLog(fit_part.events)
         for k in np.argsort(cuts, kind="stable"):
             u = int(users[k])
-            query = _training_query(
-                u,
-                fit_part.matrix,
-                fit_part.last_time,
-                cfg.session_length,
-                user_id=str(fit_part.user_ids[u]),
-                now=float(cuts[k]) if cfg.holdout == "temporal" else None,
+            user_id = str(fit_part.user_ids[u])
+            now = float(cuts[k]) if cfg.holdout == "temporal" else None
+            query = build_query(
+                log_.events(user_id, now),
+                item_index=engine.catalog.find,
+                weights=engine.event_weights,
+                shape=self.config.query,
+                user_id=user_id,
+                user=u,
+                now=now,
             )
             online = replay.advance(float(cuts[k])) if replay is not None else None
             _, cands, x = featurize(engine, query, blocked, online=online)
@@ -298,11 +318,16 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         return [rows[k] for k in range(len(users))]
 
     # ============================================================ serving
-    def recommend_query(self, query: Query) -> list[Recommended]:
-        """The live path: one request, its explained list of `query.n` items."""
-        return self._recommend(query, exclude_seen=True)
+    def recommend_query(
+        self, query: Query, *, trace: dict[str, Any] | None = None
+    ) -> list[Recommended]:
+        """The live path: one request, its explained list of `query.n` items.
+        `trace` (a dict) receives the candidates and the ranker's features."""
+        return self._recommend(query, exclude_seen=True, trace=trace)
 
-    def _recommend(self, query: Query, *, exclude_seen: bool) -> list[Recommended]:
+    def _recommend(
+        self, query: Query, *, exclude_seen: bool, trace: dict[str, Any] | None = None
+    ) -> list[Recommended]:
         state = self.state
         engine = state.engine
         cfg = self.config
@@ -323,6 +348,10 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         )
         t1 = time.perf_counter()
         observe_stage("retrieval", t1 - t0)  # candidates and their features
+        if trace is not None:
+            trace["candidates"] = [str(engine.catalog.item_ids[i]) for i in cands.items]
+            trace["features"] = None if x is None else x.tolist()
+            trace["feature_names"] = list(FEATURE_NAMES)
         out: list[Recommended] = []
         if len(cands):
             relevance = self._relevance(req, cands, x)
@@ -471,7 +500,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         out_items = np.full((len(users), n), -1, dtype=np.int64)
         out_scores = np.full((len(users), n), -np.inf, dtype=np.float32)
         for r, u in enumerate(users):
-            query = _row_query(int(u), rows, r, n, self._user_id(int(u)))
+            query = self._batch_query(int(u), rows, r, n)
             recs = self._recommend(query, exclude_seen=exclude_seen)
             for k, rec in enumerate(recs[:n]):
                 out_items[r, k] = rec.item
@@ -489,10 +518,59 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         out = np.full((len(users), self.n_items), -np.inf, dtype=np.float32)
         for r, u in enumerate(users):
             for rec in self._recommend(
-                _row_query(int(u), rows, r, self.n_items, self._user_id(int(u))), exclude_seen=True
+                self._batch_query(int(u), rows, r, self.n_items), exclude_seen=True
             ):
                 out[r, rec.item] = rec.score
         return out
+
+    def _batch_query(self, user: int, rows: sp.csr_matrix, r: int, n: int) -> Query:
+        """An offline request: a user of the training snapshot whose row is
+        their training row is asked exactly as the service would ask (their
+        events through `query`, session included); any other row (fold-in
+        users, other data) gives a history-only query."""
+        user_id = self._user_id(user)
+        log_ = self.user_log
+        if user_id is not None and log_ is not None and user_id in log_:
+            lo, hi = rows.indptr[r], rows.indptr[r + 1]
+            events = log_.events(user_id)
+            weights = self.state.engine.event_weights
+            find = self.state.engine.catalog.find
+            seen = {find(i) for i, kind in events if weights.get(kind, 0.0) > 0}
+            if seen == set(rows.indices[lo:hi].tolist()):
+                return self.query(events, user_id, n=n)
+        return _row_query(user, rows, r, n, user_id)
+
+    def query(
+        self,
+        events: Sequence[UserEvent],
+        user_id: str | None,
+        *,
+        session: Sequence[UserEvent] = (),
+        n: int = 10,
+        context: Context | None = None,
+        categories: tuple[str, ...] = (),
+        exclude: Sequence[str] = (),
+        now: float | None = None,
+        request_id: str = "",
+    ) -> Query:
+        """This funnel's request for a user from their events, most recent first
+        (`sieve.ranking.query.build_query`: the one query builder)."""
+        engine = self.state.engine
+        return build_query(
+            events,
+            item_index=engine.catalog.find,
+            weights=engine.event_weights,
+            shape=self.config.query,
+            user_id=user_id,
+            user=-1 if user_id is None else self.user_index(user_id),
+            session=session,
+            n=n,
+            context=context,
+            categories=categories,
+            exclude=exclude,
+            now=now,
+            request_id=request_id,
+        )
 
     # ======================================================== vocabulary
     @property
@@ -536,6 +614,20 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         return bool(self.state.engine.catalog.available[item])
 
     # ========================================================= catalog
+    def with_items(self, items: pd.DataFrame) -> Funnel:
+        """A new funnel that shares this one's fitted models and differs only in
+        the catalog (`add_items` applied to copies): readers of this funnel never
+        see it change. Costs one copy of the catalog arrays per call, so callers
+        batch their changes."""
+        state = self.state
+        engine = copy.copy(state.engine)
+        engine.catalog = state.engine.catalog.copy()
+        engine.content = copy.copy(state.engine.content)
+        new = copy.copy(self)
+        new._state = dataclasses.replace(state, engine=engine)
+        new.add_items(items)
+        return new
+
     def add_items(self, items: pd.DataFrame) -> None:
         """Add unknown items (cold start: the content source can propose them
         at once) and update the metadata and availability of known ones; no
@@ -783,33 +875,6 @@ def _row_query(user: int, rows: sp.csr_matrix, r: int, n: int, user_id: str | No
         history=rows.indices[lo:hi].astype(np.int64),
         history_weights=rows.data[lo:hi].astype(np.float32),
         n=n,
-    )
-
-
-def _training_query(
-    user: int,
-    history: sp.csr_matrix,
-    last_time: sp.csr_matrix,
-    session_length: int,
-    *,
-    user_id: str | None = None,
-    now: float | None = None,
-) -> Query:
-    """A training user's query from their fit part: history, and optionally
-    their latest interactions as the session."""
-    lo, hi = history.indptr[user], history.indptr[user + 1]
-    recent: tuple[int, ...] = ()
-    if session_length > 0:
-        tlo, thi = last_time.indptr[user], last_time.indptr[user + 1]
-        order = np.argsort(-last_time.data[tlo:thi], kind="stable")[:session_length]
-        recent = tuple(int(i) for i in last_time.indices[tlo:thi][order])
-    return Query(
-        user_id=user_id,
-        user=user,
-        history=history.indices[lo:hi].astype(np.int64),
-        history_weights=history.data[lo:hi].astype(np.float32),
-        recent=recent,
-        now=now,
     )
 
 

@@ -94,8 +94,10 @@ class Settings(BaseSettings):
     - `max_n`: longest list a request may ask for;
     - `max_body_bytes`: largest request body by Content-Length (413 above);
     - `event_weights`: accepted event types and their weight in a user's history;
-    - `history_limit` / `recent_limit`: events read to build a request's
-      history / session;
+    - `store_timeout_seconds`: the longest any store call may take on the
+      request path (0: no limit); past it the request gets a 503 with
+      `Retry-After` (a request's history and session limits are part of the
+      model: the funnel config's `[query]` section);
     - `batch_n`: list length precomputed by `sieve batch`;
     - `precompute`: `sieve serve` runs the batch precompute at start-up
       (the way to use it with the per-process `memory://` cache);
@@ -136,8 +138,7 @@ class Settings(BaseSettings):
     max_n: int = Field(default=200, ge=1, le=10_000)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
-    history_limit: int = Field(default=500, ge=1, le=100_000)
-    recent_limit: int = Field(default=50, ge=1, le=1000)
+    store_timeout_seconds: float = Field(default=2.0, ge=0.0, le=600.0)
     batch_n: int = Field(default=50, ge=1)
     precompute: bool = False
     model_poll_seconds: float = Field(default=2.0, ge=0.0)

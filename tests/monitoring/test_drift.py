@@ -167,7 +167,7 @@ def test_popularity_shift_after_training_fires_the_trigger(tmp_path: Path, shift
     assert reason.count("\n") == 1 and f"drift on model {VERSION}" in reason
     assert "item_popularity" in reason and "event_types" not in reason
     # the worker reads the reason
-    from sieve.worker import Retrainer
+    from sieve.training.worker import Retrainer
 
     assert Retrainer(settings).due() == f"trigger: {reason.strip()}"
     # asked once per serving version and check: a rejected retrain is not re-asked

@@ -30,9 +30,10 @@ from servers import POSTGRES_URL, REDIS_URL, libpq_url, postgres_problem, redis_
 from sieve.data.io import RawData, load_data
 from sieve.serve.app import create_app
 from sieve.serve.auth import hash_key
-from sieve.serve.engine import import_data, train
 from sieve.settings import ApiKey, Settings
 from sieve.storage import open_store
+from sieve.training.snapshot import import_data
+from sieve.training.train import train
 
 SYNTH = "synthetic:users=200,items=150,seed=1"
 #: A small but complete funnel (ranker on), quick to fit on the synthetic data.

@@ -18,7 +18,7 @@ from sieve.ranking.logged import LoggedData, slot_labels
 from sieve.realtime.counters import OnlineCounters
 from sieve.serve.engine import Engine
 from sieve.settings import Settings
-from sieve.worker import Retrainer, RetrainPolicy
+from sieve.training.worker import Retrainer, RetrainPolicy
 
 MakeClient = Callable[..., TestClient]
 USERS = ("u001", "u002", "u150")
@@ -157,7 +157,7 @@ def test_sieve_train_learns_from_logged_impressions(
     assert client.post("/events", json={"events": clicks}).status_code == 200
     engine.impressions.flush()
 
-    from sieve.serve.engine import train
+    from sieve.training.train import train
 
     built = _count_logged_groups(monkeypatch)
     config = tmp_path / "funnel.toml"

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from sieve.registry import ModelRegistry
-from sieve.serve.engine import train
 from sieve.serve.launch import free_port, start_server, stop_server
 from sieve.settings import Settings
+from sieve.training.train import train
 
 pytestmark = pytest.mark.slow
 

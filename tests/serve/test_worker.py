@@ -14,7 +14,7 @@ from sieve.data.records import Event
 from sieve.registry import ModelRegistry
 from sieve.settings import Settings
 from sieve.storage import open_store
-from sieve.worker import TRIGGER, Retrainer, RetrainPolicy
+from sieve.training.worker import TRIGGER, Retrainer, RetrainPolicy
 
 #: A deliberately weak candidate: only the newest items, no ranker.
 WEAK = """

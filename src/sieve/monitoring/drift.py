@@ -72,7 +72,6 @@ from sieve.monitoring.metrics import click_types
 from sieve.registry import ModelRegistry, RegistryError
 
 if TYPE_CHECKING:
-    from sieve.serve.engine import Engine
     from sieve.settings import Settings
     from sieve.storage import Store
 
@@ -82,8 +81,8 @@ log = logging.getLogger(__name__)
 EPS = 1e-4
 #: The checks in the order they are reported.
 CHECKS = ("item_popularity", "event_types", "served_scores", "ctr_drop")
-#: The retraining trigger's file name (`sieve.worker.TRIGGER`; not imported:
-#: the worker imports the engine, which imports this module).
+#: The retraining trigger's file name (`sieve.training.worker.TRIGGER`; not imported:
+#: monitoring sits below training).
 TRIGGER = "RETRAIN"
 
 
@@ -293,18 +292,6 @@ class DriftMonitor:
             "sieve_drift_last_check_timestamp_seconds",
             "When the drift checks last ran (Unix time)",
             registry=r,
-        )
-
-    @classmethod
-    def for_engine(cls, engine: Engine, **options: Any) -> DriftMonitor:
-        """A monitor of the engine's store and serving model, exporting into its metrics."""
-        return cls(
-            engine.settings,
-            engine.store,
-            version=lambda: engine.model_version,
-            registry=engine.metrics.registry,
-            flush=engine.impressions.flush,
-            **options,
         )
 
     # ------------------------------------------------------------ running

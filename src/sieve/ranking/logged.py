@@ -48,9 +48,9 @@ from numpy.typing import NDArray
 from sieve.data.dataset import Dataset
 from sieve.ranking.features import base_score, candidate_features
 from sieve.ranking.ltr import RankerConfig, TrainingSet
+from sieve.ranking.query import QueryConfig, UserLog, build_query
 from sieve.realtime.counters import CategoriesOf, Replay
 from sieve.retrieval.sources import SOURCES, Candidates, Engine
-from sieve.types import Query
 
 if TYPE_CHECKING:
     from sieve.storage.base import Store
@@ -101,48 +101,6 @@ def slot_labels(impressions: pd.DataFrame, feedback: pd.DataFrame) -> NDArray[np
     return best.reindex(keys).fillna(0).to_numpy(np.float32)
 
 
-class _UserLog:
-    """Each snapshot user's events in time order, to rebuild the query a
-    user made at a given time."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        ev = dataset.events
-        user = ev["user_idx"].to_numpy(np.int64)
-        ts = ev["timestamp"].to_numpy(np.float64)
-        order = np.lexsort((np.nan_to_num(ts, nan=np.inf), user))
-        self._items = ev["item_idx"].to_numpy(np.int64)[order]
-        self._weights = ev["weight"].to_numpy(np.float64)[order]
-        self._types = ev["type"].astype(str).to_numpy(object)[order]
-        self._ts = ts[order]
-        self._ptr = np.concatenate([[0], np.cumsum(np.bincount(user, minlength=dataset.n_users))])
-        self._lookup = {str(u): k for k, u in enumerate(dataset.user_ids)}
-
-    def query(self, user_id: str, at: float, max_recent: int) -> Query | None:
-        """The query of `user_id` at time `at` from their earlier events;
-        None when there are none (a request the ranker does not score)."""
-        u = self._lookup.get(user_id, -1)
-        if u < 0:
-            return None
-        lo, hi = int(self._ptr[u]), int(self._ptr[u + 1])
-        stop = lo + int(np.searchsorted(self._ts[lo:hi], at, side="left"))
-        if stop == lo:
-            return None
-        items, weights = self._items[lo:stop], self._weights[lo:stop]
-        positive = weights > 0
-        history, inverse = np.unique(items[positive], return_inverse=True)
-        summed = np.bincount(inverse, weights=weights[positive], minlength=len(history))
-        start = max(lo, stop - max_recent)
-        return Query(
-            user_id=user_id,
-            user=-1,  # folded in: the trained vector saw what came after `at`
-            history=history,
-            history_weights=summed.astype(np.float32),
-            recent=tuple(int(i) for i in self._items[start:stop][::-1]),
-            recent_types=tuple(str(t) for t in self._types[start:stop][::-1]),
-            now=at,
-        )
-
-
 def with_items(cands: Candidates, items: NDArray[np.int64]) -> Candidates:
     """The candidates plus `items` they lack (proposed by no source)."""
     missing = np.unique(items[~np.isin(items, cands.items)])
@@ -164,11 +122,15 @@ def logged_training_set(
     categories: CategoriesOf,
     config: RankerConfig,
     blocked: NDArray[np.bool_] | None = None,
+    shape: QueryConfig | None = None,
 ) -> TrainingSet:
     """LambdaMART query groups of the logged requests (the latest
     `config.max_logged_requests` with a positive and a negative slot), with
     features as of each impression; see the module docstring. `engine`: the
-    candidate models of `dataset`, the snapshot holding the events."""
+    candidate models of `dataset`, the snapshot holding the events; `shape`:
+    the funnel's query shape (each request is rebuilt by the one query builder
+    from the user's events before the impression, folded in: the trained
+    vectors saw what came after)."""
     imp = logged.impressions
     if imp.empty:
         return TrainingSet.empty()
@@ -185,7 +147,8 @@ def logged_training_set(
     served = imp.groupby("request_id", sort=False)["timestamp"].min().sort_values(kind="stable")
     served = served.iloc[-config.max_logged_requests :]
     slots = dict(tuple(imp.groupby("request_id", sort=False)))
-    users = _UserLog(dataset)
+    users = UserLog(dataset.events)
+    shape = shape or QueryConfig()
     replay = Replay(dataset.events, categories)
     xs: list[NDArray[np.float32]] = []
     ys: list[NDArray[np.float32]] = []
@@ -194,9 +157,19 @@ def logged_training_set(
     weights: list[NDArray[np.float64]] = []
     for request_id, at in served.items():
         shown = slots[request_id].sort_values("position")
-        query = users.query(str(shown["user_id"].iloc[0]), float(at), engine.config.max_recent)
-        if query is None:
+        user_id = str(shown["user_id"].iloc[0])
+        events = users.events(user_id, float(at), before=True)
+        if not events:
             continue
+        query = build_query(
+            events,
+            item_index=cat.find,
+            weights=engine.event_weights,
+            shape=shape,
+            user_id=user_id,
+            user=-1,  # folded in: the trained vector saw what came after `at`
+            now=float(at),
+        )
         req = engine.request(query)
         if not req.has_signal:
             continue

@@ -62,9 +62,6 @@ class RankerConfig(Config):
       none of them knows); 0 learns from scratch. Anchoring to the best
       single model keeps its fine ordering, which trees of a few leaves
       cannot reproduce, and lets the trees fix what it misses.
-    - `session_length`: latest fit-part interactions given to each training
-      query as its session (`recent`), to train on requests shaped like live
-      ones; 0 trains on history-only requests, like `recommend_batch`.
     - `n_estimators`, `learning_rate`, `num_leaves`, `min_child_samples`:
       the boosted trees; `subsample` / `colsample`: row (bagging) and
       feature fractions per tree.
@@ -94,7 +91,6 @@ class RankerConfig(Config):
     max_users: int = 3000
     max_holdout_share: float = 0.02
     max_folds: int = 5
-    session_length: int = 0
     base_weight: float = 0.5
     n_estimators: int = 100
     learning_rate: float = 0.03
@@ -120,8 +116,6 @@ class RankerConfig(Config):
         for name in ("max_users", "max_folds", "n_estimators", "num_leaves", "min_child_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RankerConfig.{name} must be >= 1")
-        if self.session_length < 0:
-            raise ConfigError("RankerConfig.session_length must be >= 0")
         if self.learning_rate <= 0:
             raise ConfigError("RankerConfig.learning_rate must be > 0")
         for name in ("subsample", "colsample"):

@@ -26,19 +26,20 @@ version: ~300 ms).
 
 Keys (under `prefix`, default `feat:`): `v2:item:<id>` (t, then each counted
 type × window), `v2:user:<id>` (events, last event time), `v2:ucat:<id>`
-(t and the decayed weight per category), `v2:seeded` (see `seed`). A
+(t and the decayed weight per category), `v2:upto` (the watermark: see `catch_up`). A
 record of another width (the windows were reconfigured) reads as absent and
 is overwritten by the next update.
 
-Concurrency: a batch's keys are read, aged and written back under a process
-lock; two processes updating the same key through one Redis can lose an
-increment (last writer wins). Counters are features, not accounting: that
-is accepted.
+Concurrency: in a service the counters are written by one path only,
+`catch_up`, which folds the stored log in seq order under a lease in the
+cache, so one process folds at a time and every event is folded once.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import struct
 import threading
 import weakref
@@ -60,6 +61,9 @@ if TYPE_CHECKING:
 WINDOWS: dict[str, float] = {"1h": 3600.0, "1d": 86_400.0, "7d": 604_800.0}
 #: Event types counted per item (others still update the user's state).
 COUNTED_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase")
+#: keys (after the prefix) of the watermark and of the lease of the one folding process
+_WATERMARK = "v2:upto"
+_LEASE = "v2:folding"
 #: Beta prior of the smoothed click-through rate: (clicks + a) / (views + a + b).
 CTR_PRIOR: tuple[float, float] = (1.0, 19.0)
 
@@ -270,21 +274,60 @@ class OnlineCounters:
         counters = cls(cache or MemoryCache(), windows)
         return Replay(events, categories, counters).advance(math.inf if until is None else until)
 
-    def seed(self, store: Store, categories: CategoriesOf, upto_seq: int) -> int:
-        """Fold the stored log up to `upto_seq` into counters never seeded
-        before (marker key `v2:seeded`), so that a fresh cache starts from the
-        history the ranker was trained on rather than from nothing; returns
-        the events folded (0 when already seeded). Events after `upto_seq`
-        are the live path's to count. Two processes seeding one empty Redis
-        at the same moment both fold the log (counts doubled): start one first."""
-        marker = self.prefix + "v2:seeded"
-        if self.cache.get(marker) is not None:
+    def watermark(self) -> int:
+        """The seq of the last stored event folded into these counters (0: none).
+        Kept beside the records, so a cache that lost its data (a Redis
+        restart) also lost its watermark and is rebuilt from the log's start."""
+        raw = self._records.get_many([self.prefix + _WATERMARK])[0]
+        return int(raw) if raw is not None else 0
+
+    def catch_up(
+        self,
+        store: Store,
+        *,
+        batch: int = 5000,
+        max_batches: int | None = None,
+        lease_seconds: float = 30.0,
+    ) -> int:
+        """Fold the stored events after the watermark, `batch` at a time in seq
+        order, advancing the watermark after each; returns the events folded.
+
+        The one write path of the counters in a service: every event is folded
+        once, whichever process appended it and whenever the cache was emptied
+        (no event is counted twice and none is skipped). One process at a time
+        folds, holding a lease in the cache (`lease_seconds`); others return 0
+        at once. Item categories come from the store's catalog. A crash between
+        a batch's records and its watermark re-folds that one batch."""
+        lease = self.prefix + _LEASE
+        token = os.urandom(8).hex().encode()
+        if not self.cache.add(lease, token, lease_seconds):
             return 0
-        frame = store.events_frame()
-        frame = frame[frame["seq"] <= upto_seq]
-        Replay(frame, categories, self).advance(math.inf)
-        self.cache.set(marker, str(upto_seq).encode())
-        return len(frame)
+        folded = 0
+        try:
+            done = 0
+            while max_batches is None or done < max_batches:
+                upto = self.watermark()
+                frame = store.events_frame(since_seq=upto, limit=batch)
+                if frame.empty:
+                    break
+                items = sorted(set(frame["item_id"].astype(str)))
+                found = store.get_items(items)
+                table = {i: tuple(found[i].categories) if i in found else () for i in items}
+                self.update_columns(
+                    frame["user_id"].astype(str).to_numpy(object),
+                    frame["item_id"].astype(str).to_numpy(object),
+                    frame["type"].astype(str).to_numpy(object),
+                    frame["timestamp"].to_numpy(np.float64),
+                    functools.partial(_categories_in, table),
+                )
+                last = int(frame["seq"].max())
+                self._records.set_many({self.prefix + _WATERMARK: str(last).encode()})
+                folded += len(frame)
+                done += 1
+        finally:
+            if self.cache.get(lease) == token:
+                self.cache.delete(lease)
+        return folded
 
     # ------------------------------------------------------------- read path
     def item_features(self, item_ids: Sequence[str], now: float) -> dict[str, NDArray[np.float64]]:
@@ -553,3 +596,7 @@ class Replay:
             )
             self._pos = stop
         return self.counters
+
+
+def _categories_in(table: Mapping[str, tuple[str, ...]], item_id: str) -> list[str]:
+    return list(table.get(item_id, ()))

@@ -27,6 +27,7 @@ and cached on the `Request`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -191,6 +192,18 @@ class Catalog:
     @property
     def n_categories(self) -> int:
         return len(self.category_names)
+
+    def copy(self) -> Catalog:
+        """A copy whose `append`/`update` leave this catalog untouched (the
+        serving snapshot a reader holds is never changed under it)."""
+        out = copy.copy(self)
+        for name in ("item_ids", "titles", "created_at", "available", "popularity", "trending"):
+            setattr(out, name, getattr(self, name).copy())
+        out.item_categories = self.item_categories.copy()
+        out.category_names = list(self.category_names)
+        out._lookup = None if self._lookup is None else dict(self._lookup)
+        out._reset()
+        return out
 
     def find(self, item_id: str) -> int:
         """The index of an item id, -1 when unknown."""

@@ -2,8 +2,10 @@
 
 - `sieve.settings`: what the service reads (`SIEVE_*`, a TOML file, flags);
 - `sieve.serve.auth`: API keys (hashed in settings) with read/write/admin scopes;
-- `sieve.serve.engine`: store + cache + the current funnel; training, the
-  batch precompute and the hybrid (cached or live) answers;
+- `sieve.serve.service`: the facade over store, cache and the serving
+  snapshot; its parts: `holder` (snapshots, swap, variants), `ingest` (the
+  event write path), `planner` (experiment arms → what to serve), `answers`
+  (precomputed lists), `impressions` (the impression log);
 - `sieve.serve.routes`: one router per resource (items, users, events,
   recommendations, system);
 - `sieve.serve.schemas`: the request/response envelopes.

@@ -1,7 +1,7 @@
 """The FastAPI application: `create_app(settings)`.
 
 No module-level state: every app gets its settings, key ring and (at start-up,
-in the lifespan) its own `Engine` — store, cache and the current funnel. Tests
+in the lifespan) its own `Service` — store, cache and the serving snapshot. Tests
 build as many apps as they like.
 
 Cross-cutting behaviour lives here:
@@ -15,11 +15,12 @@ Cross-cutting behaviour lives here:
 - an access log on `sieve.serve.access` (method, path, status, milliseconds,
   the API key's *name*) — headers are never logged, so neither are keys;
 - Prometheus metrics (`GET /metrics`): latency and errors per route template
-  (`sieve.monitoring.metrics`); the funnel's stage timings go to the engine's
+  (`sieve.monitoring.metrics`); the funnel's stage timings go to the service's
   metrics while the lifespan runs, and drift checks run in the background
   every `drift_check_seconds` (`sieve.monitoring.drift`);
 - errors as `{"detail": ...}`: 422 lists `{loc, msg, type}` without echoing
-  the input; store/cache outages → 503; data the database refuses → 422;
+  the input; store/cache outages and store calls past `store_timeout_seconds`
+  → 503 with `Retry-After`; data the database refuses → 422;
   anything else → 500 with a generic message (the traceback goes to the log).
 """
 
@@ -33,6 +34,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
@@ -46,7 +48,8 @@ from sieve.data.schema import UnknownIdError
 from sieve.monitoring.metrics import UNMATCHED
 from sieve.monitoring.stages import add_stage_sink
 from sieve.serve.auth import KeyRing
-from sieve.serve.engine import Engine, InvalidInput, NoModelError, TooLarge
+from sieve.serve.errors import InvalidInput, TooLarge
+from sieve.serve.holder import NoModelError
 from sieve.serve.routes import (
     dashboard,
     events,
@@ -57,6 +60,7 @@ from sieve.serve.routes import (
     system,
     users,
 )
+from sieve.serve.service import Service
 from sieve.settings import Settings
 from sieve.storage import CacheError, StoreError, StoreUnavailable
 
@@ -141,15 +145,19 @@ def _record(scope: Scope, status: int, seconds: float) -> None:
     """Latency and errors in the engine's metrics, labelled by the route template
     the router matched (`scope["route"]`), never the raw path."""
     app = scope.get("app")
-    engine = getattr(getattr(app, "state", None), "engine", None)
-    if engine is None:  # before the lifespan opened it
+    service = getattr(getattr(app, "state", None), "service", None)
+    if service is None:  # before the lifespan opened it
         return
     route = scope.get("route")
     endpoint = getattr(route, "path", None) or UNMATCHED
     try:
-        engine.metrics.request(endpoint, scope["method"], status, seconds)
+        service.metrics.request(endpoint, scope["method"], status, seconds)
     except Exception:  # a metric never fails a response
         log.debug("request metrics not recorded", exc_info=True)
+
+
+#: Seconds a client is told to wait after a 503 (an outage or an overload).
+RETRY_AFTER = "2"
 
 
 def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -196,15 +204,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def store_error(_: Request, e: Exception) -> JSONResponse:
         if isinstance(e, StoreUnavailable):
             log.error("store unavailable: %s", e)
-            return _error(503, "the store is unavailable; retry later")
+            return _error(
+                503, "the store is unavailable; retry later", headers={"Retry-After": RETRY_AFTER}
+            )
         if isinstance(e.__cause__, sa_exc.IntegrityError | sa_exc.DataError):
             return _error(422, f"the database refused the data: {e.__cause__.orig}")
         log.error("store error: %s", e)
-        return _error(503, "the store failed; retry later")
+        return _error(503, "the store failed; retry later", headers={"Retry-After": RETRY_AFTER})
 
     async def cache_error(_: Request, e: Exception) -> JSONResponse:
         log.error("cache error: %s", e)
-        return _error(503, "the cache is unavailable; retry later")
+        return _error(
+            503, "the cache is unavailable; retry later", headers={"Retry-After": RETRY_AFTER}
+        )
 
     async def bad_text(_: Request, e: Exception) -> JSONResponse:
         return _error(422, f"text that cannot be stored (not valid Unicode): {e}")
@@ -236,28 +248,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = Engine.open(settings)
-        app.state.engine = engine
-        if settings.precompute and engine.model_version is not None:
+        service = await run_in_threadpool(Service.open, settings)
+        app.state.service = service
+        if settings.precompute and service.model_version is not None:
             start = time.perf_counter()
-            count = engine.precompute(settings.batch_n)
+            count = await run_in_threadpool(service.precompute, settings.batch_n)
             log.info(
                 "precomputed %d lists of %d in %.1fs",
                 count,
                 settings.batch_n,
                 time.perf_counter() - start,
             )
-        watcher = engine.watch_models(settings.model_poll_seconds)
-        unhook = add_stage_sink(engine.metrics.stage)  # after the start-up precompute
-        engine.drift.start(settings.drift_check_seconds)
+        watcher = service.watch_models(settings.model_poll_seconds)
+        unhook = add_stage_sink(service.metrics.stage)  # after the start-up precompute
+        service.drift.start(settings.drift_check_seconds)
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.set()
+            watcher.set()
             unhook()
-            engine.drift.stop()
-            engine.close()
+            service.drift.stop()
+            await run_in_threadpool(service.close)
 
     # the docs pages' scripts and styles are served by the app itself, not a
     # CDN: /docs works on a machine without internet access

@@ -230,6 +230,8 @@ class RecommendationList(BaseModel):
     cold_start: bool
     #: the experiments this request was in (empty: the default experience)
     experiments: list[ExperimentArm] = Field(default_factory=list)
+    #: with `?trace=true` (admin): the query and the ranker's features
+    trace: dict[str, Any] | None = None
 
 
 class SimilarItems(BaseModel):

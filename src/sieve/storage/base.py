@@ -103,9 +103,10 @@ class Store(Protocol):
         """
         ...
 
-    def events_frame(self, since_seq: int | None = None) -> pd.DataFrame:
-        """Events with `seq > since_seq` (all if None) in `seq` order: the columns of
-        `EVENT_COLUMNS` plus `seq` and `request_id`."""
+    def events_frame(self, since_seq: int | None = None, limit: int | None = None) -> pd.DataFrame:
+        """The first `limit` (all if None) events with `seq > since_seq` (all if
+        None), in `seq` order: the columns of `EVENT_COLUMNS` plus `seq` and
+        `request_id`."""
         ...
 
     def user_events(self, user_id: str, limit: int = 50) -> list[Event]:

@@ -18,6 +18,7 @@ strings (a session's history).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -33,6 +34,7 @@ from typing import Any, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+import redis.asyncio
 
 #: URL schemes `open_cache` understands.
 SUPPORTED_SCHEMES = ("memory", "redis", "rediss")
@@ -91,12 +93,22 @@ class Cache(ABC):
     def clear_prefix(self, prefix: str) -> int:
         """Delete every key starting with `prefix`; return how many were deleted."""
 
+    @abstractmethod
+    def add(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store `value` only if `key` is absent (a lease that expires after
+        `ttl` seconds); True when it was stored."""
+
     def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release connections."""
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Several values at once (one round trip on Redis)."""
         return [self.get(k) for k in keys]
+
+    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """`get_many` for the event loop: it never blocks it (a process-local
+        cache answers at once; Redis through its asyncio client)."""
+        return self.get_many(keys)
 
     def set_many(self, values: Mapping[str, bytes]) -> None:
         """Store several values (no TTL) at once: one lock or one round trip,
@@ -168,6 +180,13 @@ class MemoryCache(Cache):
     def _expiry(self, ttl: float | None) -> float | None:
         _check_ttl(ttl)
         return None if ttl is None else self._clock() + ttl
+
+    def add(self, key: str, value: bytes, ttl: float) -> bool:
+        with self._lock:
+            if self._live(key) is not None:
+                return False
+            self._put(key, _Entry(value, self._expiry(ttl)))
+            return True
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
@@ -290,29 +309,54 @@ def _hide_password(url: str) -> str:
 class RedisCache(Cache):
     """The cache on Redis; every key is stored as `prefix + key`."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "", url: str = "redis://") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "",
+        url: str = "redis://",
+        cooldown: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         self.prefix = prefix
         self.url = url
+        self.cooldown = cooldown
+        self._clock = clock
+        self._down_until = -math.inf
+        self._async: Any = None  # redis.asyncio client, made on first use in the loop
+        self._async_loop: Any = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisCache:
-        """Connect lazily to `url`; `?prefix=` sets the key prefix, other query
-        options go to redis-py. Timeouts default to 2 s (connect) / 5 s (reply)."""
+        """Connect lazily to `url`; `?prefix=` sets the key prefix, `?cooldown=`
+        the seconds a failed Redis is skipped (default 2); other query options go
+        to redis-py. Timeouts default to 0.5 s (connect and reply): the cache
+        sits on the request path, and a request whose cache does not answer is
+        answered without it."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         prefix = query.pop("prefix", "")
-        query.setdefault("socket_connect_timeout", "2")
-        query.setdefault("socket_timeout", "5")
+        cooldown = float(query.pop("cooldown", "2"))
+        query.setdefault("socket_connect_timeout", "0.5")
+        query.setdefault("socket_timeout", "0.5")
         client_url = urlunsplit(parts._replace(query=urlencode(query)))
         client = redis.Redis.from_url(client_url)
-        return cls(client, prefix=prefix, url=_hide_password(url))
+        return cls(client, prefix=prefix, url=_hide_password(url), cooldown=cooldown)
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
+        """Redis errors → `CacheError`. A Redis that did not answer (timeout,
+        refused) is skipped for `cooldown` seconds — calls fail at once with
+        `CacheUnavailable` instead of each waiting for its timeout — then tried again."""
+        if self._clock() < self._down_until:
+            raise CacheUnavailable(
+                f"Redis at {self.url} failed in the last {self.cooldown:g} s ({what} skipped)"
+            )
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as e:
+            self._down_until = self._clock() + self.cooldown
             raise CacheUnavailable(f"Redis not reachable at {self.url} ({what}): {e}") from e
         except redis.RedisError as e:
             raise CacheError(f"{what} failed on Redis at {self.url}: {e}") from e
@@ -330,6 +374,21 @@ class RedisCache(Cache):
             return []
         with self._errors("get_many"):
             values = self._client.mget([self._k(k) for k in keys])
+        return [None if v is None else _as_bytes(v) for v in values]
+
+    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async_loop is not loop:
+            given = self._client.connection_pool.connection_kwargs
+            keep = ("host", "port", "db", "username", "password", "socket_timeout")
+            kwargs = {k: given[k] for k in keep if k in given}
+            kwargs["socket_connect_timeout"] = given.get("socket_connect_timeout", 0.5)
+            self._async = redis.asyncio.Redis(**kwargs)
+            self._async_loop = loop
+        with self._errors("get_many"):
+            values = await self._async.mget([self._k(k) for k in keys])
         return [None if v is None else _as_bytes(v) for v in values]
 
     def set_many(self, values: Mapping[str, bytes]) -> None:
@@ -371,6 +430,13 @@ class RedisCache(Cache):
         with self._errors("recent"):
             values = self._client.lrange(self._k(key), 0, n - 1)
         return [_as_bytes(v).decode() for v in values]
+
+    def add(self, key: str, value: bytes, ttl: float) -> bool:
+        _check_ttl(ttl)
+        with self._errors("add"):
+            return bool(
+                self._client.set(self._k(key), value, px=max(1, math.ceil(ttl * 1000)), nx=True)
+            )
 
     def clear_prefix(self, prefix: str) -> int:
         pattern = _glob_escape(self._k(prefix)) + "*"

@@ -434,7 +434,7 @@ class SQLStore:
             seen.add(e.id)
         return AppendResult(inserted=len(inserted), duplicates=duplicates)
 
-    def events_frame(self, since_seq: int | None = None) -> pd.DataFrame:
+    def events_frame(self, since_seq: int | None = None, limit: int | None = None) -> pd.DataFrame:
         t = events_table
         query = select(
             t.c.event_id,
@@ -448,6 +448,8 @@ class SQLStore:
         ).order_by(t.c.seq)
         if since_seq is not None:
             query = query.where(t.c.seq > since_seq)
+        if limit is not None:
+            query = query.limit(limit)
         with self._read("events_frame") as conn:
             rows = conn.execute(query).all()
         cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * 8

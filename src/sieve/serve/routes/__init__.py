@@ -11,17 +11,17 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request
 
 from sieve.data.records import MAX_ID_LENGTH
-from sieve.serve.engine import Engine
 from sieve.serve.schemas import ErrorBody
+from sieve.serve.service import Service
 
 
-async def get_engine(request: Request) -> Engine:
-    """The app's engine (opened by the lifespan); async: no thread-pool hop."""
-    engine: Engine = request.app.state.engine
-    return engine
+async def get_service(request: Request) -> Service:
+    """The app's service (opened by the lifespan); async: no thread-pool hop."""
+    service: Service = request.app.state.service
+    return service
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
+ServiceDep = Annotated[Service, Depends(get_service)]
 
 ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, description="the item's id")]
 UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, description="the user's id")]
@@ -41,7 +41,9 @@ Responses = dict[int | str, dict[str, Any]]
 NOT_FOUND: Responses = {404: _err("unknown id")}
 CONFLICT: Responses = {409: _err("the id exists already")}
 TOO_LARGE: Responses = {413: _err("more records than `max_batch` in one request")}
-NO_MODEL: Responses = {503: _err("no model trained yet: run `sieve train`")}
+NO_MODEL: Responses = {
+    503: _err("no model trained yet (run `sieve train`), or the store did not answer in time")
+}
 
 __all__ = [
     "AUTH_ERRORS",
@@ -49,8 +51,8 @@ __all__ = [
     "NOT_FOUND",
     "NO_MODEL",
     "TOO_LARGE",
-    "EngineDep",
     "ItemId",
+    "ServiceDep",
     "UserId",
-    "get_engine",
+    "get_service",
 ]

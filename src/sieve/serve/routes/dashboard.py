@@ -39,8 +39,9 @@ from pydantic import BaseModel
 from sieve import __version__
 from sieve.registry import ModelRegistry
 from sieve.serve.auth import ReadAccess
-from sieve.serve.engine import Filters, NoModelError
-from sieve.serve.routes import AUTH_ERRORS, EngineDep, UserId
+from sieve.serve.holder import NoModelError
+from sieve.serve.routes import AUTH_ERRORS, ServiceDep, UserId
+from sieve.serve.service import Filters
 from sieve.settings import Settings
 from sieve.storage import CacheError
 
@@ -315,14 +316,14 @@ def router(settings: Settings) -> APIRouter:
         return FileResponse(_asset(name), media_type=STATIC[name], headers=_NO_STORE)
 
     @r.get("/dashboard/api/meta")
-    async def meta(request: Request, engine: EngineDep) -> DashboardMeta:
+    async def meta(request: Request, service: ServiceDep) -> DashboardMeta:
         """What the page needs before it has a key (no key needed): whether reads
         are open, the serving model and which optional endpoints exist."""
         # the OpenAPI document lists every included route (and is built once, then cached)
         paths = set(request.app.openapi().get("paths", {}))
         return DashboardMeta(
             version=__version__,
-            model_version=engine.model_version,
+            model_version=service.model_version,
             open_read=settings.open_read,
             refresh_seconds=REFRESH_SECONDS,
             click_types=list(click_types),
@@ -335,7 +336,7 @@ def router(settings: Settings) -> APIRouter:
 
     @r.get("/dashboard/api/kpis", responses=AUTH_ERRORS)
     def kpis(
-        engine: EngineDep,
+        service: ServiceDep,
         _: ReadAccess,
         minutes: Annotated[
             int, Query(ge=1, le=MAX_MINUTES, description=f"window length, 1 to {MAX_MINUTES}")
@@ -367,9 +368,9 @@ def router(settings: Settings) -> APIRouter:
             )
         now = time.time()
         start, end, _count = kpi_window(now, minutes, bucket_seconds)
-        engine.impressions.flush()  # lists served a moment ago count too
-        impressions = engine.store.impressions_frame(since=start)
-        events = engine.store.events_frame()
+        service.impressions.flush()  # lists served a moment ago count too
+        impressions = service.store.impressions_frame(since=start)
+        events = service.store.events_frame()
         totals, series = compute_kpis(
             impressions,
             events,
@@ -390,12 +391,12 @@ def router(settings: Settings) -> APIRouter:
         )
 
     @r.get("/dashboard/api/models", responses=AUTH_ERRORS)
-    def models(engine: EngineDep, _: ReadAccess) -> ModelsReport:
+    def models(service: ServiceDep, _: ReadAccess) -> ModelsReport:
         """The model registry: every version (newest first) with its training data
         snapshot and offline metrics, the promoted and the served version, and the
         promotion history (newest first)."""
         root = Path(settings.model_dir)
-        serving = engine.model_version
+        serving = service.model_version
         if not root.is_dir():  # nothing trained yet; a read does not create the folder
             return ModelsReport(current=None, serving=serving, versions=[], history=[])
         registry = ModelRegistry(root)
@@ -420,7 +421,7 @@ def router(settings: Settings) -> APIRouter:
     @r.get("/dashboard/api/users/{user_id}", responses=AUTH_ERRORS)
     def inspect_user(
         user_id: UserId,
-        engine: EngineDep,
+        service: ServiceDep,
         _: ReadAccess,
         n: Annotated[int, Query(ge=1, le=max_n, description=f"list length, 1 to {max_n}")] = 10,
     ) -> UserInspection:
@@ -428,17 +429,17 @@ def router(settings: Settings) -> APIRouter:
         precomputed one: each item's explanation and sources) and their online
         features. An unknown user is no error: `known` is false and the list is
         what a new user gets. Runs in the thread pool (store, funnel and cache work)."""
-        user = engine.store.get_user(user_id)
-        recent = engine.store.user_events(user_id, INSPECTOR_EVENTS)
+        user = service.store.get_user(user_id)
+        recent = service.store.user_events(user_id, INSPECTOR_EVENTS)
         problem: str | None = None
         listed = None
         try:
-            listed = engine.recommend_user(user_id, n, Filters(), use_cache=False, log=False)
+            listed = service.recommend_user(user_id, n, Filters(), log=False)
         except NoModelError as e:
             problem = str(e)
         features: dict[str, float | None] | None
         try:
-            raw = engine.counters.user_features(user_id, time.time())
+            raw = service.counters.user_features(user_id, time.time())
             features = {k: _finite(v) for k, v in raw.items()}
         except (CacheError, ValueError):
             features = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from sieve.serve.auth import WriteAccess
-from sieve.serve.routes import AUTH_ERRORS, TOO_LARGE, EngineDep
+from sieve.serve.routes import AUTH_ERRORS, TOO_LARGE, ServiceDep
 from sieve.serve.schemas import EventBatch, EventsResult
 from sieve.settings import Settings
 
@@ -31,9 +31,9 @@ def router(settings: Settings) -> APIRouter:
     r = APIRouter(prefix="/events", tags=["events"], responses=AUTH_ERRORS)
 
     @r.post("", responses=TOO_LARGE)
-    def post_events(batch: EventBatch, engine: EngineDep, _: WriteAccess) -> EventsResult:
+    def post_events(batch: EventBatch, service: ServiceDep, _: WriteAccess) -> EventsResult:
         """Append events (see the module doc: atomic, idempotent by id, users auto-created)."""
-        inserted, duplicates = engine.record_events(batch.events)
+        inserted, duplicates = service.record_events(batch.events)
         return EventsResult(
             received=len(batch.events),
             inserted=inserted,

@@ -24,7 +24,7 @@ from sieve.experiments.online import (
     ExperimentRecord,
 )
 from sieve.serve.auth import AdminAccess, ReadAccess
-from sieve.serve.routes import AUTH_ERRORS, CONFLICT, NOT_FOUND, EngineDep
+from sieve.serve.routes import AUTH_ERRORS, CONFLICT, NOT_FOUND, ServiceDep
 from sieve.serve.schemas import ExperimentIn, ExperimentOut
 from sieve.settings import Settings
 
@@ -46,46 +46,46 @@ def router(settings: Settings) -> APIRouter:
     r = APIRouter(prefix="/experiments", tags=["experiments"], responses=AUTH_ERRORS)
 
     @r.post("", status_code=201, responses=CONFLICT)
-    def create(body: ExperimentIn, engine: EngineDep, _: AdminAccess) -> ExperimentOut:
+    def create(body: ExperimentIn, service: ServiceDep, _: AdminAccess) -> ExperimentOut:
         """Start an experiment: its units are assigned from the next refresh."""
         try:
-            record = engine.create_experiment(body.model_dump(exclude_none=True))
+            record = service.create_experiment(body.model_dump(exclude_none=True))
         except ExperimentError as e:
             raise _problem(e) from None
         return _out(record)
 
     @r.get("")
-    def list_experiments(engine: EngineDep, _: ReadAccess) -> list[ExperimentOut]:
+    def list_experiments(service: ServiceDep, _: ReadAccess) -> list[ExperimentOut]:
         """Every experiment, running and stopped, oldest first."""
-        return [_out(x) for x in engine.experiments.records()]
+        return [_out(x) for x in service.experiments.records()]
 
     @r.get("/{name}", responses=NOT_FOUND)
-    def get(name: str, engine: EngineDep, _: ReadAccess) -> ExperimentOut:
+    def get(name: str, service: ServiceDep, _: ReadAccess) -> ExperimentOut:
         """One experiment."""
         try:
-            return _out(engine.experiments.get(name))
+            return _out(service.experiments.get(name))
         except ExperimentError as e:
             raise _problem(e) from None
 
     @r.post("/{name}/stop", responses=NOT_FOUND)
-    def stop(name: str, engine: EngineDep, _: AdminAccess) -> ExperimentOut:
+    def stop(name: str, service: ServiceDep, _: AdminAccess) -> ExperimentOut:
         """Stop an experiment: its units get the default experience; its log stays."""
         try:
-            return _out(engine.experiments.stop(name))
+            return _out(service.experiments.stop(name))
         except ExperimentError as e:
             raise _problem(e) from None
 
     @r.get("/{name}/report", responses=NOT_FOUND)
     async def report(
         name: str,
-        engine: EngineDep,
+        service: ServiceDep,
         _: ReadAccess,
         alpha: Annotated[float, Query(gt=0.0, lt=0.5)] = 0.05,
     ) -> dict[str, Any]:
         """Per-arm metrics with intervals, comparisons with p-values (fixed-horizon
         and always-valid), the sample-ratio check and a verdict in words."""
         try:
-            return await run_in_threadpool(engine.experiment_report, name, alpha)
+            return await run_in_threadpool(service.experiment_report, name, alpha)
         except ExperimentError as e:
             raise _problem(e) from None
 

@@ -13,14 +13,14 @@ from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 
 from sieve.data.records import Item
 from sieve.serve.auth import ReadAccess, WriteAccess
-from sieve.serve.engine import TooLarge
+from sieve.serve.errors import TooLarge
 from sieve.serve.routes import (
     AUTH_ERRORS,
     CONFLICT,
     NOT_FOUND,
     TOO_LARGE,
-    EngineDep,
     ItemId,
+    ServiceDep,
 )
 from sieve.serve.schemas import BulkResult, ItemBatch, ItemPage, ItemPatch
 from sieve.settings import Settings
@@ -40,54 +40,54 @@ def router(settings: Settings) -> APIRouter:
     r = APIRouter(prefix="/items", tags=["items"], responses=AUTH_ERRORS)
 
     @r.post("", status_code=status.HTTP_201_CREATED, responses=CONFLICT)
-    def create_item(item: Item, engine: EngineDep, _: WriteAccess) -> Item:
+    def create_item(item: Item, service: ServiceDep, _: WriteAccess) -> Item:
         """Add an item to the catalog (409 if its id exists: use PUT to replace)."""
-        if engine.store.get_item(item.id) is not None:
+        if service.store.get_item(item.id) is not None:
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 detail=f"item {item.id!r} exists already; PUT /items/{{id}} replaces it",
             )
-        engine.store.upsert_items([item])
-        engine.items_changed([item])
+        service.store.upsert_items([item])
+        service.items_changed([item])
         return item
 
     @r.get("")
     def list_items(
-        engine: EngineDep,
+        service: ServiceDep,
         _: ReadAccess,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     ) -> ItemPage:
         """A page of the catalog in id order, with the total count."""
         return ItemPage(
-            items=engine.store.list_items(offset, limit),
+            items=service.store.list_items(offset, limit),
             offset=offset,
             limit=limit,
-            total=engine.store.count_items(),
+            total=service.store.count_items(),
         )
 
     @r.post("/bulk", responses=TOO_LARGE)
-    def upsert_items(batch: ItemBatch, engine: EngineDep, _: WriteAccess) -> BulkResult:
+    def upsert_items(batch: ItemBatch, service: ServiceDep, _: WriteAccess) -> BulkResult:
         """Insert or replace many items in one transaction (at most `max_batch`)."""
         if len(batch.items) > settings.max_batch:
             raise TooLarge(
                 f"{len(batch.items)} items in one request; the limit is {settings.max_batch} "
                 "(max_batch): split the batch"
             )
-        count = engine.store.upsert_items(batch.items)
-        engine.items_changed(list({i.id: i for i in batch.items}.values()))
+        count = service.store.upsert_items(batch.items)
+        service.items_changed(list({i.id: i for i in batch.items}.values()))
         return BulkResult(upserted=count)
 
     @r.get("/{item_id}", responses=NOT_FOUND)
-    def get_item(item_id: ItemId, engine: EngineDep, _: ReadAccess) -> Item:
+    def get_item(item_id: ItemId, service: ServiceDep, _: ReadAccess) -> Item:
         """One item."""
-        item = engine.store.get_item(item_id)
+        item = service.store.get_item(item_id)
         if item is None:
             raise _missing(item_id)
         return item
 
     @r.put("/{item_id}")
-    def put_item(item_id: ItemId, item: Item, engine: EngineDep, _: WriteAccess) -> Item:
+    def put_item(item_id: ItemId, item: Item, service: ServiceDep, _: WriteAccess) -> Item:
         """Create or replace an item (all fields); the body's id must be the path's."""
         if item.id != item_id:
             raise HTTPException(
@@ -100,19 +100,19 @@ def router(settings: Settings) -> APIRouter:
                     }
                 ],
             )
-        engine.store.upsert_items([item])
-        engine.items_changed([item])
+        service.store.upsert_items([item])
+        service.items_changed([item])
         return item
 
     @r.patch("/{item_id}", responses=NOT_FOUND)
     def patch_item(
         item_id: ItemId,
         patch: Annotated[ItemPatch, Body()],
-        engine: EngineDep,
+        service: ServiceDep,
         _: WriteAccess,
     ) -> Item:
         """Change some fields of an item; the fields given replace the stored ones."""
-        current = engine.store.get_item(item_id)
+        current = service.store.get_item(item_id)
         if current is None:
             raise _missing(item_id)
         # null means "unchanged", except for created_at, where it clears the date
@@ -122,17 +122,17 @@ def router(settings: Settings) -> APIRouter:
             if v is not None or k == "created_at"
         }
         item = Item.model_validate({**current.model_dump(), **changes})
-        engine.store.upsert_items([item])
-        engine.items_changed([item])
+        service.store.upsert_items([item])
+        service.items_changed([item])
         return item
 
     @r.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-    def delete_item(item_id: ItemId, engine: EngineDep, _: WriteAccess) -> Response:
+    def delete_item(item_id: ItemId, service: ServiceDep, _: WriteAccess) -> Response:
         """Remove an item from the catalog (its events stay); it is no longer served."""
-        current = engine.store.get_item(item_id)
-        if current is None or not engine.store.delete_item(item_id):
+        current = service.store.get_item(item_id)
+        if current is None or not service.store.delete_item(item_id):
             raise _missing(item_id)
-        engine.items_removed([current])
+        service.items_removed([current])
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     return r

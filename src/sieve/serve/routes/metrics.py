@@ -1,6 +1,6 @@
 """Monitoring: Prometheus metrics and the drift checks.
 
-- `GET /metrics` (no key): the engine's metrics in Prometheus' text
+- `GET /metrics` (no key): the service's metrics in Prometheus' text
   exposition format (see `sieve.monitoring.metrics` for the families).
   Prometheus scrapes without credentials, so like `/health` it is open: it
   shows traffic volumes, latencies, experiment and arm names and the model
@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from sieve.monitoring.drift import CheckResult
 from sieve.serve.auth import AdminAccess, ReadAccess
-from sieve.serve.routes import AUTH_ERRORS, EngineDep
+from sieve.serve.routes import AUTH_ERRORS, ServiceDep
 from sieve.settings import Settings
 
 
@@ -58,22 +58,22 @@ def router(settings: Settings) -> APIRouter:
             }
         },
     )
-    def metrics(engine: EngineDep) -> Response:
+    def metrics(service: ServiceDep) -> Response:
         """The service's Prometheus metrics (no key: Prometheus scrapes without one;
         keep the path off the public network)."""
-        return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @r.get("/monitoring/drift", responses=AUTH_ERRORS)
-    def drift(engine: EngineDep, _: ReadAccess) -> list[DriftCheck]:
+    def drift(service: ServiceDep, _: ReadAccess) -> list[DriftCheck]:
         """The latest drift checks (run every `drift_check_seconds`; an empty list
         before the first run)."""
-        return _checks(engine.drift.last())
+        return _checks(service.drift.last())
 
     @r.post("/admin/drift-check", responses=AUTH_ERRORS)
-    def drift_check(engine: EngineDep, _: AdminAccess) -> list[DriftCheck]:
+    def drift_check(service: ServiceDep, _: AdminAccess) -> list[DriftCheck]:
         """Run the drift checks now; a check over its threshold writes the
         retraining trigger `model_dir/RETRAIN` (once per serving model and check)."""
-        return _checks(engine.drift.check())
+        return _checks(service.drift.check())
 
     return r
 

@@ -13,7 +13,7 @@ cannot be excluded through the query string.
 # No `from __future__ import annotations`: FastAPI must see the closure-local
 # parameter types (bounds from the settings) as objects, not as strings.
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
@@ -21,8 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from sieve.data.records import MAX_ID_LENGTH
 from sieve.data.schema import UnknownIdError
 from sieve.serve.auth import ReadAccess
-from sieve.serve.engine import Filters
-from sieve.serve.routes import AUTH_ERRORS, NO_MODEL, NOT_FOUND, EngineDep, ItemId, UserId
+from sieve.serve.routes import AUTH_ERRORS, NO_MODEL, NOT_FOUND, ItemId, ServiceDep, UserId
 from sieve.serve.schemas import (
     MAX_FILTER,
     MAX_LABEL,
@@ -31,6 +30,7 @@ from sieve.serve.schemas import (
     SessionRequest,
     SimilarItems,
 )
+from sieve.serve.service import Filters
 from sieve.settings import Settings
 from sieve.types import Context
 
@@ -88,8 +88,8 @@ def router(settings: Settings) -> APIRouter:
     @r.get("/recommendations/{user_id}")
     async def recommend_user(
         user_id: UserId,
-        engine: EngineDep,
-        _: ReadAccess,
+        service: ServiceDep,
+        principal: ReadAccess,
         n: N = default_n,
         categories: Categories = None,
         exclude: Exclude = None,
@@ -97,6 +97,13 @@ def router(settings: Settings) -> APIRouter:
         weekday: Annotated[int | None, Query(ge=0, le=6, description="0 = Monday")] = None,
         device: Label = None,
         page: Label = None,
+        trace: Annotated[
+            bool,
+            Query(
+                description="admin keys only: answer live and include the query and the "
+                "ranker's features (`trace`)"
+            ),
+        ] = False,
     ) -> RecommendationList:
         """The top-n items for a user, each with its score, sources and a reason.
 
@@ -108,16 +115,24 @@ def router(settings: Settings) -> APIRouter:
             exclude=_split(exclude, "exclude", MAX_ID_LENGTH),
             context=Context(hour=hour, weekday=weekday, device=device, page=page),
         )
-        # a precomputed answer is a cache read: served on the event loop; the
-        # live funnel is CPU work and goes to the thread pool
-        cached = engine.cached_answer(user_id, n, filters)
+        if trace:
+            if not principal.allows("admin"):
+                raise HTTPException(403, detail="trace needs a key with the 'admin' scope")
+            found: dict[str, Any] = {}
+            result = await run_in_threadpool(
+                service.recommend_user, user_id, n, filters, True, found
+            )
+            return result.model_copy(update={"trace": found})
+        # a precomputed answer is one non-blocking cache read, on the event loop;
+        # the live funnel (store reads, CPU work) goes to the thread pool
+        cached = await service.cached_answer(user_id, n, filters)
         if cached is not None:
             return cached
-        return await run_in_threadpool(engine.recommend_user, user_id, n, filters, False)
+        return await run_in_threadpool(service.recommend_user, user_id, n, filters)
 
     @r.post("/recommendations")
     def recommend_session(
-        body: SessionRequest, engine: EngineDep, _: ReadAccess
+        body: SessionRequest, service: ServiceDep, _: ReadAccess
     ) -> RecommendationList:
         """The top-n items for an anonymous session, from the items it just viewed
         (most recent first; each must be in the catalog)."""
@@ -130,31 +145,31 @@ def router(settings: Settings) -> APIRouter:
                 hour=context.hour, weekday=context.weekday, device=context.device, page=context.page
             ),
         )
-        return engine.recommend_session(body.recent_items, body.n, filters)
+        return service.recommend_session(body.recent_items, body.n, filters)
 
     @r.get("/items/{item_id}/similar", responses=NOT_FOUND)
     def similar_items(
-        item_id: ItemId, engine: EngineDep, _: ReadAccess, n: N = default_n
+        item_id: ItemId, service: ServiceDep, _: ReadAccess, n: N = default_n
     ) -> SimilarItems:
         """Items similar to this one, most similar first."""
         try:
-            items = engine.similar(item_id, n)
+            items = service.similar(item_id, n)
         except UnknownIdError:
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND, detail=f"unknown item id {item_id!r}"
             ) from None
-        return SimilarItems(item_id=item_id, items=items, model_version=engine.funnel.version)
+        return SimilarItems(item_id=item_id, items=items, model_version=service.funnel.version)
 
     @r.get("/popular")
     def popular(
-        engine: EngineDep, _: ReadAccess, n: N = default_n, categories: Categories = None
+        service: ServiceDep, _: ReadAccess, n: N = default_n, categories: Categories = None
     ) -> PopularItems:
         """The trending items now (what a new user gets), optionally of some categories."""
         cats = _split(categories, "categories", MAX_LABEL)
         return PopularItems(
-            items=engine.popular(n, cats),
+            items=service.popular(n, cats),
             categories=list(cats),
-            model_version=engine.funnel.version,
+            model_version=service.funnel.version,
         )
 
     return r

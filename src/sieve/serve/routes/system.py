@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 
 from sieve import __version__
 from sieve.serve.auth import AdminAccess
-from sieve.serve.engine import NoModelError
-from sieve.serve.routes import AUTH_ERRORS, NO_MODEL, EngineDep
+from sieve.serve.holder import NoModelError
+from sieve.serve.routes import AUTH_ERRORS, NO_MODEL, ServiceDep
 from sieve.serve.schemas import (
     Health,
     PrecomputeResult,
@@ -42,35 +42,35 @@ def router(settings: Settings) -> APIRouter:
         "/ready",
         responses={503: {"model": Readiness, "description": "not ready; `reason` says why"}},
     )
-    def ready(engine: EngineDep) -> JSONResponse:
+    def ready(service: ServiceDep) -> JSONResponse:
         """Readiness: the store answers and a trained model is loaded (503 otherwise)."""
-        ok, store, reason = engine.readiness()
-        body = Readiness(ready=ok, store=store, model_version=engine.model_version, reason=reason)
+        ok, store, reason = service.readiness()
+        body = Readiness(ready=ok, store=store, model_version=service.model_version, reason=reason)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
     @r.get("/version")
-    def version(engine: EngineDep) -> VersionInfo:
+    def version(service: ServiceDep) -> VersionInfo:
         """The package version and the serving model's version."""
-        path = engine.model_path
+        path = service.model_path
         return VersionInfo(
             version=__version__,
-            model_version=engine.model_version,
+            model_version=service.model_version,
             model_path=None if path is None else str(path),
         )
 
     @r.post("/admin/reload", responses={**AUTH_ERRORS, **NO_MODEL})
-    def reload(engine: EngineDep, _: AdminAccess) -> ReloadResult:
+    def reload(service: ServiceDep, _: AdminAccess) -> ReloadResult:
         """Load the model `model_dir/CURRENT` names (after `sieve train`) and serve it;
         if it cannot be loaded, the model served so far stays (503 saying why)."""
         try:
-            loaded = engine.load_model()
+            loaded = service.load_model()
         except Exception as e:  # the model served so far stays
             raise HTTPException(503, detail=f"the model could not be loaded: {e}") from e
         if not loaded:
             raise NoModelError(settings.model_dir)
-        path = engine.model_path
+        path = service.model_path
         return ReloadResult(
-            model_version=engine.model_version, model_path=None if path is None else str(path)
+            model_version=service.model_version, model_path=None if path is None else str(path)
         )
 
     @r.post(
@@ -78,7 +78,7 @@ def router(settings: Settings) -> APIRouter:
         responses={**AUTH_ERRORS, **NO_MODEL},
     )
     def precompute(
-        engine: EngineDep,
+        service: ServiceDep,
         _: AdminAccess,
         n: Annotated[int, Query(ge=1, le=settings.max_n)] = min(settings.batch_n, settings.max_n),
     ) -> PrecomputeResult:
@@ -87,11 +87,11 @@ def router(settings: Settings) -> APIRouter:
         import time
 
         start = time.perf_counter()
-        users = engine.precompute(n)
+        users = service.precompute(n)
         return PrecomputeResult(
             users=users,
             n=n,
-            model_version=engine.funnel.version,
+            model_version=service.funnel.version,
             seconds=round(time.perf_counter() - start, 3),
         )
 

@@ -12,8 +12,8 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from sieve.data.records import User
 from sieve.serve.auth import ReadAccess, WriteAccess
-from sieve.serve.engine import TooLarge
-from sieve.serve.routes import AUTH_ERRORS, CONFLICT, NOT_FOUND, TOO_LARGE, EngineDep, UserId
+from sieve.serve.errors import TooLarge
+from sieve.serve.routes import AUTH_ERRORS, CONFLICT, NOT_FOUND, TOO_LARGE, ServiceDep, UserId
 from sieve.serve.routes.items import MAX_OFFSET, MAX_PAGE
 from sieve.serve.schemas import BulkResult, UserBatch, UserPage, UserPatch
 from sieve.settings import Settings
@@ -28,51 +28,51 @@ def router(settings: Settings) -> APIRouter:
     r = APIRouter(prefix="/users", tags=["users"], responses=AUTH_ERRORS)
 
     @r.post("", status_code=status.HTTP_201_CREATED, responses=CONFLICT)
-    def create_user(user: User, engine: EngineDep, _: WriteAccess) -> User:
+    def create_user(user: User, service: ServiceDep, _: WriteAccess) -> User:
         """Add a user (409 if the id exists: use PUT to replace)."""
-        if engine.store.get_user(user.id) is not None:
+        if service.store.get_user(user.id) is not None:
             raise HTTPException(
                 status.HTTP_409_CONFLICT,
                 detail=f"user {user.id!r} exists already; PUT /users/{{id}} replaces it",
             )
-        engine.store.upsert_users([user])
+        service.store.upsert_users([user])
         return user
 
     @r.get("")
     def list_users(
-        engine: EngineDep,
+        service: ServiceDep,
         _: ReadAccess,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     ) -> UserPage:
         """A page of users in id order, with the total count."""
         return UserPage(
-            users=engine.store.list_users(offset, limit),
+            users=service.store.list_users(offset, limit),
             offset=offset,
             limit=limit,
-            total=engine.store.count_users(),
+            total=service.store.count_users(),
         )
 
     @r.post("/bulk", responses=TOO_LARGE)
-    def upsert_users(batch: UserBatch, engine: EngineDep, _: WriteAccess) -> BulkResult:
+    def upsert_users(batch: UserBatch, service: ServiceDep, _: WriteAccess) -> BulkResult:
         """Insert or replace many users in one transaction (at most `max_batch`)."""
         if len(batch.users) > settings.max_batch:
             raise TooLarge(
                 f"{len(batch.users)} users in one request; the limit is {settings.max_batch} "
                 "(max_batch): split the batch"
             )
-        return BulkResult(upserted=engine.store.upsert_users(batch.users))
+        return BulkResult(upserted=service.store.upsert_users(batch.users))
 
     @r.get("/{user_id}", responses=NOT_FOUND)
-    def get_user(user_id: UserId, engine: EngineDep, _: ReadAccess) -> User:
+    def get_user(user_id: UserId, service: ServiceDep, _: ReadAccess) -> User:
         """One user."""
-        user = engine.store.get_user(user_id)
+        user = service.store.get_user(user_id)
         if user is None:
             raise _missing(user_id)
         return user
 
     @r.put("/{user_id}")
-    def put_user(user_id: UserId, user: User, engine: EngineDep, _: WriteAccess) -> User:
+    def put_user(user_id: UserId, user: User, service: ServiceDep, _: WriteAccess) -> User:
         """Create or replace a user; the body's id must be the path's."""
         if user.id != user_id:
             raise HTTPException(
@@ -85,23 +85,23 @@ def router(settings: Settings) -> APIRouter:
                     }
                 ],
             )
-        engine.store.upsert_users([user])
+        service.store.upsert_users([user])
         return user
 
     @r.patch("/{user_id}", responses=NOT_FOUND)
-    def patch_user(user_id: UserId, patch: UserPatch, engine: EngineDep, _: WriteAccess) -> User:
+    def patch_user(user_id: UserId, patch: UserPatch, service: ServiceDep, _: WriteAccess) -> User:
         """Merge attributes into a user's (keys given replace, others stay)."""
-        current = engine.store.get_user(user_id)
+        current = service.store.get_user(user_id)
         if current is None:
             raise _missing(user_id)
         user = User(id=user_id, attributes={**current.attributes, **patch.attributes})
-        engine.store.upsert_users([user])
+        service.store.upsert_users([user])
         return user
 
     @r.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-    def delete_user(user_id: UserId, engine: EngineDep, _: WriteAccess) -> Response:
+    def delete_user(user_id: UserId, service: ServiceDep, _: WriteAccess) -> Response:
         """Remove a user (their events stay in the log)."""
-        if not engine.store.delete_user(user_id):
+        if not service.store.delete_user(user_id):
             raise _missing(user_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 

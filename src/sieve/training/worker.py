@@ -40,11 +40,12 @@ from sieve.data.schema import UnknownIdError
 from sieve.evaluate import metrics as M
 from sieve.pipeline import Funnel
 from sieve.ranking.logged import LoggedData
+from sieve.ranking.query import UserLog
 from sieve.registry import ModelRegistry
-from sieve.serve.engine import new_funnel, snapshot
 from sieve.settings import Settings
 from sieve.storage import open_store
-from sieve.types import Query
+from sieve.training.snapshot import snapshot
+from sieve.training.train import new_funnel
 
 log = logging.getLogger(__name__)
 
@@ -223,23 +224,11 @@ def score_on_holdout(model: Funnel, train: Dataset, test: Dataset, policy: Retra
     if len(users) == 0:
         raise ValueError("the holdout has no user with earlier history to score")
     recs = np.full((len(users), policy.k), -1, dtype=np.int64)
+    history = UserLog(train.events)
     for r, u in enumerate(users):
-        row = train.matrix[u]
-        items: list[int] = []
-        weights: list[float] = []
-        for i, w in zip(row.indices, row.data, strict=True):
-            try:
-                items.append(model.item_index(str(train.item_ids[i])))
-                weights.append(float(w))
-            except UnknownIdError:
-                continue  # an item the model has never seen
-        query = Query(
-            user_id=str(train.user_ids[u]),
-            user=model.user_index(str(train.user_ids[u])),
-            history=np.array(items, dtype=np.int64),
-            history_weights=np.array(weights, dtype=np.float32),
-            n=policy.k,
-        )
+        user_id = str(train.user_ids[u])
+        # the request the service would build from the store's events then
+        query = model.query(history.events(user_id), user_id, n=policy.k)
         for j, rec in enumerate(model.recommend_query(query)[: policy.k]):
             try:
                 recs[r, j] = train.item_index(str(model.item_ids[rec.item]))

@@ -1,0 +1,194 @@
+"""Event ingestion: validate → attribute → append → publish.
+
+1. Validate: the batch size, each event's type and item (errors name the
+   event's index, as pydantic's do).
+2. Attribute: an event of an attributed type without a `request_id` cites
+   the latest impression of its item to its user within the window.
+3. Append: one transaction, idempotent by event id; users met for the first
+   time are created in the same transaction (a failed batch leaves nothing).
+4. Publish, after the commit, best effort (the events are stored whatever
+   happens here): the users' session lists and last-event times in the cache
+   (which invalidate their precomputed lists), the metrics, bandit credit
+   for the clicks, and a nudge to the online counters, which fold the stored
+   log from their watermark in a background thread (`OnlineCounters.catch_up`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sieve.data.records import Event
+from sieve.monitoring.metrics import ServingMetrics
+from sieve.realtime.counters import OnlineCounters
+from sieve.serve.errors import InvalidInput, TooLarge, field_error
+from sieve.serve.impressions import ImpressionLogger
+from sieve.settings import Settings
+from sieve.storage import Cache, CacheError, Store, StoreError
+
+log = logging.getLogger("sieve.serve")
+
+#: Longest session list kept per user in the cache.
+RECENT_MAX = 50
+
+
+def recent_key(user_id: str) -> str:
+    return f"recent:{user_id}"
+
+
+def last_event_key(user_id: str) -> str:
+    return f"last_event:{user_id}"
+
+
+class EventIngestion:
+    """The write path of `POST /events` (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        cache: Cache,
+        impressions: ImpressionLogger,
+        metrics: ServingMetrics,
+        counters: OnlineCounters,
+        credit: Callable[[Sequence[Event]], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.cache = cache
+        self.impressions = impressions
+        self.metrics = metrics
+        self.counters = counters
+        self._credit = credit
+        self._weights = dict(settings.event_weights)
+        # one thread folds the log into the counters, off the request path
+        self._counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-counters")
+        self._nudged = threading.Event()
+
+    def close(self) -> None:
+        self._counting.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------ validate
+    def check(self, events: Sequence[Event]) -> None:
+        """Raise `TooLarge` or `InvalidInput` (naming each bad type / unknown item)."""
+        if len(events) > self.settings.max_batch:
+            raise TooLarge(
+                f"{len(events)} events in one request; the limit is {self.settings.max_batch} "
+                "(max_batch): split the batch"
+            )
+        errors: list[dict[str, Any]] = []
+        allowed = sorted(self._weights)
+        for i, e in enumerate(events):
+            if e.type not in self._weights:
+                errors.append(
+                    field_error(
+                        ("body", "events", i, "type"),
+                        f"unknown event type {e.type!r}; allowed types: {allowed}",
+                    )
+                )
+        known = set(self.store.get_items({e.item_id for e in events}))
+        for i, e in enumerate(events):
+            if e.item_id not in known:
+                errors.append(
+                    field_error(
+                        ("body", "events", i, "item_id"),
+                        f"unknown item id {e.item_id!r}: add it to the catalog (POST /items) "
+                        "before sending events about it",
+                    )
+                )
+        if errors:
+            raise InvalidInput(errors[:50])
+
+    # -------------------------------------------------------------- record
+    def record(self, events: Sequence[Event]) -> tuple[int, list[str]]:
+        """Check, attribute, append atomically, publish; returns (inserted, duplicate ids)."""
+        self.check(events)
+        events = self._attribute(events)
+        result = self.store.append_events(events, create_users=True)
+        # an id met k times is listed k-1 times in `duplicates` if it was new, k if not
+        occurrences = Counter(e.id for e in events)
+        listed = Counter(result.duplicates)
+        new: list[Event] = []
+        for e in events:
+            if listed[e.id] < occurrences[e.id]:
+                new.append(e)
+                listed[e.id] = occurrences[e.id]  # only its first occurrence is new
+        self._publish(new)
+        return result.inserted, result.duplicates
+
+    def _attribute(self, events: Sequence[Event]) -> list[Event]:
+        """Cite the request that showed the item (see the module doc)."""
+        kinds = set(self.settings.attribution_types)
+        todo = [k for k, e in enumerate(events) if e.request_id is None and e.type in kinds]
+        out = list(events)
+        if not todo:
+            return out
+        self.impressions.flush()
+        found = self.store.attribute_many(
+            [(events[k].user_id, events[k].item_id, events[k].timestamp) for k in todo],
+            self.settings.attribution_window_seconds,
+        )
+        for k, request_id in zip(todo, found, strict=True):
+            if request_id is not None:
+                out[k] = events[k].model_copy(update={"request_id": request_id})
+        return out
+
+    # ------------------------------------------------------------- publish
+    def _publish(self, new: Sequence[Event]) -> None:
+        self._note_sessions(new)
+        self.metrics.events_ingested(new)
+        if new:
+            self.nudge_counters()
+            self._credit(new)
+
+    def _note_sessions(self, new: Sequence[Event]) -> None:
+        """Session lists and last-event times of the users of newly stored events."""
+        now = time.time()
+        by_user: dict[str, list[Event]] = {}
+        for e in new:
+            by_user.setdefault(e.user_id, []).append(e)
+        try:
+            for user_id, events in by_user.items():
+                # the list keeps RECENT_MAX entries: older ones would fall off at once
+                for e in events[-RECENT_MAX:]:
+                    self.cache.push_recent(recent_key(user_id), f"{e.item_id}|{e.type}", RECENT_MAX)
+                self.cache.set(last_event_key(user_id), repr(now).encode())
+        except CacheError:
+            # the events are committed; without the cache every request is answered live
+            log.warning("cache unavailable: session lists not updated", exc_info=True)
+
+    # ------------------------------------------------------------ counters
+    def nudge_counters(self) -> None:
+        """Have the counting thread fold what the log holds beyond the
+        counters' watermark (at most one fold waits; later nudges join it)."""
+        if self._nudged.is_set():
+            return
+        self._nudged.set()
+        try:
+            self._counting.submit(self._fold)
+        except RuntimeError:  # shut down
+            self._nudged.clear()
+
+    def _fold(self) -> None:
+        self._nudged.clear()
+        try:
+            folded = self.counters.catch_up(self.store)
+            if folded:
+                log.debug("online counters folded %d events", folded)
+        except (CacheError, StoreError):
+            log.warning("online counters not updated (will catch up later)", exc_info=True)
+        except Exception:
+            log.exception("online counters not updated")
+
+    def flush_counters(self) -> None:
+        """Wait until every event stored so far is in the online counters
+        (another process holding the lease may still be folding)."""
+        self._counting.submit(self._fold).result()
+
+
+__all__ = ["RECENT_MAX", "EventIngestion", "last_event_key", "recent_key"]

@@ -1,0 +1,114 @@
+"""The store as training data: a `Dataset` snapshot, and bulk import of data into a store."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sieve.data.dataset import Dataset
+from sieve.data.io import RawData
+from sieve.data.records import Event, Item, User
+from sieve.data.schema import EVENT_COLUMNS, EventWeights
+from sieve.storage import Store
+
+log = logging.getLogger(__name__)
+
+
+def snapshot(store: Store, weights: Mapping[str, float]) -> Dataset:
+    """The store's catalog and event log as a training `Dataset`.
+
+    Events of types no longer configured are left out (and counted in the log);
+    items that have events but are gone from the catalog enter the vocabulary
+    as unavailable, so their events still teach the model but they are never served.
+    """
+    items = store.items_frame()
+    users = store.users_frame()
+    events = store.events_frame()
+    known_type = events["type"].isin(list(weights)).to_numpy()
+    if not known_type.all():
+        dropped = sorted(set(events.loc[~known_type, "type"]))
+        log.warning(
+            "training skips %d events of unconfigured types %s", (~known_type).sum(), dropped
+        )
+        events = events.loc[known_type]
+    if events.empty:
+        raise ValueError(
+            f"the store at {store.url} has no events to train on: "
+            "POST /events (or import data) first"
+        )
+    gone = sorted(set(events["item_id"]) - set(items["item_id"]))
+    if gone:
+        extra = pd.DataFrame(
+            {
+                "item_id": gone,
+                "title": "",
+                "text": "",
+                "categories": [[] for _ in gone],
+                "created_at": np.nan,
+                "attributes": [{} for _ in gone],
+                "available": False,
+            }
+        )
+        items = pd.concat([items, extra], ignore_index=True)
+    return Dataset.from_frames(
+        events[[*EVENT_COLUMNS, "seq"]].reset_index(drop=True),  # seq: what a model saw
+        items.reset_index(drop=True),
+        users,
+        weights=EventWeights(weights=dict(weights)),
+    )
+
+
+def _when(seconds: Any) -> datetime | None:
+    value = float(seconds)
+    return None if math.isnan(value) else datetime.fromtimestamp(value, UTC)
+
+
+def import_data(store: Store, raw: RawData, chunk: int = 10_000) -> tuple[int, int, int]:
+    """Write imported frames (items, users, events) into the store; returns the counts.
+
+    For the quickstart and tests: events go in chunks of `chunk`, each atomic and
+    idempotent, so an interrupted import can simply be run again.
+    """
+    items = [
+        Item(
+            id=str(r.item_id),
+            title=str(r.title),
+            text=str(r.text),
+            categories=list(r.categories),
+            created_at=_when(r.created_at),
+            attributes=dict(r.attributes),
+        )
+        for r in raw.items.itertuples(index=False)
+    ]
+    users = [
+        User(id=str(r.user_id), attributes=dict(r.attributes))
+        for r in raw.users.itertuples(index=False)
+    ]
+    store.upsert_items(items)
+    store.upsert_users(users)
+    inserted = 0
+    ev = raw.events
+    for start in range(0, len(ev), chunk):
+        part = ev.iloc[start : start + chunk]
+        events = [
+            Event(
+                id=str(r.event_id),
+                user_id=str(r.user_id),
+                item_id=str(r.item_id),
+                type=str(r.type),
+                value=None if math.isnan(float(r.value)) else float(r.value),
+                timestamp=_when(r.timestamp),
+            )
+            for r in part.itertuples(index=False)
+        ]
+        inserted += store.append_events(events).inserted
+    return len(items), len(users), inserted
+
+
+__all__ = ["import_data", "snapshot"]
