@@ -37,6 +37,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sieve.data.records import DEFAULT_MAX_FUTURE_SKEW_SECONDS
 from sieve.data.schema import DEFAULT_EVENT_WEIGHTS
 
 #: The scopes a key can hold; `admin` implies the other two.
@@ -92,7 +93,7 @@ class Settings(BaseSettings):
       only when `host` is a loopback address (the quickstart);
     - `max_batch`: most events / items / users in one request (413 above);
     - `max_n`: longest list a request may ask for;
-    - `max_body_bytes`: largest request body by Content-Length (413 above);
+    - `max_body_bytes`: largest request body, declared or chunked (413 above);
     - `event_weights`: accepted event types and their weight in a user's history;
     - `store_timeout_seconds`: the longest any store call may take on the
       request path (0: no limit); past it the request gets a 503 with
@@ -116,7 +117,10 @@ class Settings(BaseSettings):
       above `drift_psi_threshold` or a relative CTR drop above
       `ctr_drop_threshold` (over at least `drift_min_impressions` shown
       slots) writes the retraining trigger `model_dir/RETRAIN`;
-    - `host` / `port`: where `sieve serve` listens.
+    - `host` / `port`: where `sieve serve` listens;
+    - `max_future_skew_seconds`: an event timestamped more than this after
+      the server's clock is refused (422 naming it): a far-future time would
+      count at full weight in the decayed online counters until that date.
     """
 
     model_config = SettingsConfigDict(
@@ -153,6 +157,8 @@ class Settings(BaseSettings):
     drift_min_impressions: int = Field(default=1000, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # bad input (issue 9)
+    max_future_skew_seconds: float = Field(default=DEFAULT_MAX_FUTURE_SKEW_SECONDS, ge=0.0)
 
     @classmethod
     def settings_customise_sources(

@@ -3,15 +3,26 @@
 One set of pydantic models serves as the storage records and as the REST
 request/response bodies, so what the API accepts is exactly what the store
 keeps. Validation fails with messages naming the field: unknown fields are
-rejected (a typo must not be dropped silently), ids must be non-empty, event
-values finite, and datetimes are made timezone-aware (a naive datetime is
-taken as UTC) so stored times are never ambiguous.
+rejected (a typo must not be dropped silently), ids must be non-empty and
+free of control characters (a NUL cannot be stored by PostgreSQL; a newline
+in an id breaks every log line that names it), event values finite, and
+datetimes are made timezone-aware (a naive datetime is taken as UTC) so
+stored times are never ambiguous.
+
+Every text field has a length limit (`MAX_TITLE_LENGTH`, `MAX_TEXT_LENGTH`,
+`MAX_LABEL_LENGTH`, `MAX_CATEGORIES`, `MAX_ATTRIBUTES_BYTES`): the catalog is
+loaded into every serving process, so one oversized record costs every one
+of them. Timestamps far in the future are checked where the clock is known
+(`future_timestamp_errors`): they would pin decayed counters for ever.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -25,11 +36,69 @@ from pydantic import (
 MAX_ID_LENGTH = 256
 #: Longest accepted event type.
 MAX_TYPE_LENGTH = 32
+#: Longest item title (characters).
+MAX_TITLE_LENGTH = 1_000
+#: Longest item text (characters): a description, not a document.
+MAX_TEXT_LENGTH = 100_000
+#: Longest category name (characters); the same bound as a category filter.
+MAX_LABEL_LENGTH = 128
+#: Most categories of one item.
+MAX_CATEGORIES = 100
+#: Largest attribute map of an item or a user, as compact JSON (bytes).
+MAX_ATTRIBUTES_BYTES = 64 * 1024
+#: Default of `Settings.max_future_skew_seconds`: how far ahead of the server's
+#: clock an event's timestamp may be (clients' clocks drift; years do not).
+DEFAULT_MAX_FUTURE_SKEW_SECONDS = 300.0
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be blank")
+    return value
+
+
+def _no_control(value: str) -> str:
+    """Ids and labels are single-line printable text."""
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        raise ValueError(
+            f"must not contain control characters (found U+{ord(bad.group()):04X} "
+            f"at position {bad.start()})"
+        )
+    return value
+
+
+def _no_nul(value: str) -> str:
+    """Free text may hold newlines and tabs, never NUL (PostgreSQL cannot store it)."""
+    at = value.find("\x00")
+    if at >= 0:
+        raise ValueError(f"must not contain NUL characters (found at position {at})")
+    return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _small_attributes(value: dict[str, Any]) -> dict[str, Any]:
+    """At most MAX_ATTRIBUTES_BYTES as compact JSON, and no NUL (PostgreSQL's
+    JSON refuses `\\u0000`)."""
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise ValueError(
+            f"attributes of {size} bytes (as JSON) exceed the limit of "
+            f"{MAX_ATTRIBUTES_BYTES} bytes: keep large data out of the catalog"
+        )
+    if _has_nul(value):
+        raise ValueError("attributes must not contain NUL characters")
     return value
 
 
@@ -40,16 +109,28 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
-#: A non-empty, non-blank id of at most MAX_ID_LENGTH characters.
+#: A non-empty, non-blank id of at most MAX_ID_LENGTH characters, no control characters.
 Id = Annotated[
     str,
     Field(min_length=1, max_length=MAX_ID_LENGTH),
     AfterValidator(_not_blank),
+    AfterValidator(_no_control),
 ]
+#: An optional reference id (a request id): no control characters either.
+RefId = Annotated[str, Field(max_length=MAX_ID_LENGTH), AfterValidator(_no_control)]
+#: An item title of at most MAX_TITLE_LENGTH characters.
+Title = Annotated[str, Field(max_length=MAX_TITLE_LENGTH), AfterValidator(_no_nul)]
+#: An item description of at most MAX_TEXT_LENGTH characters (newlines allowed).
+Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH), AfterValidator(_no_nul)]
+#: A category name of at most MAX_LABEL_LENGTH characters.
+Category = Annotated[str, Field(max_length=MAX_LABEL_LENGTH), AfterValidator(_no_nul)]
+#: An item's categories (at most MAX_CATEGORIES).
+Categories = Annotated[list[Category], Field(max_length=MAX_CATEGORIES)]
 #: A timezone-aware datetime (naive input → UTC). Numbers are read as epoch seconds.
 AwareDatetime = Annotated[datetime | None, AfterValidator(_aware)]
-#: A free-form attribute map; values must be JSON values so every store can keep them.
-Attributes = dict[str, JsonValue]
+#: A free-form attribute map; values must be JSON values so every store can keep them,
+#: at most MAX_ATTRIBUTES_BYTES as JSON.
+Attributes = Annotated[dict[str, JsonValue], AfterValidator(_small_attributes)]
 
 
 class Item(BaseModel):
@@ -73,9 +154,9 @@ class Item(BaseModel):
     )
 
     id: Id
-    title: str = ""
-    text: str = ""
-    categories: list[str] = Field(default_factory=list)
+    title: Title = ""
+    text: Text = ""
+    categories: Categories = Field(default_factory=list)
     created_at: AwareDatetime = None
     available: bool = True
     attributes: Attributes = Field(default_factory=dict)
@@ -135,10 +216,75 @@ class Event(BaseModel):
     type: Annotated[str, Field(min_length=1, max_length=MAX_TYPE_LENGTH, pattern=r"^[a-z_]+$")]
     value: Annotated[float, Field(allow_inf_nan=False)] | None = None
     timestamp: AwareDatetime = None
-    request_id: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = None
+    request_id: RefId | None = None
 
 
-__all__ = ["MAX_ID_LENGTH", "MAX_TYPE_LENGTH", "Event", "Item", "User"]
+class InvalidRecords(ValueError):
+    """Records that parsed but cannot be accepted: `errors` in pydantic's
+    `{loc, msg, type}` form (the service answers 422 with them)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(str(e["msg"]) for e in errors))
+        self.errors = errors
+
+
+def future_timestamp_errors(
+    events: Sequence[Event],
+    now: datetime,
+    max_skew_seconds: float = DEFAULT_MAX_FUTURE_SKEW_SECONDS,
+    loc: Sequence[str | int] = ("body", "events"),
+) -> list[dict[str, Any]]:
+    """One error per event whose timestamp is more than `max_skew_seconds` after
+    `now` (the caller's clock, injected so tests need not wait), naming its index.
+
+    A far-future event would count at full weight in decayed counters until
+    that date and sort first in every history; it is a client's bug, not data.
+    """
+    latest = now.timestamp() + max_skew_seconds
+    errors: list[dict[str, Any]] = []
+    for i, e in enumerate(events):
+        if e.timestamp is not None and e.timestamp.timestamp() > latest:
+            errors.append(
+                {
+                    "loc": [*loc, i, "timestamp"],
+                    "msg": f"timestamp {e.timestamp.isoformat()} is more than "
+                    f"{max_skew_seconds:g} s after the server's time {now.isoformat()} "
+                    "(max_future_skew_seconds): send the time the event happened, "
+                    "or leave it out to use the time of storage",
+                    "type": "future_timestamp",
+                }
+            )
+    return errors
+
+
+def reject_future_timestamps(
+    events: Sequence[Event],
+    now: datetime | None = None,
+    max_skew_seconds: float = DEFAULT_MAX_FUTURE_SKEW_SECONDS,
+) -> None:
+    """Raise `InvalidRecords` naming every event timestamped too far ahead of `now`
+    (default: the current time)."""
+    errors = future_timestamp_errors(events, now or datetime.now(UTC), max_skew_seconds)
+    if errors:
+        raise InvalidRecords(errors[:50])
+
+
+__all__ = [
+    "DEFAULT_MAX_FUTURE_SKEW_SECONDS",
+    "MAX_ATTRIBUTES_BYTES",
+    "MAX_CATEGORIES",
+    "MAX_ID_LENGTH",
+    "MAX_LABEL_LENGTH",
+    "MAX_TEXT_LENGTH",
+    "MAX_TITLE_LENGTH",
+    "MAX_TYPE_LENGTH",
+    "Event",
+    "InvalidRecords",
+    "Item",
+    "User",
+    "future_timestamp_errors",
+    "reject_future_timestamps",
+]
 
 
 class ImpressionItem(BaseModel):

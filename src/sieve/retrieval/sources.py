@@ -1070,7 +1070,10 @@ class Engine:
 
 # ====================================================================== helpers
 def _in_sorted(items: NDArray[np.int64], sorted_set: NDArray[np.int64]) -> NDArray[np.bool_]:
-    """Membership of items in a sorted array (vectorised binary search)."""
+    """Membership of items in a sorted array (vectorised binary search); an
+    empty set holds nothing (a category filter that matches no item)."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(items), dtype=bool)
     pos = np.searchsorted(sorted_set, items)
     pos = np.minimum(pos, len(sorted_set) - 1)
     return sorted_set[pos] == items

@@ -9,11 +9,13 @@ Cross-cutting behaviour lives here:
 - `Server-Timing: app;dur=<ms>` on every response: the time from the request
   reaching the app to its response headers (a JSON body is rendered before
   the headers are sent, so this is the whole server-side time);
-- request bodies whose `Content-Length` exceeds `max_body_bytes` → 413 before
-  they are read (a chunked body without a length is bounded only by the
-  per-request item limits);
+- request bodies larger than `max_body_bytes` → 413: by `Content-Length`
+  before they are read, and a chunked body (no length) as soon as the bytes
+  received pass the limit, so no body is ever buffered beyond it;
 - an access log on `sieve.serve.access` (method, path, status, milliseconds,
-  the API key's *name*) — headers are never logged, so neither are keys;
+  the API key's *name*) — headers are never logged, so neither are keys, and
+  what the client chose (method, path) is escaped (`printable`): a `%0A` in a
+  path cannot forge a log line;
 - Prometheus metrics (`GET /metrics`): latency and errors per route template
   (`sieve.monitoring.metrics`); the funnel's stage timings go to the service's
   metrics while the lifespan runs, and drift checks run in the background
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,9 +44,11 @@ from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sieve import __version__
+from sieve.data.records import InvalidRecords
 from sieve.data.schema import UnknownIdError
 from sieve.monitoring.metrics import UNMATCHED
 from sieve.monitoring.stages import add_stage_sink
@@ -81,6 +86,38 @@ network) need no key.
 """
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029\\]")
+
+
+def printable(text: str, limit: int = 2048) -> str:
+    """`text` as one safe log token: control characters, spaces, line separators
+    and the backslash become escapes (`\\n`, `\\x20`, `\\\\`), and it is cut at
+    `limit`.
+
+    Whatever a client sends (a path with `%0A`, a NUL) then stays on its own log
+    line and cannot pose as another entry."""
+
+    def escape(m: re.Match[str]) -> str:
+        c = m.group()
+        named = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+        return named.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+    cut = text[:limit] + ("…" if len(text) > limit else "")
+    return _UNPRINTABLE.sub(escape, cut)
+
+
+class BodyTooLarge(HTTPException):
+    """A request body (declared or chunked) over `max_body_bytes`: answered 413."""
+
+    def __init__(self, limit: int, received: int | None = None) -> None:
+        size = "more than" if received is None else f"{received} bytes,"
+        super().__init__(
+            413,
+            f"request body of {size} exceeds the limit of {limit} bytes "
+            "(max_body_bytes): send smaller batches",
+        )
+
+
 class TimingMiddleware:
     """Adds `Server-Timing`, enforces `max_body_bytes` and writes the access log."""
 
@@ -103,19 +140,41 @@ class TimingMiddleware:
                 MutableHeaders(scope=message).append("Server-Timing", f"app;dur={ms:.3f}")
             await send(message)
 
+        received = 0
+        started = False
+
+        async def bounded_receive() -> Message:
+            """The body as it arrives, refused once it passes the limit (a chunked
+            body has no Content-Length to check up front)."""
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await timed_send(message)
+
         try:
             length = self._content_length(scope)
             if length is not None and length > self.max_body_bytes:
-                response = JSONResponse(
-                    {
-                        "detail": f"request body of {length} bytes exceeds the limit of "
-                        f"{self.max_body_bytes} bytes (max_body_bytes)"
-                    },
-                    status_code=413,
-                )
+                too_large = BodyTooLarge(self.max_body_bytes, length)
+                response = JSONResponse({"detail": too_large.detail}, status_code=413)
                 await response(scope, receive, timed_send)
                 return
-            await self.app(scope, receive, timed_send)
+            try:
+                await self.app(scope, bounded_receive, tracked_send)
+            except BodyTooLarge as e:  # read outside a route (FastAPI answers inside one)
+                if started:
+                    raise
+                await JSONResponse({"detail": e.detail}, status_code=413)(
+                    scope, receive, timed_send
+                )
         finally:
             seconds = time.perf_counter() - start
             _record(scope, status, seconds)
@@ -123,11 +182,11 @@ class TimingMiddleware:
                 state = scope.get("state") or {}
                 access_log.info(
                     "%s %s %d %.1fms key=%s",
-                    scope["method"],
-                    scope["path"],
+                    printable(scope["method"]),
+                    printable(scope["path"]),
                     status,
                     seconds * 1000,
-                    state.get("principal", "-"),
+                    printable(str(state.get("principal", "-"))),
                 )
 
     @staticmethod
@@ -189,7 +248,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(422, _clean(e.errors()))
 
     async def invalid(_: Request, e: Exception) -> JSONResponse:
-        assert isinstance(e, InvalidInput)
+        assert isinstance(e, InvalidInput | InvalidRecords)
         return _error(422, e.errors)
 
     async def too_large(_: Request, e: Exception) -> JSONResponse:
@@ -222,12 +281,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(422, f"text that cannot be stored (not valid Unicode): {e}")
 
     async def internal(request: Request, e: Exception) -> JSONResponse:
-        log.exception("internal error on %s %s", request.method, request.url.path, exc_info=e)
+        log.exception(
+            "internal error on %s %s",
+            printable(request.method),
+            printable(request.url.path),
+            exc_info=e,
+        )
         return _error(500, "internal error; the server log has the details")
 
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(ValidationError, model_invalid)
     app.add_exception_handler(InvalidInput, invalid)
+    app.add_exception_handler(InvalidRecords, invalid)
     app.add_exception_handler(TooLarge, too_large)
     app.add_exception_handler(NoModelError, no_model)
     app.add_exception_handler(UnknownIdError, unknown_id)
@@ -287,4 +352,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-__all__ = ["TimingMiddleware", "create_app"]
+__all__ = ["BodyTooLarge", "TimingMiddleware", "create_app", "printable"]

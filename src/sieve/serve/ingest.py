@@ -1,7 +1,7 @@
 """Event ingestion: validate → attribute → append → publish.
 
-1. Validate: the batch size, each event's type and item (errors name the
-   event's index, as pydantic's do).
+1. Validate: the batch size, each event's type, item and timestamp (none
+   far in the future); errors name the event's index, as pydantic's do.
 2. Attribute: an event of an attributed type without a `request_id` cites
    the latest impression of its item to its user within the window.
 3. Append: one transaction, idempotent by event id; users met for the first
@@ -21,9 +21,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
-from sieve.data.records import Event
+from sieve.data.records import Event, future_timestamp_errors
 from sieve.monitoring.metrics import ServingMetrics
 from sieve.realtime.counters import OnlineCounters
 from sieve.serve.errors import InvalidInput, TooLarge, field_error
@@ -75,13 +76,16 @@ class EventIngestion:
 
     # ------------------------------------------------------------ validate
     def check(self, events: Sequence[Event]) -> None:
-        """Raise `TooLarge` or `InvalidInput` (naming each bad type / unknown item)."""
+        """Raise `TooLarge` or `InvalidInput` (naming each bad type, unknown item
+        or timestamp more than `max_future_skew_seconds` ahead)."""
         if len(events) > self.settings.max_batch:
             raise TooLarge(
                 f"{len(events)} events in one request; the limit is {self.settings.max_batch} "
                 "(max_batch): split the batch"
             )
-        errors: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = future_timestamp_errors(
+            events, datetime.now(UTC), self.settings.max_future_skew_seconds
+        )
         allowed = sorted(self._weights)
         for i, e in enumerate(events):
             if e.type not in self._weights:

@@ -12,7 +12,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sieve.data.records import Attributes, AwareDatetime, Event, Id, Item, User
+from sieve.data.records import (
+    Attributes,
+    AwareDatetime,
+    Categories,
+    Event,
+    Id,
+    Item,
+    Text,
+    Title,
+    User,
+)
 
 _ITEM_EXAMPLE = Item.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index]
 _USER_EXAMPLE = User.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index]
@@ -69,9 +79,9 @@ class ItemPatch(BaseModel):
 
     model_config = _config({"available": False, "attributes": {"price": 99.0}})
 
-    title: str | None = None
-    text: str | None = None
-    categories: list[str] | None = None
+    title: Title | None = None
+    text: Text | None = None
+    categories: Categories | None = None
     created_at: AwareDatetime = None
     available: bool | None = None
     attributes: Attributes | None = None

@@ -36,6 +36,8 @@ class AppendResult:
 
     inserted: int
     duplicates: list[str] = field(default_factory=list)
+    #: users created by `append_events(..., create_users=True)` (sorted)
+    created_users: list[str] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -95,11 +97,16 @@ class Store(Protocol):
         ...
 
     # ---------------------------------------------------------------- events
-    def append_events(self, events: Sequence[Event]) -> AppendResult:
+    def append_events(
+        self, events: Sequence[Event], *, create_users: bool = False
+    ) -> AppendResult:
         """Append a batch atomically and idempotently (by event id).
 
         Missing timestamps become the time of the call. Each stored event gets
-        an increasing sequence number (`seq`) in commit order.
+        an increasing sequence number (`seq`) in commit order. With
+        `create_users`, users of the batch not yet known are created (no
+        attributes) in the same transaction: if the append fails, no user of
+        it stays behind either.
         """
         ...
 

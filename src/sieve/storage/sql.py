@@ -392,7 +392,9 @@ class SQLStore:
         return frame[USER_COLUMNS]
 
     # ---------------------------------------------------------------- events
-    def append_events(self, events: Sequence[Event]) -> AppendResult:
+    def append_events(
+        self, events: Sequence[Event], *, create_users: bool = False
+    ) -> AppendResult:
         now_us = _to_us(datetime.now(UTC))
         rows: list[dict[str, Any]] = []
         first: set[str] = set()
@@ -412,10 +414,14 @@ class SQLStore:
                 }
             )
         inserted: set[str] = set()
+        created: list[str] = []
         if rows:
             with self._write("append_events") as conn:
                 if self._pg:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._lock_key})
+                if create_users:
+                    created = self._create_users(conn, sorted({r["user_id"] for r in rows}))
+                if self._pg:
                     columns = {c: [r[c] for r in rows] for c in _EVENT_INSERT_COLUMNS}
                     columns["value"] = [None if v is None else float(v) for v in columns["value"]]
                     inserted.update(conn.execute(_PG_APPEND, columns).scalars())
@@ -432,7 +438,24 @@ class SQLStore:
             if e.id in seen or e.id not in inserted:
                 duplicates.append(e.id)
             seen.add(e.id)
-        return AppendResult(inserted=len(inserted), duplicates=duplicates)
+        return AppendResult(
+            inserted=len(inserted), duplicates=duplicates, created_users=sorted(created)
+        )
+
+    def _create_users(self, conn: Connection, user_ids: Sequence[str]) -> list[str]:
+        """Insert the users among `user_ids` not yet stored (no attributes), inside
+        the caller's transaction; returns the ids inserted."""
+        created: list[str] = []
+        for start in range(0, len(user_ids), _CHUNK):
+            chunk = user_ids[start : start + _CHUNK]
+            stmt = (
+                self._insert(users_table)
+                .on_conflict_do_nothing(index_elements=[users_table.c.id])
+                .returning(users_table.c.id)
+            )
+            rows = [{"id": u, "attributes": {}} for u in chunk]
+            created.extend(conn.execute(stmt, rows).scalars())
+        return created
 
     def events_frame(self, since_seq: int | None = None, limit: int | None = None) -> pd.DataFrame:
         t = events_table

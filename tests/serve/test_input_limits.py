@@ -1,0 +1,5 @@
+"""Bad input of issue 9 that once gave a 5xx or was silently accepted."""
+
+from __future__ import annotations
+
+from tests.serve.conftest import MakeClient
