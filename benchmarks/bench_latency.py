@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sieve.data.synthetic import SyntheticConfig, generate
-from sieve.serve.engine import Engine
+from sieve.serve.service import Service
 from sieve.serve.launch import free_port, start_server, stop_server
 from sieve.settings import Settings
 from sieve.storage import open_store
@@ -102,7 +102,7 @@ def main() -> int:
     settings = build(args.workdir, args.users, args.items, args.seed)
     cache = redis_url()
     rng = np.random.default_rng(args.seed)
-    engine = Engine.open(settings.model_copy(update={"cache_url": cache or "memory://"}))
+    engine = Service.open(settings.model_copy(update={"cache_url": cache or "memory://"}))
     users = np.array([str(u) for u in engine.funnel.user_ids], dtype=object)
     engine_users = rng.permutation(users)
     cached = list(engine_users[: args.cached_users]) if cache else []

@@ -171,7 +171,7 @@ def test_user_inspector_shows_events_list_and_features(serve: MakeClient, traine
     item = str(trained.raw.items["item_id"].iloc[0])
     posted = _event(user, item, "click")
     assert client.post("/events", json={"events": [posted]}).status_code == 200
-    client.app.state.engine.flush_counters()  # type: ignore[attr-defined]
+    client.app.state.service.flush_counters()  # type: ignore[attr-defined]
 
     body = client.get(f"/dashboard/api/users/{user}", params={"n": 6}).json()
     assert body["user_id"] == user and body["known"] is True

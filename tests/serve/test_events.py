@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from sieve.serve.engine import Engine
+from sieve.serve.service import Service
 
 MakeClient = Callable[..., TestClient]
 
@@ -24,8 +24,8 @@ def client(make_client: MakeClient, store_url: str) -> TestClient:
     return c
 
 
-def _engine(client: TestClient) -> Engine:
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+def _engine(client: TestClient) -> Service:
+    engine: Service = client.app.state.service  # type: ignore[attr-defined]
     return engine
 
 

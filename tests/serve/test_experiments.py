@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from sieve.serve.engine import Engine
+from sieve.serve.service import Service
 
 MakeClient = Callable[..., TestClient]
 # u000 has seen the whole catalog (an empty list): left out
 USERS = [f"u{k:03d}" for k in range(1, 121)]
 
 
-def _engine(client: TestClient) -> Engine:
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+def _engine(client: TestClient) -> Service:
+    engine: Service = client.app.state.service  # type: ignore[attr-defined]
     return engine
 
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sieve.data.schema import UnknownIdError
 from sieve.ranking.logged import LoggedData, slot_labels
 from sieve.realtime.counters import OnlineCounters
-from sieve.serve.engine import Engine
+from sieve.serve.service import Service
 from sieve.settings import Settings
 from sieve.training.worker import Retrainer, RetrainPolicy
 
@@ -24,8 +24,8 @@ MakeClient = Callable[..., TestClient]
 USERS = ("u001", "u002", "u150")
 
 
-def _engine(client: TestClient) -> Engine:
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+def _engine(client: TestClient) -> Service:
+    engine: Service = client.app.state.service  # type: ignore[attr-defined]
     return engine
 
 

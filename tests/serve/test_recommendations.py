@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from sieve.serve.engine import Engine
+from sieve.serve.service import Service
 
 MakeClient = Callable[..., TestClient]
 USER = "u001"
 
 
-def _engine(client: TestClient) -> Engine:
-    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+def _engine(client: TestClient) -> Service:
+    engine: Service = client.app.state.service  # type: ignore[attr-defined]
     return engine
 
 

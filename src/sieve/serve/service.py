@@ -45,6 +45,7 @@ from sieve.experiments.online import (
 from sieve.explore.slots import ExplorationSlots
 from sieve.monitoring.drift import DriftMonitor
 from sieve.monitoring.metrics import ServingMetrics
+from sieve.ranking.query import UserLog
 from sieve.realtime.counters import OnlineCounters
 from sieve.registry import ModelRegistry
 from sieve.serve import answers
@@ -626,9 +627,13 @@ class Service:
         funnel = self.funnel
         n = n or self.settings.batch_n
         ids = [str(u) for u in (funnel.user_ids if users is None else users)]
+        # a batch job: the log read once (no time limit), each user's events from it
+        store = getattr(self.store, "inner", self.store)
+        history = UserLog(store.events_frame())
 
         def answer(user_id: str, computed_at: float) -> list[RecommendedItem]:
-            query = self.user_query(funnel, user_id, n, now=computed_at)
+            events = history.events(user_id)
+            query = self.user_query(funnel, user_id, n, events=events, now=computed_at)
             return listed(funnel, funnel.recommend_query(query))
 
         return answers.precompute(self.cache, funnel, ids, answer)
