@@ -172,9 +172,18 @@ def evaluate(
     time_col: TimeCol = None,
     type_col: TypeCol = None,
     sep: SepOpt = ",",
+    fallback: Annotated[
+        str | None,
+        typer.Option(
+            "--fallback",
+            help="model that answers the cold test users (no interaction before the test) of "
+            "every model without a cold-start path of its own, e.g. trending",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate models offline: metrics with 95% intervals and paired tests
-    of every model against the first one listed."""
+    of every model against the first one listed, also for cold and warm test
+    users separately."""
     from sieve.data.split import make_splits
     from sieve.evaluate.protocol import ModelSpec
     from sieve.evaluate.protocol import evaluate as run_evaluation
@@ -185,8 +194,13 @@ def evaluate(
         names = _parse_models(models)
         for name in names:
             model_class(name)
+        if fallback is not None:
+            try:
+                model_class(fallback)
+            except KeyError as e:
+                raise UsageError(f"--fallback: {e.args[0]}") from None
         params = _model_params(config)
-        unknown = sorted(set(params) - set(names))
+        unknown = sorted(set(params) - set(names) - {fallback})
         if unknown:
             console.print(
                 f"[yellow]note:[/yellow] {config} has settings for models not evaluated: {unknown}"
@@ -198,11 +212,15 @@ def evaluate(
         console.print(f"{ds}; split [bold]{split}[/bold], seed {seed}")
         splits = make_splits(ds, split, seed)
         specs = [ModelSpec(n, n, params.get(n, {})) for n in names]
+        fallback_spec = (
+            ModelSpec(fallback, fallback, params.get(fallback, {})) if fallback else None
+        )
         settings = {
             "data": data,
             "split": split,
             "seed": seed,
             "models": names,
+            "fallback": fallback,
             "k": k,
             "min_rating": min_rating,
             "params": params,
@@ -211,13 +229,24 @@ def evaluate(
         }
         with _progress() as progress:
             steps = 3 + any(bool(s.holdout_users.any()) for s in splits)
-            task = progress.add_task("evaluating", total=len(splits) * len(specs) * steps)
+            fallback_used = fallback is not None and any(
+                not model_class(n).serves_cold_start for n in names
+            )
+            total = len(splits) * (len(specs) * steps + fallback_used)
+            task = progress.add_task("evaluating", total=total)
 
             def step(what: str) -> None:
                 progress.update(task, description=what, advance=1)
 
             result = run_evaluation(
-                ds, splits, specs, k=k, group_by=group_by, on_step=step, settings=settings
+                ds,
+                splits,
+                specs,
+                k=k,
+                group_by=group_by,
+                on_step=step,
+                settings=settings,
+                fallback=fallback_spec,
             )
         out.print(table(result))
         if json_path:

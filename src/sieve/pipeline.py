@@ -179,6 +179,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
     name = "funnel"
     config_class = FunnelConfig
     state_class = FunnelState
+    serves_cold_start = True  # `is_cold` queries get the charts (no fallback needed)
 
     def __init__(self, config: FunnelConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
@@ -322,8 +323,17 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         self, query: Query, *, trace: dict[str, Any] | None = None
     ) -> list[Recommended]:
         """The live path: one request, its explained list of `query.n` items.
-        `trace` (a dict) receives the candidates and the ranker's features."""
+        A cold query (`is_cold`) gets the charts through the same stages,
+        whether or not the model knows the user. `trace` (a dict) receives
+        the candidates and the ranker's features."""
         return self._recommend(query, exclude_seen=True, trace=trace)
+
+    @staticmethod
+    def is_cold(query: Query) -> bool:
+        """True when nothing personal is known at request time (no history,
+        no session): the cold-start path, for unknown users and for known
+        users without events alike."""
+        return len(query.history) == 0 and len(query.recent) == 0
 
     def _recommend(
         self, query: Query, *, exclude_seen: bool, trace: dict[str, Any] | None = None
@@ -490,8 +500,11 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         *,
         exclude_seen: bool = True,
     ) -> TopN:
-        """One `recommend_query` per user: history = the row's items (weights
-        = its values), no session."""
+        """One `recommend_query` per user, its query built as the service
+        builds it (`_batch_query`). A user with an empty row (unknown, or
+        known with no training events: a cold test user) is asked the same
+        query the service asks for a user without events, through the same
+        function, so offline cold start is the served one."""
         users = np.asarray(users, dtype=np.int64)
         rows = sp.csr_matrix(user_items)
         if rows.shape[0] != len(users):
@@ -501,7 +514,11 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         out_scores = np.full((len(users), n), -np.inf, dtype=np.float32)
         for r, u in enumerate(users):
             query = self._batch_query(int(u), rows, r, n)
-            recs = self._recommend(query, exclude_seen=exclude_seen)
+            recs = (
+                self.recommend_query(query)
+                if exclude_seen
+                else self._recommend(query, exclude_seen=False)
+            )
             for k, rec in enumerate(recs[:n]):
                 out_items[r, k] = rec.item
                 out_scores[r, k] = rec.score
@@ -517,9 +534,8 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         rows = sp.csr_matrix(user_items)
         out = np.full((len(users), self.n_items), -np.inf, dtype=np.float32)
         for r, u in enumerate(users):
-            for rec in self._recommend(
-                self._batch_query(int(u), rows, r, self.n_items), exclude_seen=True
-            ):
+            query = self._batch_query(int(u), rows, r, self.n_items)
+            for rec in self.recommend_query(query):
                 out[r, rec.item] = rec.score
         return out
 

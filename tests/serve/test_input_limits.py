@@ -2,4 +2,3 @@
 
 from __future__ import annotations
 
-from tests.serve.conftest import MakeClient

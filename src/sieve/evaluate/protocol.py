@@ -4,6 +4,12 @@ Every per-user metric is kept per user (not only its mean) so that intervals
 and paired significance tests are computed on the same numbers the means come
 from. Folds are pooled: per-user values of all folds are concatenated, and
 rating errors are averaged per fold and then over folds.
+
+Test users are also reported in two segments: *cold* (an empty input row:
+no training interactions and no fold-in events, as after a temporal cut for a
+user first seen later) and *warm* (the rest). A personal model has nothing
+to say to a cold user; a `fallback` model (e.g. trending) can answer them
+instead, the way a deployed system would, and the result says where it did.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ from sieve.data.split import Split
 from sieve.evaluate import metrics as M
 from sieve.evaluate.stats import Interval, PairedResult, compare_to_baseline, mean_ci
 from sieve.models.base import Recommender
-from sieve.models.registry import create_model
+from sieve.models.registry import create_model, model_class
 
 #: Cutoffs of the metric-against-K curves (those above the list length are dropped).
 CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50)
 #: Metrics for which a paired test against the baseline is meaningful (per user).
 ACCURACY = ("precision", "recall", "ndcg", "map", "mrr", "hitrate")
+#: The test-user segments every model is also reported on.
+SEGMENTS = ("cold", "warm")
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class ModelResult:
     rec_popularity: NDArray[np.float64]
     summary: dict[str, Interval] = field(default_factory=dict)
     vs_baseline: dict[str, PairedResult] = field(default_factory=dict)
+    #: per segment ("cold", "warm"): the per-user metrics' means over its users
+    segments: dict[str, dict[str, Interval]] = field(default_factory=dict)
+    #: the model that answered the cold users instead of this one (None: itself)
+    fallback: str | None = None
 
 
 @dataclass
@@ -66,6 +78,8 @@ class EvaluationResult:
     settings: dict[str, Any]
     models: list[ModelResult]
     n_test_users: int
+    #: test users per segment ("cold", "warm"), pooled over folds
+    n_segment_users: dict[str, int] = field(default_factory=dict)
 
     @property
     def baseline(self) -> str:
@@ -82,12 +96,18 @@ def evaluate(
     on_step: Callable[[str], None] | None = None,
     settings: dict[str, Any] | None = None,
     fold_in_reference: bool = True,
+    fallback: ModelSpec | None = None,
 ) -> EvaluationResult:
     """Fit and score every model on every split; compare each to the first.
 
     On a user-holdout split, `fold_in_reference` also fits each model with the
     holdout users' fold-in events *in* training and scores the same users on
     the same test items (`warm ndcg@k`), so the cost of fold-in is measured.
+
+    `fallback`: a model (fitted once per split on the same training part)
+    that lists for the cold test users of every model without a cold-start
+    path of its own (`Recommender.serves_cold_start` False); its fit and
+    recommend time count in those models' timings.
     """
     if not specs:
         raise ValueError("no models to evaluate")
@@ -101,24 +121,46 @@ def evaluate(
     groups = _user_groups(dataset, group_by)
     item_features = _category_matrix(dataset)
 
+    if fallback is not None:
+        fallback.build()  # an unknown name or bad parameters fail before any fitting
+    uses_fallback = {
+        s.label: fallback is not None and not model_class(s.name).serves_cold_start for s in specs
+    }
     collected: dict[str, list[dict[str, Any]]] = {s.label: [] for s in specs}
     n_test_users = 0
+    n_segment_users = dict.fromkeys(SEGMENTS, 0)
     for split in splits:
         ctx = _SplitContext.build(split)
         n_test_users += len(ctx.users)
+        n_segment_users["cold"] += int(ctx.cold.sum())
+        n_segment_users["warm"] += int((~ctx.cold).sum())
         baseline_top = _popularity_top(split, ctx, depth)
+        cold_top: _ColdLists | None = None
         for spec in specs:
             step(f"{spec.label} on {split.name}: fit")
             model = spec.build()
             with _timer() as fit_t:
                 model.fit(split.train)
             step(f"{spec.label} on {split.name}: recommend")
+            use = uses_fallback[spec.label]
+            rows = np.flatnonzero(~ctx.cold) if use else np.arange(len(ctx.users))
+            items = np.full((len(ctx.users), depth), -1, dtype=np.int64)
             with _timer() as pred_t:
-                top = model.recommend_batch(ctx.model_users, ctx.history, depth)
+                if len(rows):
+                    top = model.recommend_batch(ctx.model_users[rows], ctx.history[rows], depth)
+                    items[rows] = top.items[:, :depth]
+            extra = (0.0, 0.0)
+            if use:
+                assert fallback is not None
+                if cold_top is None:
+                    step(f"{fallback.label} on {split.name}: fallback for cold users")
+                    cold_top = _ColdLists.build(fallback, split, ctx, depth)
+                items[ctx.cold] = cold_top.items
+                extra = (cold_top.fit_seconds, cold_top.predict_seconds)
             step(f"{spec.label} on {split.name}: metrics")
-            part = _score_lists(top.items, ctx, split, k, baseline_top, item_features, groups)
-            part["fit_seconds"] = fit_t()
-            part["predict_seconds"] = pred_t()
+            part = _score_lists(items, ctx, split, k, baseline_top, item_features, groups)
+            part["fit_seconds"] = fit_t() + extra[0]
+            part["predict_seconds"] = pred_t() + extra[1]
             if model.predicts_ratings and split.test.ratings is not None:
                 part["rating"] = _rating_errors(model, split, ctx)
             if fold_in_reference and split.holdout_users.any():
@@ -127,6 +169,8 @@ def evaluate(
             collected[spec.label].append(part)
 
     results = [_pool(label, parts, k) for label, parts in collected.items()]
+    for r in results:
+        r.fallback = fallback.label if fallback is not None and uses_fallback[r.label] else None
     per_user_metrics = [m for m in results[0].per_user if m.split("@")[0] in ACCURACY]
     for metric in per_user_metrics:
         comparison = compare_to_baseline(
@@ -135,7 +179,11 @@ def evaluate(
         for r in results[1:]:
             r.vs_baseline[metric] = comparison[r.label]
     return EvaluationResult(
-        k=k, settings=dict(settings or {}), models=results, n_test_users=n_test_users
+        k=k,
+        settings=dict(settings or {}),
+        models=results,
+        n_test_users=n_test_users,
+        n_segment_users=n_segment_users,
     )
 
 
@@ -149,20 +197,45 @@ class _SplitContext:
     relevant: sp.csr_matrix  # their test rows, binary
     popularity: NDArray[np.float64]  # training popularity of each item
     n_train_users: int
+    cold: NDArray[np.bool_]  # per test user: an empty input row (nothing to go on)
 
     @classmethod
     def build(cls, split: Split) -> _SplitContext:
         users = split.test_users
         model_users = np.where(split.holdout_users[users], -1, users).astype(np.int64)
         relevant = (split.test.matrix[users] > 0).astype(np.float64).tocsr()
+        history = split.history[users].tocsr()
         return cls(
             users=users,
             model_users=model_users,
-            history=split.history[users].tocsr(),
+            history=history,
             relevant=relevant,
             popularity=split.train.item_popularity(),
             n_train_users=int((split.train.matrix.getnnz(axis=1) > 0).sum()),
+            cold=np.diff(history.indptr) == 0,
         )
+
+
+@dataclass(frozen=True)
+class _ColdLists:
+    """A fallback model's lists for the cold test users of one split."""
+
+    items: NDArray[np.int64]
+    fit_seconds: float
+    predict_seconds: float
+
+    @classmethod
+    def build(cls, spec: ModelSpec, split: Split, ctx: _SplitContext, depth: int) -> _ColdLists:
+        model = spec.build()
+        with _timer() as fit_t:
+            model.fit(split.train)
+        rows = np.flatnonzero(ctx.cold)
+        items = np.full((len(rows), depth), -1, dtype=np.int64)
+        with _timer() as pred_t:
+            if len(rows):
+                top = model.recommend_batch(ctx.model_users[rows], ctx.history[rows], depth)
+                items = top.items[:, :depth]
+        return cls(items, fit_t(), pred_t())
 
 
 def _popularity_top(split: Split, ctx: _SplitContext, depth: int) -> NDArray[np.int64]:
@@ -203,6 +276,7 @@ def _score_lists(
             curves["recall"][kk] = M.recall_at_k(recs, rel, kk)
     return {
         "per_user": per_user,
+        "cold": ctx.cold,
         "curves": curves,
         "recs": recs[:, :k],
         "n_items": split.train.n_items,
@@ -243,6 +317,13 @@ def _pool(label: str, parts: list[dict[str, Any]], k: int) -> ModelResult:
         np.mean([M.exposure_gini(p["recs"], p["n_items"], k) for p in parts])
     )
     summary = {m: mean_ci(v) for m, v in per_user.items()}
+    cold = np.concatenate([p["cold"] for p in parts])
+    segments = {
+        name: {m: mean_ci(v[mask]) for m, v in per_user.items() if len(v) == len(mask)}
+        if mask.any()
+        else {}
+        for name, mask in (("cold", cold), ("warm", ~cold))
+    }
     if all("rating" in p for p in parts):
         rmses = np.array([np.sqrt(np.mean(p["rating"] ** 2)) for p in parts])
         maes = np.array([np.mean(np.abs(p["rating"])) for p in parts])
@@ -280,6 +361,7 @@ def _pool(label: str, parts: list[dict[str, Any]], k: int) -> ModelResult:
         predict_seconds=float(np.mean([p["predict_seconds"] for p in parts])),
         rec_popularity=rec_pop,
         summary=summary,
+        segments=segments,
     )
 
 

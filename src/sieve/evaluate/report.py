@@ -15,10 +15,11 @@ import matplotlib
 matplotlib.use("Agg")  # no display: render to memory
 import matplotlib.pyplot as plt
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from sieve.evaluate.metrics import METRIC_DOCS
-from sieve.evaluate.protocol import EvaluationResult
+from sieve.evaluate.protocol import ACCURACY, SEGMENTS, EvaluationResult, ModelResult
 from sieve.evaluate.stats import PairedResult
 
 #: Significance level of the markers in tables (after multiple-comparison correction).
@@ -38,6 +39,18 @@ def to_json(result: EvaluationResult) -> dict[str, Any]:
             "curves": {name: {str(k): v for k, v in c.items()} for name, c in r.curves.items()},
             "fit_seconds": r.fit_seconds,
             "predict_seconds": r.predict_seconds,
+            "fallback": r.fallback,
+            "segments": {
+                name: {
+                    "n_users": result.n_segment_users.get(name, 0),
+                    "answered_by": r.fallback if name == "cold" and r.fallback else r.label,
+                    "metrics": {
+                        m: {"mean": iv.mean, "low": iv.low, "high": iv.high}
+                        for m, iv in seg.items()
+                    },
+                }
+                for name, seg in r.segments.items()
+            },
             "vs_baseline": {
                 m: {
                     "mean_diff": t.mean_diff,
@@ -54,6 +67,8 @@ def to_json(result: EvaluationResult) -> dict[str, Any]:
         "k": result.k,
         "baseline": result.baseline,
         "n_test_users": result.n_test_users,
+        "n_cold_users": result.n_segment_users.get("cold", 0),
+        "n_warm_users": result.n_segment_users.get("warm", 0),
         "models": models,
     }
 
@@ -86,18 +101,35 @@ def _main_metrics(result: EvaluationResult) -> list[str]:
     return list(first.summary)
 
 
+def _segment_metrics(result: EvaluationResult) -> list[str]:
+    """The accuracy metrics shown per segment (cold, warm)."""
+    return [m for m in _main_metrics(result) if m.split("@")[0] in ACCURACY]
+
+
+def _users_line(result: EvaluationResult) -> str:
+    """'1000 test users (640 cold, 360 warm)'."""
+    n = result.n_segment_users
+    return f"{result.n_test_users} test users ({n.get('cold', 0)} cold, {n.get('warm', 0)} warm)"
+
+
+def _label(r: ModelResult) -> str:
+    """A model's column name; says which model answered its cold users."""
+    return f"{r.label} (+{r.fallback} for cold)" if r.fallback else r.label
+
+
 def table(result: EvaluationResult) -> Table:
     """Rich table, one row per metric and one column per model: mean ± 95%
     half-width; ▲/▼ marks a significant difference from the baseline (first
     model) after Holm correction; the best mean of a row is green."""
     t = Table(
-        title=f"top-{result.k} · {result.n_test_users} test users · baseline: {result.baseline}",
+        title=f"top-{result.k} · {_users_line(result)} · baseline: {result.baseline}",
         caption="mean ± 95% CI half-width; ▲/▼ significantly better/worse than the baseline "
-        f"(paired t-test, Holm-corrected, α={ALPHA})",
+        f"(paired t-test, Holm-corrected, α={ALPHA}); · cold / · warm: the test users with no "
+        "interaction before the test / the others",
     )
     t.add_column("metric", style="bold", no_wrap=True)
     for r in result.models:
-        t.add_column(r.label, justify="right")
+        t.add_column(escape(_label(r)), justify="right")
     lower_is_better = {"rmse", "mae"}
     for m in _main_metrics(result):
         means = [r.summary[m].mean for r in result.models if m in r.summary]
@@ -116,8 +148,16 @@ def table(result: EvaluationResult) -> Table:
                 cell = f"[green]{cell}[/green]"
             cells.append(cell)
         t.add_row(m, *cells)
+    for segment in SEGMENTS:
+        for m in _segment_metrics(result):
+            cells = []
+            for r in result.models:
+                iv = r.segments.get(segment, {}).get(m)
+                cells.append("" if iv is None else f"{iv.mean:.4f} ± {iv.half_width:.4f}")
+            if any(cells):
+                t.add_row(f"{m} · {segment}", *cells)
     for m in result.models[0].scalars:
-        t.add_row(m, *[f"{r.scalars.get(m, float('nan')):.4f}" for r in result.models])
+        t.add_row(escape(m), *[f"{r.scalars.get(m, float('nan')):.4f}" for r in result.models])
     t.add_row("fit seconds", *[f"{r.fit_seconds:.2f}" for r in result.models])
     t.add_row("predict seconds", *[f"{r.predict_seconds:.2f}" for r in result.models])
     return t
@@ -219,9 +259,27 @@ def write_html(result: EvaluationResult, path: str | Path) -> Path:
             )
         cells += [f"<td>{r.scalars.get(m, float('nan')):.4f}</td>" for m in list_metrics]
         rows.append(
-            f"<tr><th>{html.escape(r.label)}</th>{''.join(cells)}"
+            f"<tr><th>{html.escape(_label(r))}</th>{''.join(cells)}"
             f"<td>{r.fit_seconds:.2f}</td><td>{r.predict_seconds:.2f}</td></tr>"
         )
+    seg_metrics = _segment_metrics(result)
+    seg_head = "".join(f"<th>{html.escape(m)}</th>" for m in seg_metrics)
+    seg_rows = []
+    for r in result.models:
+        for segment in SEGMENTS:
+            seg = r.segments.get(segment, {})
+            n_seg = result.n_segment_users.get(segment, 0)
+            by = f" (answered by {r.fallback})" if segment == "cold" and r.fallback else ""
+            seg_cells = "".join(
+                "<td></td>"
+                if (iv := seg.get(m)) is None
+                else f"<td>{iv.mean:.4f}<div class='ci'>[{iv.low:.4f}, {iv.high:.4f}]</div></td>"
+                for m in seg_metrics
+            )
+            seg_rows.append(
+                f"<tr><th>{html.escape(r.label)}</th><td>{segment}{html.escape(by)}</td>"
+                f"<td>{n_seg}</td>{seg_cells}</tr>"
+            )
     docs = "".join(
         f"<dt>{html.escape(name)}</dt><dd>{html.escape(text)}</dd>"
         for name, text in METRIC_DOCS.items()
@@ -236,11 +294,16 @@ th{{background:#f6f6f6}} .ci{{color:#777;font-size:.75rem}} .p{{color:#999;font-
 img{{max-width:100%;margin:1rem 0;border:1px solid #eee}} dt{{font-weight:bold;margin-top:.4rem}}
 </style></head><body>
 <h1>sieve evaluation</h1>
-<p>Top-{result.k} recommendations for {result.n_test_users} test users. Baseline for the paired
+<p>Top-{result.k} recommendations for {html.escape(_users_line(result))}. Baseline for the paired
 tests: <b>{html.escape(result.baseline)}</b>. Cells show the mean, its 95% confidence interval, and
 the difference from the baseline with its Holm-corrected p-value (red: significant at α={ALPHA}).</p>
 <table id="results"><tr><th>model</th>{head}<th>fit s</th><th>predict s</th></tr>
 {"".join(rows)}</table>
+<h2>Cold and warm test users</h2>
+<p>Cold: no interaction before the test (an empty input row); warm: the others. A model marked
+"answered by" had its cold users' lists made by that fallback model.</p>
+<table id="segments"><tr><th>model</th><th>users</th><th>n</th>{seg_head}</tr>
+{"".join(seg_rows)}</table>
 <h2>Metrics with intervals</h2><img alt="metrics with intervals" src="data:image/png;base64,{plot_metrics(result)}">
 <h2>Metrics against K</h2><img alt="metrics against K" src="data:image/png;base64,{plot_curves(result)}">
 <h2>Popularity bias</h2><img alt="popularity bias" src="data:image/png;base64,{plot_popularity_bias(result)}">

@@ -47,6 +47,10 @@ class Recommender(ABC, Generic[C, S]):
     state_class: ClassVar[type]
     #: True for models that predict explicit ratings (`predict`).
     predicts_ratings: ClassVar[bool] = False
+    #: True when the model's list for a user with no history is already a
+    #: cold-start answer (a chart, or a cold-start path of its own), so an
+    #: evaluation's fallback model for cold users leaves it alone.
+    serves_cold_start: ClassVar[bool] = False
 
     def __init__(self, config: C | None = None, **overrides: Any) -> None:
         base = config if config is not None else self.config_class()

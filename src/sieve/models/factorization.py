@@ -10,6 +10,13 @@ the training matrix is converted to CSR float32 once, and batch top-n for
 known users is implicit's own multithreaded `recommend`. Only the factors are
 state; the implicit model object is rebuilt from them on first use after
 `load`.
+
+A user with no training interactions gets the vector an empty row folds in to
+(ALS: zero; BPR: the item-bias column only), never an untrained one. A zero
+user vector scores every item 0, so any order would be arbitrary: such users
+get no items (ids -1, scores -inf), and a caller answers them from a
+cold-start model instead (`sieve evaluate --fallback trending`, the funnel's
+charts).
 """
 
 from __future__ import annotations
@@ -141,12 +148,19 @@ class _ImplicitMF(Recommender[CfgT, MFState]):
         with threadpoolctl.threadpool_limits(1, "blas"):
             model = self._new_model()
             model.fit(x, show_progress=False)
-        state = MFState(
-            user_factors=np.asarray(model.user_factors, dtype=np.float32),
-            item_factors=np.asarray(model.item_factors, dtype=np.float32),
-        )
+        users = np.array(model.user_factors, dtype=np.float32)
+        items = np.asarray(model.item_factors, dtype=np.float32)
+        empty = np.flatnonzero(np.diff(x.indptr) == 0)
+        state = MFState(user_factors=users, item_factors=items)
+        model.user_factors = users
         self._cache = (state, model)
+        # untouched by training (BPR keeps its random start): what an empty row folds in to
+        users[empty] = self._empty_vector(users.shape[1])
         return state
+
+    def _empty_vector(self, width: int) -> NDArray[np.float32]:
+        """The vector an empty row folds in to (ALS: zero, its solve has b = 0)."""
+        return np.zeros(width, dtype=np.float32)
 
     def _model(self) -> Any:
         """The implicit model holding the current state's factors."""
@@ -183,7 +197,9 @@ class _ImplicitMF(Recommender[CfgT, MFState]):
         if not known.all():
             rows = sp.csr_matrix(user_items, dtype=np.float32)[np.flatnonzero(~known)]
             vecs[~known] = self._fold_in(rows)
-        return np.asarray(vecs @ self.state.item_factors.T, dtype=np.float32)
+        scores = np.asarray(vecs @ self.state.item_factors.T, dtype=np.float32)
+        scores[~vecs.any(axis=1)] = -np.inf  # a zero vector: no evidence, no order
+        return scores
 
     @abstractmethod
     def _fold_in(self, rows: sp.csr_matrix) -> NDArray[np.float32]:
@@ -225,7 +241,9 @@ class _ImplicitMF(Recommender[CfgT, MFState]):
             )
             ids = np.asarray(ids, dtype=np.int64).reshape(-1, n_eff)
             scores = np.asarray(scores, dtype=np.float32).reshape(-1, n_eff)
-            invalid = (scores <= _FLOAT32_MIN) | (ids < 0)
+            vecs = self.state.user_factors[users if kidx is None else users[kidx]]
+            zero = ~np.any(vecs != 0, axis=1)  # no evidence: every item scores 0
+            invalid = (scores <= _FLOAT32_MIN) | (ids < 0) | zero[:, None]
             ids[invalid] = -1
             scores[invalid] = -np.inf
             if kidx is None:
@@ -304,6 +322,12 @@ class BPR(_ImplicitMF[BPRConfig]):
         p = np.where(norms > 0, p * (target / np.where(norms > 0, norms, 1.0)), 0.0)
         ones = np.ones((rows.shape[0], 1))
         return np.hstack([p, ones]).astype(np.float32)
+
+    def _empty_vector(self, width: int) -> NDArray[np.float32]:
+        """No preference, item bias only (the fold-in of an empty row)."""
+        vec = np.zeros(width, dtype=np.float32)
+        vec[-1] = 1.0
+        return vec
 
     def item_vectors(self) -> NDArray[np.float32]:
         """Item factors without the bias column (the bias is popularity, not

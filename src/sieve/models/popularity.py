@@ -38,6 +38,7 @@ class _ItemScoreModel(Recommender[C, ItemScoresState]):
     """Shared scoring of the models that rank items by a global score."""
 
     state_class = ItemScoresState
+    serves_cold_start = True  # everybody gets the chart, the cold users too
 
     @property
     def n_items(self) -> int:

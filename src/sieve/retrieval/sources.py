@@ -840,11 +840,15 @@ class Engine:
     # ------------------------------------------------------------ model outputs
     def user_vector(self, req: Request) -> NDArray[np.float32] | None:
         """The ALS user vector: the trained one when the query's history is
-        the user's training history, else folded in from the interactions."""
+        the user's training history, else folded in from the interactions.
+
+        None without interactions (cold start) and for a zero vector: a user
+        the model knows but who had no training events has the zero vector,
+        under which every item scores 0 and any ANN answer is arbitrary."""
         if "user_vector" in req.cache:
             return req.cache["user_vector"]
         vec: NDArray[np.float32] | None = None
-        if self.als is not None:
+        if self.als is not None and req.has_signal:
             n_train = self.als.n_items
             known = req.interactions < n_train
             items = req.interactions[known]
@@ -857,6 +861,8 @@ class Engine:
                 vec = self.als.state.user_factors[u]
             elif len(items):
                 vec = self._fold_in(items, req.weights[known])
+            if vec is not None and not vec.any():
+                vec = None
         req.cache["user_vector"] = vec
         return vec
 
@@ -953,7 +959,17 @@ class Engine:
         return quota + len(req.seen) + len(req.exclude) + quota // 2 + 10
 
     def propose(self, req: Request) -> list[Proposal]:
-        """Every enabled source's proposal for the request."""
+        """Every enabled source's proposal for the request. Without any
+        interaction (an unknown user, or a known one with no events: the
+        cold start) only the charts propose, whoever the user is."""
+        out: list[Proposal] = []
+        if req.has_signal:
+            out.extend(self._personal(req))
+        out.extend(self._charts(req))
+        return out
+
+    def _personal(self, req: Request) -> list[Proposal]:
+        """The proposals of the sources that read the user's interactions."""
         cfg = self.config
         out: list[Proposal] = []
         if cfg.ann and self.ann is not None:
@@ -979,6 +995,12 @@ class Engine:
             if es is not None:
                 items, scores = _top(es, self._fetch(req, cfg.ease), positive=False)
                 out.append(Proposal("ease", items, scores))
+        return out
+
+    def _charts(self, req: Request) -> list[Proposal]:
+        """The popular, trending and fresh charts' proposals."""
+        cfg = self.config
+        out: list[Proposal] = []
         cat = self.catalog
         for kind in ("popular", "trending", "fresh"):
             quota = cfg.quota(kind)

@@ -464,7 +464,7 @@ class Service:
                 "recent_types": list(query.recent_types),
                 "now": query.now,
             }
-        return listed(funnel, recs), len(query.history) == 0 and not query.recent
+        return listed(funnel, recs), funnel.is_cold(query)
 
     def _interleave(
         self,
