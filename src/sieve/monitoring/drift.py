@@ -15,14 +15,15 @@ Checks (`DriftMonitor.check`), each against the serving model:
 - `item_popularity`: the *reference* is the model's training snapshot, the
   newest `sample_events` (200,000) events with `seq <= max_seq` of its
   manifest; *recent* is the newest `sample_events` events stored since.
-  Items are ranked by their reference event count (ties by id) and cut
-  into `bins` (10) bins of about equal reference event mass — bin 0 the head, the last bin the long tail; items the snapshot never saw
-  count in the tail bin. PSI of the share of events per bin. Binning by
-  popularity rather than comparing per-item shares keeps the index stable
-  under sampling noise (a per-item PSI over thousands of items with few
-  recent events is large even without drift) and measures what matters to
-  a model trained on that snapshot: attention moving between head, torso
-  and tail, or to items it does not know.
+  Items are ranked by their reference event count (ties by id) and cut into
+  `bins` (10) bins of about equal reference event mass — bin 0 the head, the
+  last bin the long tail; items the snapshot never saw count in the tail
+  bin. PSI of the share of events per bin. Binning by popularity rather than
+  comparing per-item shares keeps the index stable under sampling noise (a
+  per-item PSI over thousands of items with few recent events is large even
+  without drift) and measures what matters to a model trained on that
+  snapshot: attention moving between head, torso and tail, or to items it
+  does not know.
 - `event_types`: PSI of the event-type mix, the same reference and recent
   events (a client that stops sending clicks, a new event source).
 - `served_scores`: PSI of the scores of shown slots (quantile bins of the
