@@ -8,14 +8,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
-from storage.conftest import store, target  # noqa: F401  (fixtures, found by name)
-from traffic import seed_traffic
 
 from sieve.serve.routes.dashboard import compute_kpis, kpi_window, kpis_from_counts
 from sieve.settings import EventSemantics
 from sieve.storage import SQLStore
+from traffic import seed_traffic
 
-from .conftest import make_client  # noqa: F401
 from .test_api import MakeClient
 
 NOW = 1_800_000_000.0

@@ -7,8 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from storage.conftest import store, target  # noqa: F401  (fixtures, found by name)
-from traffic import seed_traffic
 
 from sieve.experiments.online import ExperimentRecord, experiment_report, parse_experiment
 from sieve.monitoring.drift import DriftMonitor
@@ -17,6 +15,7 @@ from sieve.realtime.counters import CounterEvent, OnlineCounters
 from sieve.serve.routes.dashboard import kpis_from_counts
 from sieve.settings import EventSemantics, Settings
 from sieve.storage import MemoryCache, SQLStore
+from traffic import seed_traffic
 
 NOW = 1_800_000_000.0
 EXPERIMENT = {
