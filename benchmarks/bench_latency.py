@@ -34,8 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sieve.data.synthetic import SyntheticConfig, generate
-from sieve.serve.service import Service
 from sieve.serve.launch import free_port, start_server, stop_server
+from sieve.serve.service import Service
 from sieve.settings import Settings
 from sieve.storage import open_store
 from sieve.training.snapshot import import_data

@@ -677,7 +677,7 @@ def _book(config: Path | None, store: str | None) -> tuple[Any, Any]:
     from sieve.storage import open_store
 
     settings = _service_settings(config, store_url=store)
-    return settings, ExperimentBook(open_store(settings.store_url))
+    return settings, ExperimentBook(open_store(settings.store_url), semantics=settings.semantics)
 
 
 def _read_spec(spec: str) -> dict[str, Any]:
@@ -809,6 +809,7 @@ def experiment_report_cmd(
                 alpha=alpha,
                 catalog_size=book.store.count_items(),
                 cache=cache,
+                semantics=settings.semantics,
             )
         except ExperimentError as e:
             raise UsageError(str(e)) from None

@@ -69,6 +69,86 @@ class ApiKey(BaseModel):
         return value
 
 
+class EventSemantics(BaseModel):
+    """What counts as a click and as a conversion, and what each is worth.
+
+    The one definition every consumer reads — the online counters' CTR, the
+    experiment reports and their arm allocation, the bandits' rewards, the
+    dashboard, Prometheus and the drift check — so "CTR" means one thing:
+
+    - a *click* is an event of `click_types` (default: `click` only; a cart or
+      a purchase is a later step of the same visit, usually preceded by its own
+      click, and counting it again would let a list score above 100%);
+    - a *conversion* is an event of `conversion_types` (default: `purchase`);
+      its `value` is the revenue of the reports;
+    - `reward_weights`: the reward a bandit gets for an event of a click or
+      conversion type, in [0, 1] (Beta–Bernoulli bandits); a click type without
+      an entry is worth 1, a conversion type without one 0.
+
+    Shown-list CTR (reports, dashboard, Prometheus) counts click events that
+    cite a served request; the drift check counts distinct clicked slots.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    click_types: tuple[str, ...] = ("click",)
+    conversion_types: tuple[str, ...] = ("purchase",)
+    reward_weights: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("click_types", "conversion_types")
+    @classmethod
+    def _types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = sorted(t for t in value if not _EVENT_TYPE.match(t))
+        if bad:
+            raise ValueError(f"event types must be 1-32 lowercase letters or '_', got {bad}")
+        return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _weights(self) -> EventSemantics:
+        if not self.click_types:
+            raise ValueError("semantics.click_types: at least one event type must count as a click")
+        known = set(self.click_types) | set(self.conversion_types)
+        stray = sorted(set(self.reward_weights) - known)
+        if stray:
+            raise ValueError(
+                f"semantics.reward_weights: {stray} are neither click nor conversion types "
+                f"(clicks: {list(self.click_types)}, conversions: {list(self.conversion_types)})"
+            )
+        bad = {t: w for t, w in self.reward_weights.items() if not 0.0 <= w <= 1.0}
+        if bad:
+            raise ValueError(f"semantics.reward_weights must lie in [0, 1], got {bad}")
+        return self
+
+    def is_click(self, event_type: str) -> bool:
+        """Whether an event of this type is a click."""
+        return event_type in self.click_types
+
+    def is_conversion(self, event_type: str) -> bool:
+        """Whether an event of this type is a conversion."""
+        return event_type in self.conversion_types
+
+    def reward(self, event_type: str) -> float:
+        """A bandit's reward for an event of this type (0 for other types)."""
+        default = 1.0 if self.is_click(event_type) else 0.0
+        if not (default or self.is_conversion(event_type)):
+            return 0.0
+        return float(self.reward_weights.get(event_type, default))
+
+    def describe(self) -> dict[str, Any]:
+        """The definition as JSON, for reports and dashboard labels."""
+        return {
+            "click_types": list(self.click_types),
+            "conversion_types": list(self.conversion_types),
+            "reward_weights": {
+                t: self.reward(t) for t in (*self.click_types, *self.conversion_types)
+            },
+        }
+
+
+#: The definition used where no settings are at hand (library calls, tests).
+DEFAULT_SEMANTICS = EventSemantics()
+
+
 def is_loopback(host: str) -> bool:
     """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
     if host == "localhost":
@@ -95,6 +175,9 @@ class Settings(BaseSettings):
     - `max_n`: longest list a request may ask for;
     - `max_body_bytes`: largest request body, declared or chunked (413 above);
     - `event_weights`: accepted event types and their weight in a user's history;
+    - `semantics`: which events are clicks and conversions and their reward
+      (`EventSemantics`; TOML table `[semantics]`, or
+      `SIEVE_SEMANTICS='{"click_types": ["click"]}'`), read by every CTR;
     - `store_timeout_seconds`: the longest any store call may take on the
       request path (0: no limit); past it the request gets a 503 with
       `Retry-After` (a request's history and session limits are part of the
@@ -143,6 +226,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     store_timeout_seconds: float = Field(default=2.0, ge=0.0, le=600.0)
+    semantics: EventSemantics = Field(default_factory=EventSemantics)
     batch_n: int = Field(default=50, ge=1)
     precompute: bool = False
     model_poll_seconds: float = Field(default=2.0, ge=0.0)
@@ -193,6 +277,13 @@ class Settings(BaseSettings):
                 f"open_write serves writes without a key and is allowed only on a loopback "
                 f"host (127.0.0.1, ::1, localhost), not {self.host!r}"
             )
+        semantic = {*self.semantics.click_types, *self.semantics.conversion_types}
+        unknown = sorted(semantic - set(self.event_weights))
+        if unknown:
+            raise ValueError(
+                f"semantics: {unknown} are not accepted event types (event_weights: "
+                f"{sorted(self.event_weights)}); add them to event_weights or drop them"
+            )
         return self
 
 
@@ -213,4 +304,12 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     return FileSettings(**given)
 
 
-__all__ = ["ApiKey", "Scope", "Settings", "is_loopback", "load_settings"]
+__all__ = [
+    "DEFAULT_SEMANTICS",
+    "ApiKey",
+    "EventSemantics",
+    "Scope",
+    "Settings",
+    "is_loopback",
+    "load_settings",
+]

@@ -15,3 +15,4 @@ from serve.conftest import (  # noqa: F401  (fixtures, found by name)
     serve,
     trained,
 )
+from storage.conftest import store, target  # noqa: F401  (fixtures: a store on each backend)

@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sieve.serve.routes.dashboard import compute_kpis, kpi_window
+from sieve.settings import EventSemantics
 
 MakeClient = Callable[..., TestClient]
 
@@ -98,7 +99,8 @@ def test_kpis_count_served_lists_and_clicks_exactly(serve: MakeClient, trained: 
     for name in ("impressions", "requests", "clicks"):
         assert sum(b[name] for b in series) == totals[name]
     assert sum(b["events"].get("click", 0) for b in series) == 4
-    assert body["click_types"] == ["click", "cart", "purchase"]
+    assert body["click_types"] == ["click"]  # the settings' EventSemantics
+    assert body["semantics"]["conversion_types"] == ["purchase"]
 
 
 def test_kpi_params_are_checked(make_client: MakeClient) -> None:
@@ -239,7 +241,7 @@ def test_compute_kpis_buckets_known_frames() -> None:
         start=start,
         end=end,
         bucket_seconds=60,
-        click_types=("click", "purchase"),
+        semantics=EventSemantics(click_types=("click", "purchase")),
     )
     assert [b.impressions for b in series] == [2, 2, 0, 0, 0]
     assert [b.requests for b in series] == [1, 2, 0, 0, 0]

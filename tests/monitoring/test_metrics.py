@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sieve.data.records import Event, Impression, ImpressionArm, ImpressionItem
 from sieve.monitoring.metrics import ServingMetrics, click_types
 from sieve.monitoring.stages import StageTimer, add_stage_sink, listening, observe_stage
-from sieve.settings import Settings
+from sieve.settings import EventSemantics, Settings
 
 
 def _samples(metrics: ServingMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -79,9 +79,12 @@ def test_the_arm_map_is_bounded() -> None:
     )
 
 
-def test_click_types_follow_the_attribution_types() -> None:
+def test_click_types_follow_the_event_semantics() -> None:
     assert click_types(Settings()) == ("click",)
-    assert click_types(Settings(attribution_types=("cart", "purchase"))) == ("cart", "purchase")
+    # the attribution types say which events get a request id, not which are clicks
+    assert click_types(Settings(attribution_types=("cart", "purchase"))) == ("click",)
+    semantics = EventSemantics(click_types=("click", "cart"))
+    assert click_types(Settings(semantics=semantics)) == ("click", "cart")
 
 
 def test_unknown_methods_share_one_label() -> None:

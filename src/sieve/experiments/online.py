@@ -44,14 +44,17 @@ from sieve.experiments.assignment import Assigner, Experiment, Layer, Variant
 from sieve.experiments.interleaving import TEAM_A, TEAM_B, credit_many, interleaving_test
 from sieve.experiments.sequential import always_valid_pvalues
 from sieve.explore.bandits import ThompsonSampling, restore_policy
+from sieve.settings import DEFAULT_SEMANTICS, EventSemantics
 from sieve.storage.base import Store, StoreError
 from sieve.storage.cache import Cache, CacheError
 
 log = logging.getLogger(__name__)
 
-#: Event types that count as a click / a conversion in a report.
-CLICK_TYPES = frozenset({"click"})
-CONVERSION_TYPES = frozenset({"purchase"})
+#: Event types of the *default* `EventSemantics` that count as a click / a
+#: conversion. Kept for callers without settings; a service reads its
+#: configured `settings.semantics` (`is_click`, `is_conversion`, `reward`).
+CLICK_TYPES = frozenset(DEFAULT_SEMANTICS.click_types)
+CONVERSION_TYPES = frozenset(DEFAULT_SEMANTICS.conversion_types)
 #: Fewer units than this in an arm: the verdict says it is too early.
 MIN_UNITS = 100
 #: The source tag of an interleaved slot: ``team:<arm>``.
@@ -179,8 +182,10 @@ class ExperimentBook:
         cache: Cache | None = None,
         refresh_seconds: float = 2.0,
         seed: int | None = None,
+        semantics: EventSemantics = DEFAULT_SEMANTICS,
     ) -> None:
         self.store = store
+        self.semantics = semantics
         self.cache = cache
         self.refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
@@ -314,15 +319,25 @@ class ExperimentBook:
             bandit = self._bandits[name] = restored
         return bandit
 
-    def clicked(self, experiment: str, arm: str) -> None:
-        """A click on a request of `experiment` served by `arm` (adaptive
-        allocation learns from it; fixed splits need nothing)."""
+    def clicked(self, experiment: str, arm: str, reward: float = 1.0) -> None:
+        """A click on a request of `experiment` served by `arm`, worth `reward`
+        (`semantics.reward(event.type)`): adaptive allocation learns from it;
+        fixed splits need nothing."""
         record = self._records.get(experiment)
-        if record is None or record.experiment.allocation != "thompson":
+        if record is None or record.experiment.allocation != "thompson" or reward <= 0:
             return
         with self._lock:
-            self._bandit(experiment).credit(arm, 1.0)
+            self._bandit(experiment).credit(arm, reward)
             self._dirty.add(experiment)
+
+    def credit_event(self, experiment: str, arm: str, event_type: str) -> bool:
+        """Credit an event of `event_type` citing a request of `arm` with its
+        reward under this book's semantics; False when the type earns nothing."""
+        reward = self.semantics.reward(event_type)
+        if reward <= 0:
+            return False
+        self.clicked(experiment, arm, reward)
+        return True
 
     def save_state(self) -> None:
         """Write changed allocation bandits to the cache (called periodically)."""
@@ -365,9 +380,12 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(float(x)) else None
 
 
-def unit_frame(slots: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+def unit_frame(
+    slots: pd.DataFrame, events: pd.DataFrame, semantics: EventSemantics = DEFAULT_SEMANTICS
+) -> pd.DataFrame:
     """One row per (unit, arm): impressions (shown slots), requests, clicks,
-    conversions and revenue from the events that cite the unit's requests."""
+    conversions and revenue (the conversions' values) from the events that
+    cite the unit's requests, clicks and conversions as `semantics` says."""
     if slots.empty:
         return pd.DataFrame(
             columns=["unit", "arm", "impressions", "requests", "clicks", "conversions", "revenue"]
@@ -383,8 +401,8 @@ def unit_frame(slots: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     ev = events.loc[events["request_id"].isin(arm_of.index)].copy()
     ev["unit"] = ev["request_id"].map(unit_of)
     ev["arm"] = ev["request_id"].map(arm_of)
-    ev["clicks"] = ev["type"].isin(CLICK_TYPES).astype(float)
-    ev["conversions"] = ev["type"].isin(CONVERSION_TYPES).astype(float)
+    ev["clicks"] = ev["type"].isin(semantics.click_types).astype(float)
+    ev["conversions"] = ev["type"].isin(semantics.conversion_types).astype(float)
     ev["revenue"] = np.where(ev["conversions"] > 0, ev["value"].fillna(0.0), 0.0)
     got = ev.groupby(["unit", "arm"], sort=True)[["clicks", "conversions", "revenue"]].sum()
     frame = shown.join(got, how="left").fillna(0.0).reset_index()
@@ -401,17 +419,19 @@ def _teams(sources: Any) -> str | None:
 
 
 def interleaving_summary(
-    exp: Experiment, slots: pd.DataFrame, events: pd.DataFrame, alpha: float
+    exp: Experiment,
+    slots: pd.DataFrame,
+    events: pd.DataFrame,
+    alpha: float,
+    semantics: EventSemantics = DEFAULT_SEMANTICS,
 ) -> dict[str, Any]:
     """Per-request credit of an interleaving experiment: the arm whose team got
-    more clicks wins the request; a sign test over decided requests."""
+    more clicks (events of `semantics.click_types`) wins the request; a sign
+    test over decided requests."""
     a_name, b_name = (v.name for v in exp.served)
+    is_click = events["type"].isin(semantics.click_types)
     clicked = set(
-        zip(
-            events.loc[events["type"].isin(CLICK_TYPES), "request_id"],
-            events.loc[events["type"].isin(CLICK_TYPES), "item_id"],
-            strict=True,
-        )
+        zip(events.loc[is_click, "request_id"], events.loc[is_click, "item_id"], strict=True)
     )
     outcomes: list[int] = []
     for request_id, group in slots.groupby("request_id", sort=False):
@@ -438,8 +458,10 @@ def experiment_report(
     alpha: float = 0.05,
     catalog_size: int | None = None,
     cache: Cache | None = None,
+    semantics: EventSemantics = DEFAULT_SEMANTICS,
 ) -> dict[str, Any]:
-    """The analysis of one experiment as JSON-able data (see the module doc).
+    """The analysis of one experiment as JSON-able data (see the module doc);
+    clicks and conversions as `semantics` defines them (stated in the report).
 
     Always-valid p-values: the mSPRT p-value of the primary difference at this
     look, with τ = the difference's own minimum detectable effect; with a
@@ -448,9 +470,10 @@ def experiment_report(
     """
     exp = record.experiment
     slots, events = store.experiment_frames(exp.name)
-    units = unit_frame(slots, events)
+    units = unit_frame(slots, events, semantics)
     out: dict[str, Any] = {
         "experiment": exp.name,
+        "semantics": semantics.describe(),
         "kind": exp.kind,
         "allocation": exp.allocation,
         "status": record.status,
@@ -463,7 +486,7 @@ def experiment_report(
         "verdict": "",
     }
     if exp.kind == "interleaving":
-        summary = interleaving_summary(exp, slots, events, alpha)
+        summary = interleaving_summary(exp, slots, events, alpha, semantics)
         out["interleaving"] = summary
         out["arms"] = [
             {"arm": name, "units": 0, "impressions": 0, "clicks": 0, "wins": wins}
@@ -635,6 +658,8 @@ def _interleaving_verdict(summary: Mapping[str, Any], alpha: float) -> str:
 
 
 __all__ = [
+    "CLICK_TYPES",
+    "CONVERSION_TYPES",
     "Arm",
     "ExperimentBook",
     "ExperimentError",

@@ -13,16 +13,17 @@ large but finite term. Rules of thumb: < 0.1 stable, 0.1–0.25 moderate,
 Checks (`DriftMonitor.check`), each against the serving model:
 
 - `item_popularity`: the *reference* is the model's training snapshot, the
-  events with `seq <= max_seq` of its manifest; *recent* is every event
-  stored since. Items are ranked by their reference event count (ties by
-  id) and cut into `bins` (10) bins of about equal reference event mass —
-  bin 0 the head, the last bin the long tail; items the snapshot never saw
-  count in the tail bin. PSI of the share of events per bin. Binning by
-  popularity rather than comparing per-item shares keeps the index stable
-  under sampling noise (a per-item PSI over thousands of items with few
-  recent events is large even without drift) and measures what matters to
-  a model trained on that snapshot: attention moving between head, torso
-  and tail, or to items it does not know.
+  newest `sample_events` (200,000) events with `seq <= max_seq` of its
+  manifest; *recent* is the newest `sample_events` events stored since.
+  Items are ranked by their reference event count (ties by id) and cut into
+  `bins` (10) bins of about equal reference event mass — bin 0 the head, the
+  last bin the long tail; items the snapshot never saw count in the tail
+  bin. PSI of the share of events per bin. Binning by popularity rather than
+  comparing per-item shares keeps the index stable under sampling noise (a
+  per-item PSI over thousands of items with few recent events is large even
+  without drift) and measures what matters to a model trained on that
+  snapshot: attention moving between head, torso and tail, or to items it
+  does not know.
 - `event_types`: PSI of the event-type mix, the same reference and recent
   events (a client that stops sending clicks, a new event source).
 - `served_scores`: PSI of the scores of shown slots (quantile bins of the
@@ -32,9 +33,17 @@ Checks (`DriftMonitor.check`), each against the serving model:
   *recent* = served in `[now − delay − window, now − delay)` (the delay,
   60 s, lets clicks on the newest slots arrive), *reference* = served before
   that, back to `reference_seconds` (7 days) or the model's registration.
-  CTR = distinct clicked slots / shown slots, a slot being clicked when a
-  click event (see `sieve.monitoring.metrics.click_types`) cites its request
-  and item; relative drop = (reference − recent) / reference.
+  Each side is its newest `sample_slots` (100,000) slots.
+  CTR = distinct clicked slots / shown slots, a slot being clicked when an
+  event of the settings' `semantics.click_types` (`EventSemantics`, the
+  definition of every CTR) cites its request and item; relative drop =
+  (reference − recent) / reference.
+
+Cost: every read is bounded and aggregated in the database — event counts
+per item and per type over a `seq` range of at most `sample_events` (the
+reference once per serving version), and at most `sample_slots` shown slots
+per side through the model-version/time index — so a check costs the same
+on a log of 40K events as on one of 400K.
 
 Every check needs at least `drift_min_impressions` recent samples (events,
 or shown slots; and as many reference slots for the impression checks);
@@ -143,10 +152,19 @@ class PopularityBins:
     @classmethod
     def fit(cls, items: Iterable[Any], bins: int = 10) -> PopularityBins:
         """Bins from the reference events' item ids (one per event)."""
-        counts = pd.Series(list(items), dtype=object).value_counts()
+        return cls.from_counts(pd.Series(list(items), dtype=object).value_counts(), bins)
+
+    @property
+    def bins(self) -> int:
+        return len(self.expected)
+
+    @classmethod
+    def from_counts(cls, counts: pd.Series, bins: int = 10) -> PopularityBins:
+        """Bins from reference event counts per item id (`Store.event_counts`):
+        by count, most popular first; ties by id, so the cut is deterministic."""
+        counts = counts.loc[counts > 0]
         if counts.empty:
             raise ValueError("no reference events")
-        # by count, most popular first; ties by id, so the cut is deterministic
         order = counts.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
         n = order.to_numpy(dtype=np.int64)
         before = np.cumsum(n) - n  # events of the items ranked above
@@ -154,9 +172,12 @@ class PopularityBins:
         expected = np.bincount(b, weights=n, minlength=bins).astype(np.float64)
         return cls(pd.Series(b, index=order.index), expected)
 
-    @property
-    def bins(self) -> int:
-        return len(self.expected)
+    def counts_of(self, per_item: pd.Series) -> NDArray[np.float64]:
+        """Events per bin from event counts per item id (unknown items in the tail bin)."""
+        b = pd.Series(per_item.index, dtype=object).map(self.bin_of)
+        k = b.fillna(self.bins - 1).to_numpy(dtype=np.int64)
+        w = per_item.to_numpy(dtype=np.float64)
+        return np.bincount(k, weights=w, minlength=self.bins).astype(np.float64)
 
     def counts(self, items: Iterable[Any]) -> NDArray[np.float64]:
         """Events per bin of `items` (unknown items in the tail bin)."""
@@ -228,6 +249,7 @@ class _Reference:
     events: int
     popularity: PopularityBins
     types: pd.Series  # event type → count
+    first_seq: int  # the sample: seq in (first_seq, max_seq]
 
 
 class DriftMonitor:
@@ -251,6 +273,8 @@ class DriftMonitor:
         bins: int = 10,
         eps: float = EPS,
         clock: Callable[[], float] = time.time,
+        sample_events: int = 200_000,
+        sample_slots: int = 100_000,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -260,6 +284,8 @@ class DriftMonitor:
         self.reference_seconds = reference_seconds
         self.bins = bins
         self.eps = eps
+        self.sample_events = sample_events
+        self.sample_slots = sample_slots
         self._version = version
         self._flush = flush
         self._clock = clock
@@ -369,17 +395,18 @@ class DriftMonitor:
         if "max_seq" not in manifest.data:
             return f"the manifest of {version} does not say which events it saw (max_seq)"
         max_seq = int(manifest.data["max_seq"])
-        events = self.store.events_frame()
-        seen = events.loc[events["seq"] <= max_seq]
-        if seen.empty:
+        first = max(0, max_seq - self.sample_events)
+        per_item = self.store.event_counts(first, max_seq, "item_id")
+        if per_item.empty:
             return f"no stored event with seq <= {max_seq} (the training snapshot)"
         ref = _Reference(
             version=version,
             max_seq=max_seq,
             created_at=float(manifest.created_at),
-            events=len(seen),
-            popularity=PopularityBins.fit(seen["item_id"], self.bins),
-            types=seen["type"].value_counts(),
+            events=int(per_item.sum()),
+            popularity=PopularityBins.from_counts(per_item, self.bins),
+            types=self.store.event_counts(first, max_seq, "type"),
+            first_seq=first,
         )
         self._reference = ref
         return ref
@@ -390,32 +417,35 @@ class DriftMonitor:
             return [self._skipped(c, ref, now) for c in CHECKS]
         if self._flush is not None:
             self._flush()
-        recent = self.store.events_frame(since_seq=ref.max_seq)
         return [
-            *self._event_checks(ref, recent, now),
-            *self._impression_checks(version, ref, recent, now),
+            *self._event_checks(ref, now),
+            *self._impression_checks(version, ref, now),
         ]
 
-    def _event_checks(self, ref: _Reference, recent: pd.DataFrame, now: float) -> list[CheckResult]:
+    def _event_checks(self, ref: _Reference, now: float) -> list[CheckResult]:
         need = self.settings.drift_min_impressions
-        if len(recent) < need:
+        top = self.store.max_seq()
+        first = max(ref.max_seq, top - self.sample_events)
+        per_item = self.store.event_counts(first, top, "item_id")
+        n = int(per_item.sum())
+        if n < need:
             why = (
-                f"{len(recent)} events since the training snapshot (seq > {ref.max_seq}); "
+                f"{n} events since the training snapshot (seq > {ref.max_seq}); "
                 f"{need} needed (drift_min_impressions)"
             )
             return [self._skipped(c, why, now) for c in ("item_popularity", "event_types")]
-        value = ref.popularity.psi(recent["item_id"], self.eps)
+        value = psi(ref.popularity.expected, ref.popularity.counts_of(per_item), self.eps)
         popularity = self._result(
             "item_popularity",
             value,
             f"PSI over {ref.popularity.bins} popularity bins: {ref.events} training events "
-            f"vs {len(recent)} since (seq > {ref.max_seq})",
+            f"(seq {ref.first_seq + 1}..{ref.max_seq}) vs {n} since (seq {first + 1}..{top})",
             now,
         )
-        got = recent["type"].value_counts()
+        got = self.store.event_counts(first, top, "type")
         keys = sorted(set(ref.types.index) | set(got.index))
         value = psi(ref.types.reindex(keys, fill_value=0), got.reindex(keys, fill_value=0))
-        shares = ", ".join(f"{k} {got.get(k, 0) / len(recent):.3f}" for k in keys)
+        shares = ", ".join(f"{k} {got.get(k, 0) / n:.3f}" for k in keys)
         types = self._result(
             "event_types",
             value,
@@ -424,16 +454,13 @@ class DriftMonitor:
         )
         return [popularity, types]
 
-    def _impression_checks(
-        self, version: str, ref: _Reference, recent_events: pd.DataFrame, now: float
-    ) -> list[CheckResult]:
+    def _impression_checks(self, version: str, ref: _Reference, now: float) -> list[CheckResult]:
         end = now - self.delay_seconds
         cut = end - self.window_seconds
         since = max(ref.created_at, cut - self.reference_seconds)
-        slots = self.store.impressions_frame(since=since)
-        slots = slots.loc[(slots["model_version"] == version) & (slots["timestamp"] < end)]
-        old = slots.loc[slots["timestamp"] < cut]
-        new = slots.loc[slots["timestamp"] >= cut]
+        clicks = self._clicks
+        new = self.store.shown_slots(version, cut, end, clicks, self.sample_slots)
+        old = self.store.shown_slots(version, since, cut, clicks, self.sample_slots)
         need = self.settings.drift_min_impressions
         if len(new) < need or len(old) < need:
             why = (
@@ -447,9 +474,7 @@ class DriftMonitor:
             f"PSI of shown slots' scores: {len(new)} in the window vs {len(old)} before",
             now,
         )
-        clicked_old = clicked_slots(old, recent_events, self._clicks)
-        clicked_new = clicked_slots(new, recent_events, self._clicks)
-        ctr_old, ctr_new = float(clicked_old.mean()), float(clicked_new.mean())
+        ctr_old, ctr_new = float(old["clicked"].mean()), float(new["clicked"].mean())
         if ctr_old <= 0:
             ctr = self._skipped(
                 "ctr_drop", f"no click on the {len(old)} reference slots: no CTR to compare", now

@@ -31,8 +31,8 @@ one process and `GET /metrics` shows only its app. The families:
   time (clicks are events, so a slot clicked twice counts twice; the drift
   check's CTR counts distinct clicked slots).
 
-"Clicks" are events of type `click` when `click` is one of the settings'
-`attribution_types`, else of every attribution type (`click_types`).
+"Clicks" are events of the settings' `semantics.click_types`
+(`sieve.settings.EventSemantics`, the one definition every CTR reads).
 """
 
 from __future__ import annotations
@@ -103,9 +103,8 @@ Arms = tuple[tuple[str, str], ...]
 
 
 def click_types(settings: Settings) -> tuple[str, ...]:
-    """The event types that count as clicks (see the module doc)."""
-    kinds = tuple(settings.attribution_types)
-    return ("click",) if "click" in kinds else kinds
+    """The event types that count as clicks: `settings.semantics.click_types`."""
+    return tuple(settings.semantics.click_types)
 
 
 def impression_arms(impression: Impression) -> Arms:

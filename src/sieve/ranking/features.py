@@ -21,7 +21,7 @@ Features, one column each (NaN = missing, which LightGBM routes on its own):
   (sum and max over them);
 - request context: hour, weekday, device code;
 - online counters (`sieve.realtime.counters`, read as of the request time):
-  the item's views, clicks (click, cart or purchase) and smoothed CTR over
+  the item's views, clicks (`EventSemantics` click types) and smoothed CTR over
   1 hour, 1 day and 7 days, hours since its last event; hours since the
   user's last event and their 7-day category affinity summed and maxed over
   the item's categories (not their event count: `history_size` carries it;
@@ -180,7 +180,7 @@ def _put_online(
     for w in ONLINE_WINDOWS:
         if f"view@{w}" not in f:
             continue
-        clicks = f[f"click@{w}"] + f[f"cart@{w}"] + f[f"purchase@{w}"]
+        clicks = f[f"clicks@{w}"]  # the settings' click types (EventSemantics)
         x[:, _COLUMN[f"item_views_{w}"]] = np.log1p(f[f"view@{w}"])
         x[:, _COLUMN[f"item_clicks_{w}"]] = np.log1p(clicks)
         x[:, _COLUMN[f"item_ctr_{w}"]] = f[f"ctr@{w}"]

@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from sieve.settings import DEFAULT_SEMANTICS, EventSemantics
 from sieve.storage.cache import Cache, MemoryCache
 
 if TYPE_CHECKING:
@@ -108,8 +109,16 @@ class OnlineCounters:
         cache: Cache,
         windows: dict[str, float] | None = None,
         prefix: str = "feat:",
+        semantics: EventSemantics = DEFAULT_SEMANTICS,
     ) -> None:
+        not_counted = sorted(set(semantics.click_types) - set(COUNTED_TYPES))
+        if not_counted:
+            raise ValueError(
+                f"the online counters count only {list(COUNTED_TYPES)} per item; click types "
+                f"{not_counted} (settings.semantics.click_types) cannot enter their CTR"
+            )
         self.cache = cache
+        self.semantics = semantics
         # a process-local cache gets process-local arrays (no bytes per key);
         # a shared one (Redis) holds the records themselves
         self._records: _Records = (
@@ -330,11 +339,19 @@ class OnlineCounters:
         return folded
 
     # ------------------------------------------------------------- read path
+    def clicks(self, counts: Mapping[str, NDArray[np.float64]], window: str) -> NDArray[np.float64]:
+        """The click count of `window` from per-type counts (`<type>@<window>`):
+        the sum over `semantics.click_types`, the definition every CTR shares."""
+        total = np.zeros_like(counts[f"view@{window}"])
+        for t in self.semantics.click_types:
+            total = total + counts[f"{t}@{window}"]
+        return total
+
     def item_features(self, item_ids: Sequence[str], now: float) -> dict[str, NDArray[np.float64]]:
-        """Per item: `<type>@<window>` counts, `ctr@<window>` (smoothed
-        clicks / views, a click, cart or purchase implying a view) and
-        `recency_hours` (since the item's last counted event) as of `now`;
-        zeros, the prior CTR and inf for unseen items."""
+        """Per item: `<type>@<window>` counts, `clicks@<window>` (events of the
+        semantics' click types), `ctr@<window>` (smoothed clicks / views, a
+        click implying a view) and `recency_hours` (since the item's last
+        counted event) as of `now`; zeros, the prior CTR and inf for unseen items."""
         keys = [self._item_key(i) for i in item_ids]
         state, present = self._records.read(keys, self._item_width)
         dt = np.where(present, np.maximum(0.0, now - state[:, 0]), 0.0)
@@ -346,8 +363,9 @@ class OnlineCounters:
                 out[f"{t}@{w}"] = values[:, k * n_win + j]
         a, b = CTR_PRIOR
         for w in self.windows:
-            clicks = out[f"click@{w}"] + out[f"cart@{w}"] + out[f"purchase@{w}"]
-            views = np.maximum(out[f"view@{w}"] + clicks, clicks)
+            clicks = self.clicks(out, w)
+            views = out[f"view@{w}"] + clicks
+            out[f"clicks@{w}"] = clicks
             out[f"ctr@{w}"] = (clicks + a) / (views + a + b)
         out["recency_hours"] = np.where(present, dt / 3600.0, np.inf)
         return out

@@ -34,7 +34,6 @@ from sieve.data.records import Event, Impression, ImpressionArm, ImpressionItem,
 from sieve.data.schema import UnknownIdError
 from sieve.experiments.interleaving import request_rng, team_draft
 from sieve.experiments.online import (
-    CLICK_TYPES,
     TEAM_PREFIX,
     Arm,
     ExperimentBook,
@@ -151,10 +150,12 @@ class Service:
         self.impressions = ImpressionLogger(store)
         #: online counters (item views/clicks/CTR per window, user recency and
         #: affinity), folded from the stored log by `ingestion`
-        self.counters = OnlineCounters(cache)
+        self.counters = OnlineCounters(cache, semantics=settings.semantics)
         self.metrics = ServingMetrics.for_settings(settings, self.store)
         self.holder = ModelHolder(Path(settings.model_dir), self.store, self.counters)
-        self.experiments = ExperimentBook(self.store, cache, refresh_seconds=math.inf)
+        self.experiments = ExperimentBook(
+            self.store, cache, refresh_seconds=math.inf, semantics=settings.semantics
+        )
         self.explorer = ExplorationSlots(cache)
         self.ingestion = EventIngestion(
             settings,
@@ -564,7 +565,8 @@ class Service:
         """Clicks citing a request reward its exploration slots and its
         adaptively allocated arms (at most once per request and experiment)."""
         for e in events:
-            if e.request_id is None or e.type not in CLICK_TYPES:
+            reward = self.settings.semantics.reward(e.type)
+            if e.request_id is None or reward <= 0:
                 continue
             with self._served_lock:
                 served = self._served.get(e.request_id)
@@ -574,9 +576,9 @@ class Service:
                 served.credited.update(x for x, _ in todo)
                 policy = served.explored.pop(e.item_id, None)
             if policy is not None:
-                self.explorer.credit(policy, e.item_id)
+                self.explorer.credit(policy, e.item_id, reward)
             for experiment, arm in todo:
-                self.experiments.clicked(experiment, arm)
+                self.experiments.clicked(experiment, arm, reward)
 
     def save_bandits(self) -> None:
         """Persist exploration and allocation bandit state to the cache."""
@@ -614,6 +616,7 @@ class Service:
             alpha=alpha,
             catalog_size=self.store.count_items(),
             cache=self.cache,
+            semantics=self.settings.semantics,
         )
         if record.experiment.allocation == "thompson":
             out["allocation_state"] = self.experiments.allocation(name)

@@ -40,6 +40,30 @@ class AppendResult:
     created_users: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class WindowCounts:
+    """Aggregates of the logs over a time window `[start, end)` cut into
+    buckets of `bucket_seconds` (bucket k covers `[start + k·w, start + (k+1)·w)`),
+    computed in the database (`Store.window_counts`): the cost is the window's
+    rows, never the whole log, and what travels is one row per bucket and type.
+
+    - `slots`: columns bucket, impressions (shown slots), requests (distinct
+      served lists with at least one slot);
+    - `events`: columns bucket, type, events, cited (events of that type
+      citing a request);
+    - `users`: columns bucket, users (distinct users of slots and events);
+    - `total_users`: distinct users over the whole window.
+    """
+
+    start: float
+    end: float
+    bucket_seconds: int
+    slots: pd.DataFrame
+    events: pd.DataFrame
+    users: pd.DataFrame
+    total_users: int
+
+
 @runtime_checkable
 class Store(Protocol):
     """Catalog + append-only event log.
@@ -147,6 +171,30 @@ class Store(Protocol):
 
     def impressions_frame(self, since: float | None = None) -> pd.DataFrame:
         """One row per shown slot, oldest first."""
+        ...
+
+    # ------------------------------------------------------------- analytics
+    def window_counts(self, start: float, end: float, bucket_seconds: int) -> WindowCounts:
+        """Per-bucket and total counts of slots, requests, events by type and
+        users over `[start, end)` (epoch seconds), aggregated in the database."""
+        ...
+
+    def event_counts(self, after_seq: int, upto_seq: int, by: str) -> pd.Series:
+        """Events with `after_seq < seq <= upto_seq` counted per value of column
+        `by` (`item_id` or `type`), aggregated in the database."""
+        ...
+
+    def shown_slots(
+        self,
+        model_version: str,
+        since: float,
+        until: float,
+        click_types: Sequence[str],
+        limit: int,
+    ) -> pd.DataFrame:
+        """The newest `limit` slots shown by `model_version` in `[since, until)`:
+        columns timestamp, score, clicked (whether an event of `click_types`
+        cites the slot's request and item), newest first."""
         ...
 
     # ----------------------------------------------------------- experiments

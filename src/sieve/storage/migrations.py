@@ -169,6 +169,50 @@ def _v4_experiments(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v5_analytics_indexes(conn: Connection) -> None:
+    """Indexes for windowed analytics: KPIs read a time range of events and
+    slots; drift reads a model version's newest slots; clicks are matched to
+    slots (experiment reports, drift) through the request they cite. Partial
+    on `request_id`, so events citing nothing cost the index nothing."""
+    md = MetaData()
+    events = Table(
+        "events",
+        md,
+        Column("seq", SeqType, primary_key=True),
+        Column("timestamp_us", BigInteger),
+        Column("request_id", String(256)),
+        Column("item_id", String(256)),
+    )
+    slots = Table(
+        "impression_items",
+        md,
+        Column("request_id", String(256), primary_key=True),
+        Column("position", Integer, primary_key=True),
+        Column("timestamp_us", BigInteger),
+    )
+    heads = Table(
+        "impressions",
+        md,
+        Column("request_id", String(256), primary_key=True),
+        Column("model_version", String(256)),
+        Column("timestamp_us", BigInteger),
+    )
+    cited = events.c.request_id.isnot(None)
+    for index in (
+        Index("ix_events_time", events.c.timestamp_us),
+        Index(
+            "ix_events_request",
+            events.c.request_id,
+            events.c.item_id,
+            postgresql_where=cited,
+            sqlite_where=cited,
+        ),
+        Index("ix_impression_items_time", slots.c.timestamp_us),
+        Index("ix_impressions_version_time", heads.c.model_version, heads.c.timestamp_us),
+    ):
+        index.create(conn)
+
+
 #: Every step in version order; the last one's version is the current schema version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog: items and users", _v1_catalog),
@@ -178,6 +222,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4, "experiments, and the arm of every experiment each impression was in", _v4_experiments
+    ),
+    Migration(
+        5,
+        "analytics indexes: events and slots by time, slots by model version, events by request",
+        _v5_analytics_indexes,
     ),
 )
 

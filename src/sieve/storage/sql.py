@@ -48,9 +48,13 @@ from sqlalchemy import (
     delete,
     event,
     exc,
+    exists,
     func,
+    literal,
     select,
     text,
+    union,
+    union_all,
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -59,7 +63,7 @@ from sqlalchemy.pool import StaticPool
 
 from sieve.data.records import Event, Impression, ImpressionArm, ImpressionItem, Item, User
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
-from sieve.storage.base import AppendResult, StoreError, StoreUnavailable
+from sieve.storage.base import AppendResult, StoreError, StoreUnavailable, WindowCounts
 from sieve.storage.migrations import MIGRATIONS, JSONType, Migration, SeqType, apply_migrations
 
 #: URL schemes `open_store` understands.
@@ -713,6 +717,144 @@ class SQLStore:
         frame = pd.DataFrame(rows, columns=[*IMPRESSION_COLUMNS[:-1], "timestamp_us"])
         frame["timestamp"] = frame.pop("timestamp_us").astype(np.int64) / 1e6
         return frame[IMPRESSION_COLUMNS]
+
+    # ------------------------------------------------------------- analytics
+    def window_counts(self, start: float, end: float, bucket_seconds: int) -> WindowCounts:
+        """Counts over `[start, end)` per bucket, aggregated in the database
+        (range scans of the time indexes: the window's rows, not the log's)."""
+        if bucket_seconds < 1 or end <= start:
+            raise ValueError(
+                f"need end > start and bucket_seconds >= 1, got [{start}, {end}) / {bucket_seconds}"
+            )
+        lo, hi, width = round(start * 1e6), round(end * 1e6), int(bucket_seconds) * 10**6
+        s, e = impression_items_table, events_table
+
+        def bucket(ts: Any) -> Any:
+            # integer division (times are >= lo): the same bucket on both dialects
+            return ((ts - literal(lo, BigInteger)) // literal(width, BigInteger)).label("bucket")
+
+        in_slots = (s.c.timestamp_us >= lo, s.c.timestamp_us < hi)
+        in_events = (e.c.timestamp_us >= lo, e.c.timestamp_us < hi)
+        slot_q = (
+            select(
+                bucket(s.c.timestamp_us),
+                func.count().label("impressions"),
+                func.count(s.c.request_id.distinct()).label("requests"),
+            )
+            .where(*in_slots)
+            .group_by(text("bucket"))
+        )
+        event_q = (
+            select(
+                bucket(e.c.timestamp_us),
+                e.c.type,
+                func.count().label("events"),
+                func.count(e.c.request_id).label("cited"),
+            )
+            .where(*in_events)
+            .group_by(text("bucket"), e.c.type)
+        )
+        who = union_all(
+            select(bucket(e.c.timestamp_us), e.c.user_id.label("user_id")).where(*in_events),
+            select(bucket(s.c.timestamp_us), s.c.user_id.label("user_id")).where(
+                *in_slots, s.c.user_id.isnot(None)
+            ),
+        ).subquery()
+        user_q = select(who.c.bucket, func.count(who.c.user_id.distinct()).label("users")).group_by(
+            who.c.bucket
+        )
+        everyone = union(
+            select(e.c.user_id.label("user_id")).where(*in_events),
+            select(s.c.user_id.label("user_id")).where(*in_slots, s.c.user_id.isnot(None)),
+        ).subquery()
+        total_q = select(func.count()).select_from(everyone)
+        with self._read("window_counts") as conn:
+            slots = pd.DataFrame(
+                conn.execute(slot_q).all(), columns=["bucket", "impressions", "requests"]
+            )
+            events = pd.DataFrame(
+                conn.execute(event_q).all(), columns=["bucket", "type", "events", "cited"]
+            )
+            users = pd.DataFrame(conn.execute(user_q).all(), columns=["bucket", "users"])
+            total = int(conn.execute(total_q).scalar_one())
+        for frame in (slots, events, users):
+            for col in frame.columns:
+                if col != "type":
+                    frame[col] = frame[col].astype(np.int64)
+        return WindowCounts(
+            start=start,
+            end=end,
+            bucket_seconds=int(bucket_seconds),
+            slots=slots,
+            events=events,
+            users=users,
+            total_users=total,
+        )
+
+    def event_counts(self, after_seq: int, upto_seq: int, by: str) -> pd.Series:
+        """Events with `after_seq < seq <= upto_seq` per `item_id` or `type`
+        (a range of the primary key, grouped in the database)."""
+        if by not in ("item_id", "type"):
+            raise ValueError(f"event_counts: `by` must be 'item_id' or 'type', got {by!r}")
+        t = events_table
+        column = t.c[by]
+        query = (
+            select(column, func.count())
+            .where(t.c.seq > int(after_seq), t.c.seq <= int(upto_seq))
+            .group_by(column)
+            .order_by(column)
+        )
+        with self._read("event_counts") as conn:
+            rows = conn.execute(query).all()
+        return pd.Series(
+            [int(n) for _, n in rows],
+            index=pd.Index([str(k) for k, _ in rows], dtype=object, name=by),
+            dtype=np.int64,
+            name="events",
+        )
+
+    def shown_slots(
+        self,
+        model_version: str,
+        since: float,
+        until: float,
+        click_types: Sequence[str],
+        limit: int,
+    ) -> pd.DataFrame:
+        """The newest `limit` slots `model_version` showed in `[since, until)`
+        with their score and whether a click of `click_types` cites them
+        (index walks: version and time, then each slot's request)."""
+        h, s, e = impressions_table, impression_items_table, events_table
+        clicked = (
+            exists()
+            .where(
+                e.c.request_id == s.c.request_id,
+                e.c.item_id == s.c.item_id,
+                e.c.type.in_(list(click_types)),
+            )
+            .label("clicked")
+        )
+        query = (
+            select(h.c.timestamp_us, s.c.score, clicked)
+            .join(s, s.c.request_id == h.c.request_id)
+            .where(
+                h.c.model_version == model_version,
+                h.c.timestamp_us >= round(since * 1e6),
+                h.c.timestamp_us < round(until * 1e6),
+            )
+            .order_by(h.c.timestamp_us.desc())
+            .limit(int(limit))
+        )
+        with self._read("shown_slots") as conn:
+            rows = conn.execute(query).all()
+        cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * 3
+        return pd.DataFrame(
+            {
+                "timestamp": np.array(cols[0], dtype=np.int64) / 1e6,
+                "score": np.array(cols[1], dtype=np.float64),
+                "clicked": np.array([bool(c) for c in cols[2]], dtype=bool),
+            }
+        )
 
     # ----------------------------------------------------------- experiments
     def add_experiment(self, definition: dict[str, Any], status: str, at: datetime) -> None:

@@ -354,6 +354,10 @@
     const events = Object.values(t.events || {}).reduce((x, y) => x + y, 0);
     setTile("requests", t.requests, fmtInt(t.requests));
     setTile("impressions", t.impressions, fmtInt(t.impressions));
+    // say which events count: the server's EventSemantics, shared with the experiment reports
+    const clickTypes = (k.click_types || []).join(" + ") || "click";
+    const clicksLabel = document.querySelector('[data-label="clicks"]');
+    if (clicksLabel) clicksLabel.textContent = `Clicks (${clickTypes} events citing a list)`;
     setTile("clicks", t.clicks, fmtInt(t.clicks));
     setTile("ctr", t.ctr, fmtPct(t.ctr));
     setTile("events", events, fmtInt(events));
@@ -376,7 +380,7 @@
       h("span", { class: "muted" }, `Events by type, last ${minutes >= 60 ? minutes / 60 + " h" : minutes + " min"}: `),
       chips.length ? chips.map(([type, n]) => h("span", { class: "chip", "data-event-type": type }, `${type} `, h("b", {}, fmtInt(n))))
         : h("span", { class: "muted" }, "none"),
-      h("span", { class: "muted" }, ` · clicks are ${k.click_types.join(", ")} events that cite a request`),
+      h("span", { class: "muted" }, ` · clicks are ${k.click_types.join(", ")} events that cite a request; CTR = clicks / impressions, as in the experiment reports`),
     ]);
     return true;
   }
@@ -458,10 +462,14 @@
     card.append(h("div", { class: "verdict", "data-verdict": "" }, r.verdict || "No verdict yet."));
 
     const arms = r.arms || [];
+    const sem = r.semantics || {};
+    const clickWord = (sem.click_types || ["click"]).join(" + ");
+    const convWord = (sem.conversion_types || ["purchase"]).join(" + ");
     const armTable = h("div", { class: "table-wrap" }, h("table", {},
       h("thead", {}, h("tr", {},
         h("th", {}, "arm"), h("th", { class: "num" }, "units"), h("th", { class: "num" }, "impressions"),
-        h("th", { class: "num" }, "clicks"), h("th", {}, "CTR [95% CI]"), h("th", {}, "conversion"), h("th", {}, "revenue / user"))),
+        h("th", { class: "num", title: `events of type ${clickWord} citing the arm's lists` }, `clicks (${clickWord})`),
+        h("th", {}, "CTR [95% CI]"), h("th", {}, `conversion (${convWord})`), h("th", {}, "revenue / user"))),
       h("tbody", {}, arms.map((a) => h("tr", { "data-arm": a.arm },
         h("td", {}, h("b", {}, a.arm)), h("td", { class: "num" }, fmtInt(a.units)),
         h("td", { class: "num" }, fmtInt(a.impressions)), h("td", { class: "num" }, fmtInt(a.clicks)),

@@ -9,8 +9,10 @@
   one that is absent.
 - `GET /dashboard/api/kpis`: traffic over time from the store, per bucket and
   in total: shown slots (impressions), served lists (requests), clicks (events
-  of `attribution_types` that cite a request), CTR, events by type, distinct
-  users.
+  of the settings' `semantics.click_types` that cite a request — the
+  definition of experiment reports, Prometheus and drift), CTR, events by
+  type, distinct users; aggregated in the database over the window only
+  (`Store.window_counts`), so a call costs the window's rows, not the log's.
 - `GET /dashboard/api/models`: the model registry: versions, their training
   snapshot and offline metrics, which one serves, promotion history.
 - `GET /dashboard/api/users/{user_id}`: the user inspector: recent events,
@@ -42,8 +44,9 @@ from sieve.serve.auth import ReadAccess
 from sieve.serve.holder import NoModelError
 from sieve.serve.routes import AUTH_ERRORS, ServiceDep, UserId
 from sieve.serve.service import Filters
-from sieve.settings import Settings
+from sieve.settings import DEFAULT_SEMANTICS, EventSemantics, Settings
 from sieve.storage import CacheError
+from sieve.storage.base import WindowCounts
 
 #: The folder of the page and its assets (package data).
 ASSETS = Path(__file__).resolve().parents[1] / "dashboard"
@@ -82,6 +85,7 @@ class DashboardMeta(BaseModel):
     open_read: bool
     refresh_seconds: float
     click_types: list[str]
+    semantics: dict[str, Any]
     max_n: int
     features: Features
 
@@ -106,6 +110,7 @@ class KpiReport(BaseModel):
     minutes: int
     bucket_seconds: int
     click_types: list[str]
+    semantics: dict[str, Any]
     generated_at: float
     totals: KpiBucket
     series: list[KpiBucket]
@@ -210,9 +215,104 @@ def _bucket(timestamps: pd.Series, start: float, bucket_seconds: int) -> np.ndar
     return ((values - start) // bucket_seconds).astype(np.int64)
 
 
-def _clipped(index: np.ndarray, count: int) -> np.ndarray:
-    """Bucket indices within [0, count) (a time a hair below `end` may round up)."""
-    return np.clip(index, 0, count - 1)
+def frame_counts(
+    impressions: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    start: float,
+    end: float,
+    bucket_seconds: int,
+) -> WindowCounts:
+    """`Store.window_counts` computed in memory from `impressions_frame` rows
+    (one per shown slot) and `events_frame` rows: the reference the database
+    aggregation is tested against."""
+    count = max(1, round((end - start) / bucket_seconds))
+    imp = impressions.loc[(impressions["timestamp"] >= start) & (impressions["timestamp"] < end)]
+    ev = events.loc[(events["timestamp"] >= start) & (events["timestamp"] < end)]
+    imp = imp.assign(bucket=np.clip(_bucket(imp["timestamp"], start, bucket_seconds), 0, count - 1))
+    ev = ev.assign(
+        bucket=np.clip(_bucket(ev["timestamp"], start, bucket_seconds), 0, count - 1),
+        cited=ev["request_id"].notna().astype(np.int64),
+    )
+    slots = (
+        imp.groupby("bucket")
+        .agg(impressions=("request_id", "size"), requests=("request_id", "nunique"))
+        .reset_index()
+    )
+    by_type = (
+        ev.groupby(["bucket", "type"]).agg(events=("cited", "size"), cited=("cited", "sum"))
+    ).reset_index()
+    who = pd.concat(
+        [imp[["bucket", "user_id"]].dropna(), ev[["bucket", "user_id"]].dropna()],
+        ignore_index=True,
+    )
+    users = who.groupby("bucket")["user_id"].nunique().rename("users").reset_index()
+    return WindowCounts(
+        start=start,
+        end=end,
+        bucket_seconds=bucket_seconds,
+        slots=slots,
+        events=by_type,
+        users=users,
+        total_users=int(who["user_id"].nunique()),
+    )
+
+
+def kpis_from_counts(
+    counts: WindowCounts, semantics: EventSemantics
+) -> tuple[KpiBucket, list[KpiBucket]]:
+    """Totals and per-bucket KPIs from window counts.
+
+    A request is a served list with at least one item (an empty list has no
+    slot to count); a click is an event of `semantics.click_types` that cites
+    a request (the definition of experiment reports and Prometheus, so the
+    overall CTR is the impression-weighted mean of the arms' CTR); users are
+    the distinct users of impressions and events in the bucket.
+    """
+    width = counts.bucket_seconds
+    count = max(1, round((counts.end - counts.start) / width))
+
+    def per_bucket(frame: pd.DataFrame, column: str) -> np.ndarray:
+        out = np.zeros(count, dtype=np.int64)
+        if not frame.empty:
+            k = np.clip(frame["bucket"].to_numpy(dtype=np.int64), 0, count - 1)
+            np.add.at(out, k, frame[column].to_numpy(dtype=np.int64))
+        return out
+
+    shown = per_bucket(counts.slots, "impressions")
+    requests = per_bucket(counts.slots, "requests")
+    ev = counts.events
+    is_click = np.array([semantics.is_click(str(t)) for t in ev["type"]], dtype=bool)
+    clicks = per_bucket(ev.loc[is_click], "cited")
+    types = sorted(str(t) for t in ev["type"].unique())
+    by_type = {t: per_bucket(ev.loc[ev["type"] == t], "events") for t in types}
+    users = per_bucket(counts.users, "users")
+
+    def ratio(num: int, den: int) -> float | None:
+        return num / den if den else None
+
+    series = [
+        KpiBucket(
+            start=counts.start + k * width,
+            impressions=int(shown[k]),
+            requests=int(requests[k]),
+            clicks=int(clicks[k]),
+            ctr=ratio(int(clicks[k]), int(shown[k])),
+            events={t: int(c[k]) for t, c in by_type.items() if c[k]},
+            users=int(users[k]),
+        )
+        for k in range(count)
+    ]
+    totals = KpiBucket(
+        start=counts.start,
+        impressions=int(shown.sum()),
+        requests=int(requests.sum()),
+        clicks=int(clicks.sum()),
+        ctr=ratio(int(clicks.sum()), int(shown.sum())),
+        events={t: int(c.sum()) for t, c in by_type.items()},
+        users=counts.total_users,
+    )
+    return totals, series
 
 
 def compute_kpis(
@@ -222,67 +322,12 @@ def compute_kpis(
     start: float,
     end: float,
     bucket_seconds: int,
-    click_types: tuple[str, ...],
+    semantics: EventSemantics = DEFAULT_SEMANTICS,
 ) -> tuple[KpiBucket, list[KpiBucket]]:
-    """Totals and per-bucket KPIs of `[start, end)` from `impressions_frame` rows
-    (one per shown slot) and `events_frame` rows.
-
-    A request is a served list with at least one item (an empty list has no
-    slot to count); a click is an event of `click_types` that cites a request;
-    users are the distinct users of impressions and events in the bucket.
-    """
-    count = max(1, round((end - start) / bucket_seconds))
-    imp = impressions.loc[(impressions["timestamp"] >= start) & (impressions["timestamp"] < end)]
-    ev = events.loc[(events["timestamp"] >= start) & (events["timestamp"] < end)]
-    imp_bucket = _clipped(_bucket(imp["timestamp"], start, bucket_seconds), count)
-    ev_bucket = _clipped(_bucket(ev["timestamp"], start, bucket_seconds), count)
-
-    shown = np.bincount(imp_bucket, minlength=count)
-    first = ~imp["request_id"].duplicated().to_numpy()
-    requests = np.bincount(imp_bucket[first], minlength=count)
-    is_click = (ev["type"].isin(list(click_types)) & ev["request_id"].notna()).to_numpy()
-    clicks = np.bincount(ev_bucket[is_click], minlength=count)
-
-    types = sorted(str(t) for t in ev["type"].unique())
-    by_type = {
-        t: np.bincount(ev_bucket[(ev["type"] == t).to_numpy()], minlength=count) for t in types
-    }
-
-    who = pd.DataFrame(
-        {
-            "bucket": np.concatenate([imp_bucket, ev_bucket]),
-            "user": pd.concat([imp["user_id"], ev["user_id"]], ignore_index=True),
-        }
-    ).dropna()
-    per_bucket_users = np.bincount(
-        who.drop_duplicates()["bucket"].to_numpy(dtype=np.int64), minlength=count
-    )
-
-    def ratio(num: int, den: int) -> float | None:
-        return num / den if den else None
-
-    series = [
-        KpiBucket(
-            start=start + k * bucket_seconds,
-            impressions=int(shown[k]),
-            requests=int(requests[k]),
-            clicks=int(clicks[k]),
-            ctr=ratio(int(clicks[k]), int(shown[k])),
-            events={t: int(c[k]) for t, c in by_type.items() if c[k]},
-            users=int(per_bucket_users[k]),
-        )
-        for k in range(count)
-    ]
-    totals = KpiBucket(
-        start=start,
-        impressions=int(shown.sum()),
-        requests=int(requests.sum()),
-        clicks=int(clicks.sum()),
-        ctr=ratio(int(clicks.sum()), int(shown.sum())),
-        events={t: int(c.sum()) for t, c in by_type.items()},
-        users=int(who["user"].nunique()),
-    )
-    return totals, series
+    """`kpis_from_counts` of in-memory frames (`frame_counts`): the brute-force
+    path, for tests and offline use; the endpoint aggregates in the database."""
+    counts = frame_counts(impressions, events, start=start, end=end, bucket_seconds=bucket_seconds)
+    return kpis_from_counts(counts, semantics)
 
 
 def _unprocessable(loc: list[str], msg: str) -> HTTPException:
@@ -301,7 +346,8 @@ def router(settings: Settings) -> APIRouter:
     """The dashboard router; the inspector's list length is bounded by `settings.max_n`."""
     r = APIRouter(tags=["dashboard"])
     max_n = settings.max_n
-    click_types = tuple(settings.attribution_types)
+    semantics = settings.semantics
+    click_types = tuple(semantics.click_types)
 
     @r.get("/dashboard", include_in_schema=False)
     def page() -> HTMLResponse:
@@ -327,6 +373,7 @@ def router(settings: Settings) -> APIRouter:
             open_read=settings.open_read,
             refresh_seconds=REFRESH_SECONDS,
             click_types=list(click_types),
+            semantics=semantics.describe(),
             max_n=max_n,
             features=Features(
                 experiments="/experiments" in paths and any(_REPORT_PATH.match(p) for p in paths),
@@ -347,7 +394,8 @@ def router(settings: Settings) -> APIRouter:
     ) -> KpiReport:
         """KPIs over the last `minutes`, per bucket of `bucket_seconds` and in total:
         impressions (shown slots), requests (served lists), clicks (events of the
-        attributed types citing a request), CTR, events by type, distinct users.
+        settings' `semantics.click_types` citing a request), CTR, events by type,
+        distinct users. Aggregated in the database over the window only.
 
         Buckets are aligned to multiples of `bucket_seconds`; the last one holds
         now. At most 1440 buckets, and a bucket no wider than the window.
@@ -369,22 +417,17 @@ def router(settings: Settings) -> APIRouter:
         now = time.time()
         start, end, _count = kpi_window(now, minutes, bucket_seconds)
         service.impressions.flush()  # lists served a moment ago count too
-        impressions = service.store.impressions_frame(since=start)
-        events = service.store.events_frame()
-        totals, series = compute_kpis(
-            impressions,
-            events,
-            start=start,
-            end=end,
-            bucket_seconds=bucket_seconds,
-            click_types=click_types,
-        )
+        # aggregated in the database over the window only: the cost follows
+        # the window's traffic, not the length of the log
+        counts = service.store.window_counts(start, end, bucket_seconds)
+        totals, series = kpis_from_counts(counts, semantics)
         return KpiReport(
             start=start,
             end=end,
             minutes=minutes,
             bucket_seconds=bucket_seconds,
             click_types=list(click_types),
+            semantics=semantics.describe(),
             generated_at=now,
             totals=totals,
             series=series,
@@ -481,4 +524,4 @@ def router(settings: Settings) -> APIRouter:
     return r
 
 
-__all__ = ["compute_kpis", "json_safe", "kpi_window", "router"]
+__all__ = ["compute_kpis", "frame_counts", "json_safe", "kpi_window", "kpis_from_counts", "router"]
