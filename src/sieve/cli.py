@@ -188,7 +188,7 @@ def evaluate(
     from sieve.evaluate.protocol import ModelSpec
     from sieve.evaluate.protocol import evaluate as run_evaluation
     from sieve.evaluate.report import table, write_html, write_json
-    from sieve.models.registry import model_class
+    from sieve.models.base import model_class
 
     with _clean_errors():
         names = _parse_models(models)

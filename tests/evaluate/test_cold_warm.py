@@ -18,7 +18,7 @@ from sieve.data.split import Split, temporal_split
 from sieve.evaluate import metrics as M
 from sieve.evaluate.protocol import EvaluationResult, ModelSpec, evaluate
 from sieve.evaluate.report import table, to_json, write_html
-from sieve.models.registry import create_model
+from sieve.models.base import create_model
 
 SPEC = "synthetic:users=240,items=120,seed=4"
 ALS = {"num_threads": 1, "factors": 16, "iterations": 5}

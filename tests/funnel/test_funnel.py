@@ -14,8 +14,7 @@ from sieve.config import ConfigError
 from sieve.data.dataset import Dataset
 from sieve.data.io import load_data
 from sieve.data.schema import UnknownIdError
-from sieve.models.base import NotFittedError
-from sieve.models.registry import create_model
+from sieve.models.base import NotFittedError, create_model
 from sieve.pipeline import Funnel, FunnelConfig, featurize, load_funnel_config
 from sieve.ranking.features import FEATURE_NAMES, base_score
 from sieve.types import Context, Query, Recommended

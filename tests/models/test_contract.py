@@ -20,8 +20,7 @@ import scipy.sparse as sp
 from sieve.config import ConfigError
 from sieve.data.dataset import Dataset
 from sieve.data.schema import EventWeights
-from sieve.models.base import NotFittedError, Recommender
-from sieve.models.registry import MODELS, create_model
+from sieve.models.base import MODELS, NotFittedError, Recommender, create_model
 
 N_PER_GROUP_USERS = 20
 N_PER_GROUP_ITEMS = 15

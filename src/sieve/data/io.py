@@ -17,7 +17,7 @@ import io
 import re
 import typing
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,13 +29,12 @@ import pyarrow.csv as pcsv
 from numpy.typing import NDArray
 
 from sieve.config import Config, ConfigError
-from sieve.data.dataset import Dataset
+from sieve.data.raw import ImportProblem, RawData
 from sieve.data.schema import (
     DEFAULT_EVENT_WEIGHTS,
     EVENT_COLUMNS,
     ITEM_COLUMNS,
     USER_COLUMNS,
-    EventWeights,
     empty_items,
     empty_users,
 )
@@ -68,46 +67,6 @@ ML1M_OCCUPATIONS = [
 ]  # fmt: skip
 
 _NO_GENRES = {"(no genres listed)", ""}
-
-
-# ------------------------------------------------------------------- results
-@dataclass(frozen=True)
-class ImportProblem:
-    """One malformed row: where it is (`source` file, 1-based `line`) and why.
-
-    For Parquet tables `line` is the 1-based row number.
-    """
-
-    line: int
-    reason: str
-    source: str = ""
-
-    def __str__(self) -> str:
-        where = f"{self.source} line {self.line}" if self.source else f"line {self.line}"
-        return f"{where}: {self.reason}"
-
-
-@dataclass(eq=False)
-class RawData:
-    """Imported frames in the schema columns, before any indexing.
-
-    `problems` lists every skipped row; callers decide whether to warn or fail.
-    """
-
-    events: pd.DataFrame
-    items: pd.DataFrame = field(default_factory=empty_items)
-    users: pd.DataFrame = field(default_factory=empty_users)
-    problems: list[ImportProblem] = field(default_factory=list)
-
-    def to_dataset(self, weights: EventWeights | None = None) -> Dataset:
-        """Index the frames into a `Dataset` snapshot."""
-        return Dataset.from_frames(self.events, self.items, self.users, weights=weights)
-
-    def __repr__(self) -> str:
-        return (
-            f"RawData({len(self.events)} events, {len(self.items)} items, "
-            f"{len(self.users)} users, {len(self.problems)} problems)"
-        )
 
 
 # ------------------------------------------------------------- row checking

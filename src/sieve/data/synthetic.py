@@ -37,7 +37,7 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 from sieve.config import Config, ConfigError
-from sieve.data.io import RawData
+from sieve.data.raw import RawData
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 
 __all__ = ["SyntheticConfig", "SyntheticWorld", "generate"]

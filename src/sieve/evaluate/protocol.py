@@ -28,8 +28,7 @@ from sieve.data.dataset import Dataset
 from sieve.data.split import Split
 from sieve.evaluate import metrics as M
 from sieve.evaluate.stats import Interval, PairedResult, compare_to_baseline, mean_ci
-from sieve.models.base import Recommender
-from sieve.models.registry import create_model, model_class
+from sieve.models.base import Recommender, create_model, model_class
 
 #: Cutoffs of the metric-against-K curves (those above the list length are dropped).
 CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50)

@@ -16,7 +16,7 @@ import optuna
 
 from sieve.data.split import Split, make_splits
 from sieve.evaluate import metrics as M
-from sieve.models.registry import create_model, model_class
+from sieve.models.base import create_model, model_class
 
 SearchSpace = Callable[[optuna.Trial], dict[str, Any]]
 

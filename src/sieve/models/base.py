@@ -10,6 +10,7 @@ to the model (index -1) is scored from the row alone (fold-in).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -210,8 +211,6 @@ class Recommender(ABC, Generic[C, S]):
     @classmethod
     def load(cls, path: str | Path) -> Recommender[Any, Any]:
         """Read a model written by `save`; works on the base class too."""
-        from sieve.models.registry import model_class
-
         path = Path(path)
         meta = json.loads((path / "model.json").read_text())
         klass = model_class(meta["model"])
@@ -268,3 +267,37 @@ def _as_rows(user_items: sp.csr_matrix | NDArray[Any], n_rows: int) -> sp.csr_ma
     if m.shape[0] != n_rows:
         raise ValueError(f"user_items has {m.shape[0]} rows for {n_rows} users")
     return m
+
+
+# ------------------------------------------------------------ model names
+#: name -> "module:Class"; imported lazily so `sieve --help` stays fast.
+MODELS: dict[str, str] = {
+    "popular": "sieve.models.popularity:Popularity",
+    "bayes-rating": "sieve.models.popularity:BayesianRating",
+    "trending": "sieve.models.popularity:Trending",
+    "itemknn": "sieve.models.itemknn:ItemKNN",
+    "ease": "sieve.models.ease:EASE",
+    "als": "sieve.models.factorization:ALS",
+    "bpr": "sieve.models.factorization:BPR",
+    "content": "sieve.models.content:ContentTFIDF",
+    "biasedmf": "sieve.models.biasedmf:BiasedMF",
+    "funnel": "sieve.pipeline:Funnel",
+}
+
+
+def model_class(name: str) -> type[Recommender[Any, Any]]:
+    """The class registered under `name`; the error lists the known names."""
+    try:
+        target = MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+    module, cls = target.split(":")
+    klass: type[Recommender[Any, Any]] = getattr(importlib.import_module(module), cls)
+    return klass
+
+
+def create_model(name: str, params: dict[str, Any] | None = None) -> Recommender[Any, Any]:
+    """A fresh model with its defaults, overridden by `params`."""
+    klass = model_class(name)
+    config = klass.config_class.from_dict(params or {})
+    return klass(config)
