@@ -392,9 +392,7 @@ class SQLStore:
         return frame[USER_COLUMNS]
 
     # ---------------------------------------------------------------- events
-    def append_events(
-        self, events: Sequence[Event], *, create_users: bool = False
-    ) -> AppendResult:
+    def append_events(self, events: Sequence[Event], *, create_users: bool = False) -> AppendResult:
         now_us = _to_us(datetime.now(UTC))
         rows: list[dict[str, Any]] = []
         first: set[str] = set()
@@ -453,7 +451,9 @@ class SQLStore:
                 .on_conflict_do_nothing(index_elements=[users_table.c.id])
                 .returning(users_table.c.id)
             )
-            created.extend(conn.execute(stmt, [{"id": u, "attributes": {}} for u in chunk]).scalars())
+            created.extend(
+                conn.execute(stmt, [{"id": u, "attributes": {}} for u in chunk]).scalars()
+            )
         return created
 
     def events_frame(self, since_seq: int | None = None) -> pd.DataFrame:
