@@ -163,7 +163,10 @@ def test_chunked_body_over_the_limit_is_413(small_server: str) -> None:
     assert len(body) > 2048
     with httpx.Client(base_url=small_server, timeout=30) as client:
         request = client.build_request(
-            "POST", "/items/bulk", content=_chunks(body), headers={"content-type": "application/json"}
+            "POST",
+            "/items/bulk",
+            content=_chunks(body),
+            headers={"content-type": "application/json"},
         )
         assert request.headers.get("transfer-encoding") == "chunked"
         assert "content-length" not in request.headers

@@ -24,6 +24,7 @@ import time
 import typing
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -218,6 +219,14 @@ def _latest(latest: float | None) -> float:
     return time.time() + DEFAULT_MAX_FUTURE_SKEW_SECONDS if latest is None else latest
 
 
+def _iso(seconds: float) -> str:
+    """An epoch time as an ISO date, or as seconds beyond the year 9999."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{seconds:.0f} s after the epoch"
+
+
 def _fail_future(rows: _Rows, seconds: NDArray[np.float64], latest: float | None) -> None:
     """Report rows timestamped after `_latest(latest)`, naming the date."""
     limit = _latest(latest)
@@ -227,8 +236,8 @@ def _fail_future(rows: _Rows, seconds: NDArray[np.float64], latest: float | None
         return
     shown = np.full(len(seconds), "", dtype=object)
     for k in np.flatnonzero(future):
-        shown[k] = pd.Timestamp(seconds[k], unit="s", tz="UTC").isoformat()
-    limit_at = pd.Timestamp(limit, unit="s", tz="UTC").isoformat(timespec="seconds")
+        shown[k] = _iso(float(seconds[k]))
+    limit_at = _iso(limit)
     rows.fail(
         future,
         f"timestamp {{}} is in the future (after {limit_at}): fix the clock or the time unit",
@@ -552,7 +561,10 @@ def _seconds(dt: pd.Series) -> NDArray[np.float64]:
     """Datetimes (naive = UTC) as float seconds since the epoch; NaT -> NaN."""
     if getattr(dt.dt, "tz", None) is None:
         dt = dt.dt.tz_localize("UTC")
-    delta = dt - pd.Timestamp(0, tz="UTC")
+    # the epoch in the column's own unit: a far date (9999-12-31, in µs) would
+    # overflow nanoseconds
+    epoch = pd.Timestamp(0, tz="UTC").as_unit(getattr(dt.dt, "unit", "ns"))
+    delta = dt - epoch
     return (delta / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
 
 
