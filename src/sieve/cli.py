@@ -129,7 +129,33 @@ ValueCol = Annotated[
 ]
 TimeCol = Annotated[str | None, typer.Option("--time-col", help="CSV/Parquet: timestamp column")]
 TypeCol = Annotated[str | None, typer.Option("--type-col", help="CSV/Parquet: event type column")]
-SepOpt = Annotated[str, typer.Option("--sep", help="CSV field separator")]
+_SEP_ESCAPES = {"\\t": "\t", "tab": "\t", "\\\\": "\\", "\\|": "|"}
+
+
+def parse_sep(value: str) -> str:
+    """The separator a shell passes as text: `\\t` (or `tab`) is a tab, `\\xHH` and
+    `\\uHHHH` the character they name; anything else is taken as written."""
+    if value in _SEP_ESCAPES:
+        return _SEP_ESCAPES[value]
+    if value.startswith(("\\x", "\\u")):
+        try:
+            decoded = value.encode("ascii").decode("unicode_escape")
+        except (UnicodeError, ValueError):
+            decoded = ""
+        if len(decoded) != 1:
+            raise typer.BadParameter(f"{value!r} is not one escaped character, e.g. '\\x1f'")
+        return decoded
+    if not value:
+        raise typer.BadParameter("the separator must not be empty")
+    return value
+
+
+SepOpt = Annotated[
+    str,
+    typer.Option(
+        "--sep", help="CSV field separator ('\\t' or 'tab' for a tab)", callback=parse_sep
+    ),
+]
 
 
 def _columns(
@@ -547,7 +573,12 @@ def quickstart(
         )
         console.print(f"loading [bold]{data}[/bold] into {settings.store_url}", soft_wrap=True)
         with open_store(settings.store_url) as store:
-            n_items, n_users, n_events = import_data(store, load_data(data))
+            raw = load_data(data)
+            for problem in raw.problems[:20]:
+                console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
+            if len(raw.problems) > 20:
+                console.print(f"[yellow]… and {len(raw.problems) - 20} more rows skipped[/yellow]")
+            n_items, n_users, n_events = import_data(store, raw)
             console.print(f"{n_items} items, {n_users} users, {n_events} new events")
             funnel, path = train_funnel(settings, store)
         out.print(f"model {funnel.version} saved to {path}", soft_wrap=True)
@@ -572,6 +603,16 @@ models_app = typer.Typer(help="The model registry: list, promote, roll back.", n
 app.add_typer(models_app, name="models")
 
 
+def _version_arg(value: str) -> str:
+    """A version name on the command line, checked before any file is touched."""
+    from sieve.registry import RegistryError, check_version
+
+    try:
+        return check_version(value)
+    except RegistryError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def _registry(model_dir: Path | None, config: Path | None) -> Any:
     from sieve.registry import ModelRegistry
 
@@ -589,7 +630,8 @@ def models_list(model_dir: ModelDirOpt = None, config: ConfigOpt = None) -> None
         table = Table(title=f"models in {registry.root}")
         for col in ("version", "status", "created", "data", "metrics", "notes"):
             table.add_column(col)
-        for m in registry.list():
+        manifests, problems = registry.scan()
+        for m in manifests:
             mark = " ◀ serving" if m.version == current else ""
             table.add_row(
                 m.version + mark,
@@ -600,11 +642,13 @@ def models_list(model_dir: ModelDirOpt = None, config: ConfigOpt = None) -> None
                 "; ".join(m.notes),
             )
         out.print(table)
+        for problem in problems:
+            console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
 
 
 @models_app.command("promote")
 def models_promote(
-    version: Annotated[str, typer.Argument(help="the version to serve")],
+    version: Annotated[str, typer.Argument(help="the version to serve", callback=_version_arg)],
     model_dir: ModelDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:

@@ -10,6 +10,12 @@ Layout under the registry root:
 Every file is written to a temporary name and renamed into place, so a reader
 (a serving process polling for a new version) never sees half a file, and a
 crash leaves the previous state intact.
+
+Version names are checked wherever one comes in (`VERSION_PATTERN`: letters,
+digits, `.`, `_`, `-`, starting with a letter or digit), so a name can never
+leave the registry folder (`../../x`). A manifest that cannot be read is
+reported by `scan()` (version and reason) and skipped by `list()`, with a
+warning in the log: one damaged folder does not hide every other version.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+import logging
+import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,6 +38,14 @@ from sieve.models.base import Recommender
 
 CURRENT = "CURRENT"
 HISTORY = "history.jsonl"
+#: A version name: what `sieve train` makes (hex digests, `YYYYmmdd-HHMMSS`) and
+#: any other plain name; never a path.
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Names of files the registry and the service keep in its folder.
+RESERVED = frozenset({CURRENT, HISTORY, "RETRAIN"})
+_STATUSES = ("candidate", "promoted", "rejected", "retired")
+
+log = logging.getLogger(__name__)
 
 
 class RegistryError(ValueError):
@@ -58,8 +75,68 @@ class Manifest:
         return json.dumps(asdict(self), indent=1, sort_keys=True, default=str)
 
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        return cls(**json.loads(text))
+    def from_json(cls, text: str, version: str | None = None) -> Manifest:
+        """Parse and check a manifest; `version`: the folder it was read from,
+        which its `version` field must name. Raises `RegistryError` saying what
+        is wrong."""
+        try:
+            raw = json.loads(text)
+        except ValueError as e:
+            raise RegistryError(f"not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise RegistryError(f"expected a JSON object, found {type(raw).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(n for n in ("version", "model", "created_at") if n not in raw)
+        extra = sorted(set(raw) - names)
+        if missing or extra:
+            raise RegistryError(f"missing field(s) {missing}, unknown field(s) {extra}")
+        _check_types(raw)
+        if version is not None and raw["version"] != version:
+            raise RegistryError(f"names version {raw['version']!r}, not its folder {version!r}")
+        return cls(**raw)
+
+
+def _check_types(raw: dict[str, Any]) -> None:
+    """The field types a manifest's readers rely on (sorting, formatting)."""
+
+    def number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+    checks = [
+        (
+            "version",
+            isinstance(raw["version"], str) and bool(VERSION_PATTERN.match(raw["version"])),
+        ),
+        ("model", isinstance(raw["model"], str)),
+        ("created_at", number(raw["created_at"])),
+        ("data", isinstance(raw.get("data", {}), dict)),
+        ("config", isinstance(raw.get("config", {}), dict)),
+        (
+            "metrics",
+            isinstance(raw.get("metrics", {}), dict)
+            and all(number(v) for v in raw.get("metrics", {}).values()),
+        ),
+        ("status", raw.get("status", "candidate") in _STATUSES),
+        (
+            "notes",
+            isinstance(raw.get("notes", []), list)
+            and all(isinstance(n, str) for n in raw.get("notes", [])),
+        ),
+    ]
+    bad = [name for name, ok in checks if not ok]
+    if bad:
+        raise RegistryError(f"field(s) {bad} of the wrong type or value")
+
+
+@dataclass(frozen=True)
+class ManifestProblem:
+    """A registered version whose manifest cannot be read, and why."""
+
+    version: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"version {self.version!r}: {self.reason}"
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -93,7 +170,7 @@ class ModelRegistry:
     ) -> Manifest:
         """Save a trained model as a new candidate version (not yet serving)."""
         version = version or getattr(model, "version", None) or time.strftime("%Y%m%d-%H%M%S")
-        _check_version(version)
+        check_version(version)
         target = self.root / version
         if target.exists():
             raise RegistryError(f"version {version!r} is already registered")
@@ -175,29 +252,74 @@ class ModelRegistry:
         if not path.exists():
             return None
         version = path.read_text().strip()
+        if version:
+            check_version(version, f"{path} names")
         return version or None
 
     def manifest(self, version: str) -> Manifest:
+        """The manifest of `version`; `RegistryError` for a bad name, an unknown
+        version or a manifest that cannot be read."""
+        check_version(version)
         path = self.root / version / "manifest.json"
         if not path.exists():
             known = ", ".join(m.version for m in self.list()) or "none"
             raise RegistryError(f"unknown model version {version!r}; registered: {known}")
-        return Manifest.from_json(path.read_text())
+        return self._read(version, path)
+
+    @staticmethod
+    def _read(version: str, path: Path) -> Manifest:
+        try:
+            return Manifest.from_json(path.read_text(), version)
+        except (OSError, UnicodeError) as e:
+            raise RegistryError(f"manifest of version {version!r} unreadable: {e}") from None
+        except RegistryError as e:
+            raise RegistryError(f"manifest of version {version!r} is corrupt: {e}") from None
+
+    def scan(self) -> tuple[builtins.list[Manifest], builtins.list[ManifestProblem]]:
+        """Every registered version, oldest first, and the versions whose manifest
+        cannot be read (each with the reason)."""
+        found: builtins.list[Manifest] = []
+        problems: builtins.list[ManifestProblem] = []
+        for p in sorted(self.root.iterdir()):
+            if not p.is_dir() or p.name.startswith(".") or not (p / "manifest.json").exists():
+                continue
+            if not VERSION_PATTERN.match(p.name) or p.name in RESERVED:
+                problems.append(ManifestProblem(p.name, "not a valid version name"))
+                continue
+            try:
+                found.append(self._read(p.name, p / "manifest.json"))
+            except RegistryError as e:
+                problems.append(ManifestProblem(p.name, str(e)))
+        return sorted(found, key=lambda m: (m.created_at, m.version)), problems
 
     def list(self) -> builtins.list[Manifest]:
-        """Every registered version, oldest first."""
-        found = [
-            Manifest.from_json((p / "manifest.json").read_text())
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").exists()
-        ]
-        return sorted(found, key=lambda m: (m.created_at, m.version))
+        """Every readable registered version, oldest first; a corrupt manifest is
+        logged (version and reason) and left out (`scan` returns them)."""
+        found, problems = self.scan()
+        for problem in problems:
+            log.warning("model registry %s: skipped %s", self.root, problem)
+        return found
 
     def history(self) -> builtins.list[dict[str, Any]]:
+        """Promotions and rollbacks, oldest first; unreadable lines are logged and skipped."""
         path = self.root / HISTORY
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        entries: builtins.list[dict[str, Any]] = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if not isinstance(entry, dict) or not isinstance(entry.get("version"), str):
+                log.warning(
+                    "model registry %s: %s line %d unreadable, skipped", path, HISTORY, number
+                )
+                continue
+            entries.append(entry)
+        return entries
 
     def model_path(self, version: str) -> Path:
         self.manifest(version)  # raises for unknown versions
@@ -228,6 +350,26 @@ class ModelRegistry:
             os.fsync(fh.fileno())
 
 
-def _check_version(version: str) -> None:
-    if not version or "/" in version or version.startswith(".") or version == CURRENT:
-        raise RegistryError(f"invalid version name {version!r}")
+def check_version(version: str, what: str = "") -> str:
+    """`version` if it is a valid version name, else `RegistryError` saying why."""
+    if not isinstance(version, str) or not VERSION_PATTERN.match(version) or version in RESERVED:
+        raise RegistryError(
+            f"{what + ' ' if what else ''}invalid version name {version!r}: use 1-128 letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit"
+            + (
+                f" (not {sorted(RESERVED)})"
+                if isinstance(version, str) and version in RESERVED
+                else ""
+            )
+        )
+    return version
+
+
+__all__ = [
+    "VERSION_PATTERN",
+    "Manifest",
+    "ManifestProblem",
+    "ModelRegistry",
+    "RegistryError",
+    "check_version",
+]

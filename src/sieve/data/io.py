@@ -6,6 +6,10 @@ by file and 1-based line number. Good rows always import, so one stray line
 does not cost a whole dataset; a file with no good row at all raises
 `ValueError`, because that is a wrong format or a wrong file, not noise.
 
+Timestamps more than `DEFAULT_MAX_FUTURE_SKEW_SECONDS` after the time of
+loading (or after `latest`, when a caller passes one) are problems too: a
+far-future event would count at full weight in decayed counters until then.
+
 Parsing is vectorised (Arrow string kernels over whole files), so MovieLens
 100K loads in a fraction of a second and 10M-rating files are practical.
 """
@@ -14,10 +18,13 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
+import time
 import typing
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +37,7 @@ from numpy.typing import NDArray
 
 from sieve.config import Config, ConfigError
 from sieve.data.raw import ImportProblem, RawData
+from sieve.data.records import DEFAULT_MAX_FUTURE_SKEW_SECONDS
 from sieve.data.schema import (
     DEFAULT_EVENT_WEIGHTS,
     EVENT_COLUMNS,
@@ -165,6 +173,37 @@ def _blank(s: pd.Series) -> NDArray[np.bool_]:
     return (s == "").to_numpy(dtype=bool)
 
 
+def _latest(latest: float | None) -> float:
+    """The latest accepted timestamp: `latest`, or now plus the default skew."""
+    return time.time() + DEFAULT_MAX_FUTURE_SKEW_SECONDS if latest is None else latest
+
+
+def _iso(seconds: float) -> str:
+    """An epoch time as an ISO date, or as seconds beyond the year 9999."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{seconds:.0f} s after the epoch"
+
+
+def _fail_future(rows: _Rows, seconds: NDArray[np.float64], latest: float | None) -> None:
+    """Report rows timestamped after `_latest(latest)`, naming the date."""
+    limit = _latest(latest)
+    with np.errstate(invalid="ignore"):
+        future = seconds > limit
+    if not future.any():
+        return
+    shown = np.full(len(seconds), "", dtype=object)
+    for k in np.flatnonzero(future):
+        shown[k] = _iso(float(seconds[k]))
+    limit_at = _iso(limit)
+    rows.fail(
+        future,
+        f"timestamp {{}} is in the future (after {limit_at}): fix the clock or the time unit",
+        shown,
+    )
+
+
 # ------------------------------------------------------------------ reading
 def _require_file(path: Path) -> Path:
     if not path.is_file():
@@ -271,10 +310,33 @@ def _split_lines(
     return _Rows(path.name, columns, line_no[ok], problems, int((~blank).sum()))
 
 
-def _read_quoted(path: Path, sep: str, encoding: str | None = None) -> _Rows:
-    """Read a quoted CSV with a header line (Python's csv module: exact line numbers)."""
+def _unclosed_quote(span: str, sep: str) -> bool:
+    """True when `span` (the lines of one parsed row) ends inside a quoted field."""
+    try:
+        for _ in csv.reader(io.StringIO(span, newline=""), delimiter=sep, strict=True):
+            pass
+    except csv.Error as e:
+        return "end of data" in str(e)
+    return False
+
+
+def _read_quoted(
+    path: Path, sep: str, encoding: str | None = None, *, multiline: bool = False
+) -> _Rows:
+    """Read a quoted CSV with a header line (Python's csv module: exact line numbers).
+
+    A quote left open makes the csv module read the lines after it (to the next
+    quote, or the end of the file) as one field, dropping them without a word.
+    Such a row is reported at the line where the quote opens, and reading
+    resumes on the next line, so the rows around it still import. Without
+    `multiline` every row must fit on one line (event tables: ids, types,
+    numbers, times); with it, a quoted field may span lines (titles) and a row
+    counts as broken when it runs to the end of the file inside a quote or has
+    the wrong number of fields.
+    """
     _require_file(path)
-    reader = csv.reader(io.StringIO(_decode(path, encoding), newline=""), delimiter=sep)
+    physical = io.StringIO(_decode(path, encoding), newline="").readlines()
+    reader = csv.reader(iter(physical), delimiter=sep)
     try:
         cols = [c.strip().lstrip("\ufeff") for c in next(reader)]
     except StopIteration:
@@ -283,32 +345,77 @@ def _read_quoted(path: Path, sep: str, encoding: str | None = None) -> _Rows:
     data: list[list[str]] = []
     lines: list[int] = []
     problems: list[ImportProblem] = []
+    base = 0  # physical lines before the current reader's first one
     start = reader.line_num + 1
     n_rows = 0
-    for row in reader:
-        line, start = start, reader.line_num + 1
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        n_rows += 1
+    budget = len(physical)  # lines read again after open quotes: at most the file once more
+
+    def broken(row: list[str], first: int, last: int) -> bool:
+        if last == first:
+            return False
+        if not multiline:
+            return True
         if len(row) != n:
-            problems.append(
-                ImportProblem(
-                    line, f"expected {n} fields separated by {sep!r}, found {len(row)}", path.name
+            return True
+        return last == len(physical) and _unclosed_quote("".join(physical[first - 1 : last]), sep)
+
+    while True:
+        resume: int | None = None
+        for row in reader:
+            line, start = start, base + reader.line_num + 1
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            n_rows += 1
+            if broken(row, line, start - 1):
+                budget -= start - 1 - line
+                if budget < 0:
+                    problems.append(
+                        ImportProblem(
+                            line,
+                            'a quote (") opened on this line is never closed; too many such '
+                            "lines, so the rest of the file is skipped: fix the quoting",
+                            path.name,
+                        )
+                    )
+                    break
+                problems.append(
+                    ImportProblem(
+                        line,
+                        'a quote (") opened on this line is never closed: line skipped, '
+                        "reading resumes on the next one",
+                        path.name,
+                    )
                 )
-            )
-            continue
-        data.append(row)
-        lines.append(line)
+                resume = line  # read again from the physical line after it
+                break
+            if len(row) != n:
+                problems.append(
+                    ImportProblem(
+                        line,
+                        f"expected {n} fields separated by {sep!r}, found {len(row)}",
+                        path.name,
+                    )
+                )
+                continue
+            data.append(row)
+            lines.append(line)
+        if resume is None:
+            break
+        base, start = resume, resume + 1
+        reader = csv.reader(itertools.islice(physical, base, None), delimiter=sep)
     frame = pd.DataFrame(data, columns=cols, dtype="str") if data else None
     columns = {c: (frame[c] if frame is not None else pd.Series([], dtype="str")) for c in cols}
     return _Rows(path.name, columns, np.asarray(lines, dtype=np.int64), problems, n_rows)
 
 
-def _read_csv(path: Path, sep: str, names: Sequence[str] | None = None) -> _Rows:
-    """A headed CSV: the fast splitter unless the file uses quotes."""
+def _read_csv(
+    path: Path, sep: str, names: Sequence[str] | None = None, *, multiline: bool = False
+) -> _Rows:
+    """A headed CSV: the fast splitter unless the file uses quotes. With `multiline`,
+    a quoted field may span lines (see `_read_quoted`)."""
     lines = _read_lines(_require_file(path), None)
     if pc.any(pc.match_substring(lines, '"')).as_py():
-        rows = _read_quoted(path, sep)
+        rows = _read_quoted(path, sep, multiline=multiline)
     else:
         rows = _split_lines(path, sep, None, header=True, lines=lines)
     if names is not None:
@@ -358,12 +465,13 @@ def _events_frame(
     return out[EVENT_COLUMNS]
 
 
-def _rating_events(rows: _Rows, path: Path) -> pd.DataFrame:
+def _rating_events(rows: _Rows, path: Path, latest: float | None = None) -> pd.DataFrame:
     """Events of a MovieLens ratings file with columns user, item, rating, ts."""
     user = rows.text("user", "user id")
     item = rows.text("item", "item id")
     rating = rows.number("rating", "rating")
     ts = rows.number("ts", "timestamp")
+    _fail_future(rows, ts, latest)
     rows.check_all_bad(path, events=True)
     return _events_frame(rows, _event_ids(rows), user, item, "rating", rating, ts)
 
@@ -412,7 +520,10 @@ def _seconds(dt: pd.Series) -> NDArray[np.float64]:
     """Datetimes (naive = UTC) as float seconds since the epoch; NaT -> NaN."""
     if getattr(dt.dt, "tz", None) is None:
         dt = dt.dt.tz_localize("UTC")
-    delta = dt - pd.Timestamp(0, tz="UTC")
+    # the epoch in the column's own unit: a far date (9999-12-31, in µs) would
+    # overflow nanoseconds
+    epoch = pd.Timestamp(0, tz="UTC").as_unit(getattr(dt.dt, "unit", "ns"))
+    delta = dt - epoch
     return (delta / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
 
 
@@ -439,17 +550,18 @@ def _tags_by_item(rows: _Rows, path: Path) -> dict[str, list[str]]:
 
 
 # --------------------------------------------------------------- MovieLens
-def load_movielens_100k(path: str | Path) -> RawData:
+def load_movielens_100k(path: str | Path, *, latest: float | None = None) -> RawData:
     """MovieLens 100K from its folder: `u.data` ratings, `u.item` movies, `u.user`.
 
     Items get title, release date (`created_at`), genres (`categories`, the
     placeholder genre "unknown" left out) and the IMDb URL; users get age,
-    gender, occupation and zip code.
+    gender, occupation and zip code. Ratings after `latest` (epoch seconds;
+    default now plus a few minutes) are reported, as in every loader here.
     """
     folder = _require_folder(path)
     events_path = folder / "u.data"
     ratings = _split_lines(events_path, "\t", ["user", "item", "rating", "ts"])
-    events = _rating_events(ratings, events_path)
+    events = _rating_events(ratings, events_path, latest)
     problems = ratings.problems
     genres = _ml100k_genres(folder / "u.genre")
     items = empty_items()
@@ -521,21 +633,21 @@ def _ml100k_users(path: Path, problems: list[ImportProblem]) -> pd.DataFrame:
     return _users_frame(user[good].tolist(), attrs)
 
 
-def load_movielens_1m(path: str | Path) -> RawData:
+def load_movielens_1m(path: str | Path, *, latest: float | None = None) -> RawData:
     """MovieLens 1M from its folder: `ratings.dat`, `movies.dat`, `users.dat` (`::`-separated)."""
-    return _load_movielens_dat(_require_folder(path))
+    return _load_movielens_dat(_require_folder(path), latest)
 
 
-def load_movielens_10m(path: str | Path) -> RawData:
+def load_movielens_10m(path: str | Path, *, latest: float | None = None) -> RawData:
     """MovieLens 10M from its folder: `ratings.dat` (half-star ratings), `movies.dat`,
     and `tags.dat` if present (tags go to item text and `attributes["tags"]`)."""
-    return _load_movielens_dat(_require_folder(path))
+    return _load_movielens_dat(_require_folder(path), latest)
 
 
-def _load_movielens_dat(folder: Path) -> RawData:
+def _load_movielens_dat(folder: Path, latest: float | None = None) -> RawData:
     events_path = folder / "ratings.dat"
     ratings = _split_lines(events_path, "::", ["user", "item", "rating", "ts"])
-    events = _rating_events(ratings, events_path)
+    events = _rating_events(ratings, events_path, latest)
     problems = ratings.problems
     tags: dict[str, list[str]] = {}
     if (folder / "tags.dat").is_file():
@@ -587,7 +699,7 @@ def _ml1m_users(rows: _Rows, path: Path) -> pd.DataFrame:
     return _users_frame(user[good].tolist(), attrs)
 
 
-def load_movielens_latest(path: str | Path) -> RawData:
+def load_movielens_latest(path: str | Path, *, latest: float | None = None) -> RawData:
     """MovieLens "latest" (also 20M/25M/32M) from its folder: `ratings.csv`,
     `movies.csv`, `tags.csv` and `links.csv` when present.
 
@@ -603,7 +715,7 @@ def load_movielens_latest(path: str | Path) -> RawData:
         "rating": ratings.columns["rating"],
         "ts": ratings.columns["timestamp"],
     }
-    events = _rating_events(ratings, events_path)
+    events = _rating_events(ratings, events_path, latest)
     problems = ratings.problems
     tags: dict[str, list[str]] = {}
     if (folder / "tags.csv").is_file():
@@ -617,7 +729,7 @@ def load_movielens_latest(path: str | Path) -> RawData:
         problems.extend(t.problems)
     items = empty_items()
     if (folder / "movies.csv").is_file():
-        m = _read_csv(folder / "movies.csv", ",", ["movieId", "title", "genres"])
+        m = _read_csv(folder / "movies.csv", ",", ["movieId", "title", "genres"], multiline=True)
         m.columns = {
             "item": m.columns["movieId"],
             "title": m.columns["title"],
@@ -699,13 +811,15 @@ def load_table(
     *,
     format: Literal["csv", "parquet"] | None = None,
     event_types: Collection[str] | None = None,
+    latest: float | None = None,
 ) -> RawData:
     """Events from a CSV (with a header line) or Parquet table.
 
     `format` defaults to the suffix (`.parquet`/`.pq` is Parquet, anything else
     CSV). Rows whose type is not in `event_types` (default: the types of
-    `DEFAULT_EVENT_WEIGHTS`) are reported. For Parquet, problem `line`s are
-    1-based row numbers.
+    `DEFAULT_EVENT_WEIGHTS`) are reported, and so are rows timestamped after
+    `latest` (epoch seconds; default now plus `DEFAULT_MAX_FUTURE_SKEW_SECONDS`).
+    For Parquet, problem `line`s are 1-based row numbers.
     """
     path = Path(path)
     mapping = mapping or ColumnMapping()
@@ -745,6 +859,7 @@ def load_table(
     if mapping.timestamp in has:
         assert mapping.timestamp is not None
         timestamp = _parse_times(rows, mapping.timestamp, mapping)
+        _fail_future(rows, timestamp, latest)
     if mapping.event_id is not None:
         event_id = rows.text(mapping.event_id, "event id")
         dup = event_id.duplicated().to_numpy(dtype=bool) & ~_blank(event_id)
@@ -811,13 +926,16 @@ _SYNTHETIC_ALIASES = {
 }
 
 
-def load_data(spec: str, mapping: ColumnMapping | None = None) -> RawData:
+def load_data(
+    spec: str, mapping: ColumnMapping | None = None, *, latest: float | None = None
+) -> RawData:
     """Load data named by a CLI spec.
 
     `movielens-100k:PATH`, `movielens-1m:PATH`, `movielens-10m:PATH`,
     `movielens-latest:PATH`, `csv:PATH`, `parquet:PATH` (both with `mapping`),
     `synthetic` or `synthetic:key=value,...` (keys of `SyntheticConfig`, or
-    `users`, `items`, `categories`, `factors`).
+    `users`, `items`, `categories`, `factors`). Events timestamped after
+    `latest` (default: now plus a few minutes) are reported as problems.
     """
     scheme, _, rest = spec.partition(":")
     scheme = scheme.strip().lower()
@@ -833,9 +951,9 @@ def load_data(spec: str, mapping: ColumnMapping | None = None) -> RawData:
     if not rest:
         raise ValueError(f"data spec {spec!r} needs a path: {scheme}:PATH")
     if scheme in _LOADERS:
-        return _LOADERS[scheme](Path(rest).expanduser())
+        return _LOADERS[scheme](Path(rest).expanduser(), latest=latest)
     fmt: Literal["csv", "parquet"] = "csv" if scheme == "csv" else "parquet"
-    return load_table(Path(rest).expanduser(), mapping, format=fmt)
+    return load_table(Path(rest).expanduser(), mapping, format=fmt, latest=latest)
 
 
 def _synthetic_config(args: str) -> Any:

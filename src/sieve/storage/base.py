@@ -121,9 +121,7 @@ class Store(Protocol):
         ...
 
     # ---------------------------------------------------------------- events
-    def append_events(
-        self, events: Sequence[Event], *, create_users: bool = False
-    ) -> AppendResult:
+    def append_events(self, events: Sequence[Event], *, create_users: bool = False) -> AppendResult:
         """Append a batch atomically and idempotently (by event id).
 
         Missing timestamps become the time of the call. Each stored event gets

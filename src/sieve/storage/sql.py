@@ -396,9 +396,7 @@ class SQLStore:
         return frame[USER_COLUMNS]
 
     # ---------------------------------------------------------------- events
-    def append_events(
-        self, events: Sequence[Event], *, create_users: bool = False
-    ) -> AppendResult:
+    def append_events(self, events: Sequence[Event], *, create_users: bool = False) -> AppendResult:
         now_us = _to_us(datetime.now(UTC))
         rows: list[dict[str, Any]] = []
         first: set[str] = set()

@@ -6,8 +6,9 @@
   not stored again; the answer counts inserted events and lists duplicates.
 - `type` must be a configured event type; `item_id` must be in the catalog;
   a `timestamp` more than `max_future_skew_seconds` ahead of the server's
-  clock is refused (422 naming each bad one, nothing stored). An unknown `user_id` is created
-  with no attributes (so clients need not register users first).
+  clock is refused (422 naming each bad one, nothing stored). An unknown
+  `user_id` is created with no attributes (so clients need not register
+  users first).
 - More than `max_batch` events → 413 with the limit.
 - After the commit each new event goes to its user's session list in the
   cache (in batch order, so a backfilled old event counts as the most recent
