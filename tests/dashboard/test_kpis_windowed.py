@@ -57,7 +57,7 @@ def test_the_kpi_endpoint_reads_the_window_through_indexes(make_client: MakeClie
     of the logs is an index range search over the window (no table scan), so a
     call costs the window's rows however long the log is."""
     client = make_client()
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = client.app.state.service  # type: ignore[attr-defined]
     db: SQLStore = engine.store
     now = time.time()
     seed_traffic(db, now=now - 40 * 86400, seed=1, requests=400, event_id_prefix="old-")
