@@ -69,10 +69,10 @@ from sieve.rerank.stages import RerankConfig, SectionedConfig, rerank
 from sieve.retrieval.ann import AnnConfig, AnnIndex
 from sieve.retrieval.sources import (
     SOURCES,
+    CandidateEngine,
     Candidates,
     Catalog,
     ContentIndex,
-    Engine,
     Request,
     SourcesConfig,
 )
@@ -155,7 +155,7 @@ class FunnelState:
     """What `fit` learns: the candidate engine (models, index, catalog), the
     ranker, the user vocabulary and the identity of this trained funnel."""
 
-    engine: Engine
+    engine: CandidateEngine
     ranker: LTRRanker | None
     user_ids: NDArray[np.object_]
     version: str
@@ -171,7 +171,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
       from. `fit` sets the training snapshot's counters (the log replayed to
       its end; saved with the model), so an offline evaluation serves with
       what the ranker was trained on; the service replaces them with its live
-      counters (`Engine.load_model`).
+      counters (`sieve.serve.holder.ModelHolder`).
     - `logged`: impressions and attributed feedback to train the ranker on
       when `ranker.train_on` asks for them; set before `fit`.
     """
@@ -215,7 +215,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         )
 
     def _train_ranker(
-        self, dataset: Dataset, content: ContentTFIDF | None, engine: Engine
+        self, dataset: Dataset, content: ContentTFIDF | None, engine: CandidateEngine
     ) -> LTRRanker | None:
         """LambdaMART on the training set(s) `ranker.train_on` names: held-out
         snapshot interactions, logged impressions (`self.logged`, scored by
@@ -273,7 +273,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
 
     def _training_rows(
         self,
-        engine: Engine,
+        engine: CandidateEngine,
         users: NDArray[np.int64],
         fit_part: Dataset,
         replay: Replay | None = None,
@@ -746,7 +746,7 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             assert isinstance(model, ContentTFIDF)
             content = ContentIndex.load(model, path / "content_delta.npz")
         users = np.load(path / "users.npz", allow_pickle=False)
-        engine = Engine(
+        engine = CandidateEngine(
             funnel.config.sources,
             Catalog.load(path / "catalog.npz"),
             {str(k): float(v) for k, v in meta["event_weights"].items()},
@@ -796,7 +796,7 @@ def _first(
 
 
 def featurize(
-    engine: Engine,
+    engine: CandidateEngine,
     query: Query,
     blocked: NDArray[np.bool_] | None,
     *,
@@ -845,7 +845,7 @@ def _build_engine(
     content: ContentTFIDF | None,
     *,
     exact_ann: bool = False,
-) -> Engine:
+) -> CandidateEngine:
     """Fit the candidate models of a snapshot (content is fitted once, on
     item text only, and shared)."""
     src = cfg.sources
@@ -866,7 +866,7 @@ def _build_engine(
     train_sum = np.bincount(
         rows, weights=matrix.indices.astype(np.float64), minlength=matrix.shape[0]
     )
-    return Engine(
+    return CandidateEngine(
         src,
         catalog,
         dict(dataset.weights.weights),

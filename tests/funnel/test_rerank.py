@@ -15,7 +15,7 @@ from sieve.evaluate.metrics import intra_list_diversity
 from sieve.pipeline import Funnel, FunnelConfig, featurize
 from sieve.rerank.calibration import calibration_kl
 from sieve.rerank.stages import RerankConfig, rerank
-from sieve.retrieval.sources import Candidates, Engine, Request
+from sieve.retrieval.sources import CandidateEngine, Candidates, Request
 from sieve.types import Query
 
 SPEC = "synthetic:users=300,items=200,seed=1"
@@ -48,7 +48,7 @@ def fitted() -> Funnel:
 
 
 @cache
-def ranked(u: int) -> tuple[Engine, Request, Candidates, NDArray[np.float64]]:
+def ranked(u: int) -> tuple[CandidateEngine, Request, Candidates, NDArray[np.float64]]:
     funnel = fitted()
     m = data().matrix
     q = Query(user=u, history=m.indices[m.indptr[u] : m.indptr[u + 1]].astype(np.int64))

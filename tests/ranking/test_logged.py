@@ -253,7 +253,7 @@ def test_training_features_equal_serving_features_after_the_same_events(holdout:
             cut = float(t.data[t.indptr[u] : t.indptr[u + 1]].max())
         live = OnlineCounters(MemoryCache())
         arrived = ev[ev["timestamp"] <= cut]
-        for start in range(0, len(arrived), 500):  # as `Engine._count` gets them
+        for start in range(0, len(arrived), 500):  # as the counting thread folds them
             part = arrived.iloc[start : start + 500]
             live.update_columns(
                 part["user_id"].tolist(),

@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sieve.realtime.counters import OnlineCounters
-from sieve.retrieval.sources import SOURCES, Candidates, Engine, Request, positions
+from sieve.retrieval.sources import SOURCES, CandidateEngine, Candidates, Request, positions
 from sieve.storage.cache import CacheError
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ _COLUMN = {name: k for k, name in enumerate(FEATURE_NAMES)}
 
 
 def candidate_features(
-    engine: Engine, req: Request, cands: Candidates, online: OnlineCounters | None = None
+    engine: CandidateEngine, req: Request, cands: Candidates, online: OnlineCounters | None = None
 ) -> NDArray[np.float32]:
     """The feature matrix (len(cands) × len(FEATURE_NAMES)) of a request's
     candidates; used unchanged offline (training set) and online. `online`:
@@ -168,7 +168,7 @@ def candidate_features(
 
 def _put_online(
     x: NDArray[np.float32],
-    engine: Engine,
+    engine: CandidateEngine,
     req: Request,
     items: NDArray[np.int64],
     online: OnlineCounters,

@@ -50,7 +50,7 @@ from sieve.ranking.features import base_score, candidate_features
 from sieve.ranking.ltr import RankerConfig, TrainingSet
 from sieve.ranking.query import QueryConfig, UserLog, build_query
 from sieve.realtime.counters import CategoriesOf, Replay
-from sieve.retrieval.sources import SOURCES, Candidates, Engine
+from sieve.retrieval.sources import SOURCES, CandidateEngine, Candidates
 
 if TYPE_CHECKING:
     from sieve.storage.base import Store
@@ -116,7 +116,7 @@ def with_items(cands: Candidates, items: NDArray[np.int64]) -> Candidates:
 
 
 def logged_training_set(
-    engine: Engine,
+    engine: CandidateEngine,
     dataset: Dataset,
     logged: LoggedData,
     categories: CategoriesOf,

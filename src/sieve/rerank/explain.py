@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from sieve.retrieval.sources import SOURCES, Candidates, Engine, Request
+from sieve.retrieval.sources import SOURCES, CandidateEngine, Candidates, Request
 
 #: Past-tense phrases of event types, for "similar to X you <verb>".
 VERBS: dict[str, str] = {
@@ -32,7 +32,7 @@ SIMILAR_TASTE = "people with similar taste liked it"
 
 
 def explain(
-    engine: Engine, req: Request, cands: Candidates, positions: NDArray[np.int64]
+    engine: CandidateEngine, req: Request, cands: Candidates, positions: NDArray[np.int64]
 ) -> list[str]:
     """The explanation of each listed candidate (positions into `cands`)."""
     col = {s: k for k, s in enumerate(SOURCES)}
@@ -62,7 +62,7 @@ def explain(
     return out
 
 
-def _similar_to(engine: Engine, req: Request, anchor: int, recent: list[int]) -> str:
+def _similar_to(engine: CandidateEngine, req: Request, anchor: int, recent: list[int]) -> str:
     title = str(engine.catalog.titles[anchor]) or str(engine.catalog.item_ids[anchor])
     if anchor in recent:
         k = recent.index(anchor)
@@ -71,7 +71,7 @@ def _similar_to(engine: Engine, req: Request, anchor: int, recent: list[int]) ->
     return f"similar to {title} you liked"
 
 
-def _favourite_category(engine: Engine, req: Request, item: int) -> str | None:
+def _favourite_category(engine: CandidateEngine, req: Request, item: int) -> str | None:
     """The item's category with the largest share of the user's interactions."""
     cats = engine.catalog.item_categories
     ids = cats.indices[cats.indptr[item] : cats.indptr[item + 1]]
@@ -83,7 +83,7 @@ def _favourite_category(engine: Engine, req: Request, item: int) -> str | None:
     return engine.catalog.category_names[int(ids[int(np.argmax(share))])]
 
 
-def _shown_category(engine: Engine, req: Request, item: int) -> str | None:
+def _shown_category(engine: CandidateEngine, req: Request, item: int) -> str | None:
     """The requested category the item is in, else its first category."""
     names = engine.catalog.categories_of(item)
     for c in req.query.categories:

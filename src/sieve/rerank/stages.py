@@ -40,7 +40,7 @@ from sieve.rerank.diversity import (
 from sieve.rerank.fairness import LongTailConfig, must_take_tail
 from sieve.rerank.freshness import FreshnessConfig, freshness_bonus
 from sieve.rerank.rules import RulesConfig
-from sieve.retrieval.sources import Engine, Request
+from sieve.retrieval.sources import CandidateEngine, Request
 
 #: Above this many categories, only the columns a request touches are densified.
 _DENSE_CATEGORIES = 256
@@ -145,7 +145,7 @@ def normalised(relevance: NDArray[np.floating]) -> NDArray[np.float64]:
 
 
 def rerank(
-    engine: Engine,
+    engine: CandidateEngine,
     req: Request,
     items: NDArray[np.int64],
     relevance: NDArray[np.floating],
@@ -179,7 +179,7 @@ def rerank(
 
 
 def _greedy(
-    engine: Engine,
+    engine: CandidateEngine,
     req: Request,
     items: NDArray[np.int64],
     rel: NDArray[np.float64],

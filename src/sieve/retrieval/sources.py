@@ -596,7 +596,7 @@ class KnnScores:
 @dataclasses.dataclass
 class Request:
     """One query, normalised, plus the model outputs shared by the sources
-    and the ranking features (filled lazily by `Engine`)."""
+    and the ranking features (filled lazily by `CandidateEngine`)."""
 
     query: Query
     now: float
@@ -709,7 +709,7 @@ def merge(
 
 
 # ======================================================================= engine
-class Engine:
+class CandidateEngine:
     """The fitted candidate models of a funnel, and every per-request
     computation on them: request normalisation, user vectors (fold-in),
     source proposals and the merge.

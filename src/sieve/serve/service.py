@@ -143,9 +143,7 @@ class Service:
     def __init__(self, settings: Settings, store: Store, cache: Cache) -> None:
         self.settings = settings
         timeout = settings.store_timeout_seconds
-        self.store: Store = (
-            GuardedStore(store, timeout) if timeout > 0 else store
-        )
+        self.store: Store = GuardedStore(store, timeout) if timeout > 0 else store
         self.cache = cache
         self.impressions = ImpressionLogger(store)
         #: online counters (item views/clicks/CTR per window, user recency and
