@@ -15,7 +15,7 @@ cannot be excluded through the query string.
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from sieve.data.records import MAX_ID_LENGTH
@@ -55,6 +55,14 @@ def _split(values: list[str] | None, what: str, longest: int) -> tuple[str, ...]
     return tuple(out)
 
 
+def _json(result: RecommendationList) -> Response:
+    """The list serialised once: it was built from validated parts, so the
+    response model's second validation (FastAPI's default for a returned
+    model) is skipped; the OpenAPI schema still names `RecommendationList`."""
+    body = result.model_dump_json(exclude=None if result.trace is not None else {"trace"})
+    return Response(body, media_type="application/json")
+
+
 def _check_n(n: int, limit: int, loc: list[str | int]) -> None:
     if n > limit:
         raise HTTPException(
@@ -85,7 +93,7 @@ def router(settings: Settings) -> APIRouter:
     ]
     Label = Annotated[str | None, Query(min_length=1, max_length=MAX_LABEL)]
 
-    @r.get("/recommendations/{user_id}")
+    @r.get("/recommendations/{user_id}", response_model=RecommendationList)
     async def recommend_user(
         user_id: UserId,
         service: ServiceDep,
@@ -104,7 +112,7 @@ def router(settings: Settings) -> APIRouter:
                 "ranker's features (`trace`)"
             ),
         ] = False,
-    ) -> RecommendationList:
+    ) -> Response:
         """The top-n items for a user, each with its score, sources and a reason.
 
         Served from the batch precompute (`cached: true`) when it is current for
@@ -122,13 +130,13 @@ def router(settings: Settings) -> APIRouter:
             result = await run_in_threadpool(
                 service.recommend_user, user_id, n, filters, True, found
             )
-            return result.model_copy(update={"trace": found})
+            return _json(result.model_copy(update={"trace": found}))
         # a precomputed answer is one non-blocking cache read, on the event loop;
         # the live funnel (store reads, CPU work) goes to the thread pool
         cached = await service.cached_answer(user_id, n, filters)
         if cached is not None:
-            return cached
-        return await run_in_threadpool(service.recommend_user, user_id, n, filters)
+            return _json(cached)
+        return _json(await run_in_threadpool(service.recommend_user, user_id, n, filters))
 
     @r.post("/recommendations")
     def recommend_session(
