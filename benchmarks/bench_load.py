@@ -24,7 +24,7 @@ p99 (all rounds pooled); and whether the last round's throughput is within 10%
 of the first's (it must not fall as the log grows). Goals of issue 9: ≥ 3× the
 baseline throughput, recommendations p99 < 50 ms, last round within 10% of round 1.
 
-How to run (full version, about 30 min on the 2-core machine):
+How to run (full version, about 20 min on the 2-core machine):
 
     PYTHONPATH=src python benchmarks/bench_load.py --out /tmp/bench_load.json
 
