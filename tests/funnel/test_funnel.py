@@ -17,6 +17,7 @@ from sieve.data.schema import UnknownIdError
 from sieve.models.base import NotFittedError, create_model
 from sieve.pipeline import Funnel, FunnelConfig, featurize, load_funnel_config
 from sieve.ranking.features import FEATURE_NAMES, base_score
+from sieve.ranking.query import UserLog
 from sieve.types import Context, Query, Recommended
 
 SPEC = "synthetic:users=300,items=200,seed=1"
@@ -256,14 +257,11 @@ def test_ranker_features_are_identical_offline_and_online() -> None:
     ds = data()
     users = np.array([3, 17, 42])
     offline = funnel._training_rows(engine, users, ds)  # the training-set builder
+    log = UserLog(ds.events)
     for u, (items, x, base) in zip(users, offline, strict=True):
-        m = ds.matrix
-        live = Query(  # as the service builds it
-            user=int(u),
-            history=m.indices[m.indptr[u] : m.indptr[u + 1]].astype(np.int64),
-            history_weights=m.data[m.indptr[u] : m.indptr[u + 1]],
-            context=Context(),
-        )
+        user_id = str(ds.user_ids[u])
+        live = funnel.query(log.events(user_id), user_id)  # as the service builds it
+        assert live.recent, "the session is part of the query on both sides"
         _, cands, online = featurize(engine, live, None)
         assert online is not None
         np.testing.assert_array_equal(cands.items, items)

@@ -102,13 +102,15 @@ def test_replay_until_sees_only_the_past() -> None:
     )
 
 
-def test_seeding_folds_the_stored_log_once(cache: Cache, tmp_path: Path) -> None:
-    """An empty cache is seeded from the log up to a seq (later events are
-    the live path's); a second seeding (another process, a reload) is a no-op."""
+def test_catch_up_folds_the_stored_log_once(cache: Cache, tmp_path: Path) -> None:
+    """The counters fold the stored log from their watermark, a batch at a
+    time; folding again (another process, a restart) adds nothing, and events
+    appended later are folded by the next catch-up, once."""
     with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
         store.upsert_items([Item(id=i, title=i, categories=["x"]) for i in ("a", "b")])
-        store.append_events(
-            [
+
+        def events(ks: range) -> list[Event]:
+            return [
                 Event(
                     id=f"e{k}",
                     user_id=f"u{k % 3}",
@@ -116,14 +118,20 @@ def test_seeding_folds_the_stored_log_once(cache: Cache, tmp_path: Path) -> None
                     type=("view", "click")[k % 2],
                     timestamp=datetime.fromtimestamp(1_000_000 + 600 * k, UTC),
                 )
-                for k in range(10)
+                for k in ks
             ]
-        )
+
+        store.append_events(events(range(8)))
         counters = OnlineCounters(cache)
-        assert counters.seed(store, lambda i: ("x",), upto_seq=8) == 8
-        assert counters.seed(store, lambda i: ("x",), upto_seq=10) == 0
-        events = store.events_frame()
-    expected = OnlineCounters.replay(events[events["seq"] <= 8], lambda i: ("x",))
+        assert counters.watermark() == 0
+        assert counters.catch_up(store, batch=3) == 8  # three batches
+        assert counters.watermark() == 8
+        assert counters.catch_up(store) == 0
+        store.append_events(events(range(8, 10)))
+        assert counters.catch_up(store) == 2
+        assert counters.catch_up(store) == 0
+        log = store.events_frame()
+    expected = OnlineCounters.replay(log, lambda i: ("x",))
     now = 1_000_000 + 600 * 10
     a, b = counters.item_features(["a", "b"], now), expected.item_features(["a", "b"], now)
     for key in a:
@@ -131,6 +139,20 @@ def test_seeding_folds_the_stored_log_once(cache: Cache, tmp_path: Path) -> None
     for user in ("u0", "u1", "u2"):
         assert counters.user_features(user, now) == pytest.approx(expected.user_features(user, now))
     assert counters.user_features("u0", now)["affinity:x"] == pytest.approx(1.0)
+
+
+def test_a_fold_in_progress_elsewhere_is_not_repeated(cache: Cache, tmp_path: Path) -> None:
+    """While another process holds the folding lease, a catch-up returns at once."""
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
+        store.upsert_items([Item(id="a", title="a")])
+        store.append_events(
+            [Event(id="e", user_id="u", item_id="a", type="view", timestamp=datetime.now(UTC))]
+        )
+        counters = OnlineCounters(cache)
+        assert cache.add(counters.prefix + "v2:folding", b"other", 30.0)
+        assert counters.catch_up(store) == 0
+        cache.delete(counters.prefix + "v2:folding")
+        assert counters.catch_up(store) == 1
 
 
 def test_export_restore_and_records_of_another_layout(cache: Cache) -> None:
