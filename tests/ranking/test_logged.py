@@ -19,6 +19,7 @@ from sieve.pipeline import Funnel, FunnelConfig, featurize
 from sieve.ranking.features import FEATURE_NAMES
 from sieve.ranking.logged import LoggedData, logged_training_set, slot_labels
 from sieve.ranking.ltr import RankerConfig
+from sieve.ranking.query import UserLog
 from sieve.realtime.counters import OnlineCounters, Replay
 from sieve.storage.cache import MemoryCache
 from sieve.types import Query
@@ -122,14 +123,9 @@ def fitted(train_on: str) -> Funnel:
 
 
 def user_query(funnel: Funnel, u: int, now: float) -> Query:
-    m = world()[0].matrix
-    return Query(
-        user_id=str(funnel.user_ids[u]),
-        user=u,
-        history=m.indices[m.indptr[u] : m.indptr[u + 1]].astype(np.int64),
-        history_weights=m.data[m.indptr[u] : m.indptr[u + 1]],
-        now=now,
-    )
+    """The request the service builds for the snapshot user `u` at `now`."""
+    user_id = str(funnel.user_ids[u])
+    return funnel.query(UserLog(world()[0].events).events(user_id), user_id, now=now)
 
 
 def rank_of(funnel: Funnel, item: int, query: Query) -> int | None:
@@ -224,7 +220,8 @@ def test_clicks_move_the_served_ranking_without_retraining(tmp_path: Path) -> No
     assert min(before) > 30
     # (trees need not be monotone in the counts: most, not all, move up)
     assert np.mean(np.array(after) < np.array(before)) >= 0.75
-    assert np.median(after) < np.median(before) / 2
+    # by a good margin (the ranker also reads the session now, as it is served)
+    assert np.median(after) < 0.7 * np.median(before)
     assert any(listed)  # the served list changed too (after diversity re-ranking)
 
 
@@ -247,7 +244,7 @@ def test_training_features_equal_serving_features_after_the_same_events(holdout:
     rows = funnel._training_rows(engine, users, dataset, Replay(dataset.events, categories))
     ev = dataset.events
     for u, (items, x, _) in zip(users, rows, strict=True):
-        m, t = dataset.matrix, dataset.last_time
+        t = dataset.last_time
         cut = engine.snapshot_time
         if holdout == "temporal":
             cut = float(t.data[t.indptr[u] : t.indptr[u + 1]].max())
@@ -262,13 +259,9 @@ def test_training_features_equal_serving_features_after_the_same_events(holdout:
                 part["timestamp"].tolist(),
                 categories,
             )
-        query = Query(
-            user_id=str(dataset.user_ids[u]),
-            user=int(u),
-            history=m.indices[m.indptr[u] : m.indptr[u + 1]].astype(np.int64),
-            history_weights=m.data[m.indptr[u] : m.indptr[u + 1]],
-            now=cut if holdout == "temporal" else None,
-        )
+        user_id = str(dataset.user_ids[u])
+        now = cut if holdout == "temporal" else None
+        query = fit.query(UserLog(ev).events(user_id, now), user_id, now=now)
         _, cands, served = featurize(engine, query, None, online=live)
         assert served is not None
         np.testing.assert_array_equal(cands.items, items)
