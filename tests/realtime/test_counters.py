@@ -1,5 +1,5 @@
 """Online counters: decayed windows with known values, the same state from
-event-by-event updates and from a replay of the log, seeding from a store,
+event-by-event updates and from a replay of the log, folding a store's log,
 export / restore, memory and Redis alike."""
 
 from __future__ import annotations
@@ -102,28 +102,34 @@ def test_replay_until_sees_only_the_past() -> None:
     )
 
 
-def test_seeding_folds_the_stored_log_once(cache: Cache, tmp_path: Path) -> None:
-    """An empty cache is seeded from the log up to a seq (later events are
-    the live path's); a second seeding (another process, a reload) is a no-op."""
+def test_catch_up_folds_the_stored_log_once(cache: Cache, tmp_path: Path) -> None:
+    """The stored log is folded from the watermark, in batches, with the
+    catalog's categories; events stored later are folded by the next call,
+    and a call with nothing new (another process, a restart) folds nothing."""
+
+    def events(ks: range) -> list[Event]:
+        return [
+            Event(
+                id=f"e{k}",
+                user_id=f"u{k % 3}",
+                item_id="ab"[k % 2],
+                type=("view", "click")[k % 2],
+                timestamp=datetime.fromtimestamp(1_000_000 + 600 * k, UTC),
+            )
+            for k in ks
+        ]
+
     with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
         store.upsert_items([Item(id=i, title=i, categories=["x"]) for i in ("a", "b")])
-        store.append_events(
-            [
-                Event(
-                    id=f"e{k}",
-                    user_id=f"u{k % 3}",
-                    item_id="ab"[k % 2],
-                    type=("view", "click")[k % 2],
-                    timestamp=datetime.fromtimestamp(1_000_000 + 600 * k, UTC),
-                )
-                for k in range(10)
-            ]
-        )
+        store.append_events(events(range(8)))
         counters = OnlineCounters(cache)
-        assert counters.seed(store, lambda i: ("x",), upto_seq=8) == 8
-        assert counters.seed(store, lambda i: ("x",), upto_seq=10) == 0
-        events = store.events_frame()
-    expected = OnlineCounters.replay(events[events["seq"] <= 8], lambda i: ("x",))
+        assert counters.catch_up(store, batch=3) == 8
+        assert counters.watermark() == store.max_seq()
+        store.append_events(events(range(8, 10)))
+        assert counters.catch_up(store, batch=3) == 2
+        assert OnlineCounters(cache).catch_up(store) == 0
+        log = store.events_frame()
+    expected = OnlineCounters.replay(log, lambda i: ("x",))
     now = 1_000_000 + 600 * 10
     a, b = counters.item_features(["a", "b"], now), expected.item_features(["a", "b"], now)
     for key in a:

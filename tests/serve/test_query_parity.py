@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 
+from serve.conftest import API_KEYS, Trained, bearer
 from sieve.pipeline import Funnel, featurize
 from sieve.ranking.query import UserLog
 from sieve.realtime.counters import OnlineCounters
@@ -33,8 +34,6 @@ from sieve.serve.launch import running_server
 from sieve.settings import Settings
 from sieve.storage import open_cache, open_store
 from sieve.training.snapshot import snapshot
-
-from serve.conftest import API_KEYS, Trained, bearer
 
 pytestmark = pytest.mark.slow
 

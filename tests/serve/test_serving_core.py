@@ -31,9 +31,11 @@ from serve.conftest import FUNNEL_TOML, Trained
 from sieve.data.io import load_data
 from sieve.data.records import Event, Item
 from sieve.data.schema import UnknownIdError
+from sieve.pipeline import featurize
 from sieve.ranking.features import FEATURE_NAMES
 from sieve.realtime.counters import OnlineCounters
 from sieve.registry import ModelRegistry
+from sieve.rerank.rules import blocked_items
 from sieve.serve.holder import ModelHolder, items_frame
 from sieve.serve.service import Service
 from sieve.settings import Settings
@@ -85,9 +87,7 @@ def versions(two_versions: TwoVersions, tmp_path: Path) -> TwoVersions:
 
 
 def _click_events(item: str, users: list[str]) -> list[dict[str, Any]]:
-    return [
-        {"id": uuid.uuid4().hex, "user_id": u, "item_id": item, "type": "click"} for u in users
-    ]
+    return [{"id": uuid.uuid4().hex, "user_id": u, "item_id": item, "type": "click"} for u in users]
 
 
 # ---------------------------------------------- Found 1: experiment arms
@@ -132,6 +132,59 @@ def test_an_arm_on_another_version_reads_the_live_counters(
     # decayed by seconds at most
     added = np.expm1(after["features"][row][column]) - np.expm1(clicks_before)
     assert added == pytest.approx(len(others), rel=1e-3)
+
+
+class SwappingStore:
+    """A real store whose first `user_events` call (a request reading the
+    user's events) first swaps the service to another promoted version."""
+
+    def __init__(self, store: Any, swap: Callable[[], None]) -> None:
+        self.store, self.swap, self.swapped = store, swap, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def user_events(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.swapped:
+            self.swapped = True
+            self.swap()
+        return self.store.user_events(*args, **kwargs)
+
+
+def test_a_request_ranks_with_the_snapshot_it_took(
+    versions: TwoVersions, tmp_path: Path, make_client: MakeClient
+) -> None:
+    """A swap in the middle of a request: the list comes from the model the
+    answer names (the snapshot the request took), not from the new one."""
+    models = tmp_path / "models"
+    shutil.copytree(versions.model_dir, models)
+    client = make_client(
+        store_url=f"sqlite:///{versions.db}", model_dir=models, model_poll_seconds=0
+    )
+    service = _service(client)
+
+    def swap() -> None:
+        ModelRegistry(models).promote(versions.other, "a swap during a request")
+        assert service.load_model()
+
+    store = SwappingStore(service.store, swap)
+    service.store = store  # type: ignore[assignment]  # the request path's store reads
+    r = client.get("/recommendations/u093", params={"n": 8, "trace": "true"})
+    assert r.status_code == 200, r.text
+    assert store.swapped and service.model_version == versions.other
+    body = r.json()
+    trace = body["trace"]
+    funnel = service.holder.funnel_for(body["model_version"])
+    now = float(trace["query"]["now"])
+    events = [(e.item_id, e.type) for e in store.store.user_events("u093", limit=500)]
+    engine = funnel.state.engine
+    blocked = blocked_items(engine.catalog, funnel.config.rerank.rules)
+    _, cands, x = featurize(
+        engine, funnel.query(events, "u093", n=8, now=now), blocked, online=service.counters
+    )
+    assert trace["candidates"] == [str(engine.catalog.item_ids[i]) for i in cands.items]
+    assert x is not None
+    np.testing.assert_allclose(np.asarray(trace["features"], np.float32), x, rtol=1e-6)
 
 
 # ------------------------------------------------- Found 4: the hot swap
@@ -335,9 +388,7 @@ def test_two_processes_folding_at_once_count_each_event_once(
         while counters.watermark() < last and time.monotonic() < deadline:
             folded[k] += counters.catch_up(log_store, batch=100, max_batches=2)
 
-    threads = [
-        threading.Thread(target=fold, args=(k, c)) for k, c in enumerate((first, second))
-    ]
+    threads = [threading.Thread(target=fold, args=(k, c)) for k, c in enumerate((first, second))]
     for t in threads:
         t.start()
     for t in threads:

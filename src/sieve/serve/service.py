@@ -51,7 +51,7 @@ from sieve.realtime.counters import OnlineCounters
 from sieve.registry import ModelRegistry
 from sieve.serve import answers
 from sieve.serve.errors import InvalidInput, field_error
-from sieve.serve.holder import ModelHolder, NoModelError, items_frame
+from sieve.serve.holder import ModelHolder, NoModelError, ServingSnapshot, items_frame
 from sieve.serve.impressions import ImpressionLogger
 from sieve.serve.ingest import EventIngestion
 from sieve.serve.planner import RequestPlan, conflicts, plan_request
@@ -145,9 +145,7 @@ class Service:
     def __init__(self, settings: Settings, store: Store, cache: Cache) -> None:
         self.settings = settings
         timeout = settings.store_timeout_seconds
-        self.store: Store = (
-            GuardedStore(store, timeout) if timeout > 0 else store
-        )
+        self.store: Store = GuardedStore(store, timeout) if timeout > 0 else store
         self.cache = cache
         self.impressions = ImpressionLogger(store)
         #: online counters (item views/clicks/CTR per window, user recency and
@@ -370,11 +368,13 @@ class Service:
         k = min(plan.exploration_slots, n)
         pool = self.settings.exploration_pool if k > 0 else 0
         if plan.interleave is not None:
-            ranked, cold = self._interleave(plan.interleave, user_id, n - k + pool, filters, events)
+            ranked, cold = self._interleave(
+                snap, plan.interleave, user_id, n - k + pool, filters, events
+            )
             version = None
         else:
             version = plan.version
-            funnel = self.holder.funnel_for(version)
+            funnel = self._arm_funnel(snap, version)
             ranked, cold = self._ranked(funnel, user_id, n - k + pool, filters, events, now, trace)
         items: list[RecommendedItem] = []
         for item, propensity, explore in self.explorer.fill(
@@ -458,8 +458,16 @@ class Service:
             }
         return listed(funnel, recs), funnel.is_cold(query)
 
+    def _arm_funnel(self, snap: ServingSnapshot, version: str | None) -> Funnel:
+        """The funnel of an arm's model version; the serving version's is the
+        snapshot's the request took, even if a swap published another since."""
+        if version is None or version == snap.version:
+            return snap.funnel
+        return self.holder.funnel_for(version)
+
     def _interleave(
         self,
+        snap: ServingSnapshot,
         arm: Arm,
         user_id: str,
         n: int,
@@ -470,10 +478,10 @@ class Service:
         a, b = arm.experiment.served
         now = time.time()
         list_a, cold = self._ranked(
-            self.holder.funnel_for(a.model_version), user_id, n, filters, events, now
+            self._arm_funnel(snap, a.model_version), user_id, n, filters, events, now
         )
         list_b, _ = self._ranked(
-            self.holder.funnel_for(b.model_version), user_id, n, filters, events, now
+            self._arm_funnel(snap, b.model_version), user_id, n, filters, events, now
         )
         by_id = {i.id: i for i in list_b} | {i.id: i for i in list_a}
         request_id = uuid.uuid4().hex
