@@ -12,8 +12,8 @@ A user's events are given most recent first as (item id, event type) pairs:
 - the history is the first `history_limit` of them, summed per item by the
   type weights (types of weight ≤ 0 do not count), items in index order;
 - the session (`Query.recent`) is the first `recent_limit` of the events
-  themselves (every caller above), or of an explicit `session` list (an
-  anonymous session's items). A cache of recent events is no substitute: it
+  themselves (what every caller above does), or of a `session` list when one
+  is given. A cache of recent events is no substitute: it
   lacks imported history and what the cache lost, so a live query built from
   it differs from training's (tests/serve/test_query_parity.py).
 """
