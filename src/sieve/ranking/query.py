@@ -1,7 +1,7 @@
 """The one place a funnel's `Query` is built from a user's events.
 
 Every caller asks this module: live requests (the service reads the user's
-stored events and session list), the ranker's training queries (a snapshot
+stored events), the ranker's training queries (a snapshot
 user's events up to the query's cut time), logged-impression training (the
 user's events before the impression), offline evaluation of the funnel and
 the worker's holdout comparison. So what the ranker learns from and what it
@@ -11,9 +11,11 @@ weights, same session.
 A user's events are given most recent first as (item id, event type) pairs:
 - the history is the first `history_limit` of them, summed per item by the
   type weights (types of weight ≤ 0 do not count), items in index order;
-- the session (`Query.recent`) is the first `recent_limit` of the session
-  list when one is given (the service's cache of the latest events), else of
-  the events themselves — the same events the cache mirrors.
+- the session (`Query.recent`) is the first `recent_limit` of the events
+  themselves (what every caller above does), or of a `session` list when one
+  is given. A cache of recent events is no substitute: it
+  lacks imported history and what the cache lost, so a live query built from
+  it differs from training's (tests/serve/test_query_parity.py).
 """
 
 from __future__ import annotations

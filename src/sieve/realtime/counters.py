@@ -38,6 +38,7 @@ cache, so one process folds at a time and every event is folded once.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import struct
@@ -57,6 +58,8 @@ from sieve.storage.cache import Cache, MemoryCache
 
 if TYPE_CHECKING:
     from sieve.storage.base import Store
+
+log = logging.getLogger(__name__)
 
 #: Window names and their lengths in seconds.
 WINDOWS: dict[str, float] = {"1h": 3600.0, "1d": 86_400.0, "7d": 604_800.0}
@@ -304,9 +307,12 @@ class OnlineCounters:
         The one write path of the counters in a service: every event is folded
         once, whichever process appended it and whenever the cache was emptied
         (no event is counted twice and none is skipped). One process at a time
-        folds, holding a lease in the cache (`lease_seconds`); others return 0
-        at once. Item categories come from the store's catalog. A crash between
-        a batch's records and its watermark re-folds that one batch."""
+        folds, holding a lease in the cache (`lease_seconds`, renewed before
+        each batch is counted); others return 0 at once. A fold whose lease ran
+        out (a batch read that took longer) stops before counting: another
+        process may have taken over from the same watermark. Item categories
+        come from the store's catalog. A crash between a batch's records and
+        its watermark re-folds that one batch."""
         lease = self.prefix + _LEASE
         token = os.urandom(8).hex().encode()
         if not self.cache.add(lease, token, lease_seconds):
@@ -318,6 +324,9 @@ class OnlineCounters:
                 upto = self.watermark()
                 frame = store.events_frame(since_seq=upto, limit=batch)
                 if frame.empty:
+                    break
+                if not self._renew(lease, token, lease_seconds):
+                    log.warning("online counters: the fold's lease ran out; another process folds")
                     break
                 items = sorted(set(frame["item_id"].astype(str)))
                 found = store.get_items(items)
@@ -337,6 +346,15 @@ class OnlineCounters:
             if self.cache.get(lease) == token:
                 self.cache.delete(lease)
         return folded
+
+    def _renew(self, lease: str, token: bytes, seconds: float) -> bool:
+        """Extend this fold's lease; False when it is no longer held (it ran
+        out, and another process may hold it now). A get then a set: the
+        window between them is what is left of a race, not a batch's length."""
+        if self.cache.get(lease) != token:
+            return False
+        self.cache.set(lease, token, seconds)
+        return True
 
     # ------------------------------------------------------------- read path
     def clicks(self, counts: Mapping[str, NDArray[np.float64]], window: str) -> NDArray[np.float64]:

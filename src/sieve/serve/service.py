@@ -6,9 +6,11 @@ A small facade over parts with one job each:
 - `planner`: what a request's experiment arms ask for;
 - `answers`: precomputed answers;
 - the one query builder, `Funnel.query` (`sieve.ranking.query`), which
-  training uses too: a live request reads the user's last
-  `query.history_limit` stored events and their session list from the cache
-  (the stored events when the cache has none) and nothing else.
+  training uses too: a live request reads the user's latest stored events
+  (as many as the query's history and session take) and nothing else. Its
+  session is the latest of those events, as in training; the session lists
+  in the cache are not read for it, since they lack what was imported or
+  lost with the cache and would make a live query differ from training's.
 
 Every store call has a time limit (`store_timeout_seconds`, through
 `GuardedStore`) and every cache call one (Redis timeouts, a cool-down after
@@ -49,9 +51,9 @@ from sieve.realtime.counters import OnlineCounters
 from sieve.registry import ModelRegistry
 from sieve.serve import answers
 from sieve.serve.errors import InvalidInput, field_error
-from sieve.serve.holder import ModelHolder, NoModelError, items_frame
+from sieve.serve.holder import ModelHolder, NoModelError, ServingSnapshot, items_frame
 from sieve.serve.impressions import ImpressionLogger
-from sieve.serve.ingest import RECENT_MAX, EventIngestion, recent_key
+from sieve.serve.ingest import EventIngestion
 from sieve.serve.planner import RequestPlan, conflicts, plan_request
 from sieve.serve.schemas import ExperimentArm, RecommendationList, RecommendedItem
 from sieve.settings import Settings
@@ -284,23 +286,12 @@ class Service:
 
     # ----------------------------------------------------------- queries
     def user_events(self, funnel: Funnel, user_id: str) -> list[tuple[str, str]]:
-        """The user's last `query.history_limit` stored (item, type) events, most recent first."""
-        limit = funnel.config.query.history_limit
+        """The user's latest stored (item, type) events, most recent first: as
+        many as the query's history (`query.history_limit`) and session
+        (`query.recent_limit`) take."""
+        shape = funnel.config.query
+        limit = max(shape.history_limit, shape.recent_limit)
         return [(e.item_id, e.type) for e in self.store.user_events(user_id, limit=limit)]
-
-    def session(self, funnel: Funnel, user_id: str) -> list[tuple[str, str]]:
-        """The user's session list from the cache (empty when it has none or fails)."""
-        limit = min(funnel.config.query.recent_limit, RECENT_MAX)
-        try:
-            entries = self.cache.recent(recent_key(user_id), limit)
-        except CacheError:
-            log.warning("cache unavailable: session read from the store", exc_info=True)
-            return []
-        out: list[tuple[str, str]] = []
-        for entry in entries:
-            item_id, _, kind = entry.rpartition("|")
-            out.append((item_id, kind))
-        return out
 
     def user_query(
         self,
@@ -311,13 +302,13 @@ class Service:
         events: Sequence[tuple[str, str]] | None = None,
         now: float | None = None,
     ) -> Query:
-        """The live request of a user, built by the one query builder."""
+        """The live request of a user, built by the one query builder from
+        their stored events (the session too: see the module doc)."""
         if events is None:
             events = self.user_events(funnel, user_id)
         return funnel.query(
             events,
             user_id,
-            session=self.session(funnel, user_id),
             n=n,
             context=filters.context,
             categories=filters.categories,
@@ -377,11 +368,13 @@ class Service:
         k = min(plan.exploration_slots, n)
         pool = self.settings.exploration_pool if k > 0 else 0
         if plan.interleave is not None:
-            ranked, cold = self._interleave(plan.interleave, user_id, n - k + pool, filters, events)
+            ranked, cold = self._interleave(
+                snap, plan.interleave, user_id, n - k + pool, filters, events
+            )
             version = None
         else:
             version = plan.version
-            funnel = self.holder.funnel_for(version)
+            funnel = self._arm_funnel(snap, version)
             ranked, cold = self._ranked(funnel, user_id, n - k + pool, filters, events, now, trace)
         items: list[RecommendedItem] = []
         for item, propensity, explore in self.explorer.fill(
@@ -465,8 +458,16 @@ class Service:
             }
         return listed(funnel, recs), funnel.is_cold(query)
 
+    def _arm_funnel(self, snap: ServingSnapshot, version: str | None) -> Funnel:
+        """The funnel of an arm's model version; the serving version's is the
+        snapshot's the request took, even if a swap published another since."""
+        if version is None or version == snap.version:
+            return snap.funnel
+        return self.holder.funnel_for(version)
+
     def _interleave(
         self,
+        snap: ServingSnapshot,
         arm: Arm,
         user_id: str,
         n: int,
@@ -477,10 +478,10 @@ class Service:
         a, b = arm.experiment.served
         now = time.time()
         list_a, cold = self._ranked(
-            self.holder.funnel_for(a.model_version), user_id, n, filters, events, now
+            self._arm_funnel(snap, a.model_version), user_id, n, filters, events, now
         )
         list_b, _ = self._ranked(
-            self.holder.funnel_for(b.model_version), user_id, n, filters, events, now
+            self._arm_funnel(snap, b.model_version), user_id, n, filters, events, now
         )
         by_id = {i.id: i for i in list_b} | {i.id: i for i in list_a}
         request_id = uuid.uuid4().hex
