@@ -88,7 +88,8 @@ def test_a_retrain_learns_from_logged_impressions(
 ) -> None:
     """Lists served and clicked become query groups of the candidate's ranker
     (`train_on = "both"`) when `sieve worker` retrains."""
-    client = serve()
+    # later traffic is stamped an hour ahead of the clock: allow it
+    client = serve(max_future_skew_seconds=7200.0)
     engine = _engine(client)
     users = [f"u{n:03d}" for n in range(1, 60)]
     clicks = []

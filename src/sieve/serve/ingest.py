@@ -7,10 +7,11 @@
 3. Append: one transaction, idempotent by event id; users met for the first
    time are created in the same transaction (a failed batch leaves nothing).
 4. Publish, after the commit, best effort (the events are stored whatever
-   happens here): the users' session lists and last-event times in the cache
-   (which invalidate their precomputed lists), the metrics, bandit credit
-   for the clicks, and a nudge to the online counters, which fold the stored
-   log from their watermark in a background thread (`OnlineCounters.catch_up`).
+   happens here): the users' last-event times in the cache (which retire
+   their precomputed lists; sessions are read from the stored events), the
+   metrics, bandit credit for the clicks, and a nudge to the online
+   counters, which fold the stored log from their watermark in a background
+   thread (`OnlineCounters.catch_up`).
 """
 
 from __future__ import annotations
@@ -33,13 +34,6 @@ from sieve.settings import Settings
 from sieve.storage import Cache, CacheError, Store, StoreError
 
 log = logging.getLogger("sieve.serve")
-
-#: Longest session list kept per user in the cache.
-RECENT_MAX = 50
-
-
-def recent_key(user_id: str) -> str:
-    return f"recent:{user_id}"
 
 
 def last_event_key(user_id: str) -> str:
@@ -144,27 +138,24 @@ class EventIngestion:
 
     # ------------------------------------------------------------- publish
     def _publish(self, new: Sequence[Event]) -> None:
-        self._note_sessions(new)
+        self._note_last_events(new)
         self.metrics.events_ingested(new)
         if new:
             self.nudge_counters()
             self._credit(new)
 
-    def _note_sessions(self, new: Sequence[Event]) -> None:
-        """Session lists and last-event times of the users of newly stored events."""
-        now = time.time()
-        by_user: dict[str, list[Event]] = {}
-        for e in new:
-            by_user.setdefault(e.user_id, []).append(e)
+    def _note_last_events(self, new: Sequence[Event]) -> None:
+        """The users' last-event times (one cache round trip): a precomputed
+        list older than its user's last event is not served."""
+        if not new:
+            return
+        stamp = repr(time.time()).encode()
         try:
-            for user_id, events in by_user.items():
-                # the list keeps RECENT_MAX entries: older ones would fall off at once
-                for e in events[-RECENT_MAX:]:
-                    self.cache.push_recent(recent_key(user_id), f"{e.item_id}|{e.type}", RECENT_MAX)
-                self.cache.set(last_event_key(user_id), repr(now).encode())
+            self.cache.set_many({last_event_key(e.user_id): stamp for e in new})
         except CacheError:
-            # the events are committed; without the cache every request is answered live
-            log.warning("cache unavailable: session lists not updated", exc_info=True)
+            # the events are committed; the cached lists may be served stale
+            # until the cache is back (then answered live as they expire)
+            log.warning("cache unavailable: last-event times not updated", exc_info=True)
 
     # ------------------------------------------------------------ counters
     def nudge_counters(self) -> None:
@@ -195,4 +186,4 @@ class EventIngestion:
         self._counting.submit(self._fold).result()
 
 
-__all__ = ["RECENT_MAX", "EventIngestion", "last_event_key", "recent_key"]
+__all__ = ["EventIngestion", "last_event_key"]
