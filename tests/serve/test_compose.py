@@ -74,7 +74,7 @@ def _store_directly(service: Service, specs: list[dict[str, Any]]) -> None:
 
 
 def _logged_arms(service: Service, request_id: str) -> list[tuple[str, str]]:
-    service.impressions.flush()
+    service.flush_impressions()
     logged = service.store.get_impression(request_id)
     assert logged is not None
     return [(a.experiment, a.arm) for a in logged.arms]
@@ -364,6 +364,13 @@ def test_shadows_are_computed_after_the_response_is_sent(
     assert (slow["requests"], slow["failed"], slow["skipped"]) == (1, 0, 0)
     assert slow["mean_overlap"] == 1.0 and slow["novel_share"] == 0.0
     assert (broken["requests"], broken["failed"], broken["mean_overlap"]) == (0, 1, None)
+    # the CLI prints the same comparison from the store
+    shown = CliRunner().invoke(
+        app, ["experiment", "report", "shadowed", "--store", service.settings.store_url]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "shadows" in shown.output and "overlap@n" in shown.output
+    assert "slow" in shown.output and "100.0%" in shown.output and "broken" in shown.output
 
 
 def test_shadows_behind_are_skipped_not_queued_without_bound(

@@ -20,7 +20,11 @@
 
 `experiment_report` turns the impression log and the events that cite its
 requests into the per-unit frame of `sieve.experiments.analysis.analyze` and
-the JSON the API, the CLI and the dashboard show.
+the JSON the API, the CLI and the dashboard show, with each shadow arm
+compared with the served lists (`sieve.experiments.shadows`).
+
+`ExperimentBook.create` refuses an experiment that cannot run beside the
+running ones (`sieve.experiments.compose.conflicts`), whoever creates it.
 """
 
 from __future__ import annotations
@@ -488,7 +492,8 @@ def experiment_report(
     semantics: EventSemantics = DEFAULT_SEMANTICS,
 ) -> dict[str, Any]:
     """The analysis of one experiment as JSON-able data (see the module doc);
-    clicks and conversions as `semantics` defines them (stated in the report).
+    clicks and conversions as `semantics` defines them (stated in the report);
+    `shadows`: each shadow arm against the served lists (`shadow_summary`).
 
     Always-valid p-values: the mSPRT p-value of the primary difference at this
     look, with τ = the difference's own minimum detectable effect; with a

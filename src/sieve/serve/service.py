@@ -615,11 +615,16 @@ class Service:
         known = [m.version for m in ModelRegistry(self.settings.model_dir).list()]
         return self.experiments.create(spec, known)
 
+    def flush_impressions(self) -> None:
+        """Wait until every request answered so far has its impression stored,
+        those waiting for their shadow lists included."""
+        self._shadows.submit(lambda: None).result()
+        self.impressions.flush()
+
     def experiment_report(self, name: str, alpha: float = 0.05) -> dict[str, Any]:
         """The analysis of an experiment (see `sieve.experiments.online`)."""
         record = self.experiments.get(name)
-        self._shadows.submit(lambda: None).result()  # shadows of answered requests logged
-        self.impressions.flush()
+        self.flush_impressions()
         out = experiment_report(
             self.store,
             record,
