@@ -913,7 +913,49 @@ def _print_report(report: dict[str, Any]) -> None:
                 + ")",
                 soft_wrap=True,
             )
+    _print_shadows(report.get("shadows") or [])
     out.print(report["verdict"], soft_wrap=True)
+
+
+def _print_shadows(shadows: list[dict[str, Any]]) -> None:
+    """Each shadow arm against the served lists (see `sieve.experiments.shadows`)."""
+    from rich.table import Table
+
+    if not shadows:
+        return
+
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{100 * x:.1f}%"
+
+    table = Table(
+        title="shadows: what each would have shown, against the served list",
+        caption="overlap@n: share of the served items in the shadow's top n; items not "
+        "served: share of the shadow's items the served list did not show; CTR shared / "
+        "rest: the served list's CTR on the items the shadow would have shown too / the others",
+    )
+    for col in (
+        "shadow",
+        "model",
+        "requests",
+        "failed/skipped",
+        "overlap@n",
+        "items not served",
+        "CTR shared",
+        "CTR rest",
+    ):
+        table.add_column(col)
+    for s in shadows:
+        table.add_row(
+            s["shadow"],
+            s["model_version"] or "serving",
+            str(s["requests"]),
+            f"{s['failed']}/{s['skipped']}",
+            pct(s["mean_overlap"]),
+            pct(s["novel_share"]),
+            f"{pct(s['ctr_shared'])} of {s['shared_slots']}",
+            f"{pct(s['ctr_served_only'])} of {s['served_only_slots']}",
+        )
+    out.print(table)
 
 
 @app.command()

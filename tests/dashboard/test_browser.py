@@ -283,7 +283,7 @@ def _experiments(now: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             "layer": "compare",
             "kind": "interleaving",
             "status": "stopped",
-            "variants": [{**arm, "name": "A"}, {**arm, "name": "B"}],
+            "variants": [{**arm, "name": "old"}, {**arm, "name": "new"}],
             "created_at": now - 86400,
             "stopped_at": now - 7200,
         },
@@ -342,6 +342,23 @@ def _experiments(now: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             ],
             "srm": {"p_value": 0.82, "ok": True, "message": "shares match the design"},
             "interleaving": None,
+            "shadows": [
+                {
+                    "shadow": "ghost",
+                    "key": "ranker-v2/ghost",
+                    "model_version": "def456",
+                    "requests": 1800,
+                    "failed": 3,
+                    "skipped": 0,
+                    "mean_overlap": 0.6,
+                    "novel_share": 0.4,
+                    "shared_slots": 12000,
+                    "served_only_slots": 8000,
+                    "ctr_shared": 0.035,
+                    "ctr_served_only": 0.025,
+                    "by_arm": {},
+                }
+            ],
             "verdict": "treatment raises CTR by 20% (95% CI +8.7% to +31%)",
         },
         "interleave-1": {
@@ -351,7 +368,7 @@ def _experiments(now: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             "arms": [],
             "comparisons": [],
             "srm": None,
-            "interleaving": {"wins": {"A": 420, "B": 380}, "ties": 200, "p_value": 0.16},
+            "interleaving": {"wins": {"old": 420, "new": 380}, "ties": 200, "p_value": 0.16},
             "verdict": "no significant preference between A and B",
         },
     }
@@ -422,13 +439,18 @@ def test_dashboard_renders_experiments_and_drift(live: Live, browser: Any, tmp_p
             chart.locator("circle.pt").count() == 2 and chart.locator("line.whisker").count() == 6
         )
         assert chart.locator("line.ref").count() == 1
-        comparison = card.locator("tbody tr").last.inner_text()
+        comparison = card.locator("tbody tr", has_text="treatment vs control").inner_text()
         assert "+0.60 pp [+0.26 pp, +0.94 pp]" in comparison and "+20.0%" in comparison
         assert "<0.001" in comparison and "0.010" in comparison and "significant" in comparison
         assert "Sample ratio" in card.inner_text() and "p = 0.820" in card.inner_text()
+        shadow = card.locator('tr[data-shadow="ghost"]').inner_text()
+        for shown in ("def456", "1,800", "3 / 0", "60.00%", "40.00%", "3.50% of 12,000"):
+            assert shown in shadow, shadow
+        assert "2.50% of 8,000" in shadow
 
         interleaving = page.locator('[data-experiment="interleave-1"]').inner_text()
-        assert "A wins 420 · B wins 380 · ties 200 · p = 0.160" in interleaving
+        # named by arm, whatever the arms are called
+        assert "old wins 420 · new wins 380 · ties 200 · p = 0.160" in interleaving
         assert "No CTR estimate yet" in interleaving
         broken = page.locator('[data-experiment="broken"] .error').inner_text()
         assert "HTTP 500" in broken and "internal error" in broken

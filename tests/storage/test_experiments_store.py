@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy.exc
 
 from sieve.data.records import Event, Impression, ImpressionArm, ImpressionItem, Item
-from sieve.experiments.online import unit_frame
+from sieve.experiments.assignment import Experiment
+from sieve.experiments.online import ExperimentRecord, experiment_report, unit_frame
 from sieve.storage import StoreError
 from sieve.storage.sql import SQLStore
 
@@ -103,3 +104,76 @@ def test_experiment_frames_join_arms_slots_and_citing_events(store: SQLStore) ->
     assert events.set_index("request_id").loc["r2", "value"] == 9.5
     other, _ = store.experiment_frames("other")
     assert other["request_id"].unique().tolist() == ["r1"]
+
+
+def test_report_compares_each_shadow_with_the_served_list(store: SQLStore) -> None:
+    """Known answers: requests compared, overlap@n, the shadow's unshown items and
+    the served list's CTR on the items both showed vs the rest, read from the
+    experiment's own impressions (`experiment_contexts`)."""
+    store.upsert_items([Item(id=i) for i in "abcdef"])
+    exp = Experiment.from_dict(
+        {
+            "name": "shadowed",
+            "layer": "default",
+            "salt": "exp:shadowed",
+            "variants": [
+                {"name": "live", "share": 0.5},
+                {"name": "other", "share": 0.5},
+                {"name": "ghost", "share": 0.0, "shadow": True, "model_version": "v2"},
+            ],
+        }
+    )
+    key = "shadowed/ghost"
+
+    def imp(rid: str, arm: str, items: str, context: dict[str, object]) -> Impression:
+        return Impression(
+            request_id=rid,
+            user_id=f"user-{rid}",
+            timestamp=T0,
+            model_version="v1",
+            experiment="shadowed",
+            arm=arm,
+            context=context,
+            items=[ImpressionItem(item_id=i, position=p, score=1.0) for p, i in enumerate(items)],
+            arms=[ImpressionArm(experiment="shadowed", arm=arm)],
+        )
+
+    store.log_impressions(
+        [
+            imp("r1", "live", "abcd", {"shadows": {key: list("abef")}}),  # overlap 2/4
+            imp("r2", "live", "ab", {"shadows": {key: list("ba")}}),  # overlap 1 (any order)
+            imp("r3", "live", "cd", {"shadows": {}, "shadows_failed": [key]}),
+            imp("r4", "live", "cd", {"shadows_skipped": [key]}),
+            imp("r5", "live", "", {"shadows": {key: ["a"]}}),  # nothing served: not compared
+            imp("r6", "other", "a", {"shadows": {key: ["a"]}}),  # overlap 1
+            imp("r7", "live", "ab", {"hour": 3}),  # logged without shadows
+        ]
+    )
+    store.append_events(
+        [
+            Event(id="e1", user_id="user-r1", item_id="a", type="click", request_id="r1"),
+            Event(id="e2", user_id="user-r1", item_id="a", type="click", request_id="r1"),
+            Event(id="e3", user_id="user-r1", item_id="c", type="click", request_id="r1"),
+            Event(id="e4", user_id="user-r1", item_id="d", type="purchase", request_id="r1"),
+            Event(id="e5", user_id="user-r1", item_id="e", type="click", request_id="r1"),
+        ]
+    )
+    contexts = store.experiment_contexts("shadowed")
+    assert contexts["request_id"].tolist() == [f"r{k}" for k in range(1, 8)]
+    assert contexts.set_index("request_id").loc["r7", "context"] == {"hour": 3}
+    assert store.experiment_contexts("nope").empty
+
+    record = ExperimentRecord(exp, created_at=T0.timestamp())
+    (ghost,) = experiment_report(store, record)["shadows"]
+    assert ghost["shadow"] == "ghost" and ghost["key"] == key and ghost["model_version"] == "v2"
+    assert (ghost["requests"], ghost["failed"], ghost["skipped"]) == (3, 1, 1)
+    assert ghost["mean_overlap"] == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+    assert ghost["novel_share"] == pytest.approx(2 / 7)  # e and f of r1's 4, r2's 2, r6's 1
+    # shared slots r1:a,b r2:a,b r6:a (one clicked: r1 a, twice); served only r1:c,d (c clicked)
+    assert (ghost["shared_slots"], ghost["served_only_slots"]) == (5, 2)
+    assert ghost["ctr_shared"] == pytest.approx(1 / 5)
+    assert ghost["ctr_served_only"] == pytest.approx(1 / 2)
+    assert ghost["by_arm"] == {
+        "live": {"requests": 2, "mean_overlap": pytest.approx(0.75)},
+        "other": {"requests": 1, "mean_overlap": pytest.approx(1.0)},
+    }

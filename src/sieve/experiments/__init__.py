@@ -5,6 +5,8 @@
 - `sequential`: always-valid p-values (mSPRT) and confidence sequences;
 - `design`: sample size, power and minimum detectable effect;
 - `interleaving`: team-draft interleaving and its sign test;
+- `compose`: which experiments of different layers can run side by side;
+- `shadows`: each shadow arm's lists against the served ones;
 - `cuped`: variance reduction with a pre-period covariate;
 - `simulate`: vectorised simulations that check all of the above.
 """

@@ -20,7 +20,11 @@
 
 `experiment_report` turns the impression log and the events that cite its
 requests into the per-unit frame of `sieve.experiments.analysis.analyze` and
-the JSON the API, the CLI and the dashboard show.
+the JSON the API, the CLI and the dashboard show, with each shadow arm
+compared with the served lists (`sieve.experiments.shadows`).
+
+`ExperimentBook.create` refuses an experiment that cannot run beside the
+running ones (`sieve.experiments.compose.conflicts`), whoever creates it.
 """
 
 from __future__ import annotations
@@ -41,8 +45,10 @@ import scipy.stats
 from sieve.config import ConfigError
 from sieve.experiments.analysis import AnalysisConfig, analyze
 from sieve.experiments.assignment import Assigner, Experiment, Layer, Variant
+from sieve.experiments.compose import conflicts
 from sieve.experiments.interleaving import TEAM_A, TEAM_B, credit_many, interleaving_test
 from sieve.experiments.sequential import always_valid_pvalues
+from sieve.experiments.shadows import shadow_summary
 from sieve.explore.bandits import ThompsonSampling, restore_policy
 from sieve.settings import DEFAULT_SEMANTICS, EventSemantics
 from sieve.storage.base import Store, StoreError
@@ -132,6 +138,14 @@ def parse_experiment(spec: Mapping[str, Any]) -> Experiment:
         raise ExperimentError(str(e)) from None
     for v in exp.variants:
         check_variant_config(exp.name, v)
+        if v.config and (v.shadow or exp.kind == "interleaving"):
+            what = "a shadow arm" if v.shadow else "an arm of an interleaving experiment"
+            raise ExperimentError(
+                f"experiment {exp.name!r}, variant {v.name!r}: {what} is computed without "
+                f"serving parameters, so its config {v.config} would not be applied; remove "
+                "it (an interleaving compares its arms' model_version; put serving "
+                "parameters in an A/B arm)"
+            )
     return exp
 
 
@@ -239,8 +253,10 @@ class ExperimentBook:
         self, spec: Mapping[str, Any], model_versions: Collection[str] | None = None
     ) -> ExperimentRecord:
         """Validate a definition against the running set (names, salts, layer
-        room) and, given the registered `model_versions`, that every arm's model
-        exists; store it; it takes traffic from the next refresh."""
+        room, no conflict with a running experiment of another layer:
+        `sieve.experiments.compose.conflicts`) and, given the registered
+        `model_versions`, that every arm's model exists; store it; it takes
+        traffic from the next refresh."""
         exp = parse_experiment(spec)
         if model_versions is not None:
             known = set(model_versions)
@@ -257,6 +273,9 @@ class ExperimentBook:
             build_assigner([*(r.experiment for r in self._records.values()), exp])
         except ConfigError as e:
             raise ExperimentError(str(e)) from None
+        problem = conflicts(exp, [r.experiment for r in self._records.values()])
+        if problem is not None:
+            raise ExperimentError(problem)
         now = datetime.now(UTC)
         self.store.add_experiment(exp.to_dict(), exp.status, now)
         self.refresh(force=True)
@@ -283,7 +302,8 @@ class ExperimentBook:
 
     def assign(self, user_id: str, session_id: str | None = None, learn: bool = True) -> list[Arm]:
         """The running experiments `user_id` is in, with the arm of this request
-        (`learn=False`: an adaptive choice counts no pull — for previews)."""
+        (`learn=False`: an adaptive choice counts no pull — for previews, or for
+        a caller that counts the pulls of the arms it applies with `pulled`)."""
         self.refresh()
         assigner = self._assigner
         out: list[Arm] = []
@@ -308,6 +328,17 @@ class ExperimentBook:
                 bandit.update(chosen[0], 0.0)  # the pull; a click credits it later
                 self._dirty.add(exp.name)
         return Arm(exp, exp.variant(chosen[0]), max(float(propensity[0]), 1e-6))
+
+    def pulled(self, arms: Sequence[Arm]) -> None:
+        """Count a pull of each adaptively allocated arm among `arms`: the arms a
+        request applied, chosen by `assign(..., learn=False)`. An arm chosen but
+        not applied (dropped by the serving planner) must not count, or its
+        bandit would learn from traffic it never served."""
+        with self._lock:
+            for arm in arms:
+                if arm.experiment.allocation == "thompson":
+                    self._bandit(arm.experiment.name).update(arm.name, 0.0)
+                    self._dirty.add(arm.experiment.name)
 
     def _bandit(self, name: str) -> ThompsonSampling:
         bandit = self._bandits.get(name)
@@ -461,7 +492,8 @@ def experiment_report(
     semantics: EventSemantics = DEFAULT_SEMANTICS,
 ) -> dict[str, Any]:
     """The analysis of one experiment as JSON-able data (see the module doc);
-    clicks and conversions as `semantics` defines them (stated in the report).
+    clicks and conversions as `semantics` defines them (stated in the report);
+    `shadows`: each shadow arm against the served lists (`shadow_summary`).
 
     Always-valid p-values: the mSPRT p-value of the primary difference at this
     look, with τ = the difference's own minimum detectable effect; with a
@@ -471,6 +503,11 @@ def experiment_report(
     exp = record.experiment
     slots, events = store.experiment_frames(exp.name)
     units = unit_frame(slots, events, semantics)
+    shadows = (
+        shadow_summary(exp, slots, events, store.experiment_contexts(exp.name), semantics)
+        if exp.shadows
+        else []
+    )
     out: dict[str, Any] = {
         "experiment": exp.name,
         "semantics": semantics.describe(),
@@ -483,6 +520,7 @@ def experiment_report(
         "comparisons": [],
         "srm": None,
         "interleaving": None,
+        "shadows": shadows,
         "verdict": "",
     }
     if exp.kind == "interleaving":

@@ -39,7 +39,6 @@ from sieve.experiments.online import (
     TEAM_PREFIX,
     Arm,
     ExperimentBook,
-    ExperimentError,
     ExperimentRecord,
     experiment_report,
 )
@@ -54,7 +53,7 @@ from sieve.serve.errors import InvalidInput, field_error
 from sieve.serve.holder import ModelHolder, NoModelError, ServingSnapshot, items_frame
 from sieve.serve.impressions import ImpressionLogger
 from sieve.serve.ingest import EventIngestion
-from sieve.serve.planner import RequestPlan, conflicts, plan_request
+from sieve.serve.planner import RequestPlan, plan_request
 from sieve.serve.schemas import ExperimentArm, RecommendationList, RecommendedItem
 from sieve.settings import Settings
 from sieve.storage import Cache, CacheError, Store, open_cache, open_store
@@ -70,6 +69,10 @@ log = logging.getLogger("sieve.serve")
 SERVED_MAX = 100_000
 #: How often experiments are re-read when no model watcher runs.
 EXPERIMENTS_POLL_SECONDS = 2.0
+#: Requests whose shadow lists may wait to be computed; past it a request's
+#: impression is logged at once with its shadows marked skipped, so a slow
+#: shadow model can neither grow memory without bound nor hold impressions back.
+SHADOW_BACKLOG = 1000
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ class Service:
         self._served_lock = threading.Lock()
         # shadow arms are computed here, after their request was answered
         self._shadows = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-shadows")
+        self._shadow_room = threading.BoundedSemaphore(SHADOW_BACKLOG)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -360,7 +364,10 @@ class Service:
         and teaches no bandit, so it never counts as traffic. `trace` (a dict)
         receives the query and the ranker's features of the main list."""
         snap = self.holder.snapshot
-        plan = plan_request(self.experiments.assign(user_id, learn=log), self.settings)
+        # adaptive arms count a pull only once applied: the planner may drop one
+        plan = plan_request(self.experiments.assign(user_id, learn=False), self.settings)
+        if log:
+            self.experiments.pulled(plan.arms)
         request_id = uuid.uuid4().hex
         events = self.user_events(snap.funnel, user_id)
         now = time.time()
@@ -380,9 +387,11 @@ class Service:
         for item, propensity, explore in self.explorer.fill(
             ranked, n, k, plan.exploration_policy, key=lambda r: r.id, learn=log
         ):
-            if explore:
+            if explore:  # the bandit's pick, not a team's: no interleaving credit
                 explored[item.id] = plan.exploration_policy
-                item = item.model_copy(update={"propensity": propensity, "slot": "explore"})
+                item = item.model_copy(
+                    update={"propensity": propensity, "slot": "explore", "team": None}
+                )
             items.append(item)
         result = RecommendationList(
             items=items,
@@ -403,12 +412,16 @@ class Service:
                 request_id, Served([(a.experiment.name, a.name) for a in plan.arms], explored)
             )
         context = _context_dict(filters)
-        if plan.shadows:  # logged with the shadows' lists, once they are computed
+        if not plan.shadows:
+            self._log_impression(result, context, plan.arms)
+        elif self._shadow_room.acquire(blocking=False):
+            # logged with the shadows' lists, once they are computed off this path
             self._shadows.submit(
                 self._log_with_shadows, plan, result, context, user_id, n, filters, events, now
             )
-        else:
-            self._log_impression(result, context, plan.arms)
+        else:  # the shadows are behind: log what was served, say what was skipped
+            skipped = [s.key for s in plan.shadows]
+            self._log_impression(result, {**context, "shadows_skipped": skipped}, plan.arms)
         return result
 
     def _log_with_shadows(
@@ -423,16 +436,25 @@ class Service:
         now: float,
     ) -> None:
         """Compute a request's shadow lists (after its answer was sent) and log
-        its impression with them."""
+        its impression with them (`shadows`) and the keys of those that failed
+        (`shadows_failed`)."""
         shadows: dict[str, list[str]] = {}
-        for shadow in plan.shadows:
-            try:
-                funnel = self.holder.funnel_for(shadow.model_version)
-                shown, _ = self._ranked(funnel, user_id, n, filters, events, now)
-                shadows[shadow.key] = [i.id for i in shown]
-            except Exception:  # a failing shadow never costs the served request
-                log.exception("shadow %s failed", shadow.key)
-        self._log_impression(result, {**context, "shadows": shadows}, plan.arms)
+        failed: list[str] = []
+        try:
+            for shadow in plan.shadows:
+                try:
+                    funnel = self.holder.funnel_for(shadow.model_version)
+                    shown, _ = self._ranked(funnel, user_id, n, filters, events, now)
+                    shadows[shadow.key] = [i.id for i in shown]
+                except Exception:  # a failing shadow never costs the served request
+                    log.exception("shadow %s failed", shadow.key)
+                    failed.append(shadow.key)
+            extra: dict[str, Any] = {"shadows": shadows}
+            if failed:
+                extra["shadows_failed"] = failed
+            self._log_impression(result, {**context, **extra}, plan.arms)
+        finally:
+            self._shadow_room.release()
 
     def _ranked(
         self,
@@ -590,25 +612,20 @@ class Service:
     # -------------------------------------------------------- experiments
     def create_experiment(self, spec: Mapping[str, Any]) -> ExperimentRecord:
         """Validate (arms' model versions registered, no conflict with a running
-        experiment of another layer: `sieve.serve.planner.conflicts`) and store."""
-        from sieve.experiments.online import parse_experiment
-
+        experiment of another layer: `sieve.experiments.compose.conflicts`) and store."""
         known = [m.version for m in ModelRegistry(self.settings.model_dir).list()]
-        self.experiments.refresh(force=True)
-        experiment = parse_experiment(spec)
-        running = [
-            r.experiment for r in self.experiments.records() if r.experiment.status == "running"
-        ]
-        problem = conflicts(experiment, running)
-        if problem is not None:
-            raise ExperimentError(problem)
         return self.experiments.create(spec, known)
+
+    def flush_impressions(self) -> None:
+        """Wait until every request answered so far has its impression stored,
+        those waiting for their shadow lists included."""
+        self._shadows.submit(lambda: None).result()
+        self.impressions.flush()
 
     def experiment_report(self, name: str, alpha: float = 0.05) -> dict[str, Any]:
         """The analysis of an experiment (see `sieve.experiments.online`)."""
         record = self.experiments.get(name)
-        self._shadows.submit(lambda: None).result()  # shadows of answered requests logged
-        self.impressions.flush()
+        self.flush_impressions()
         out = experiment_report(
             self.store,
             record,

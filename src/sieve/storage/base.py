@@ -212,6 +212,11 @@ class Store(Protocol):
         """(shown slots of the experiment's requests with their arm, events citing them)."""
         ...
 
+    def experiment_contexts(self, name: str) -> pd.DataFrame:
+        """The logged context of each of the experiment's requests (request_id,
+        arm, context: a dict), oldest first: what shadow arms would have shown."""
+        ...
+
     # ------------------------------------------------------------- lifecycle
     def close(self) -> None: ...
 

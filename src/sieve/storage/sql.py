@@ -953,6 +953,25 @@ class SQLStore:
             frame["timestamp"] = frame.pop("timestamp_us").astype(np.int64) / 1e6
         return slots, events
 
+    def experiment_contexts(self, name: str) -> pd.DataFrame:
+        """The logged context of each of the experiment's requests: columns
+        request_id, arm (its arm in this experiment), context (a dict), oldest
+        first. Reads the experiment's own impressions only (through
+        `impression_arms`), never the whole log."""
+        a, i = impression_arms_table, impressions_table
+        query = (
+            select(a.c.request_id, a.c.arm, i.c.context)
+            .join(i, i.c.request_id == a.c.request_id)
+            .where(a.c.experiment == name)
+            .order_by(a.c.timestamp_us, a.c.request_id)
+        )
+        with self._read("experiment_contexts") as conn:
+            rows = conn.execute(query).all()
+        return pd.DataFrame(
+            [(r.request_id, r.arm, r.context or {}) for r in rows],
+            columns=["request_id", "arm", "context"],
+        )
+
     # ------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Close every pooled connection."""

@@ -507,10 +507,31 @@
     }
     if (r.interleaving) {
       const il = r.interleaving;
+      const wins = Object.entries(il.wins || {}).map(([arm, n]) => `${arm} wins ${fmtInt(n)}`).join(" · ");
       extras.push(h("div", {}, h("span", { class: "muted" }, "Interleaving: "),
-        `A wins ${fmtInt(il.wins && il.wins.A)} · B wins ${fmtInt(il.wins && il.wins.B)} · ties ${fmtInt(il.ties)} · p = ${fmtP(il.p_value)}`));
+        `${wins} · ties ${fmtInt(il.ties)} · p = ${fmtP(il.p_value)}`));
     }
     if (extras.length) card.append(h("div", { class: "exp-meta", style: "margin-top:10px;display:grid;gap:4px" }, extras));
+    const shadows = r.shadows || [];
+    if (shadows.length) {
+      const pct = (x) => (isNum(x) ? fmtPct(x) : "–");
+      card.append(h("h4", {}, "Shadows (what each would have shown, against the served list)"),
+        h("div", { class: "table-wrap" }, h("table", {},
+          h("thead", {}, h("tr", {}, [
+            h("th", {}, "shadow"), h("th", {}, "model"), h("th", { class: "num" }, "requests"),
+            h("th", { class: "num" }, "failed / skipped"),
+            h("th", { class: "num", title: "mean share of the served list's items among the shadow's top n" }, "overlap@n"),
+            h("th", { class: "num", title: "share of the shadow's items the served list did not show" }, "not shown by served"),
+            h("th", { class: "num", title: `served list's ${clickWord} rate on the items the shadow would have shown too` }, "served CTR: shared"),
+            h("th", { class: "num", title: `served list's ${clickWord} rate on the other items` }, "served CTR: rest")])),
+          h("tbody", {}, shadows.map((s) => h("tr", { "data-shadow": s.shadow },
+            h("td", {}, h("b", {}, s.shadow)), h("td", {}, s.model_version || "serving"),
+            h("td", { class: "num" }, fmtInt(s.requests)),
+            h("td", { class: "num" }, `${fmtInt(s.failed)} / ${fmtInt(s.skipped)}`),
+            h("td", { class: "num" }, pct(s.mean_overlap)), h("td", { class: "num" }, pct(s.novel_share)),
+            h("td", { class: "num" }, `${pct(s.ctr_shared)} of ${fmtInt(s.shared_slots)}`),
+            h("td", { class: "num" }, `${pct(s.ctr_served_only)} of ${fmtInt(s.served_only_slots)}`)))))));
+    }
     return card;
   }
 
