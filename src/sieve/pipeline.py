@@ -5,7 +5,7 @@ whose live path is `recommend_query`: one `Query` in, a list of
 `Recommended` items out, each with the sources that proposed it and an
 explanation.
 
-1. Candidates (`sieve.retrieval.sources`): ALS factors in a FAISS index,
+1. Candidates (`sieve.retrieval`): ALS factors in a FAISS index,
    item-to-item from the session and history, content (TF-IDF), EASE on small
    catalogs, popular, trending and fresh items; merged under per-source
    quotas with seen, excluded, unavailable and out-of-category items removed.
@@ -67,15 +67,10 @@ from sieve.rerank.explain import POPULAR, explain
 from sieve.rerank.rules import blocked_items, violations
 from sieve.rerank.stages import RerankConfig, SectionedConfig, rerank
 from sieve.retrieval.ann import AnnConfig, AnnIndex
-from sieve.retrieval.sources import (
-    SOURCES,
-    CandidateEngine,
-    Candidates,
-    Catalog,
-    ContentIndex,
-    Request,
-    SourcesConfig,
-)
+from sieve.retrieval.candidates import SOURCES, Candidates, Request, SourcesConfig
+from sieve.retrieval.catalog import Catalog
+from sieve.retrieval.content import ContentIndex
+from sieve.retrieval.sources import CandidateEngine
 from sieve.storage.cache import MemoryCache
 from sieve.types import Context, ItemList, Query, Recommended, TopN
 
