@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sieve.cli import app, parse_sep
+from sieve.cli import app
+from sieve.cli.evaluate import parse_sep
 from sieve.data.dataset import Dataset
 from sieve.data.io import load_data
 from sieve.models.popularity import Popularity

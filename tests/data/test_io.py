@@ -10,18 +10,16 @@ import pandas as pd
 import pytest
 
 from sieve.config import ConfigError
-from sieve.data.io import (
-    ColumnMapping,
-    ImportProblem,
-    RawData,
-    load_data,
+from sieve.data.io import load_data
+from sieve.data.movielens import (
     load_movielens_1m,
     load_movielens_10m,
     load_movielens_100k,
     load_movielens_latest,
-    load_table,
 )
+from sieve.data.raw import ImportProblem, RawData
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
+from sieve.data.tables import ColumnMapping, load_table
 
 JAN_1_1995 = 788918400.0  # 1995-01-01T00:00:00Z
 

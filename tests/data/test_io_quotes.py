@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sieve.data.io import load_data, load_movielens_100k, load_table
+from sieve.data.io import load_data
+from sieve.data.movielens import load_movielens_100k
+from sieve.data.tables import load_table
 
 NOW = 1_700_000_000.0  # an injected clock: "now" for the future check
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from sieve.data.dataset import Dataset
-from sieve.data.io import load_movielens_100k
+from sieve.data.movielens import load_movielens_100k
 from sieve.data.split import (
     Split,
     folds_split,

@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from sieve.config import ConfigError
-from sieve.data.io import RawData
+from sieve.data.raw import RawData
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 from sieve.data.synthetic import SyntheticConfig, SyntheticWorld, generate
 

@@ -16,6 +16,7 @@ from sieve.data.io import load_data
 from sieve.data.schema import UnknownIdError
 from sieve.models.base import NotFittedError, create_model
 from sieve.pipeline import Funnel, FunnelConfig, featurize, load_funnel_config
+from sieve.pipeline.training import training_rows
 from sieve.ranking.features import FEATURE_NAMES, base_score
 from sieve.ranking.query import UserLog
 from sieve.types import Context, Query, Recommended
@@ -256,7 +257,7 @@ def test_ranker_features_are_identical_offline_and_online() -> None:
     engine = funnel.state.engine
     ds = data()
     users = np.array([3, 17, 42])
-    offline = funnel._training_rows(engine, users, ds)  # the training-set builder
+    offline = training_rows(funnel.config, engine, users, ds)  # the training-set builder
     log = UserLog(ds.events)
     for u, (items, x, base) in zip(users, offline, strict=True):
         user_id = str(ds.user_ids[u])

@@ -15,7 +15,8 @@ from sieve.evaluate.metrics import intra_list_diversity
 from sieve.pipeline import Funnel, FunnelConfig, featurize
 from sieve.rerank.calibration import calibration_kl
 from sieve.rerank.stages import RerankConfig, rerank
-from sieve.retrieval.sources import CandidateEngine, Candidates, Request
+from sieve.retrieval.candidates import Candidates, Request
+from sieve.retrieval.sources import CandidateEngine
 from sieve.types import Query
 
 SPEC = "synthetic:users=300,items=200,seed=1"

@@ -15,7 +15,7 @@ from sieve.data.io import load_data
 from sieve.models.factorization import ALS
 from sieve.pipeline import Funnel, FunnelConfig, featurize
 from sieve.retrieval.ann import AnnConfig, AnnIndex
-from sieve.retrieval.sources import SOURCES, Proposal, merge
+from sieve.retrieval.candidates import SOURCES, Proposal, merge
 from sieve.types import Query
 
 SPEC = "synthetic:users=300,items=200,seed=1"

@@ -16,6 +16,7 @@ from sieve.data.dataset import Dataset
 from sieve.data.io import load_data
 from sieve.data.schema import EVENT_COLUMNS
 from sieve.pipeline import Funnel, FunnelConfig, featurize
+from sieve.pipeline.training import training_rows
 from sieve.ranking.features import FEATURE_NAMES
 from sieve.ranking.logged import LoggedData, logged_training_set, slot_labels
 from sieve.ranking.ltr import RankerConfig
@@ -241,7 +242,8 @@ def test_training_features_equal_serving_features_after_the_same_events(holdout:
         return cats[dataset.item_index(item_id)]
 
     users = np.array([3, 17, 42])
-    rows = funnel._training_rows(engine, users, dataset, Replay(dataset.events, categories))
+    replay = Replay(dataset.events, categories)
+    rows = training_rows(funnel.config, engine, users, dataset, replay)
     ev = dataset.events
     for u, (items, x, _) in zip(users, rows, strict=True):
         t = dataset.last_time

@@ -27,7 +27,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from servers import POSTGRES_URL, REDIS_URL, libpq_url, postgres_problem, redis_problem
-from sieve.data.io import RawData, load_data
+from sieve.data.io import load_data
+from sieve.data.raw import RawData
 from sieve.serve.app import create_app
 from sieve.serve.auth import hash_key
 from sieve.settings import ApiKey, Settings

@@ -69,17 +69,17 @@ def test_live_counters_are_the_log_replayed_and_the_ranker_reads_them(
 
 def _count_logged_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record the number of query groups of every logged training set built."""
-    import sieve.pipeline
+    import sieve.pipeline.training
 
     built: list[int] = []
-    real = sieve.pipeline.logged_training_set
+    real = sieve.pipeline.training.logged_training_set
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         data = real(*args, **kwargs)
         built.append(data.n_groups)
         return data
 
-    monkeypatch.setattr(sieve.pipeline, "logged_training_set", spy)
+    monkeypatch.setattr(sieve.pipeline.training, "logged_training_set", spy)
     return built
 
 

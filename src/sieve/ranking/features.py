@@ -41,7 +41,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sieve.realtime.counters import OnlineCounters
-from sieve.retrieval.sources import SOURCES, CandidateEngine, Candidates, Request, positions
+from sieve.retrieval.candidates import SOURCES, Candidates, Request, positions
+from sieve.retrieval.sources import CandidateEngine
 from sieve.storage.cache import CacheError
 
 log = logging.getLogger(__name__)

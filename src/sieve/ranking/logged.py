@@ -50,7 +50,8 @@ from sieve.ranking.features import base_score, candidate_features
 from sieve.ranking.ltr import RankerConfig, TrainingSet
 from sieve.ranking.query import QueryConfig, UserLog, build_query
 from sieve.realtime.counters import CategoriesOf, Replay
-from sieve.retrieval.sources import SOURCES, CandidateEngine, Candidates
+from sieve.retrieval.candidates import SOURCES, Candidates
+from sieve.retrieval.sources import CandidateEngine
 
 if TYPE_CHECKING:
     from sieve.storage.base import Store

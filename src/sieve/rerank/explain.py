@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from sieve.retrieval.sources import SOURCES, CandidateEngine, Candidates, Request
+from sieve.retrieval.candidates import SOURCES, Candidates, Request
+from sieve.retrieval.sources import CandidateEngine
 
 #: Past-tense phrases of event types, for "similar to X you <verb>".
 VERBS: dict[str, str] = {

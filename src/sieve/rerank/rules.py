@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sieve.config import Config
-from sieve.retrieval.sources import Catalog
+from sieve.retrieval.catalog import Catalog
 
 
 @dataclasses.dataclass(frozen=True)

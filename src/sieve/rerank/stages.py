@@ -40,7 +40,8 @@ from sieve.rerank.diversity import (
 from sieve.rerank.fairness import LongTailConfig, must_take_tail
 from sieve.rerank.freshness import FreshnessConfig, freshness_bonus
 from sieve.rerank.rules import RulesConfig
-from sieve.retrieval.sources import CandidateEngine, Request
+from sieve.retrieval.candidates import Request
+from sieve.retrieval.sources import CandidateEngine
 
 #: Above this many categories, only the columns a request touches are densified.
 _DENSE_CATEGORIES = 256

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from sieve.data.dataset import Dataset
-from sieve.data.io import RawData
+from sieve.data.raw import RawData
 from sieve.data.records import Event, Item, User
 from sieve.data.schema import EVENT_COLUMNS, EventWeights
 from sieve.storage import Store

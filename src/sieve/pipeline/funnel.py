@@ -1,35 +1,13 @@
-"""The multi-stage funnel: candidate generation → learned ranking → re-ranking.
-
-`Funnel` is a `Recommender` (so `sieve evaluate --models funnel,ease` works)
-whose live path is `recommend_query`: one `Query` in, a list of
-`Recommended` items out, each with the sources that proposed it and an
-explanation.
-
-1. Candidates (`sieve.retrieval.sources`): ALS factors in a FAISS index,
-   item-to-item from the session and history, content (TF-IDF), EASE on small
-   catalogs, popular, trending and fresh items; merged under per-source
-   quotas with seen, excluded, unavailable and out-of-category items removed.
-2. Ranking (`sieve.ranking`): LightGBM LambdaMART over the features of
-   `sieve.ranking.features` (online-counter features included, read from
-   `Funnel.online`), trained on held-out training interactions, on logged
-   impressions and their clicks (`Funnel.logged`, `RankerConfig.train_on`)
-   or both; a reciprocal-rank blend of the sources when it is off (and for
-   requests with no history at all, which get the charts).
-3. Re-ranking (`sieve.rerank`): freshness bonus, MMR diversity, a cap per
-   category, calibration to the user's category mix, minimum long-tail
-   exposure and business rules; then an explanation per item.
-
-Everything is built from one `FunnelConfig` (TOML sections), whose defaults
-need no file.
+"""The `Funnel`: a `Recommender` whose live path is `recommend_query` (one
+`Query` in, explained `Recommended` items out), with the offline batch API,
+the id vocabulary and catalog changes. `sieve.pipeline` describes the stages;
+fitting is in `pipeline.training`, saving and loading in `pipeline.persist`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
-import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,126 +18,28 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from sieve.config import Config, ConfigError, read_toml
 from sieve.data.dataset import Dataset
-from sieve.data.schema import UnknownIdError
-from sieve.models.base import NotFittedError, Recommender
-from sieve.models.content import ContentConfig, ContentTFIDF
-from sieve.models.ease import EASE, EASEConfig
-from sieve.models.factorization import ALS, ALSConfig
-from sieve.models.itemknn import ItemKNN, ItemKNNConfig
-from sieve.models.popularity import TrendingConfig
-from sieve.ranking.features import FEATURE_NAMES, base_score, candidate_features
-from sieve.ranking.logged import LoggedData, logged_training_set
-from sieve.ranking.ltr import (
-    LTRRanker,
-    RankerConfig,
-    TrainingSet,
-    collect,
-    concat,
-    fold_fit_part,
-    fold_users,
-    holdout_labels,
+from sieve.models.base import Recommender
+from sieve.models.content import ContentTFIDF
+from sieve.pipeline.config import FunnelConfig
+from sieve.pipeline.features import featurize
+from sieve.pipeline.persist import load_funnel, save_funnel
+from sieve.pipeline.training import (
+    FunnelState,
+    build_engine,
+    categories_of,
+    digest,
+    train_ranker,
 )
-from sieve.ranking.query import QueryConfig, UserEvent, UserLog, build_query
-from sieve.realtime.counters import OnlineCounters, Replay
+from sieve.ranking.features import FEATURE_NAMES, base_score
+from sieve.ranking.logged import LoggedData
+from sieve.ranking.query import UserEvent, UserLog, build_query
+from sieve.realtime.counters import OnlineCounters
 from sieve.rerank.explain import POPULAR, explain
 from sieve.rerank.rules import blocked_items, violations
-from sieve.rerank.stages import RerankConfig, SectionedConfig, rerank
-from sieve.retrieval.ann import AnnConfig, AnnIndex
-from sieve.retrieval.sources import (
-    SOURCES,
-    CandidateEngine,
-    Candidates,
-    Catalog,
-    ContentIndex,
-    Request,
-    SourcesConfig,
-)
-from sieve.storage.cache import MemoryCache
+from sieve.rerank.stages import rerank
+from sieve.retrieval.candidates import SOURCES, Candidates, Request
 from sieve.types import Context, ItemList, Query, Recommended, TopN
-
-log = logging.getLogger(__name__)
-
-_FORMAT = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class BlendConfig(Config):
-    """Ranking without the learned ranker: weighted reciprocal-rank fusion,
-    relevance = Σ_s weight_s / (`k` + rank of the item in source s).
-
-    - `k`: the fusion constant (larger flattens the rank differences).
-    - `ann`, `item_to_item`, `content`, `ease`, `popular`, `trending`,
-      `fresh`: the weight of each source.
-    """
-
-    k: float = 60.0
-    ann: float = 1.0
-    item_to_item: float = 1.0
-    content: float = 0.5
-    ease: float = 1.5
-    popular: float = 0.3
-    trending: float = 0.5
-    fresh: float = 0.2
-
-    def validate(self) -> None:
-        if self.k <= 0:
-            raise ConfigError("BlendConfig.k must be > 0")
-        for s in SOURCES:
-            if getattr(self, s) < 0:
-                raise ConfigError(f"BlendConfig.{s} must be >= 0")
-
-
-def _funnel_als() -> ALSConfig:
-    return ALSConfig(factors=64, regularization=0.05, alpha=2.0, iterations=15)
-
-
-@dataclasses.dataclass(frozen=True)
-class FunnelConfig(SectionedConfig):
-    """The whole funnel, one TOML table per section.
-
-    - `sources`: candidate sources and their quotas (`SourcesConfig`).
-    - `ann`: the FAISS index over ALS item factors (`AnnConfig`).
-    - `als`, `itemknn`, `ease`, `content`: hyperparameters of the candidate
-      models (each model's own config; ALS defaults to 64 factors here).
-    - `trending`: time decay of the trending chart (`TrendingConfig`).
-    - `ranker`: the LambdaMART ranker and how its labels are made
-      (`RankerConfig`).
-    - `blend`: source weights when the ranker is off (`BlendConfig`).
-    - `rerank`: the re-ranking stages (`RerankConfig`).
-    - `query`: how a request is built from a user's events, the same for the
-      ranker's training queries and live requests (`QueryConfig`).
-    """
-
-    sources: SourcesConfig = dataclasses.field(default_factory=SourcesConfig)
-    ann: AnnConfig = dataclasses.field(default_factory=AnnConfig)
-    als: ALSConfig = dataclasses.field(default_factory=_funnel_als)
-    itemknn: ItemKNNConfig = dataclasses.field(default_factory=ItemKNNConfig)
-    ease: EASEConfig = dataclasses.field(default_factory=EASEConfig)
-    content: ContentConfig = dataclasses.field(default_factory=ContentConfig)
-    trending: TrendingConfig = dataclasses.field(default_factory=TrendingConfig)
-    ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
-    blend: BlendConfig = dataclasses.field(default_factory=BlendConfig)
-    rerank: RerankConfig = dataclasses.field(default_factory=RerankConfig)
-    query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
-
-
-def load_funnel_config(path: str | Path) -> FunnelConfig:
-    """A `FunnelConfig` from a TOML file (missing keys keep their defaults)."""
-    return FunnelConfig.from_dict(read_toml(path))
-
-
-@dataclasses.dataclass
-class FunnelState:
-    """What `fit` learns: the candidate engine (models, index, catalog), the
-    ranker, the user vocabulary and the identity of this trained funnel."""
-
-    engine: CandidateEngine
-    ranker: LTRRanker | None
-    user_ids: NDArray[np.object_]
-    version: str
-    fitted_at: float
 
 
 class Funnel(Recommender[FunnelConfig, FunnelState]):
@@ -200,123 +80,21 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             content = ContentTFIDF(cfg.content).fit(dataset)
             if content.state.item_matrix.shape[1] == 0:
                 content = None
-        engine = _build_engine(dataset, cfg, content)
-        ranker = self._train_ranker(dataset, content, engine) if cfg.ranker.enabled else None
+        engine = build_engine(dataset, cfg, content)
+        ranker = (
+            train_ranker(cfg, self.logged, dataset, content, engine) if cfg.ranker.enabled else None
+        )
         engine.catalog.warm(cfg.rerank.long_tail.head_share)
         self._user_lookup = None
-        self.online = OnlineCounters.replay(dataset.events, _categories_of(dataset))
+        self.online = OnlineCounters.replay(dataset.events, categories_of(dataset))
         self.user_log = UserLog(dataset.events)
         return FunnelState(
             engine=engine,
             ranker=ranker,
             user_ids=np.asarray(dataset.user_ids, dtype=object).copy(),
-            version=_digest(cfg, dataset, started),
+            version=digest(cfg, dataset, started),
             fitted_at=started,
         )
-
-    def _train_ranker(
-        self, dataset: Dataset, content: ContentTFIDF | None, engine: CandidateEngine
-    ) -> LTRRanker | None:
-        """LambdaMART on the training set(s) `ranker.train_on` names: held-out
-        snapshot interactions, logged impressions (`self.logged`, scored by
-        the snapshot's `engine`), or both; None when there are too few query
-        groups. Asked for impressions with none usable, it trains on the
-        snapshot and says so in the log (a new service has no clicks yet)."""
-        cfg = self.config.ranker
-        parts: list[TrainingSet] = []
-        if cfg.train_on in ("impressions", "both"):
-            logged = TrainingSet.empty()
-            if self.logged is not None:
-                blocked = blocked_items(engine.catalog, self.config.rerank.rules)
-                logged = logged_training_set(
-                    engine,
-                    dataset,
-                    self.logged,
-                    _categories_of(dataset),
-                    cfg,
-                    blocked,
-                    self.config.query,
-                )
-            if logged.n_groups < 2:
-                log.warning("no usable logged impressions: the ranker trains on the snapshot")
-            parts.append(logged)
-        if cfg.train_on != "impressions" or sum(p.n_groups for p in parts) < 2:
-            parts.append(self._snapshot_training_set(dataset, content))
-        data = concat(parts)
-        if data.n_groups < 2:
-            return None
-        return LTRRanker.train(data, FEATURE_NAMES, cfg)
-
-    def _snapshot_training_set(self, dataset: Dataset, content: ContentTFIDF | None) -> TrainingSet:
-        """Query groups of held-out training interactions (see
-        `sieve.ranking.ltr`), each fold's features computed on models and
-        online counters built from that fold's fit part."""
-        cfg = self.config.ranker
-        labels = holdout_labels(dataset, cfg)
-        kept = dataset.matrix.getnnz(axis=1) - labels.getnnz(axis=1)
-        eligible = np.flatnonzero((labels.getnnz(axis=1) > 0) & (kept > 0))
-        if len(eligible) > cfg.max_users:
-            rng = np.random.default_rng(cfg.seed)
-            eligible = np.sort(rng.choice(eligible, cfg.max_users, replace=False))
-        requests: list[tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]] = []
-        label_rows: list[NDArray[np.int64]] = []
-        categories = _categories_of(dataset)
-        for users in fold_users(eligible, labels, dataset.matrix.nnz, cfg):
-            fit_part = fold_fit_part(dataset, labels, users)
-            engine = _build_engine(fit_part, self.config, content, exact_ann=True)
-            replay = Replay(fit_part.events, categories)
-            requests.extend(self._training_rows(engine, users, fit_part, replay))
-            label_rows.extend(
-                labels.indices[labels.indptr[u] : labels.indptr[u + 1]] for u in users
-            )
-        return collect(requests, label_rows)
-
-    def _training_rows(
-        self,
-        engine: CandidateEngine,
-        users: NDArray[np.int64],
-        fit_part: Dataset,
-        replay: Replay | None = None,
-    ) -> list[tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]]:
-        """Offline side of the ranker's features: (candidates, features, base
-        score) of each user's query built from the fit part, through
-        `featurize`, the function the live path uses.
-
-        Each query has a cut time: the snapshot's end for a random holdout
-        (its labels are no later than the rest), the user's last fit-part
-        event for a temporal one (the labels came after: the query is asked
-        then, `Query.now` = the cut). Queries are visited by cut and `replay`
-        (the fit part's log) is advanced to each, so the online features are
-        the counters as the live path held them at that moment."""
-        cfg = self.config.ranker
-        blocked = blocked_items(engine.catalog, self.config.rerank.rules)
-        cuts = np.full(len(users), engine.snapshot_time)
-        if cfg.holdout == "temporal":
-            for k, u in enumerate(users):
-                lo, hi = fit_part.last_time.indptr[u], fit_part.last_time.indptr[u + 1]
-                times = fit_part.last_time.data[lo:hi]
-                times = times[np.isfinite(times)]
-                cuts[k] = float(times.max()) if len(times) else engine.snapshot_time
-        rows: dict[int, tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]] = {}
-        log_ = UserLog(fit_part.events)
-        for k in np.argsort(cuts, kind="stable"):
-            u = int(users[k])
-            user_id = str(fit_part.user_ids[u])
-            now = float(cuts[k]) if cfg.holdout == "temporal" else None
-            query = build_query(
-                log_.events(user_id, now),
-                item_index=engine.catalog.find,
-                weights=engine.event_weights,
-                shape=self.config.query,
-                user_id=user_id,
-                user=u,
-                now=now,
-            )
-            online = replay.advance(float(cuts[k])) if replay is not None else None
-            _, cands, x = featurize(engine, query, blocked, online=online)
-            assert x is not None  # a training query always has a history
-            rows[int(k)] = (cands.items, x, cfg.base_weight * base_score(x))
-        return [rows[k] for k in range(len(users))]
 
     # ============================================================ serving
     def recommend_query(
@@ -676,103 +454,15 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         """A directory: config.toml, model.json (metadata), catalog and user arrays
         (npz), each sub-model in its own folder by its own `save`, the FAISS
         index (`faiss.write_index`) and the ranker (LightGBM text). No pickle."""
-        state = self.state
-        engine = state.engine
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.toml").write_text(self.config.to_toml())
-        engine.catalog.save(path / "catalog.npz")
-        np.savez(
-            path / "users.npz",
-            user_ids=np.array([str(u) for u in state.user_ids], dtype=str),
-            train_count=engine.user_train_count,
-            train_sum=engine.user_train_sum,
-        )
-        parts: dict[str, bool] = {}
-        for name in ("als", "itemknn", "ease"):
-            model = getattr(engine, name)
-            parts[name] = model is not None
-            if model is not None:
-                model.save(path / name)
-        parts["content"] = engine.content is not None
-        if engine.content is not None:
-            engine.content.model.save(path / "content")
-            engine.content.save(path / "content_delta.npz")
-        parts["ann"] = engine.ann is not None
-        if engine.ann is not None:
-            engine.ann.save(path / "ann")
-        parts["ranker"] = state.ranker is not None
-        if state.ranker is not None:
-            state.ranker.save(path / "ranker.txt")
-        parts["counters"] = self.online is not None
-        if self.online is not None:
-            _save_counters(
-                path / "counters.npz",
-                self.online.export(engine.catalog.item_ids.tolist(), state.user_ids.tolist()),
-            )
-        meta = {
-            "model": self.name,
-            "format": _FORMAT,
-            "version": state.version,
-            "fitted_at": state.fitted_at,
-            "snapshot_time": engine.snapshot_time,
-            "n_train_items": engine.n_train_items,
-            "event_weights": engine.event_weights,
-            "parts": parts,
-        }
-        (path / "model.json").write_text(json.dumps(meta, indent=1))
-        return path
+        return save_funnel(path, self.name, self.config, self.state, self.online)
 
     @classmethod
     def load(cls, path: str | Path) -> Funnel:
         """Read a funnel written by `save`."""
-        path = Path(path)
-        meta_file = path / "model.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{path} holds no saved model (no model.json)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("model") != cls.name:
-            raise TypeError(f"{path} holds a {meta.get('model')} model, not a funnel")
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path}: funnel format {meta.get('format')} is not {_FORMAT}")
-        funnel = cls(FunnelConfig.from_toml((path / "config.toml").read_text()))
-        parts = meta["parts"]
-        als = ALS.load(path / "als") if parts["als"] else None
-        itemknn = ItemKNN.load(path / "itemknn") if parts["itemknn"] else None
-        ease = EASE.load(path / "ease") if parts["ease"] else None
-        content = None
-        if parts["content"]:
-            model = ContentTFIDF.load(path / "content")
-            assert isinstance(model, ContentTFIDF)
-            content = ContentIndex.load(model, path / "content_delta.npz")
-        users = np.load(path / "users.npz", allow_pickle=False)
-        engine = CandidateEngine(
-            funnel.config.sources,
-            Catalog.load(path / "catalog.npz"),
-            {str(k): float(v) for k, v in meta["event_weights"].items()},
-            als=als,  # type: ignore[arg-type]
-            ann=AnnIndex.load(path / "ann") if parts["ann"] else None,
-            itemknn=itemknn,  # type: ignore[arg-type]
-            ease=ease,  # type: ignore[arg-type]
-            content=content,
-            user_train_count=users["train_count"].astype(np.int64),
-            user_train_sum=users["train_sum"].astype(np.int64),
-            n_train_items=int(meta["n_train_items"]),
-            snapshot_time=float(meta["snapshot_time"]),
-        )
-        engine.catalog.warm(funnel.config.rerank.long_tail.head_share)
-        ranker = LTRRanker.load(path / "ranker.txt") if parts["ranker"] else None
-        if parts.get("counters", False):
-            records = _load_counters(path / "counters.npz")
-            funnel.online = OnlineCounters(MemoryCache())
-            funnel.online.restore(records)
-        funnel._state = FunnelState(
-            engine=engine,
-            ranker=ranker,
-            user_ids=users["user_ids"].astype(object),
-            version=str(meta["version"]),
-            fitted_at=float(meta["fitted_at"]),
-        )
+        config, state, online = load_funnel(path, cls.name)
+        funnel = cls(config)
+        funnel.online = online
+        funnel._state = state
         return funnel
 
 
@@ -795,93 +485,6 @@ def _first(
     return np.concatenate(found)[:need] if found else np.empty(0, np.int64)
 
 
-def featurize(
-    engine: CandidateEngine,
-    query: Query,
-    blocked: NDArray[np.bool_] | None,
-    *,
-    exclude_seen: bool = True,
-    with_features: bool = True,
-    online: OnlineCounters | None = None,
-) -> tuple[Request, Candidates, NDArray[np.float32] | None]:
-    """Request → candidates → ranking features: the one code path shared by
-    the ranker's training set (offline) and every live request (online);
-    `online`: the counters the online features are read from."""
-    req = engine.request(query, exclude_seen=exclude_seen)
-    cands = engine.candidates(req, blocked)
-    x = candidate_features(engine, req, cands, online) if with_features and req.has_signal else None
-    return req, cands, x
-
-
-def _categories_of(dataset: Dataset) -> Callable[[str], list[str]]:
-    """Item id → its categories in a snapshot (none for unknown ids)."""
-    table = dict(zip((str(i) for i in dataset.item_ids), dataset.item_categories(), strict=True))
-    return lambda item_id: table.get(item_id, [])
-
-
-def _save_counters(path: Path, records: dict[str, bytes]) -> None:
-    """Counter records (key → bytes) as an npz: keys, sizes, one byte buffer."""
-    blobs = list(records.values())
-    np.savez(
-        path,
-        keys=np.array(list(records), dtype=str),
-        sizes=np.array([len(b) for b in blobs], dtype=np.int64),
-        data=np.frombuffer(b"".join(blobs), dtype=np.uint8),
-    )
-
-
-def _load_counters(path: Path) -> dict[str, bytes]:
-    with np.load(path, allow_pickle=False) as f:
-        keys, sizes, data = f["keys"], f["sizes"], f["data"].tobytes()
-    ends = np.cumsum(sizes)
-    return {
-        str(k): data[e - n : e] for k, n, e in zip(keys, sizes.tolist(), ends.tolist(), strict=True)
-    }
-
-
-def _build_engine(
-    dataset: Dataset,
-    cfg: FunnelConfig,
-    content: ContentTFIDF | None,
-    *,
-    exact_ann: bool = False,
-) -> CandidateEngine:
-    """Fit the candidate models of a snapshot (content is fitted once, on
-    item text only, and shared)."""
-    src = cfg.sources
-    times = dataset.events["timestamp"].to_numpy(np.float64)
-    finite = times[np.isfinite(times)]
-    snapshot = float(finite.max()) if len(finite) else 0.0
-    catalog = Catalog.from_dataset(dataset, cfg.trending, snapshot)
-    als = ann = itemknn = ease = None
-    if src.ann > 0:
-        als = ALS(cfg.als).fit(dataset)
-        ann = AnnIndex.build(als.state.item_factors, cfg.ann, exact=True if exact_ann else None)
-    if src.item_to_item > 0:
-        itemknn = ItemKNN(cfg.itemknn).fit(dataset)
-    if src.ease > 0 and dataset.n_items <= src.ease_max_items:
-        ease = EASE(cfg.ease).fit(dataset)
-    matrix = dataset.matrix
-    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
-    train_sum = np.bincount(
-        rows, weights=matrix.indices.astype(np.float64), minlength=matrix.shape[0]
-    )
-    return CandidateEngine(
-        src,
-        catalog,
-        dict(dataset.weights.weights),
-        als=als,
-        ann=ann,
-        itemknn=itemknn,
-        ease=ease,
-        content=ContentIndex(content) if content is not None else None,
-        user_train_count=np.diff(matrix.indptr).astype(np.int64),
-        user_train_sum=np.rint(train_sum).astype(np.int64),
-        n_train_items=dataset.n_items,
-        snapshot_time=snapshot,
-    )
-
-
 def _row_query(user: int, rows: sp.csr_matrix, r: int, n: int, user_id: str | None) -> Query:
     """The query of one user_items row: history = its items, no session."""
     lo, hi = rows.indptr[r], rows.indptr[r + 1]
@@ -892,28 +495,3 @@ def _row_query(user: int, rows: sp.csr_matrix, r: int, n: int, user_id: str | No
         history_weights=rows.data[lo:hi].astype(np.float32),
         n=n,
     )
-
-
-def _digest(cfg: FunnelConfig, dataset: Dataset, fitted_at: float) -> str:
-    """A short digest of config, data snapshot and fit time."""
-    h = hashlib.sha256()
-    h.update(cfg.to_toml().encode())
-    m = dataset.matrix
-    h.update(np.array([m.shape[0], m.shape[1], m.nnz], dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(m.indptr).tobytes())
-    h.update(np.ascontiguousarray(m.indices).tobytes())
-    h.update(np.ascontiguousarray(m.data).tobytes())
-    h.update("\n".join(str(i) for i in dataset.item_ids).encode())
-    h.update(repr(fitted_at).encode())
-    return h.hexdigest()[:16]
-
-
-__all__ = [
-    "BlendConfig",
-    "Funnel",
-    "FunnelConfig",
-    "FunnelState",
-    "NotFittedError",
-    "UnknownIdError",
-    "load_funnel_config",
-]

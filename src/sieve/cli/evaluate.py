@@ -1,0 +1,302 @@
+"""`sieve evaluate`, `sieve tune` (offline evaluation and hyperparameter
+search on a data spec) and `sieve version`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sieve import __version__
+from sieve.cli.common import DataOpt, UsageError, _clean_errors, _progress, app, console, out
+
+
+def _parse_models(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise UsageError("--models needs at least one model name")
+    return names
+
+
+def _model_params(config_path: Path | None) -> dict[str, dict[str, Any]]:
+    """Per-model parameter tables from a TOML file (`[ease] l2 = 300`)."""
+    if config_path is None:
+        return {}
+    from sieve.config import read_toml
+
+    data = read_toml(config_path)
+    models = data.get("models", data)
+    bad = [k for k, v in models.items() if not isinstance(v, dict)]
+    if bad:
+        raise UsageError(f"{config_path}: expected one table per model, got plain key(s) {bad}")
+    return models
+
+
+def _load(
+    data: str,
+    min_rating: float | None,
+    columns: dict[str, str | None],
+    sep: str,
+) -> Any:
+    from sieve.data.io import ColumnMapping, load_data
+    from sieve.data.schema import EventWeights
+
+    mapping = None
+    if data.startswith(("csv:", "parquet:")):
+        mapping = ColumnMapping(**{k: v for k, v in columns.items() if v is not None}, sep=sep)
+    raw = load_data(data, mapping)
+    for problem in raw.problems[:20]:
+        console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
+    if len(raw.problems) > 20:
+        console.print(
+            f"[yellow]… and {len(raw.problems) - 20} more malformed rows skipped[/yellow]"
+        )
+    return raw.to_dataset(EventWeights(min_rating=min_rating))
+
+
+SplitOpt = Annotated[
+    str,
+    typer.Option(
+        "--split",
+        help="random:RATIO, temporal:RATIO, leave-last:K, user-holdout:FRACTION or folds:PATH",
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="seed of every random choice")]
+MinRatingOpt = Annotated[
+    float | None,
+    typer.Option("--min-rating", help="ratings below this are not positives (default: all are)"),
+]
+UserCol = Annotated[str | None, typer.Option("--user-col", help="CSV/Parquet: user id column")]
+ItemCol = Annotated[str | None, typer.Option("--item-col", help="CSV/Parquet: item id column")]
+ValueCol = Annotated[
+    str | None, typer.Option("--value-col", help="CSV/Parquet: rating/value column")
+]
+TimeCol = Annotated[str | None, typer.Option("--time-col", help="CSV/Parquet: timestamp column")]
+TypeCol = Annotated[str | None, typer.Option("--type-col", help="CSV/Parquet: event type column")]
+_SEP_ESCAPES = {"\\t": "\t", "tab": "\t", "\\\\": "\\", "\\|": "|"}
+
+
+def parse_sep(value: str) -> str:
+    """The separator a shell passes as text: `\\t` (or `tab`) is a tab, `\\xHH` and
+    `\\uHHHH` the character they name; anything else is taken as written."""
+    if value in _SEP_ESCAPES:
+        return _SEP_ESCAPES[value]
+    if value.startswith(("\\x", "\\u")):
+        try:
+            decoded = value.encode("ascii").decode("unicode_escape")
+        except (UnicodeError, ValueError):
+            decoded = ""
+        if len(decoded) != 1:
+            raise typer.BadParameter(f"{value!r} is not one escaped character, e.g. '\\x1f'")
+        return decoded
+    if not value:
+        raise typer.BadParameter("the separator must not be empty")
+    return value
+
+
+SepOpt = Annotated[
+    str,
+    typer.Option(
+        "--sep", help="CSV field separator ('\\t' or 'tab' for a tab)", callback=parse_sep
+    ),
+]
+
+
+def _columns(
+    user_col: str | None,
+    item_col: str | None,
+    value_col: str | None,
+    time_col: str | None,
+    type_col: str | None,
+) -> dict[str, str | None]:
+    return {
+        "user": user_col,
+        "item": item_col,
+        "value": value_col,
+        "timestamp": time_col,
+        "type": type_col,
+    }
+
+
+@app.command()
+def evaluate(
+    data: DataOpt = "synthetic",
+    split: SplitOpt = "random:0.8",
+    seed: SeedOpt = 42,
+    models: Annotated[
+        str, typer.Option("--models", help="comma-separated models; the first is the baseline")
+    ] = "popular,itemknn,ease,als,bpr",
+    k: Annotated[int, typer.Option("--k", min=1, help="length of the evaluated lists")] = 10,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="write an HTML report")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML with a table of parameters per model")
+    ] = None,
+    min_rating: MinRatingOpt = None,
+    group_by: Annotated[
+        str | None, typer.Option("--group-by", help="user attribute for per-group fairness")
+    ] = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    value_col: ValueCol = None,
+    time_col: TimeCol = None,
+    type_col: TypeCol = None,
+    sep: SepOpt = ",",
+    fallback: Annotated[
+        str | None,
+        typer.Option(
+            "--fallback",
+            help="model that answers the cold test users (no interaction before the test) of "
+            "every model without a cold-start path of its own, e.g. trending",
+        ),
+    ] = None,
+) -> None:
+    """Evaluate models offline: metrics with 95% intervals and paired tests
+    of every model against the first one listed, also for cold and warm test
+    users separately."""
+    from sieve.data.split import make_splits
+    from sieve.evaluate.protocol import ModelSpec
+    from sieve.evaluate.protocol import evaluate as run_evaluation
+    from sieve.evaluate.report import table, write_html, write_json
+    from sieve.models.base import model_class
+
+    with _clean_errors():
+        names = _parse_models(models)
+        for name in names:
+            model_class(name)
+        if fallback is not None:
+            try:
+                model_class(fallback)
+            except KeyError as e:
+                raise UsageError(f"--fallback: {e.args[0]}") from None
+        params = _model_params(config)
+        unknown = sorted(set(params) - set(names) - {fallback})
+        if unknown:
+            console.print(
+                f"[yellow]note:[/yellow] {config} has settings for models not evaluated: {unknown}"
+            )
+        console.print(f"loading [bold]{data}[/bold]", soft_wrap=True)
+        ds = _load(
+            data, min_rating, _columns(user_col, item_col, value_col, time_col, type_col), sep
+        )
+        console.print(f"{ds}; split [bold]{split}[/bold], seed {seed}")
+        splits = make_splits(ds, split, seed)
+        specs = [ModelSpec(n, n, params.get(n, {})) for n in names]
+        fallback_spec = (
+            ModelSpec(fallback, fallback, params.get(fallback, {})) if fallback else None
+        )
+        settings = {
+            "data": data,
+            "split": split,
+            "seed": seed,
+            "models": names,
+            "fallback": fallback,
+            "k": k,
+            "min_rating": min_rating,
+            "params": params,
+            "version": __version__,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        with _progress() as progress:
+            steps = 3 + any(bool(s.holdout_users.any()) for s in splits)
+            fallback_used = fallback is not None and any(
+                not model_class(n).serves_cold_start for n in names
+            )
+            total = len(splits) * (len(specs) * steps + fallback_used)
+            task = progress.add_task("evaluating", total=total)
+
+            def step(what: str) -> None:
+                progress.update(task, description=what, advance=1)
+
+            result = run_evaluation(
+                ds,
+                splits,
+                specs,
+                k=k,
+                group_by=group_by,
+                on_step=step,
+                settings=settings,
+                fallback=fallback_spec,
+            )
+        out.print(table(result))
+        if json_path:
+            console.print(f"wrote {write_json(result, json_path)}")
+        if report:
+            console.print(f"wrote {write_html(result, report)}")
+
+
+@app.command()
+def tune(
+    model: Annotated[str, typer.Option("--model", help="the model to tune")],
+    data: DataOpt = "synthetic",
+    split: SplitOpt = "random:0.8",
+    seed: SeedOpt = 42,
+    metric: Annotated[
+        str, typer.Option("--metric", help="e.g. ndcg@10, precision@10, rmse")
+    ] = "ndcg@10",
+    trials: Annotated[int, typer.Option("--trials", min=1, help="number of trials")] = 30,
+    validation: Annotated[
+        str, typer.Option("--validation", help="split of the TRAINING part into fit/validation")
+    ] = "random:0.8",
+    out_path: Annotated[
+        Path, typer.Option("--out", help="TOML file to write (or update) the best parameters in")
+    ] = Path("sieve-tuned.toml"),
+    min_rating: MinRatingOpt = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    value_col: ValueCol = None,
+    time_col: TimeCol = None,
+    type_col: TypeCol = None,
+    sep: SepOpt = ",",
+) -> None:
+    """Search a model's hyperparameters on validation data carved out of the
+    training split (never the test set); write the best to a TOML file that
+    `sieve evaluate --config` reads."""
+    import tomli_w
+
+    from sieve.config import read_toml
+    from sieve.data.split import make_splits
+    from sieve.evaluate.tune import tune as run_tune
+
+    with _clean_errors():
+        ds = _load(
+            data, min_rating, _columns(user_col, item_col, value_col, time_col, type_col), sep
+        )
+        first = make_splits(ds, split, seed)[0]
+        with _progress() as progress:
+            task = progress.add_task(f"tuning {model}", total=trials)
+            best: list[float] = []
+
+            def on_trial(number: int, value: float) -> None:
+                best.append(value)
+                progress.update(
+                    task,
+                    advance=1,
+                    description=f"tuning {model}: trial {number} {metric}={value:.4f}",
+                )
+
+            result = run_tune(
+                model,
+                first,
+                metric=metric,
+                n_trials=trials,
+                validation=validation,
+                seed=seed,
+                on_trial=on_trial,
+            )
+        existing = read_toml(out_path) if out_path.exists() else {}
+        existing[model] = result.best_params
+        out_path.write_text(
+            f"# written by sieve tune: best {metric} on validation {validation} of {split}\n"
+            + tomli_w.dumps(existing)
+        )
+        out.print(f"best {metric} = {result.best_value:.4f} with {result.best_params}")
+        console.print(f"wrote {out_path}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)

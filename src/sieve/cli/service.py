@@ -1,0 +1,240 @@
+"""The service's commands: `sieve train`, `serve`, `batch`, `quickstart` and
+`worker` (retraining beside a running server)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sieve.cli.common import (
+    CacheOpt,
+    ConfigOpt,
+    DataOpt,
+    ModelDirOpt,
+    StoreOpt,
+    UsageError,
+    _clean_errors,
+    _service_settings,
+    app,
+    console,
+    out,
+)
+
+
+@app.command()
+def train(
+    store: StoreOpt = None,
+    model_dir: ModelDirOpt = None,
+    funnel_config: Annotated[
+        Path | None, typer.Option("--funnel-config", help="TOML of the funnel's configuration")
+    ] = None,
+    config: ConfigOpt = None,
+    no_promote: Annotated[
+        bool, typer.Option("--no-promote", help="register as a candidate; do not serve it")
+    ] = False,
+) -> None:
+    """Train a funnel on the store's catalog and event log, register it in the
+    model registry (MODEL_DIR/<version>/) and promote it (a running service
+    swaps to it within `model_poll_seconds`), unless --no-promote."""
+    from sieve.training.train import train as train_funnel
+
+    with _clean_errors():
+        settings = _service_settings(
+            config, store_url=store, model_dir=model_dir, funnel_config=funnel_config
+        )
+        console.print(f"training on [bold]{settings.store_url}[/bold]", soft_wrap=True)
+        start = time.perf_counter()
+        funnel, path = train_funnel(settings, promote=not no_promote)
+        console.print(f"trained in {time.perf_counter() - start:.1f}s")
+        state = "candidate" if no_promote else "current"
+        out.print(f"model {funnel.version} saved to {path} ({state})", soft_wrap=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="default 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="default 8000")] = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    cache: CacheOpt = None,
+    model_dir: ModelDirOpt = None,
+    precompute: Annotated[
+        bool,
+        typer.Option(
+            "--precompute", help="precompute every known user's list at start-up (see `batch`)"
+        ),
+    ] = False,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="log one line per request")
+    ] = True,
+) -> None:
+    """Serve the REST API (one process; docs at /docs) with the current model."""
+    import logging
+
+    import uvicorn
+
+    from sieve.serve.app import create_app
+
+    with _clean_errors():
+        settings = _service_settings(
+            config,
+            host=host,
+            port=port,
+            store_url=store,
+            cache_url=cache,
+            model_dir=model_dir,
+            precompute=precompute or None,
+        )
+        application = create_app(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    logging.getLogger("sieve.serve.access").setLevel(
+        logging.INFO if access_log else logging.WARNING
+    )
+    uvicorn.run(application, host=settings.host, port=settings.port, access_log=False)
+
+
+@app.command()
+def batch(
+    n: Annotated[int | None, typer.Option("--n", min=1, help="list length (default 50)")] = None,
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    cache: CacheOpt = None,
+    model_dir: ModelDirOpt = None,
+) -> None:
+    """Precompute the top-N of every user the current model knows into the cache
+    (`recs:{user}`); the service answers from it until the user's next event or
+    a new model. With the default memory:// cache the lists vanish when this
+    command ends: use a redis:// cache, or `sieve serve --precompute`."""
+    from sieve.serve.service import Service
+
+    with _clean_errors():
+        settings = _service_settings(
+            config, store_url=store, cache_url=cache, model_dir=model_dir, batch_n=n
+        )
+        if settings.cache_url.startswith("memory"):
+            console.print(
+                "[yellow]note:[/yellow] the cache is memory:// (this process only): the "
+                "lists are lost when batch exits; use --cache redis://… or "
+                "`sieve serve --precompute`"
+            )
+        service = Service.open(settings)
+        try:
+            if service.model_version is None:
+                raise UsageError(f"no model trained yet in {settings.model_dir}: run `sieve train`")
+            start = time.perf_counter()
+            count = service.precompute(settings.batch_n)
+        finally:
+            service.close()
+        out.print(
+            f"precomputed {count} lists of {settings.batch_n} for model {service.model_version} "
+            f"in {time.perf_counter() - start:.1f}s into {settings.cache_url}",
+            soft_wrap=True,
+        )
+
+
+@app.command()
+def quickstart(
+    data: DataOpt = "synthetic",
+    folder: Annotated[Path, typer.Option("--dir", help="where the store and the models go")] = Path(
+        "sieve-quickstart"
+    ),
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    movielens: Annotated[
+        Path | None,
+        typer.Option("--movielens", help="a MovieLens 100K folder (u.data, u.item, u.user)"),
+    ] = None,
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="load and train, then exit")] = False,
+) -> None:
+    """A running demo in one command: load a data set into a local SQLite store,
+    train a funnel, and serve it on 127.0.0.1 with reads and (loopback) writes
+    open, no key needed. Not for production: see `sieve serve`."""
+    from sieve.data.io import load_data
+    from sieve.settings import Settings
+    from sieve.storage import open_store
+    from sieve.training.snapshot import import_data
+    from sieve.training.train import train as train_funnel
+
+    if movielens is not None:
+        data = f"movielens-100k:{movielens}"
+    with _clean_errors():
+        settings = Settings(
+            store_url=f"sqlite:///{folder / 'sieve.db'}",
+            cache_url="memory://",
+            model_dir=folder / "models",
+            open_read=True,
+            open_write=True,
+            host="127.0.0.1",
+            port=port,
+            precompute=True,
+        )
+        console.print(f"loading [bold]{data}[/bold] into {settings.store_url}", soft_wrap=True)
+        with open_store(settings.store_url) as store:
+            raw = load_data(data)
+            for problem in raw.problems[:20]:
+                console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
+            if len(raw.problems) > 20:
+                console.print(f"[yellow]… and {len(raw.problems) - 20} more rows skipped[/yellow]")
+            n_items, n_users, n_events = import_data(store, raw)
+            console.print(f"{n_items} items, {n_users} users, {n_events} new events")
+            funnel, path = train_funnel(settings, store)
+        out.print(f"model {funnel.version} saved to {path}", soft_wrap=True)
+        base = f"http://127.0.0.1:{port}"
+        out.print(
+            f"try: curl {base}/popular  ·  curl {base}/recommendations/"
+            f"{funnel.user_ids[0]}  ·  docs: {base}/docs  ·  dashboard: {base}/dashboard",
+            soft_wrap=True,
+        )
+    if not no_serve:
+        import logging
+
+        import uvicorn
+
+        from sieve.serve.app import create_app
+
+        logging.basicConfig(level=logging.INFO)
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port, access_log=False)
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    store: StoreOpt = None,
+    model_dir: ModelDirOpt = None,
+    funnel_config: Annotated[
+        Path | None, typer.Option("--funnel-config", help="TOML of the candidate's configuration")
+    ] = None,
+    every: Annotated[
+        float | None, typer.Option("--every", help="retrain at least every this many seconds")
+    ] = 24 * 3600.0,
+    after_events: Annotated[
+        int | None, typer.Option("--after-events", help="retrain after this many new events")
+    ] = 50_000,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="promote if ≥ serving × (1 − tolerance)")
+    ] = 0.0,
+    poll: Annotated[float, typer.Option("--poll", help="seconds between checks")] = 30.0,
+    once: Annotated[bool, typer.Option("--once", help="run one cycle now and exit")] = False,
+) -> None:
+    """Retrain beside the server: on a schedule, after N new events or when
+    MODEL_DIR/RETRAIN appears; promote the candidate only if it is not worse
+    than the serving model on the most recent events, else keep the old one
+    and record why (`sieve models list` shows it)."""
+    from sieve.training.worker import Retrainer, RetrainPolicy
+
+    with _clean_errors():
+        settings = _service_settings(
+            config, store_url=store, model_dir=model_dir, funnel_config=funnel_config
+        )
+        policy = RetrainPolicy(every_seconds=every, after_events=after_events, tolerance=tolerance)
+        retrainer = Retrainer(settings, policy)
+        if once:
+            d = retrainer.run_once("manual (`sieve worker --once`)")
+            verdict = "promoted" if d.promoted else "rejected"
+            out.print(f"{d.candidate} {verdict}: {d.why}", soft_wrap=True)
+            return
+        console.print(f"watching {settings.store_url} every {poll:.0f}s", soft_wrap=True)
+        retrainer.run_forever(poll_seconds=poll)

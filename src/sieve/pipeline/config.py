@@ -1,0 +1,85 @@
+"""The funnel's configuration: `FunnelConfig` (one TOML table per stage) and
+`BlendConfig` (the source weights when the ranker is off)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from sieve.config import Config, ConfigError, read_toml
+from sieve.models.content import ContentConfig
+from sieve.models.ease import EASEConfig
+from sieve.models.factorization import ALSConfig
+from sieve.models.itemknn import ItemKNNConfig
+from sieve.models.popularity import TrendingConfig
+from sieve.ranking.ltr import RankerConfig
+from sieve.ranking.query import QueryConfig
+from sieve.rerank.stages import RerankConfig, SectionedConfig
+from sieve.retrieval.ann import AnnConfig
+from sieve.retrieval.candidates import SOURCES, SourcesConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class BlendConfig(Config):
+    """Ranking without the learned ranker: weighted reciprocal-rank fusion,
+    relevance = Σ_s weight_s / (`k` + rank of the item in source s).
+
+    - `k`: the fusion constant (larger flattens the rank differences).
+    - `ann`, `item_to_item`, `content`, `ease`, `popular`, `trending`,
+      `fresh`: the weight of each source.
+    """
+
+    k: float = 60.0
+    ann: float = 1.0
+    item_to_item: float = 1.0
+    content: float = 0.5
+    ease: float = 1.5
+    popular: float = 0.3
+    trending: float = 0.5
+    fresh: float = 0.2
+
+    def validate(self) -> None:
+        if self.k <= 0:
+            raise ConfigError("BlendConfig.k must be > 0")
+        for s in SOURCES:
+            if getattr(self, s) < 0:
+                raise ConfigError(f"BlendConfig.{s} must be >= 0")
+
+
+def _funnel_als() -> ALSConfig:
+    return ALSConfig(factors=64, regularization=0.05, alpha=2.0, iterations=15)
+
+
+@dataclasses.dataclass(frozen=True)
+class FunnelConfig(SectionedConfig):
+    """The whole funnel, one TOML table per section.
+
+    - `sources`: candidate sources and their quotas (`SourcesConfig`).
+    - `ann`: the FAISS index over ALS item factors (`AnnConfig`).
+    - `als`, `itemknn`, `ease`, `content`: hyperparameters of the candidate
+      models (each model's own config; ALS defaults to 64 factors here).
+    - `trending`: time decay of the trending chart (`TrendingConfig`).
+    - `ranker`: the LambdaMART ranker and how its labels are made
+      (`RankerConfig`).
+    - `blend`: source weights when the ranker is off (`BlendConfig`).
+    - `rerank`: the re-ranking stages (`RerankConfig`).
+    - `query`: how a request is built from a user's events, the same for the
+      ranker's training queries and live requests (`QueryConfig`).
+    """
+
+    sources: SourcesConfig = dataclasses.field(default_factory=SourcesConfig)
+    ann: AnnConfig = dataclasses.field(default_factory=AnnConfig)
+    als: ALSConfig = dataclasses.field(default_factory=_funnel_als)
+    itemknn: ItemKNNConfig = dataclasses.field(default_factory=ItemKNNConfig)
+    ease: EASEConfig = dataclasses.field(default_factory=EASEConfig)
+    content: ContentConfig = dataclasses.field(default_factory=ContentConfig)
+    trending: TrendingConfig = dataclasses.field(default_factory=TrendingConfig)
+    ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
+    blend: BlendConfig = dataclasses.field(default_factory=BlendConfig)
+    rerank: RerankConfig = dataclasses.field(default_factory=RerankConfig)
+    query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
+
+
+def load_funnel_config(path: str | Path) -> FunnelConfig:
+    """A `FunnelConfig` from a TOML file (missing keys keep their defaults)."""
+    return FunnelConfig.from_dict(read_toml(path))

@@ -1,0 +1,157 @@
+"""Saving and loading a fitted funnel: a directory of plain files (TOML,
+JSON, npz, each sub-model's own format, the FAISS index, LightGBM text), no
+pickle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sieve.models.content import ContentTFIDF
+from sieve.models.ease import EASE
+from sieve.models.factorization import ALS
+from sieve.models.itemknn import ItemKNN
+from sieve.pipeline.config import FunnelConfig
+from sieve.pipeline.training import FunnelState
+from sieve.ranking.ltr import LTRRanker
+from sieve.realtime.counters import OnlineCounters
+from sieve.retrieval.ann import AnnIndex
+from sieve.retrieval.catalog import Catalog
+from sieve.retrieval.content import ContentIndex
+from sieve.retrieval.sources import CandidateEngine
+from sieve.storage.cache import MemoryCache
+
+_FORMAT = 1
+
+
+def save_funnel(
+    path: str | Path,
+    model_name: str,
+    config: FunnelConfig,
+    state: FunnelState,
+    online: OnlineCounters | None,
+) -> Path:
+    """Write a fitted funnel (`Funnel.save`) as a directory."""
+    engine = state.engine
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.toml").write_text(config.to_toml())
+    engine.catalog.save(path / "catalog.npz")
+    np.savez(
+        path / "users.npz",
+        user_ids=np.array([str(u) for u in state.user_ids], dtype=str),
+        train_count=engine.user_train_count,
+        train_sum=engine.user_train_sum,
+    )
+    parts: dict[str, bool] = {}
+    for name in ("als", "itemknn", "ease"):
+        model = getattr(engine, name)
+        parts[name] = model is not None
+        if model is not None:
+            model.save(path / name)
+    parts["content"] = engine.content is not None
+    if engine.content is not None:
+        engine.content.model.save(path / "content")
+        engine.content.save(path / "content_delta.npz")
+    parts["ann"] = engine.ann is not None
+    if engine.ann is not None:
+        engine.ann.save(path / "ann")
+    parts["ranker"] = state.ranker is not None
+    if state.ranker is not None:
+        state.ranker.save(path / "ranker.txt")
+    parts["counters"] = online is not None
+    if online is not None:
+        _save_counters(
+            path / "counters.npz",
+            online.export(engine.catalog.item_ids.tolist(), state.user_ids.tolist()),
+        )
+    meta = {
+        "model": model_name,
+        "format": _FORMAT,
+        "version": state.version,
+        "fitted_at": state.fitted_at,
+        "snapshot_time": engine.snapshot_time,
+        "n_train_items": engine.n_train_items,
+        "event_weights": engine.event_weights,
+        "parts": parts,
+    }
+    (path / "model.json").write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def load_funnel(
+    path: str | Path, model_name: str
+) -> tuple[FunnelConfig, FunnelState, OnlineCounters | None]:
+    """The config, fitted state and online counters of a funnel written by
+    `save_funnel` (`Funnel.load`)."""
+    path = Path(path)
+    meta_file = path / "model.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{path} holds no saved model (no model.json)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("model") != model_name:
+        raise TypeError(f"{path} holds a {meta.get('model')} model, not a funnel")
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"{path}: funnel format {meta.get('format')} is not {_FORMAT}")
+    config = FunnelConfig.from_toml((path / "config.toml").read_text())
+    parts = meta["parts"]
+    als = ALS.load(path / "als") if parts["als"] else None
+    itemknn = ItemKNN.load(path / "itemknn") if parts["itemknn"] else None
+    ease = EASE.load(path / "ease") if parts["ease"] else None
+    content = None
+    if parts["content"]:
+        model = ContentTFIDF.load(path / "content")
+        assert isinstance(model, ContentTFIDF)
+        content = ContentIndex.load(model, path / "content_delta.npz")
+    users = np.load(path / "users.npz", allow_pickle=False)
+    engine = CandidateEngine(
+        config.sources,
+        Catalog.load(path / "catalog.npz"),
+        {str(k): float(v) for k, v in meta["event_weights"].items()},
+        als=als,  # type: ignore[arg-type]
+        ann=AnnIndex.load(path / "ann") if parts["ann"] else None,
+        itemknn=itemknn,  # type: ignore[arg-type]
+        ease=ease,  # type: ignore[arg-type]
+        content=content,
+        user_train_count=users["train_count"].astype(np.int64),
+        user_train_sum=users["train_sum"].astype(np.int64),
+        n_train_items=int(meta["n_train_items"]),
+        snapshot_time=float(meta["snapshot_time"]),
+    )
+    engine.catalog.warm(config.rerank.long_tail.head_share)
+    ranker = LTRRanker.load(path / "ranker.txt") if parts["ranker"] else None
+    online: OnlineCounters | None = None
+    if parts.get("counters", False):
+        records = _load_counters(path / "counters.npz")
+        online = OnlineCounters(MemoryCache())
+        online.restore(records)
+    state = FunnelState(
+        engine=engine,
+        ranker=ranker,
+        user_ids=users["user_ids"].astype(object),
+        version=str(meta["version"]),
+        fitted_at=float(meta["fitted_at"]),
+    )
+    return config, state, online
+
+
+def _save_counters(path: Path, records: dict[str, bytes]) -> None:
+    """Counter records (key → bytes) as an npz: keys, sizes, one byte buffer."""
+    blobs = list(records.values())
+    np.savez(
+        path,
+        keys=np.array(list(records), dtype=str),
+        sizes=np.array([len(b) for b in blobs], dtype=np.int64),
+        data=np.frombuffer(b"".join(blobs), dtype=np.uint8),
+    )
+
+
+def _load_counters(path: Path) -> dict[str, bytes]:
+    with np.load(path, allow_pickle=False) as f:
+        keys, sizes, data = f["keys"], f["sizes"], f["data"].tobytes()
+    ends = np.cumsum(sizes)
+    return {
+        str(k): data[e - n : e] for k, n, e in zip(keys, sizes.tolist(), ends.tolist(), strict=True)
+    }

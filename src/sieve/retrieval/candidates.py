@@ -1,0 +1,244 @@
+"""The candidate set: what the sources propose for one request, and the merge
+that turns their proposals into one deduplicated candidate set.
+
+Every source answers a `Request` with a ranked `Proposal` (items, its own
+scores, and for item-to-item the anchor item that led to each candidate).
+The merge filters them (seen, excluded, unavailable, blocked, outside the
+requested categories), keeps each source's quota of survivors and
+deduplicates, remembering per candidate which sources proposed it, with
+their scores and ranks: the ranker's features and the explanations come from
+that memory.
+
+Sources, in the column order of `SOURCES`:
+
+- `ann`: ALS item factors searched with the user's factor vector (FAISS);
+- `item_to_item`: ItemKNN neighbours of the session's recent items (by
+  recency and event type) and of the history;
+- `content`: TF-IDF cosine with the profile of the history and session, which
+  reaches items nobody interacted with yet (cold-start items);
+- `ease`: EASE scores, only on catalogs small enough for its dense weights;
+- `popular`, `trending`: the catalog's all-time and time-decayed charts;
+- `fresh`: the newest items.
+
+Model outputs that both sources and ranking features need (the user vector,
+item-kNN scores, content scores, EASE scores) are computed once per request
+and cached on the `Request`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sieve.config import Config, ConfigError
+from sieve.types import Query
+
+#: Candidate sources, in the column order of `Candidates.scores`/`ranks`.
+SOURCES: tuple[str, ...] = (
+    "ann",
+    "item_to_item",
+    "content",
+    "ease",
+    "popular",
+    "trending",
+    "fresh",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourcesConfig(Config):
+    """Candidate sources and their quotas.
+
+    - `ann`, `item_to_item`, `content`, `ease`, `popular`, `trending`,
+      `fresh`: how many candidates each source contributes after filtering
+      (0 switches the source off).
+    - `ease_max_items`: EASE is only fitted and used on catalogs up to this
+      size: its weights are a dense items × items matrix whose fit costs
+      O(n³) (10,000 items: 0.8 GB and about a minute on 2 cores; 20,000:
+      3.2 GB and over five minutes per fit, and the ranker refits it).
+    - `max_recent`: session items used as item-to-item anchors.
+    - `recency_decay`: weight of the k-th most recent session item is
+      decay^k times its event-type weight.
+    - `session_weight`: extra weight of session anchors over history anchors,
+      so the session steers item-to-item candidates.
+    - `max_history_anchors`: history items used as anchors (the strongest).
+    - `content_terms`: terms of the content profile kept for retrieval (the
+      strongest; fewer is faster on big catalogs).
+    - `min_candidates`: popular items are added when the sources propose
+      fewer than this many (cold start, narrow category filters).
+    """
+
+    ann: int = 100
+    item_to_item: int = 100
+    content: int = 30
+    ease: int = 100
+    popular: int = 20
+    trending: int = 20
+    fresh: int = 10
+    ease_max_items: int = 10_000
+    max_recent: int = 20
+    recency_decay: float = 0.8
+    session_weight: float = 3.0
+    max_history_anchors: int = 200
+    content_terms: int = 32
+    min_candidates: int = 30
+
+    def validate(self) -> None:
+        for name in (*SOURCES, "ease_max_items", "max_recent", "max_history_anchors"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"SourcesConfig.{name} must be >= 0")
+        if not 0 < self.recency_decay <= 1:
+            raise ConfigError("SourcesConfig.recency_decay must be in (0, 1]")
+        if self.session_weight < 0:
+            raise ConfigError("SourcesConfig.session_weight must be >= 0")
+        if self.content_terms < 1:
+            raise ConfigError("SourcesConfig.content_terms must be >= 1")
+        if self.min_candidates < 0:
+            raise ConfigError("SourcesConfig.min_candidates must be >= 0")
+
+    def quota(self, source: str) -> int:
+        return int(getattr(self, source))
+
+
+# ================================================================ request state
+@dataclasses.dataclass
+class KnnScores:
+    """Item-kNN evidence of one request over the training items.
+
+    `score[j]` = Σ_a w_a · s_aj over the anchors a; `entries` keep every
+    (anchor, item, similarity) triple for per-candidate anchors and maxima.
+    """
+
+    score: NDArray[np.float64]
+    entry_item: NDArray[np.int64]
+    entry_anchor: NDArray[np.int64]  # position in Request.anchors
+    entry_sim: NDArray[np.float32]
+
+
+@dataclasses.dataclass
+class Request:
+    """One query, normalised, plus the model outputs shared by the sources
+    and the ranking features (filled lazily by `CandidateEngine`)."""
+
+    query: Query
+    now: float
+    interactions: NDArray[np.int64]  # history ∪ recent, sorted unique
+    weights: NDArray[np.float64]  # their weights (history weight + session weight)
+    anchors: NDArray[np.int64]  # item-to-item anchors: session first, then history
+    anchor_weights: NDArray[np.float64]
+    seen: NDArray[np.int64]  # sorted unique items not to recommend again
+    exclude: NDArray[np.int64]  # sorted unique query.exclude
+    category_filter: NDArray[np.int64]  # category ids (-1: unknown name)
+    affinity: NDArray[np.float64]  # share of the interactions in each category
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def has_signal(self) -> bool:
+        """True when there is anything personal to go on."""
+        return len(self.interactions) > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Proposal:
+    """One source's ranked answer (before filtering)."""
+
+    source: str
+    items: NDArray[np.int64]
+    scores: NDArray[np.float32]
+    anchors: NDArray[np.int64] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+    """Merged, deduplicated candidates with their source memory.
+
+    `scores[c, s]` / `ranks[c, s]` (1-based, among the source's surviving
+    proposals) are NaN where source `SOURCES[s]` did not propose candidate c;
+    `anchors[c]` is the item-to-item anchor item (-1: none).
+    """
+
+    items: NDArray[np.int64]
+    scores: NDArray[np.float32]
+    ranks: NDArray[np.float32]
+    anchors: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def proposed(self, source: str) -> NDArray[np.bool_]:
+        return ~np.isnan(self.ranks[:, SOURCES.index(source)])
+
+    @property
+    def n_sources(self) -> NDArray[np.float32]:
+        return (~np.isnan(self.ranks)).sum(axis=1).astype(np.float32)
+
+    @classmethod
+    def empty(cls) -> Candidates:
+        n = len(SOURCES)
+        return cls(
+            np.empty(0, np.int64),
+            np.empty((0, n), np.float32),
+            np.empty((0, n), np.float32),
+            np.empty(0, np.int64),
+        )
+
+
+def merge(
+    proposals: Sequence[Proposal],
+    quotas: dict[str, int],
+    allowed: Callable[[NDArray[np.int64]], NDArray[np.bool_]],
+) -> Candidates:
+    """Filter each proposal with `allowed`, keep its first `quota` survivors,
+    and deduplicate, keeping every proposing source's score and rank."""
+    proposals = [p for p in proposals if len(p.items) and quotas.get(p.source, 0) > 0]
+    if not proposals:
+        return Candidates.empty()
+    items = np.concatenate([p.items for p in proposals])
+    ok = allowed(items)
+    kept_items: list[NDArray[np.int64]] = []
+    kept_scores: list[NDArray[np.float32]] = []
+    kept_ranks: list[NDArray[np.float32]] = []
+    kept_cols: list[NDArray[np.int64]] = []
+    kept_anchors: list[NDArray[np.int64]] = []
+    start = 0
+    for p in proposals:
+        stop = start + len(p.items)
+        mask = ok[start:stop]
+        rank = np.cumsum(mask)
+        keep = mask & (rank <= quotas[p.source])
+        kept_items.append(p.items[keep])
+        kept_scores.append(p.scores[keep].astype(np.float32))
+        kept_ranks.append(rank[keep].astype(np.float32))
+        kept_cols.append(np.full(int(keep.sum()), SOURCES.index(p.source), np.int64))
+        anchors = (
+            p.anchors[keep] if p.anchors is not None else np.full(int(keep.sum()), -1, np.int64)
+        )
+        kept_anchors.append(anchors)
+        start = stop
+    all_items = np.concatenate(kept_items)
+    unique, inverse = np.unique(all_items, return_inverse=True)
+    n = len(unique)
+    scores = np.full((n, len(SOURCES)), np.nan, np.float32)
+    ranks = np.full((n, len(SOURCES)), np.nan, np.float32)
+    cols = np.concatenate(kept_cols)
+    scores[inverse, cols] = np.concatenate(kept_scores)
+    ranks[inverse, cols] = np.concatenate(kept_ranks)
+    anchors_all = np.concatenate(kept_anchors)
+    anchors = np.full(n, -1, np.int64)
+    has = anchors_all >= 0
+    anchors[inverse[has]] = anchors_all[has]
+    return Candidates(unique.astype(np.int64), scores, ranks, anchors)
+
+
+def positions(values: NDArray[np.int64], items: NDArray[np.int64]) -> NDArray[np.int64]:
+    """For each value, its position in `items` (distinct), or -1."""
+    order = np.argsort(items, kind="stable")
+    sorted_items = items[order]
+    pos = np.searchsorted(sorted_items, values)
+    pos = np.minimum(pos, len(sorted_items) - 1)
+    hit = sorted_items[pos] == values
+    return np.where(hit, order[pos], -1).astype(np.int64)
