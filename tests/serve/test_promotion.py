@@ -63,12 +63,16 @@ def test_promotion_under_load_fails_no_request(trained: Any, tmp_path: Path) -> 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        # counted, not timed: a loaded machine answers fewer requests a second
+        deadline = time.time() + 60
+        while time.time() < deadline and len(seen) < 60 and not failures:
+            time.sleep(0.05)
         ModelRegistry(models).promote(new, "test promotion")
-        deadline = time.time() + 30
         while time.time() < deadline and seen[-20:].count(new) < 20:
-            time.sleep(0.1)
-        time.sleep(0.5)
+            time.sleep(0.05)
+        after = len(seen)
+        while time.time() < deadline and len(seen) < after + 40:
+            time.sleep(0.05)
         stop.set()
         for t in threads:
             t.join()
@@ -79,4 +83,4 @@ def test_promotion_under_load_fails_no_request(trained: Any, tmp_path: Path) -> 
     # once the new version answers, the old one never answers again
     first_new = seen.index(new)
     assert seen[first_new:].count(old) <= 2  # the two clients' requests in flight at the swap
-    assert len(seen) > 100
+    assert len(seen) >= 100
