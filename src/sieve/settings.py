@@ -178,8 +178,9 @@ class Settings(BaseSettings):
     - `semantics`: which events are clicks and conversions and their reward
       (`EventSemantics`; TOML table `[semantics]`, or
       `SIEVE_SEMANTICS='{"click_types": ["click"]}'`), read by every CTR;
-    - `store_timeout_seconds`: the longest any store call may take on the
-      request path (0: no limit); past it the request gets a 503 with
+    - `store_timeout_seconds`: the longest any call to a database server
+      (PostgreSQL) may take on the request path (0: no limit; SQLite's
+      `busy_timeout` bounds its waits); past it the request gets a 503 with
       `Retry-After` (a request's history and session limits are part of the
       model: the funnel config's `[query]` section);
     - `batch_n`: list length precomputed by `sieve batch`;

@@ -21,7 +21,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +51,8 @@ class EventIngestion:
         metrics: ServingMetrics,
         counters: OnlineCounters,
         credit: Callable[[Sequence[Event]], None],
+        background_store: Store | None = None,
+        fold_interval: float = 0.1,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -60,13 +61,23 @@ class EventIngestion:
         self.metrics = metrics
         self.counters = counters
         self._credit = credit
+        # the counters fold the log off the request path: no time limit there
+        self._fold_store = background_store if background_store is not None else store
         self._weights = dict(settings.event_weights)
         # one thread folds the log into the counters, off the request path
-        self._counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-counters")
-        self._nudged = threading.Event()
+        # one thread folds the log into the counters, off the request path, at
+        # most every `fold_interval` seconds: under load one fold covers many batches
+        self.fold_interval = fold_interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._fold_lock = threading.Lock()
+        self._counting = threading.Thread(target=self._loop, name="sieve-counters", daemon=True)
+        self._counting.start()
 
     def close(self) -> None:
-        self._counting.shutdown(wait=True, cancel_futures=True)
+        self._stop.set()
+        self._wake.set()
+        self._counting.join()
 
     # ------------------------------------------------------------ validate
     def check(self, events: Sequence[Event]) -> None:
@@ -160,30 +171,34 @@ class EventIngestion:
     # ------------------------------------------------------------ counters
     def nudge_counters(self) -> None:
         """Have the counting thread fold what the log holds beyond the
-        counters' watermark (at most one fold waits; later nudges join it)."""
-        if self._nudged.is_set():
-            return
-        self._nudged.set()
-        try:
-            self._counting.submit(self._fold)
-        except RuntimeError:  # shut down
-            self._nudged.clear()
+        counters' watermark (nudges while a fold waits join it)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            self._fold()
+            self._stop.wait(self.fold_interval)
 
     def _fold(self) -> None:
-        self._nudged.clear()
-        try:
-            folded = self.counters.catch_up(self.store)
-            if folded:
-                log.debug("online counters folded %d events", folded)
-        except (CacheError, StoreError):
-            log.warning("online counters not updated (will catch up later)", exc_info=True)
-        except Exception:
-            log.exception("online counters not updated")
+        with self._fold_lock:
+            try:
+                folded = self.counters.catch_up(self._fold_store)
+                if folded:
+                    log.debug("online counters folded %d events", folded)
+            except (CacheError, StoreError):
+                log.warning("online counters not updated (will catch up later)", exc_info=True)
+            except Exception:
+                log.exception("online counters not updated")
 
     def flush_counters(self) -> None:
-        """Wait until every event stored so far is in the online counters
-        (another process holding the lease may still be folding)."""
-        self._counting.submit(self._fold).result()
+        """Fold, in the caller's thread, every event stored so far that is not
+        in the online counters yet (after a fold in progress here; another
+        process holding the lease may still be folding)."""
+        self._fold()
 
 
 __all__ = ["EventIngestion", "last_event_key"]

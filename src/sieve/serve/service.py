@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import random
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -120,6 +121,19 @@ def _slot_sources(item: RecommendedItem) -> list[str]:
     return out
 
 
+# Request ids correlate a list with the events that cite it; they need to be
+# unique, not secret, and `uuid4` costs a system call (urandom) per id, which
+# showed up in profiles. A process-local generator seeded from urandom (again
+# in a forked child) gives 128 random bits for a fraction of that.
+_ids = random.Random(int.from_bytes(os.urandom(16), "big"))
+os.register_at_fork(after_in_child=lambda: _ids.seed(int.from_bytes(os.urandom(16), "big")))
+
+
+def new_request_id() -> str:
+    """A new 32-hex-digit request id."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
 def _finite(x: float) -> float | None:
     """JSON has no NaN/inf: such scores travel as null."""
     value = float(x)
@@ -148,14 +162,20 @@ class Service:
     def __init__(self, settings: Settings, store: Store, cache: Cache) -> None:
         self.settings = settings
         timeout = settings.store_timeout_seconds
-        self.store: Store = GuardedStore(store, timeout) if timeout > 0 else store
+        #: the store for the request path: every call of a database server has a
+        #: time limit (SQLite's own `busy_timeout` bounds the waits of a local file)
+        guard = timeout > 0 and not str(store.url).startswith("sqlite")
+        self.store: Store = GuardedStore(store, timeout) if guard else store
+        #: the store for background work (model loads, counters, drift), whose
+        #: reads grow with the catalog or the log and must not be cut short
+        self.background_store = store
         self.cache = cache
         self.impressions = ImpressionLogger(store)
         #: online counters (item views/clicks/CTR per window, user recency and
         #: affinity), folded from the stored log by `ingestion`
         self.counters = OnlineCounters(cache, semantics=settings.semantics)
         self.metrics = ServingMetrics.for_settings(settings, self.store)
-        self.holder = ModelHolder(Path(settings.model_dir), self.store, self.counters)
+        self.holder = ModelHolder(Path(settings.model_dir), store, self.counters)
         self.experiments = ExperimentBook(
             self.store, cache, refresh_seconds=math.inf, semantics=settings.semantics
         )
@@ -168,10 +188,11 @@ class Service:
             self.metrics,
             self.counters,
             self._credit_clicks,
+            background_store=store,
         )
         self.drift = DriftMonitor(
             settings,
-            self.store,
+            store,
             version=lambda: self.model_version,
             registry=self.metrics.registry,
             flush=self.impressions.flush,
@@ -305,6 +326,7 @@ class Service:
         filters: Filters = Filters(),
         events: Sequence[tuple[str, str]] | None = None,
         now: float | None = None,
+        request_id: str = "",
     ) -> Query:
         """The live request of a user, built by the one query builder from
         their stored events (the session too: see the module doc)."""
@@ -318,7 +340,7 @@ class Service:
             categories=filters.categories,
             exclude=filters.exclude,
             now=time.time() if now is None else now,
-            request_id=uuid.uuid4().hex,
+            request_id=request_id,
         )
 
     # ---------------------------------------------------------- requests
@@ -338,7 +360,7 @@ class Service:
             return None
         hit = RecommendationList(
             items=cached,
-            request_id=uuid.uuid4().hex,
+            request_id=new_request_id(),
             model_version=snap.version,
             user_id=user_id,
             cached=True,
@@ -368,7 +390,7 @@ class Service:
         plan = plan_request(self.experiments.assign(user_id, learn=False), self.settings)
         if log:
             self.experiments.pulled(plan.arms)
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         events = self.user_events(snap.funnel, user_id)
         now = time.time()
         explored: dict[str, str] = {}
@@ -376,13 +398,15 @@ class Service:
         pool = self.settings.exploration_pool if k > 0 else 0
         if plan.interleave is not None:
             ranked, cold = self._interleave(
-                snap, plan.interleave, user_id, n - k + pool, filters, events
+                snap, plan.interleave, user_id, n - k + pool, filters, events, request_id
             )
             version = None
         else:
             version = plan.version
             funnel = self._arm_funnel(snap, version)
-            ranked, cold = self._ranked(funnel, user_id, n - k + pool, filters, events, now, trace)
+            ranked, cold = self._ranked(
+                funnel, user_id, n - k + pool, filters, events, now, trace, request_id
+            )
         items: list[RecommendedItem] = []
         for item, propensity, explore in self.explorer.fill(
             ranked, n, k, plan.exploration_policy, key=lambda r: r.id, learn=log
@@ -465,9 +489,12 @@ class Service:
         events: Sequence[tuple[str, str]],
         now: float | None = None,
         trace: dict[str, Any] | None = None,
+        request_id: str = "",
     ) -> tuple[list[RecommendedItem], bool]:
         """The funnel's top-n for a user as served items, and whether it was a cold start."""
-        query = self.user_query(funnel, user_id, n, filters, events=events, now=now)
+        query = self.user_query(
+            funnel, user_id, n, filters, events=events, now=now, request_id=request_id
+        )
         recs = funnel.recommend_query(query, trace=trace)
         if trace is not None:
             trace["query"] = {
@@ -495,6 +522,7 @@ class Service:
         n: int,
         filters: Filters,
         events: Sequence[tuple[str, str]],
+        request_id: str,
     ) -> tuple[list[RecommendedItem], bool]:
         """Team-draft interleaving of the two arms' lists; each item carries its team."""
         a, b = arm.experiment.served
@@ -506,7 +534,6 @@ class Service:
             self._arm_funnel(snap, b.model_version), user_id, n, filters, events, now
         )
         by_id = {i.id: i for i in list_b} | {i.id: i for i in list_a}
-        request_id = uuid.uuid4().hex
         merged = team_draft(
             [i.id for i in list_a], [i.id for i in list_b], request_rng(request_id), k=n
         )
@@ -540,7 +567,7 @@ class Service:
             categories=filters.categories,
             exclude=filters.exclude,
             now=time.time(),
-            request_id=uuid.uuid4().hex,
+            request_id=new_request_id(),
         )
         result = RecommendationList(
             items=listed(funnel, funnel.recommend_query(query)),
@@ -647,8 +674,7 @@ class Service:
         n = n or self.settings.batch_n
         ids = [str(u) for u in (funnel.user_ids if users is None else users)]
         # a batch job: the log read once (no time limit), each user's events from it
-        store = getattr(self.store, "inner", self.store)
-        history = UserLog(store.events_frame())
+        history = UserLog(self.background_store.events_frame())
 
         def answer(user_id: str, computed_at: float) -> list[RecommendedItem]:
             events = history.events(user_id)

@@ -53,7 +53,10 @@ class GuardedStore:
     def _call(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._closed.is_set():
             return fn(*args, **kwargs)
-        future = self._pool.submit(fn, *args, **kwargs)
+        try:
+            future = self._pool.submit(fn, *args, **kwargs)
+        except RuntimeError:  # the pool was shut down (interpreter exit)
+            return fn(*args, **kwargs)
         try:
             return future.result(timeout=self._timeout)
         except FutureTimeout:
