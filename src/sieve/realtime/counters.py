@@ -297,7 +297,7 @@ class OnlineCounters:
         self,
         store: Store,
         *,
-        batch: int = 5000,
+        batch: int = 20_000,
         max_batches: int | None = None,
         lease_seconds: float = 30.0,
     ) -> int:
@@ -329,8 +329,8 @@ class OnlineCounters:
                     log.warning("online counters: the fold's lease ran out; another process folds")
                     break
                 items = sorted(set(frame["item_id"].astype(str)))
-                found = store.get_items(items)
-                table = {i: tuple(found[i].categories) if i in found else () for i in items}
+                found = store.item_categories(items)
+                table = {i: tuple(found.get(i, ())) for i in items}
                 self.update_columns(
                     frame["user_id"].astype(str).to_numpy(object),
                     frame["item_id"].astype(str).to_numpy(object),

@@ -204,6 +204,8 @@ class Service:
         self._shadow_room = threading.BoundedSemaphore(SHADOW_BACKLOG)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        #: the store's last seq at start: ready once the counters folded it
+        self.warm_seq = 0
 
     @classmethod
     def open(cls, settings: Settings, *, load_model: bool = True) -> Service:
@@ -221,6 +223,10 @@ class Service:
             except Exception as e:  # serve the catalog and say why in /ready
                 service.holder.load_error = f"the model could not be loaded: {e}"
                 log.exception("the model could not be loaded; serving without one")
+        try:  # ready once the counters hold the log stored before the start
+            service.warm_seq = service.store.max_seq()
+        except Exception:  # the store's failure is reported by /ready
+            service.warm_seq = 0
         service.ingestion.nudge_counters()  # catch the counters up with the stored log
         return service
 
@@ -692,6 +698,14 @@ class Service:
             return False, "unreachable", f"store not reachable: {e}"
         if not self.holder.loaded:
             return False, "ok", self.load_error or "no model trained yet: run `sieve train`"
+        try:
+            behind = self.warm_seq - self.counters.watermark()
+        except CacheError:
+            behind = 0  # no cache: the counters read as empty, which /ready cannot mend
+        if behind > 0:
+            # a replica answers with warm features or not at all (the log is
+            # folded once per cache: with Redis, only the first replica waits)
+            return False, "ok", f"online counters catching up: {behind} stored events to fold"
         return True, "ok", None
 
     # ---------------------------------------------------------- logging

@@ -91,6 +91,11 @@ class Store(Protocol):
         """The known items among `item_ids`, by id (unknown ids are left out)."""
         ...
 
+    def item_categories(self, item_ids: Iterable[str]) -> dict[str, list[str]]:
+        """The categories of the known ones of `item_ids` (a light read, for
+        the online counters' category affinities)."""
+        ...
+
     def delete_item(self, item_id: str) -> bool:
         """Remove an item from the catalog (its events stay); False if it was unknown."""
         ...

@@ -324,6 +324,16 @@ class SQLStore:
                     out[row.id] = self._item(row)
         return {i: out[i] for i in ids if i in out}
 
+    def item_categories(self, item_ids: Iterable[str]) -> dict[str, list[str]]:
+        ids = list(dict.fromkeys(item_ids))
+        out: dict[str, list[str]] = {}
+        t = items_table
+        with self._read("item_categories") as conn:
+            for chunk in _chunks(ids):
+                for row in conn.execute(select(t.c.id, t.c.categories).where(t.c.id.in_(chunk))):
+                    out[row.id] = list(row.categories or ())
+        return out
+
     def _delete(self, table: Table, id_: str, what: str) -> bool:
         with self._write(what) as conn:
             return conn.execute(delete(table).where(table.c.id == id_)).rowcount > 0
