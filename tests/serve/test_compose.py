@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-import sieve.serve.service
+import sieve.serve.shadows
 from sieve.cli import app
 from sieve.experiments.online import parse_experiment
 from sieve.serve.service import Service
@@ -376,7 +376,7 @@ def test_shadows_are_computed_after_the_response_is_sent(
 def test_shadows_behind_are_skipped_not_queued_without_bound(
     serve: MakeClient, trained: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sieve.serve.service, "SHADOW_BACKLOG", 1)
+    monkeypatch.setattr(sieve.serve.shadows, "SHADOW_BACKLOG", 1)
     client = serve()
     service = _service(client)
     _store_directly(service, [_shadowed(trained.version)])

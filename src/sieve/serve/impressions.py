@@ -13,8 +13,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
-from sieve.data.records import Impression
+from sieve.data.records import Impression, ImpressionArm, ImpressionItem
+from sieve.experiments.online import TEAM_PREFIX, Arm
+from sieve.serve.schemas import RecommendationList, RecommendedItem
 from sieve.storage.base import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -106,3 +111,46 @@ class ImpressionLogger:
         self._queue.put(None)
         self._thread.join(timeout=5)
         self.flush()
+
+
+def slot_sources(item: RecommendedItem) -> list[str]:
+    """The sources logged for a slot: the candidate sources, plus `explore`
+    for an exploration slot and `team:<arm>` for an interleaved one."""
+    out = sorted(item.sources)
+    if item.slot == "explore":
+        out.append("explore")
+    if item.team is not None:
+        out.append(f"{TEAM_PREFIX}{item.team}")
+    return out
+
+
+def impression_of(
+    result: RecommendationList, context: Mapping[str, Any], arms: Sequence[Arm] = ()
+) -> Impression:
+    """The impression a served list logs (built without re-validation: every
+    field comes from a validated list)."""
+    return Impression.model_construct(
+        request_id=result.request_id,
+        user_id=result.user_id,
+        timestamp=datetime.now(UTC),
+        model_version=result.model_version,
+        experiment=arms[0].experiment.name if arms else None,
+        arm=arms[0].name if arms else None,
+        context={k: v for k, v in context.items() if v is not None},
+        items=[
+            ImpressionItem.model_construct(
+                item_id=item.id,
+                position=pos,
+                score=item.score if item.score is not None else 0.0,
+                sources=slot_sources(item),
+                propensity=item.propensity,
+            )
+            for pos, item in enumerate(result.items)
+        ],
+        arms=[
+            ImpressionArm.model_construct(
+                experiment=a.experiment.name, arm=a.name, propensity=a.propensity
+            )
+            for a in arms
+        ],
+    )

@@ -3,41 +3,30 @@
 A small facade over parts with one job each:
 - `holder.ModelHolder`: immutable serving snapshots, hot swap, variants;
 - `ingest.EventIngestion`: validate → attribute → append → publish;
-- `planner`: what a request's experiment arms ask for;
-- `answers`: precomputed answers;
-- the one query builder, `Funnel.query` (`sieve.ranking.query`), which
-  training uses too: a live request reads the user's latest stored events
-  (as many as the query's history and session take) and nothing else. Its
-  session is the latest of those events, as in training; the session lists
-  in the cache are not read for it, since they lack what was imported or
-  lost with the cache and would make a live query differ from training's.
+- `live.LiveAnswers`: a user's, a session's or an item's list computed now,
+  through the one query builder (`Funnel.query`, `sieve.ranking.query`),
+  which training uses too: a live request reads the user's latest stored
+  events (as many as the query's history and session take) and nothing else;
+- `planner`: what a request's experiment arms ask for; `shadows`: shadow
+  arms computed after the answer; `credit`: bandit credit for clicks;
+- `answers`: precomputed answers; `impressions`: the impression log.
 
-Every store call has a time limit (`store_timeout_seconds`, through
-`GuardedStore`) and every cache call one (Redis timeouts, a cool-down after
-a failure); a failed cache only makes requests answer live.
+Every call to a database server has a time limit (`store_timeout_seconds`,
+through `GuardedStore`) and every cache call one (Redis timeouts, a cool-down
+after a failure); a failed cache only makes requests answer live.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import random
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sieve.data.records import Event, Impression, ImpressionArm, ImpressionItem, Item
-from sieve.data.schema import UnknownIdError
-from sieve.experiments.interleaving import request_rng, team_draft
+from sieve.data.records import Event, Item
 from sieve.experiments.online import (
-    TEAM_PREFIX,
     Arm,
     ExperimentBook,
     ExperimentRecord,
@@ -50,110 +39,26 @@ from sieve.ranking.query import UserLog
 from sieve.realtime.counters import OnlineCounters
 from sieve.registry import ModelRegistry
 from sieve.serve import answers
-from sieve.serve.errors import InvalidInput, field_error
-from sieve.serve.holder import ModelHolder, NoModelError, ServingSnapshot, items_frame
-from sieve.serve.impressions import ImpressionLogger
+from sieve.serve.credit import ServedRequests
+from sieve.serve.holder import ModelHolder, NoModelError, items_frame
+from sieve.serve.impressions import ImpressionLogger, impression_of
 from sieve.serve.ingest import EventIngestion
-from sieve.serve.planner import RequestPlan, plan_request
-from sieve.serve.schemas import ExperimentArm, RecommendationList, RecommendedItem
+from sieve.serve.listing import Filters, listed, new_request_id
+from sieve.serve.live import LiveAnswers
+from sieve.serve.schemas import RecommendationList, RecommendedItem
+from sieve.serve.shadows import ShadowRunner
 from sieve.settings import Settings
 from sieve.storage import Cache, CacheError, Store, open_cache, open_store
 from sieve.storage.guard import GuardedStore
-from sieve.types import Context, ItemList, Query, Recommended
+from sieve.types import Query
 
 if TYPE_CHECKING:
     from sieve.pipeline import Funnel
 
 log = logging.getLogger("sieve.serve")
 
-#: Served requests remembered for crediting clicks to bandits (newest kept).
-SERVED_MAX = 100_000
 #: How often experiments are re-read when no model watcher runs.
 EXPERIMENTS_POLL_SECONDS = 2.0
-#: Requests whose shadow lists may wait to be computed; past it a request's
-#: impression is logged at once with its shadows marked skipped, so a slow
-#: shadow model can neither grow memory without bound nor hold impressions back.
-SHADOW_BACKLOG = 1000
-
-
-@dataclass(frozen=True)
-class Filters:
-    """What a request asks beyond "the top n for this user"."""
-
-    categories: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    context: Context = field(default_factory=Context)
-
-    @property
-    def empty(self) -> bool:
-        return not self.categories and not self.exclude and self.context == Context()
-
-
-@dataclass
-class Served:
-    """What a request was served, for crediting the clicks that cite it."""
-
-    arms: list[tuple[str, str]]
-    explored: dict[str, str]  # item id -> exploration policy
-    credited: set[str] = field(default_factory=set)
-
-
-def _context_dict(filters: Filters) -> dict[str, Any]:
-    """The request context and filters as logged with an impression."""
-    c = filters.context
-    return {
-        "hour": c.hour,
-        "weekday": c.weekday,
-        "device": c.device,
-        "page": c.page,
-        "categories": list(filters.categories) or None,
-    }
-
-
-def _slot_sources(item: RecommendedItem) -> list[str]:
-    """The sources logged for a slot: the candidate sources, plus `explore`
-    for an exploration slot and `team:<arm>` for an interleaved one."""
-    out = sorted(item.sources)
-    if item.slot == "explore":
-        out.append("explore")
-    if item.team is not None:
-        out.append(f"{TEAM_PREFIX}{item.team}")
-    return out
-
-
-# Request ids correlate a list with the events that cite it; they need to be
-# unique, not secret, and `uuid4` costs a system call (urandom) per id, which
-# showed up in profiles. A process-local generator seeded from urandom (again
-# in a forked child) gives 128 random bits for a fraction of that.
-_ids = random.Random(int.from_bytes(os.urandom(16), "big"))
-os.register_at_fork(after_in_child=lambda: _ids.seed(int.from_bytes(os.urandom(16), "big")))
-
-
-def new_request_id() -> str:
-    """A new 32-hex-digit request id."""
-    return f"{_ids.getrandbits(128):032x}"
-
-
-def _finite(x: float) -> float | None:
-    """JSON has no NaN/inf: such scores travel as null."""
-    value = float(x)
-    return value if math.isfinite(value) else None
-
-
-def listed(funnel: Funnel, recs: Sequence[Recommended]) -> list[RecommendedItem]:
-    """Funnel results as served items."""
-    ids = funnel.item_ids
-    return [
-        RecommendedItem(
-            id=str(ids[r.item]),
-            score=_finite(r.score),
-            title=str(funnel.item_title(r.item)),
-            categories=list(funnel.item_categories(r.item)),
-            explanation=r.explanation,
-            sources={k: _finite(v) for k, v in r.sources.items()},
-        )
-        for r in recs
-    ]
 
 
 class Service:
@@ -197,11 +102,20 @@ class Service:
             registry=self.metrics.registry,
             flush=self.impressions.flush,
         )
-        self._served: OrderedDict[str, Served] = OrderedDict()
-        self._served_lock = threading.Lock()
+        #: served requests awaiting the clicks that credit their bandits
+        self.served = ServedRequests()
         # shadow arms are computed here, after their request was answered
-        self._shadows = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-shadows")
-        self._shadow_room = threading.BoundedSemaphore(SHADOW_BACKLOG)
+        self.shadows = ShadowRunner(self._log_impression)
+        self.live = LiveAnswers(
+            settings,
+            self.store,
+            self.holder,
+            self.experiments,
+            self.explorer,
+            self.served,
+            self.shadows,
+            self._log_impression,
+        )
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         #: the store's last seq at start: ready once the counters folded it
@@ -233,7 +147,7 @@ class Service:
     def close(self) -> None:
         self._stop.set()
         self.save_bandits()
-        self._shadows.shutdown(wait=True)
+        self.shadows.close()
         self.ingestion.close()
         self.impressions.close()
         self.store.close()
@@ -315,40 +229,6 @@ class Service:
         """Wait until every event stored so far is in the online counters."""
         self.ingestion.flush_counters()
 
-    # ----------------------------------------------------------- queries
-    def user_events(self, funnel: Funnel, user_id: str) -> list[tuple[str, str]]:
-        """The user's latest stored (item, type) events, most recent first: as
-        many as the query's history (`query.history_limit`) and session
-        (`query.recent_limit`) take."""
-        shape = funnel.config.query
-        limit = max(shape.history_limit, shape.recent_limit)
-        return [(e.item_id, e.type) for e in self.store.user_events(user_id, limit=limit)]
-
-    def user_query(
-        self,
-        funnel: Funnel,
-        user_id: str,
-        n: int,
-        filters: Filters = Filters(),
-        events: Sequence[tuple[str, str]] | None = None,
-        now: float | None = None,
-        request_id: str = "",
-    ) -> Query:
-        """The live request of a user, built by the one query builder from
-        their stored events (the session too: see the module doc)."""
-        if events is None:
-            events = self.user_events(funnel, user_id)
-        return funnel.query(
-            events,
-            user_id,
-            n=n,
-            context=filters.context,
-            categories=filters.categories,
-            exclude=filters.exclude,
-            now=time.time() if now is None else now,
-            request_id=request_id,
-        )
-
     # ---------------------------------------------------------- requests
     async def cached_answer(
         self, user_id: str, n: int, filters: Filters = Filters()
@@ -375,6 +255,19 @@ class Service:
         self._log_impression(hit, {"cached": True})
         return hit
 
+    def user_query(
+        self,
+        funnel: Funnel,
+        user_id: str,
+        n: int,
+        filters: Filters = Filters(),
+        events: Sequence[tuple[str, str]] | None = None,
+        now: float | None = None,
+        request_id: str = "",
+    ) -> Query:
+        """The live request of a user (`sieve.serve.live`)."""
+        return self.live.user_query(funnel, user_id, n, filters, events, now, request_id)
+
     def recommend_user(
         self,
         user_id: str,
@@ -383,256 +276,28 @@ class Service:
         log: bool = True,
         trace: dict[str, Any] | None = None,
     ) -> RecommendationList:
-        """Top-n for `user_id`, live.
-
-        The user's experiment arms are planned (`sieve.serve.planner`): the
-        model version, or two versions interleaved by team draft, and the
-        exploration slots; shadow arms are computed after this returns.
-        `log=False` (a preview: the dashboard's inspector) logs no impression
-        and teaches no bandit, so it never counts as traffic. `trace` (a dict)
-        receives the query and the ranker's features of the main list."""
-        snap = self.holder.snapshot
-        # adaptive arms count a pull only once applied: the planner may drop one
-        plan = plan_request(self.experiments.assign(user_id, learn=False), self.settings)
-        if log:
-            self.experiments.pulled(plan.arms)
-        request_id = new_request_id()
-        events = self.user_events(snap.funnel, user_id)
-        now = time.time()
-        explored: dict[str, str] = {}
-        k = min(plan.exploration_slots, n)
-        pool = self.settings.exploration_pool if k > 0 else 0
-        if plan.interleave is not None:
-            ranked, cold = self._interleave(
-                snap, plan.interleave, user_id, n - k + pool, filters, events, request_id
-            )
-            version = None
-        else:
-            version = plan.version
-            funnel = self._arm_funnel(snap, version)
-            ranked, cold = self._ranked(
-                funnel, user_id, n - k + pool, filters, events, now, trace, request_id
-            )
-        items: list[RecommendedItem] = []
-        for item, propensity, explore in self.explorer.fill(
-            ranked, n, k, plan.exploration_policy, key=lambda r: r.id, learn=log
-        ):
-            if explore:  # the bandit's pick, not a team's: no interleaving credit
-                explored[item.id] = plan.exploration_policy
-                item = item.model_copy(
-                    update={"propensity": propensity, "slot": "explore", "team": None}
-                )
-            items.append(item)
-        result = RecommendationList(
-            items=items,
-            request_id=request_id,
-            model_version=version or snap.version,
-            user_id=user_id,
-            cached=False,
-            cold_start=cold,
-            experiments=[
-                ExperimentArm(experiment=a.experiment.name, arm=a.name, propensity=a.propensity)
-                for a in plan.arms
-            ],
-        )
-        if not log:
-            return result
-        if plan.arms or explored:
-            self._remember(
-                request_id, Served([(a.experiment.name, a.name) for a in plan.arms], explored)
-            )
-        context = _context_dict(filters)
-        if not plan.shadows:
-            self._log_impression(result, context, plan.arms)
-        elif self._shadow_room.acquire(blocking=False):
-            # logged with the shadows' lists, once they are computed off this path
-            self._shadows.submit(
-                self._log_with_shadows, plan, result, context, user_id, n, filters, events, now
-            )
-        else:  # the shadows are behind: log what was served, say what was skipped
-            skipped = [s.key for s in plan.shadows]
-            self._log_impression(result, {**context, "shadows_skipped": skipped}, plan.arms)
-        return result
-
-    def _log_with_shadows(
-        self,
-        plan: RequestPlan,
-        result: RecommendationList,
-        context: dict[str, Any],
-        user_id: str,
-        n: int,
-        filters: Filters,
-        events: Sequence[tuple[str, str]],
-        now: float,
-    ) -> None:
-        """Compute a request's shadow lists (after its answer was sent) and log
-        its impression with them (`shadows`) and the keys of those that failed
-        (`shadows_failed`)."""
-        shadows: dict[str, list[str]] = {}
-        failed: list[str] = []
-        try:
-            for shadow in plan.shadows:
-                try:
-                    funnel = self.holder.funnel_for(shadow.model_version)
-                    shown, _ = self._ranked(funnel, user_id, n, filters, events, now)
-                    shadows[shadow.key] = [i.id for i in shown]
-                except Exception:  # a failing shadow never costs the served request
-                    log.exception("shadow %s failed", shadow.key)
-                    failed.append(shadow.key)
-            extra: dict[str, Any] = {"shadows": shadows}
-            if failed:
-                extra["shadows_failed"] = failed
-            self._log_impression(result, {**context, **extra}, plan.arms)
-        finally:
-            self._shadow_room.release()
-
-    def _ranked(
-        self,
-        funnel: Funnel,
-        user_id: str,
-        n: int,
-        filters: Filters,
-        events: Sequence[tuple[str, str]],
-        now: float | None = None,
-        trace: dict[str, Any] | None = None,
-        request_id: str = "",
-    ) -> tuple[list[RecommendedItem], bool]:
-        """The funnel's top-n for a user as served items, and whether it was a cold start."""
-        query = self.user_query(
-            funnel, user_id, n, filters, events=events, now=now, request_id=request_id
-        )
-        recs = funnel.recommend_query(query, trace=trace)
-        if trace is not None:
-            trace["query"] = {
-                "user": query.user,
-                "history": query.history.tolist(),
-                "history_weights": query.history_weights.tolist(),
-                "recent": list(query.recent),
-                "recent_types": list(query.recent_types),
-                "now": query.now,
-            }
-        return listed(funnel, recs), funnel.is_cold(query)
-
-    def _arm_funnel(self, snap: ServingSnapshot, version: str | None) -> Funnel:
-        """The funnel of an arm's model version; the serving version's is the
-        snapshot's the request took, even if a swap published another since."""
-        if version is None or version == snap.version:
-            return snap.funnel
-        return self.holder.funnel_for(version)
-
-    def _interleave(
-        self,
-        snap: ServingSnapshot,
-        arm: Arm,
-        user_id: str,
-        n: int,
-        filters: Filters,
-        events: Sequence[tuple[str, str]],
-        request_id: str,
-    ) -> tuple[list[RecommendedItem], bool]:
-        """Team-draft interleaving of the two arms' lists; each item carries its team."""
-        a, b = arm.experiment.served
-        now = time.time()
-        list_a, cold = self._ranked(
-            self._arm_funnel(snap, a.model_version), user_id, n, filters, events, now
-        )
-        list_b, _ = self._ranked(
-            self._arm_funnel(snap, b.model_version), user_id, n, filters, events, now
-        )
-        by_id = {i.id: i for i in list_b} | {i.id: i for i in list_a}
-        merged = team_draft(
-            [i.id for i in list_a], [i.id for i in list_b], request_rng(request_id), k=n
-        )
-        items = [
-            by_id[item_id].model_copy(update={"team": (a.name, b.name)[int(team)]})
-            for item_id, team in zip(merged.items, merged.teams, strict=True)
-        ]
-        return items, cold
+        """Top-n for `user_id`, live (`sieve.serve.live`)."""
+        return self.live.recommend_user(user_id, n, filters, log, trace)
 
     def recommend_session(
         self, recent_items: Sequence[str], n: int, filters: Filters = Filters()
     ) -> RecommendationList:
         """Top-n for an anonymous session from its recent item ids (most recent first)."""
-        funnel = self.funnel
-        errors: list[dict[str, Any]] = []
-        for pos, item_id in enumerate(recent_items):
-            try:
-                funnel.item_index(item_id)
-            except UnknownIdError:
-                errors.append(
-                    field_error(("body", "recent_items", pos), f"unknown item id {item_id!r}")
-                )
-        if errors:
-            raise InvalidInput(errors[:50])
-        events = [(item_id, "view") for item_id in recent_items]
-        query = funnel.query(
-            events,
-            None,
-            n=n,
-            context=filters.context,
-            categories=filters.categories,
-            exclude=filters.exclude,
-            now=time.time(),
-            request_id=new_request_id(),
-        )
-        result = RecommendationList(
-            items=listed(funnel, funnel.recommend_query(query)),
-            request_id=query.request_id,
-            model_version=str(funnel.version),
-            user_id=None,
-            cached=False,
-            cold_start=not recent_items,
-        )
-        self._log_impression(result, _context_dict(filters))
-        return result
+        return self.live.recommend_session(recent_items, n, filters)
 
     def similar(self, item_id: str, n: int) -> list[RecommendedItem]:
         """Items like `item_id` (`UnknownIdError` if the funnel does not know it)."""
-        funnel = self.funnel
-        index = int(funnel.item_index(item_id))
-        found: ItemList = funnel.similar_items(index, n)
-        title = str(funnel.item_title(index))
-        recs = [
-            Recommended(
-                item=int(i),
-                score=float(s),
-                sources={"similar": float(s)},
-                explanation=f"similar to {title!r}" if title else f"similar to {item_id}",
-            )
-            for i, s in zip(found.items, found.scores, strict=True)
-        ]
-        return listed(funnel, recs)
+        return self.live.similar(item_id, n)
 
     def popular(self, n: int, categories: tuple[str, ...] = ()) -> list[RecommendedItem]:
         """The trending items now, optionally restricted to `categories`."""
-        funnel = self.funnel
-        return listed(funnel, funnel.popular(n, categories, now=time.time()))
+        return self.live.popular(n, categories)
 
     # ------------------------------------------------------------ bandits
-    def _remember(self, request_id: str, served: Served) -> None:
-        with self._served_lock:
-            self._served[request_id] = served
-            while len(self._served) > SERVED_MAX:
-                self._served.popitem(last=False)
-
     def _credit_clicks(self, events: Sequence[Event]) -> None:
-        """Clicks citing a request reward its exploration slots and its
-        adaptively allocated arms (at most once per request and experiment)."""
-        for e in events:
-            reward = self.settings.semantics.reward(e.type)
-            if e.request_id is None or reward <= 0:
-                continue
-            with self._served_lock:
-                served = self._served.get(e.request_id)
-                if served is None:
-                    continue
-                todo = [(x, arm) for x, arm in served.arms if x not in served.credited]
-                served.credited.update(x for x, _ in todo)
-                policy = served.explored.pop(e.item_id, None)
-            if policy is not None:
-                self.explorer.credit(policy, e.item_id, reward)
-            for experiment, arm in todo:
-                self.experiments.clicked(experiment, arm, reward)
+        """Clicks citing a served request reward its exploration slots and its
+        adaptively allocated arms (`sieve.serve.credit`)."""
+        self.served.credit(events, self.settings.semantics, self.explorer, self.experiments)
 
     def save_bandits(self) -> None:
         """Persist exploration and allocation bandit state to the cache."""
@@ -652,7 +317,7 @@ class Service:
     def flush_impressions(self) -> None:
         """Wait until every request answered so far has its impression stored,
         those waiting for their shadow lists included."""
-        self._shadows.submit(lambda: None).result()
+        self.shadows.flush()
         self.impressions.flush()
 
     def experiment_report(self, name: str, alpha: float = 0.05) -> dict[str, Any]:
@@ -716,34 +381,9 @@ class Service:
         arms: Sequence[Arm] = (),
     ) -> None:
         """Log a served list (off the request path; see `ImpressionLogger`)."""
-        # built without re-validation: every field comes from a validated list
-        impression = Impression.model_construct(
-            request_id=result.request_id,
-            user_id=result.user_id,
-            timestamp=datetime.now(UTC),
-            model_version=result.model_version,
-            experiment=arms[0].experiment.name if arms else None,
-            arm=arms[0].name if arms else None,
-            context={k: v for k, v in context.items() if v is not None},
-            items=[
-                ImpressionItem.model_construct(
-                    item_id=item.id,
-                    position=pos,
-                    score=item.score if item.score is not None else 0.0,
-                    sources=_slot_sources(item),
-                    propensity=item.propensity,
-                )
-                for pos, item in enumerate(result.items)
-            ],
-            arms=[
-                ImpressionArm.model_construct(
-                    experiment=a.experiment.name, arm=a.name, propensity=a.propensity
-                )
-                for a in arms
-            ],
-        )
+        impression = impression_of(result, context, arms)
         self.impressions.log(impression)
         self.metrics.served(impression)
 
 
-__all__ = ["Filters", "NoModelError", "Service", "listed"]
+__all__ = ["Filters", "NoModelError", "Service"]

@@ -42,8 +42,8 @@ from sieve import __version__
 from sieve.registry import ModelRegistry
 from sieve.serve.auth import ReadAccess
 from sieve.serve.holder import NoModelError
+from sieve.serve.listing import Filters
 from sieve.serve.routes import AUTH_ERRORS, ServiceDep, UserId
-from sieve.serve.service import Filters
 from sieve.settings import DEFAULT_SEMANTICS, EventSemantics, Settings
 from sieve.storage import CacheError
 from sieve.storage.base import WindowCounts

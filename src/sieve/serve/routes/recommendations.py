@@ -21,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from sieve.data.records import MAX_ID_LENGTH
 from sieve.data.schema import UnknownIdError
 from sieve.serve.auth import ReadAccess
+from sieve.serve.listing import Filters
 from sieve.serve.routes import AUTH_ERRORS, NO_MODEL, NOT_FOUND, ItemId, ServiceDep, UserId
 from sieve.serve.schemas import (
     MAX_FILTER,
@@ -30,7 +31,6 @@ from sieve.serve.schemas import (
     SessionRequest,
     SimilarItems,
 )
-from sieve.serve.service import Filters
 from sieve.settings import Settings
 from sieve.types import Context
 

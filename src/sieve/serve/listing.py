@@ -1,0 +1,79 @@
+"""Served lists: a request's filters, its id, and funnel results as served items."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sieve.serve.schemas import RecommendedItem
+from sieve.types import Context, Recommended
+
+if TYPE_CHECKING:
+    from sieve.pipeline import Funnel
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a request asks beyond "the top n for this user"."""
+
+    categories: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    context: Context = field(default_factory=Context)
+
+    @property
+    def empty(self) -> bool:
+        return not self.categories and not self.exclude and self.context == Context()
+
+
+def context_dict(filters: Filters) -> dict[str, Any]:
+    """The request context and filters as logged with an impression."""
+    c = filters.context
+    return {
+        "hour": c.hour,
+        "weekday": c.weekday,
+        "device": c.device,
+        "page": c.page,
+        "categories": list(filters.categories) or None,
+    }
+
+
+# Request ids correlate a list with the events that cite it; they need to be
+# unique, not secret, and `uuid4` costs a system call (urandom) per id, which
+# showed up in profiles. A process-local generator seeded from urandom (again
+# in a forked child) gives 128 random bits for a fraction of that.
+_ids = random.Random(int.from_bytes(os.urandom(16), "big"))
+os.register_at_fork(after_in_child=lambda: _ids.seed(int.from_bytes(os.urandom(16), "big")))
+
+
+def new_request_id() -> str:
+    """A new 32-hex-digit request id."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN/inf: such scores travel as null."""
+    value = float(x)
+    return value if math.isfinite(value) else None
+
+
+def listed(funnel: Funnel, recs: Sequence[Recommended]) -> list[RecommendedItem]:
+    """Funnel results as served items."""
+    ids = funnel.item_ids
+    return [
+        RecommendedItem(
+            id=str(ids[r.item]),
+            score=_finite(r.score),
+            title=str(funnel.item_title(r.item)),
+            categories=list(funnel.item_categories(r.item)),
+            explanation=r.explanation,
+            sources={k: _finite(v) for k, v in r.sources.items()},
+        )
+        for r in recs
+    ]
+
+
+__all__ = ["Filters", "context_dict", "listed", "new_request_id"]

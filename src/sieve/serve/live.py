@@ -1,0 +1,297 @@
+"""Live answers: a user's list computed now, from their stored events.
+
+The user's experiment arms are planned (`sieve.serve.planner`): the model
+version, or two versions interleaved by team draft, and the exploration
+slots; shadow arms are computed after the answer (`sieve.serve.shadows`).
+A request reads the snapshot once and ranks with it, even if a swap
+publishes another meanwhile. Its query comes from the one query builder
+(`Funnel.query`), from the user's latest stored events only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sieve.data.schema import UnknownIdError
+from sieve.experiments.interleaving import request_rng, team_draft
+from sieve.experiments.online import Arm, ExperimentBook
+from sieve.explore.slots import ExplorationSlots
+from sieve.serve.credit import ServedRequests
+from sieve.serve.errors import InvalidInput, field_error
+from sieve.serve.holder import ModelHolder, ServingSnapshot
+from sieve.serve.listing import Filters, context_dict, listed, new_request_id
+from sieve.serve.planner import plan_request
+from sieve.serve.schemas import ExperimentArm, RecommendationList, RecommendedItem
+from sieve.serve.shadows import ShadowRunner
+from sieve.settings import Settings
+from sieve.storage import Store
+from sieve.types import ItemList, Query, Recommended
+
+if TYPE_CHECKING:
+    from sieve.pipeline import Funnel
+
+LogImpression = Callable[[RecommendationList, Mapping[str, Any], Sequence[Arm]], None]
+
+
+class LiveAnswers:
+    """Live lists for users, sessions and items (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        holder: ModelHolder,
+        experiments: ExperimentBook,
+        explorer: ExplorationSlots,
+        served: ServedRequests,
+        shadows: ShadowRunner,
+        log_impression: LogImpression,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.holder = holder
+        self.experiments = experiments
+        self.explorer = explorer
+        self.served = served
+        self.shadows = shadows
+        self._log_impression = log_impression
+
+    @property
+    def funnel(self) -> Funnel:
+        return self.holder.snapshot.funnel
+
+    def user_events(self, funnel: Funnel, user_id: str) -> list[tuple[str, str]]:
+        """The user's latest stored (item, type) events, most recent first: as
+        many as the query's history (`query.history_limit`) and session
+        (`query.recent_limit`) take."""
+        shape = funnel.config.query
+        limit = max(shape.history_limit, shape.recent_limit)
+        return [(e.item_id, e.type) for e in self.store.user_events(user_id, limit=limit)]
+
+    def user_query(
+        self,
+        funnel: Funnel,
+        user_id: str,
+        n: int,
+        filters: Filters = Filters(),
+        events: Sequence[tuple[str, str]] | None = None,
+        now: float | None = None,
+        request_id: str = "",
+    ) -> Query:
+        """The live request of a user, built by the one query builder from
+        their stored events (the session too: see the module doc)."""
+        if events is None:
+            events = self.user_events(funnel, user_id)
+        return funnel.query(
+            events,
+            user_id,
+            n=n,
+            context=filters.context,
+            categories=filters.categories,
+            exclude=filters.exclude,
+            now=time.time() if now is None else now,
+            request_id=request_id,
+        )
+
+    def recommend_user(
+        self,
+        user_id: str,
+        n: int,
+        filters: Filters = Filters(),
+        log: bool = True,
+        trace: dict[str, Any] | None = None,
+    ) -> RecommendationList:
+        """Top-n for `user_id`, live.
+
+        The user's experiment arms are planned (`sieve.serve.planner`): the
+        model version, or two versions interleaved by team draft, and the
+        exploration slots; shadow arms are computed after this returns.
+        `log=False` (a preview: the dashboard's inspector) logs no impression
+        and teaches no bandit, so it never counts as traffic. `trace` (a dict)
+        receives the query and the ranker's features of the main list."""
+        snap = self.holder.snapshot
+        # adaptive arms count a pull only once applied: the planner may drop one
+        plan = plan_request(self.experiments.assign(user_id, learn=False), self.settings)
+        if log:
+            self.experiments.pulled(plan.arms)
+        request_id = new_request_id()
+        events = self.user_events(snap.funnel, user_id)
+        now = time.time()
+        explored: dict[str, str] = {}
+        k = min(plan.exploration_slots, n)
+        pool = self.settings.exploration_pool if k > 0 else 0
+        if plan.interleave is not None:
+            ranked, cold = self._interleave(
+                snap, plan.interleave, user_id, n - k + pool, filters, events, request_id
+            )
+            version = None
+        else:
+            version = plan.version
+            funnel = self._arm_funnel(snap, version)
+            ranked, cold = self._ranked(
+                funnel, user_id, n - k + pool, filters, events, now, trace, request_id
+            )
+        items: list[RecommendedItem] = []
+        for item, propensity, explore in self.explorer.fill(
+            ranked, n, k, plan.exploration_policy, key=lambda r: r.id, learn=log
+        ):
+            if explore:  # the bandit's pick, not a team's: no interleaving credit
+                explored[item.id] = plan.exploration_policy
+                item = item.model_copy(
+                    update={"propensity": propensity, "slot": "explore", "team": None}
+                )
+            items.append(item)
+        result = RecommendationList(
+            items=items,
+            request_id=request_id,
+            model_version=version or snap.version,
+            user_id=user_id,
+            cached=False,
+            cold_start=cold,
+            experiments=[
+                ExperimentArm(experiment=a.experiment.name, arm=a.name, propensity=a.propensity)
+                for a in plan.arms
+            ],
+        )
+        if not log:
+            return result
+        if plan.arms or explored:
+            self.served.remember(request_id, plan.arms, explored)
+        context = context_dict(filters)
+        if not plan.shadows:
+            self._log_impression(result, context, plan.arms)
+        else:  # logged with the shadows' lists, computed off this path
+
+            def shadow_list(version: str | None) -> list[str]:
+                funnel = self.holder.funnel_for(version)
+                return [i.id for i in self._ranked(funnel, user_id, n, filters, events, now)[0]]
+
+            self.shadows.submit(plan.shadows, result, context, plan.arms, shadow_list)
+        return result
+
+    def _ranked(
+        self,
+        funnel: Funnel,
+        user_id: str,
+        n: int,
+        filters: Filters,
+        events: Sequence[tuple[str, str]],
+        now: float | None = None,
+        trace: dict[str, Any] | None = None,
+        request_id: str = "",
+    ) -> tuple[list[RecommendedItem], bool]:
+        """The funnel's top-n for a user as served items, and whether it was a cold start."""
+        query = self.user_query(
+            funnel, user_id, n, filters, events=events, now=now, request_id=request_id
+        )
+        recs = funnel.recommend_query(query, trace=trace)
+        if trace is not None:
+            trace["query"] = {
+                "user": query.user,
+                "history": query.history.tolist(),
+                "history_weights": query.history_weights.tolist(),
+                "recent": list(query.recent),
+                "recent_types": list(query.recent_types),
+                "now": query.now,
+            }
+        return listed(funnel, recs), funnel.is_cold(query)
+
+    def _arm_funnel(self, snap: ServingSnapshot, version: str | None) -> Funnel:
+        """The funnel of an arm's model version; the serving version's is the
+        snapshot's the request took, even if a swap published another since."""
+        if version is None or version == snap.version:
+            return snap.funnel
+        return self.holder.funnel_for(version)
+
+    def _interleave(
+        self,
+        snap: ServingSnapshot,
+        arm: Arm,
+        user_id: str,
+        n: int,
+        filters: Filters,
+        events: Sequence[tuple[str, str]],
+        request_id: str,
+    ) -> tuple[list[RecommendedItem], bool]:
+        """Team-draft interleaving of the two arms' lists; each item carries its team."""
+        a, b = arm.experiment.served
+        now = time.time()
+        list_a, cold = self._ranked(
+            self._arm_funnel(snap, a.model_version), user_id, n, filters, events, now
+        )
+        list_b, _ = self._ranked(
+            self._arm_funnel(snap, b.model_version), user_id, n, filters, events, now
+        )
+        by_id = {i.id: i for i in list_b} | {i.id: i for i in list_a}
+        merged = team_draft(
+            [i.id for i in list_a], [i.id for i in list_b], request_rng(request_id), k=n
+        )
+        items = [
+            by_id[item_id].model_copy(update={"team": (a.name, b.name)[int(team)]})
+            for item_id, team in zip(merged.items, merged.teams, strict=True)
+        ]
+        return items, cold
+
+    def recommend_session(
+        self, recent_items: Sequence[str], n: int, filters: Filters = Filters()
+    ) -> RecommendationList:
+        """Top-n for an anonymous session from its recent item ids (most recent first)."""
+        funnel = self.funnel
+        errors: list[dict[str, Any]] = []
+        for pos, item_id in enumerate(recent_items):
+            try:
+                funnel.item_index(item_id)
+            except UnknownIdError:
+                errors.append(
+                    field_error(("body", "recent_items", pos), f"unknown item id {item_id!r}")
+                )
+        if errors:
+            raise InvalidInput(errors[:50])
+        events = [(item_id, "view") for item_id in recent_items]
+        query = funnel.query(
+            events,
+            None,
+            n=n,
+            context=filters.context,
+            categories=filters.categories,
+            exclude=filters.exclude,
+            now=time.time(),
+            request_id=new_request_id(),
+        )
+        result = RecommendationList(
+            items=listed(funnel, funnel.recommend_query(query)),
+            request_id=query.request_id,
+            model_version=str(funnel.version),
+            user_id=None,
+            cached=False,
+            cold_start=not recent_items,
+        )
+        self._log_impression(result, context_dict(filters), ())
+        return result
+
+    def similar(self, item_id: str, n: int) -> list[RecommendedItem]:
+        """Items like `item_id` (`UnknownIdError` if the funnel does not know it)."""
+        funnel = self.funnel
+        index = int(funnel.item_index(item_id))
+        found: ItemList = funnel.similar_items(index, n)
+        title = str(funnel.item_title(index))
+        recs = [
+            Recommended(
+                item=int(i),
+                score=float(s),
+                sources={"similar": float(s)},
+                explanation=f"similar to {title!r}" if title else f"similar to {item_id}",
+            )
+            for i, s in zip(found.items, found.scores, strict=True)
+        ]
+        return listed(funnel, recs)
+
+    def popular(self, n: int, categories: tuple[str, ...] = ()) -> list[RecommendedItem]:
+        """The trending items now, optionally restricted to `categories`."""
+        funnel = self.funnel
+        return listed(funnel, funnel.popular(n, categories, now=time.time()))
+
+
+__all__ = ["LiveAnswers"]
