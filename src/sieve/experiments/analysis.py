@@ -26,6 +26,10 @@ interval is over units:
   trusted.
 - Multiple comparisons: Holm over treatment arms for the primary metric and
   over all (arm, metric) pairs for the secondary metrics.
+
+Size: every analysis the report runs per arm (z, Welch, delta method,
+bootstrap, SRM, CUPED, corrections) works on one per-unit frame and feeds one
+verdict; split, the verdict would import every piece back.
 """
 
 from __future__ import annotations

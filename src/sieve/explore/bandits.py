@@ -35,6 +35,9 @@ propensities are exact):
 - `LinUCB` (Li et al., 2010, shared model): reward ≈ θᵀx for the feature
   vector x of each arm; θ = A⁻¹b with A = λI + Σxxᵀ, b = Σr·x; picks the n
   largest θᵀx + α·√(xᵀA⁻¹x). Deterministic: propensity 1.
+
+Size: the four policies share one interface, one propensity contract and one
+state format in the cache; each policy is a short class of its own.
 """
 
 from __future__ import annotations

@@ -57,6 +57,9 @@ over a trigger already waiting.
 Only the serving version's impressions are compared, so after a retrain the
 CTR and score checks wait until the new model has served
 `drift_min_impressions` slots before the window.
+
+Size: the PSI and CTR-drop statistics (pure functions) and the monitor that
+runs them over bounded windows of the store; the statistics are a third of it.
 """
 
 from __future__ import annotations

@@ -33,6 +33,10 @@ is overwritten by the next update.
 Concurrency: in a service the counters are written by one path only,
 `catch_up`, which folds the stored log in seq order under a lease in the
 cache, so one process folds at a time and every event is folded once.
+
+Size: the write path (fold), the read path (features) and the log replay of
+training live in one class on purpose, so training and serving compute the
+features with the same code; the record stores are the rest.
 """
 
 from __future__ import annotations

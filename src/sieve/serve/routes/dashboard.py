@@ -21,6 +21,9 @@
 
 The JSON endpoints need the `read` scope; the page sends the key the user
 typed as `X-API-Key`.
+
+Size: one router for the page and its JSON endpoints, with the in-memory KPI
+reference that the windowed SQL is tested against.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the closure-local
