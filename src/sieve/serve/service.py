@@ -36,13 +36,8 @@ from typing import TYPE_CHECKING, Any
 from sieve.data.records import Event, Impression, ImpressionArm, ImpressionItem, Item
 from sieve.data.schema import UnknownIdError
 from sieve.experiments.interleaving import request_rng, team_draft
-from sieve.experiments.online import (
-    TEAM_PREFIX,
-    Arm,
-    ExperimentBook,
-    ExperimentRecord,
-    experiment_report,
-)
+from sieve.experiments.online import TEAM_PREFIX, Arm, ExperimentBook, ExperimentRecord
+from sieve.experiments.report import experiment_report
 from sieve.explore.slots import ExplorationSlots
 from sieve.monitoring.drift import DriftMonitor
 from sieve.monitoring.metrics import ServingMetrics
@@ -656,7 +651,7 @@ class Service:
         self.impressions.flush()
 
     def experiment_report(self, name: str, alpha: float = 0.05) -> dict[str, Any]:
-        """The analysis of an experiment (see `sieve.experiments.online`)."""
+        """The analysis of an experiment (see `sieve.experiments.report`)."""
         record = self.experiments.get(name)
         self.flush_impressions()
         out = experiment_report(
