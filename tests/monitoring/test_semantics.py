@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from sieve.experiments.online import ExperimentRecord, experiment_report, parse_experiment
+from sieve.experiments.online import ExperimentRecord, parse_experiment
+from sieve.experiments.report import experiment_report
 from sieve.monitoring.drift import DriftMonitor
 from sieve.monitoring.metrics import ServingMetrics
 from sieve.realtime.counters import CounterEvent, OnlineCounters

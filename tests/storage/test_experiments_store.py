@@ -11,7 +11,8 @@ import sqlalchemy.exc
 
 from sieve.data.records import Event, Impression, ImpressionArm, ImpressionItem, Item
 from sieve.experiments.assignment import Experiment
-from sieve.experiments.online import ExperimentRecord, experiment_report, unit_frame
+from sieve.experiments.online import ExperimentRecord
+from sieve.experiments.report import experiment_report, unit_frame
 from sieve.storage import StoreError
 from sieve.storage.sql import SQLStore
 

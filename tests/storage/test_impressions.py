@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sieve.data.records import Impression, ImpressionItem
-from sieve.storage.sql import IMPRESSION_COLUMNS, SQLStore
+from sieve.storage.sql import SQLStore
+from sieve.storage.sql_impressions import IMPRESSION_COLUMNS
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -153,7 +153,8 @@ def experiment_report_cmd(
     """Per-arm metrics with intervals, tests, the sample-ratio check and a verdict."""
     import json
 
-    from sieve.experiments.online import ExperimentError, experiment_report
+    from sieve.experiments.online import ExperimentError
+    from sieve.experiments.report import experiment_report
     from sieve.storage import open_cache
 
     with _clean_errors():

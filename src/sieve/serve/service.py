@@ -26,12 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sieve.data.records import Event, Item
-from sieve.experiments.online import (
-    Arm,
-    ExperimentBook,
-    ExperimentRecord,
-    experiment_report,
-)
+from sieve.experiments.online import Arm, ExperimentBook, ExperimentRecord
+from sieve.experiments.report import experiment_report
 from sieve.explore.slots import ExplorationSlots
 from sieve.monitoring.drift import DriftMonitor
 from sieve.monitoring.metrics import ServingMetrics
@@ -321,7 +317,7 @@ class Service:
         self.impressions.flush()
 
     def experiment_report(self, name: str, alpha: float = 0.05) -> dict[str, Any]:
-        """The analysis of an experiment (see `sieve.experiments.online`)."""
+        """The analysis of an experiment (see `sieve.experiments.report`)."""
         record = self.experiments.get(name)
         self.flush_impressions()
         out = experiment_report(

@@ -13,7 +13,8 @@ from sieve.storage.cache import (
     RedisCache,
     open_cache,
 )
-from sieve.storage.sql import SQLStore, open_store
+from sieve.storage.opening import open_store
+from sieve.storage.sql import SQLStore
 
 __all__ = [
     "AppendResult",

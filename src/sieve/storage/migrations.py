@@ -7,7 +7,7 @@ PostgreSQL, so a failed upgrade leaves the database as it was) and does nothing
 when the database is current, so running it on every start is safe.
 
 Steps define their tables themselves, frozen as they were at that version;
-`sieve.storage.sql` holds the tables as they are now. A new column or index is
+`sieve.storage.tables` holds the tables as they are now. A new column or index is
 a new step appended to `MIGRATIONS`, never an edit of an old one.
 
 Times are stored as integer microseconds since the epoch (UTC): exact, the same

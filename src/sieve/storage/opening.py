@@ -1,0 +1,120 @@
+"""`open_store`: an `SQLStore` from a URL (SQLite file or memory, PostgreSQL with an
+optional schema), with the connection set-up each dialect needs."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
+
+from sieve.storage.sql import SQLStore
+
+#: URL schemes `open_store` understands.
+SUPPORTED_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgres")
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    query = dict(url.query)
+    sync = str(query.pop("synchronous", "NORMAL")).upper()
+    if sync not in ("NORMAL", "FULL", "EXTRA"):
+        raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, got {sync!r}")
+    busy_ms = int(str(query.pop("busy_timeout", "5000")))
+    if query:
+        raise ValueError(
+            f"unknown sqlite URL option(s) {sorted(query)}; known: synchronous, busy_timeout"
+        )
+    url = url.set(query={})
+    in_memory = url.database in (None, "", ":memory:")
+    if in_memory:
+        engine = create_engine(
+            "sqlite://",
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False},
+        )
+    else:
+        Path(str(url.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver's own transaction handling is off:
+        cur = dbapi_conn.cursor()  # we emit BEGIN ourselves, so DDL is transactional too
+        if not in_memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={sync}")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # writers take the write lock up front, so two writers never deadlock on upgrade
+        mode = "IMMEDIATE" if conn.get_execution_options().get("sieve_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _postgres_engine(url: URL, schema: str | None) -> tuple[Engine, str]:
+    query = dict(url.query)
+    url_schema = query.pop("schema", None)
+    schema = schema or (str(url_schema) if url_schema else None)
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in query:
+        connect_args["connect_timeout"] = 10
+    if schema is not None:
+        if not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"schema must be a plain SQL identifier, got {schema!r}")
+        if "options" in query:
+            raise ValueError("give either ?schema= or ?options=, not both")
+        connect_args["options"] = f"-c search_path={schema}"
+    url = url.set(drivername="postgresql+psycopg", query=query)
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return engine, schema or "public"
+
+
+def open_store(
+    url: str = "sqlite:///sieve.db", *, migrate: bool = True, schema: str | None = None
+) -> SQLStore:
+    """Open the store at `url` and (unless `migrate=False`) bring its schema up to date.
+
+    - `sqlite:///PATH` (relative) or `sqlite:////abs/PATH`; `sqlite://` is in memory
+      (one connection shared by all threads: for tests and one-off scripts).
+      Options: `?synchronous=FULL` (see the module doc), `?busy_timeout=MS`.
+    - `postgresql://…`, `postgres://…` or `postgresql+psycopg://…` (psycopg 3).
+      `schema` (or `?schema=NAME`) puts the tables in that schema (created if
+      missing) through the connection's search_path.
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in SUPPORTED_SCHEMES:
+        raise ValueError(
+            f"unsupported store URL scheme {scheme + '://'!r}; supported schemes: "
+            + ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+        )
+    parsed = make_url(url)
+    if scheme == "sqlite":
+        if schema is not None:
+            raise ValueError("the schema option is for PostgreSQL; SQLite has one per file")
+        store = SQLStore(_sqlite_engine(parsed))
+    else:
+        engine, schema_name = _postgres_engine(parsed, schema)
+        store = SQLStore(engine, lock_key=zlib.crc32(f"sieve.events:{schema_name}".encode()))
+        if schema is not None or "schema" in parsed.query:
+            with store._write("create schema") as conn:
+                quoted = engine.dialect.identifier_preparer.quote_schema(schema_name)
+                conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+    if migrate:
+        try:
+            store.migrate()
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+__all__ = ["SUPPORTED_SCHEMES", "open_store"]

@@ -1,0 +1,233 @@
+"""`SQLImpressions`: the impression log of `SQLStore` (served lists, their slots and
+experiment arms) and the attribution of events to the request that showed the item."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from sieve.data.records import Impression, ImpressionArm, ImpressionItem
+from sieve.storage.sql_base import SQLBase
+from sieve.storage.tables import (
+    _CHUNK,
+    _chunks,
+    _from_us,
+    _to_us,
+    impression_arms_table,
+    impression_items_table,
+    impressions_table,
+)
+
+#: Columns of `impressions_frame`: one row per shown slot.
+IMPRESSION_COLUMNS = [
+    "request_id",
+    "user_id",
+    "item_id",
+    "position",
+    "score",
+    "propensity",
+    "sources",
+    "model_version",
+    "experiment",
+    "arm",
+    "timestamp",
+]
+
+
+class SQLImpressions(SQLBase):
+    """Logging and reading served lists; mixed into `SQLStore`."""
+
+    # ----------------------------------------------------------- impressions
+    def log_impressions(self, impressions: Sequence[Impression]) -> int:
+        """Store served lists (idempotent by request id); returns how many were new."""
+        now_us = _to_us(datetime.now(UTC))
+        heads: dict[str, dict[str, Any]] = {}
+        slots: list[dict[str, Any]] = []
+        arms: list[dict[str, Any]] = []
+        for imp in impressions:
+            if imp.request_id in heads:
+                continue
+            ts = now_us if imp.timestamp is None else _to_us(imp.timestamp)
+            heads[imp.request_id] = {
+                "request_id": imp.request_id,
+                "user_id": imp.user_id,
+                "timestamp_us": ts,
+                "model_version": imp.model_version,
+                "experiment": imp.experiment,
+                "arm": imp.arm,
+                "context": dict(imp.context),
+            }
+            slots.extend(
+                {
+                    "request_id": imp.request_id,
+                    "position": it.position,
+                    "user_id": imp.user_id,
+                    "item_id": it.item_id,
+                    "score": it.score,
+                    "propensity": it.propensity,
+                    "sources": list(it.sources),
+                    "timestamp_us": ts,
+                }
+                for it in imp.items
+            )
+            arms.extend(
+                {
+                    "request_id": imp.request_id,
+                    "experiment": a.experiment,
+                    "arm": a.arm,
+                    "user_id": imp.user_id,
+                    "propensity": a.propensity,
+                    "timestamp_us": ts,
+                }
+                for a in imp.arms
+            )
+        if not heads:
+            return 0
+        with self._write("log_impressions") as conn:
+            stmt = (
+                self._insert(impressions_table)
+                .on_conflict_do_nothing(index_elements=[impressions_table.c.request_id])
+                .returning(impressions_table.c.request_id)
+            )
+            new = set(conn.execute(stmt, list(heads.values())).scalars())
+            rows = [s for s in slots if s["request_id"] in new]
+            if rows:
+                conn.execute(impression_items_table.insert(), rows)
+            arm_rows = [a for a in arms if a["request_id"] in new]
+            if arm_rows:
+                conn.execute(impression_arms_table.insert(), arm_rows)
+        return len(new)
+
+    def get_impression(self, request_id: str) -> Impression | None:
+        """The logged response of a request, or None."""
+        with self._read("get_impression") as conn:
+            head = conn.execute(
+                select(impressions_table).where(impressions_table.c.request_id == request_id)
+            ).first()
+            if head is None:
+                return None
+            rows = conn.execute(
+                select(impression_items_table)
+                .where(impression_items_table.c.request_id == request_id)
+                .order_by(impression_items_table.c.position)
+            ).all()
+            arm_rows = conn.execute(
+                select(impression_arms_table).where(
+                    impression_arms_table.c.request_id == request_id
+                )
+            ).all()
+        return Impression(
+            request_id=head.request_id,
+            user_id=head.user_id,
+            timestamp=_from_us(head.timestamp_us),
+            model_version=head.model_version,
+            experiment=head.experiment,
+            arm=head.arm,
+            context=head.context,
+            items=[
+                ImpressionItem(
+                    item_id=r.item_id,
+                    position=r.position,
+                    score=r.score,
+                    sources=r.sources,
+                    propensity=r.propensity,
+                )
+                for r in rows
+            ],
+            arms=[
+                ImpressionArm(experiment=a.experiment, arm=a.arm, propensity=a.propensity)
+                for a in arm_rows
+            ],
+        )
+
+    def attribute(
+        self, user_id: str, item_id: str, at: datetime | None, window_seconds: float
+    ) -> str | None:
+        """The request id of the latest impression of `item_id` to `user_id` at
+        or before `at` (default now) and at most `window_seconds` earlier."""
+        at_us = _to_us(at or datetime.now(UTC))
+        t = impression_items_table
+        query = (
+            select(t.c.request_id)
+            .where(
+                t.c.user_id == user_id,
+                t.c.item_id == item_id,
+                t.c.timestamp_us <= at_us,
+                t.c.timestamp_us >= at_us - int(window_seconds * 1e6),
+            )
+            .order_by(t.c.timestamp_us.desc())
+            .limit(1)
+        )
+        with self._read("attribute") as conn:
+            row = conn.execute(query).first()
+        return None if row is None else str(row[0])
+
+    def attribute_many(
+        self, clicks: Sequence[tuple[str, str, datetime | None]], window_seconds: float
+    ) -> list[str | None]:
+        """`attribute` for many (user, item, time) at once, with one query per
+        chunk of users instead of one per event (batch ingestion stays fast)."""
+        if not clicks:
+            return []
+        now = datetime.now(UTC)
+        at_us = [_to_us(at or now) for _, _, at in clicks]
+        window_us = int(window_seconds * 1e6)
+        t = impression_items_table
+        found: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        users = sorted({u for u, _, _ in clicks})
+        items = sorted({i for _, i, _ in clicks})
+        with self._read("attribute_many") as conn:
+            for chunk in _chunks(users):
+                query = select(t.c.user_id, t.c.item_id, t.c.timestamp_us, t.c.request_id).where(
+                    t.c.user_id.in_(chunk),
+                    t.c.item_id.in_(items) if len(items) <= _CHUNK else t.c.item_id.isnot(None),
+                    t.c.timestamp_us <= max(at_us),
+                    t.c.timestamp_us >= min(at_us) - window_us,
+                )
+                for row in conn.execute(query):
+                    found.setdefault((row.user_id, row.item_id), []).append(
+                        (int(row.timestamp_us), str(row.request_id))
+                    )
+        out: list[str | None] = []
+        for (user, item, _), when in zip(clicks, at_us, strict=True):
+            shown = [
+                (ts, rid)
+                for ts, rid in found.get((user, item), [])
+                if when - window_us <= ts <= when
+            ]
+            out.append(max(shown)[1] if shown else None)
+        return out
+
+    def impressions_frame(self, since: float | None = None) -> pd.DataFrame:
+        """One row per shown slot (IMPRESSION_COLUMNS), oldest first; `since` in
+        epoch seconds."""
+        s, h = impression_items_table, impressions_table
+        query = (
+            select(
+                s.c.request_id,
+                s.c.user_id,
+                s.c.item_id,
+                s.c.position,
+                s.c.score,
+                s.c.propensity,
+                s.c.sources,
+                h.c.model_version,
+                h.c.experiment,
+                h.c.arm,
+                s.c.timestamp_us,
+            )
+            .join(h, h.c.request_id == s.c.request_id)
+            .order_by(s.c.timestamp_us, s.c.request_id, s.c.position)
+        )
+        if since is not None:
+            query = query.where(s.c.timestamp_us >= int(since * 1e6))
+        with self._read("impressions_frame") as conn:
+            rows = conn.execute(query).all()
+        frame = pd.DataFrame(rows, columns=[*IMPRESSION_COLUMNS[:-1], "timestamp_us"])
+        frame["timestamp"] = frame.pop("timestamp_us").astype(np.int64) / 1e6
+        return frame[IMPRESSION_COLUMNS]

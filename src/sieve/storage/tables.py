@@ -1,0 +1,126 @@
+"""The store's tables as they are now (the migrations create them) and the small
+conversions between their columns and Python values (exact microseconds since the epoch)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Identity,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from sieve.storage.migrations import JSONType, SeqType
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+#: Ids per `IN (…)` list; well under both dialects' bound-parameter limits.
+_CHUNK = 1000
+
+# The tables as they are now (the migrations create them).
+_md = MetaData()
+items_table = Table(
+    "items",
+    _md,
+    Column("id", String(256), primary_key=True),
+    Column("title", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("categories", JSONType, nullable=False),
+    Column("created_at_us", BigInteger),
+    Column("available", Boolean, nullable=False),
+    Column("attributes", JSONType, nullable=False),
+)
+users_table = Table(
+    "users",
+    _md,
+    Column("id", String(256), primary_key=True),
+    Column("attributes", JSONType, nullable=False),
+)
+events_table = Table(
+    "events",
+    _md,
+    Column("seq", SeqType, Identity(), primary_key=True),
+    Column("event_id", String(256), nullable=False, unique=True),
+    Column("user_id", String(256), nullable=False),
+    Column("item_id", String(256), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("value", Float(53)),
+    Column("timestamp_us", BigInteger, nullable=False),
+    Column("request_id", String(256)),
+)
+impressions_table = Table(
+    "impressions",
+    _md,
+    Column("request_id", String(256), primary_key=True),
+    Column("user_id", String(256)),
+    Column("timestamp_us", BigInteger, nullable=False),
+    Column("model_version", String(256), nullable=False),
+    Column("experiment", String(256)),
+    Column("arm", String(256)),
+    Column("context", JSONType, nullable=False),
+)
+impression_items_table = Table(
+    "impression_items",
+    _md,
+    Column("request_id", String(256), primary_key=True),
+    Column("position", Integer, primary_key=True, autoincrement=False),
+    Column("user_id", String(256)),
+    Column("item_id", String(256), nullable=False),
+    Column("score", Float(53), nullable=False),
+    Column("propensity", Float(53), nullable=False),
+    Column("sources", JSONType, nullable=False),
+    Column("timestamp_us", BigInteger, nullable=False),
+)
+
+experiments_table = Table(
+    "experiments",
+    _md,
+    Column("name", String(256), primary_key=True),
+    Column("layer", String(256), nullable=False),
+    Column("definition", JSONType, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("stopped_at_us", BigInteger),
+)
+impression_arms_table = Table(
+    "impression_arms",
+    _md,
+    Column("request_id", String(256), primary_key=True),
+    Column("experiment", String(256), primary_key=True),
+    Column("arm", String(256), nullable=False),
+    Column("user_id", String(256)),
+    Column("propensity", Float(53), nullable=False),
+    Column("timestamp_us", BigInteger, nullable=False),
+)
+
+
+def _to_us(value: datetime) -> int:
+    """Exact microseconds since the epoch (a naive datetime is taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _MICRO
+
+
+def _from_us(us: int | None) -> datetime | None:
+    return None if us is None else _EPOCH + timedelta(microseconds=us)
+
+
+def _seconds(us: Sequence[int | None]) -> np.ndarray:
+    """Float seconds since the epoch; NaN where unknown."""
+    arr = np.array([np.nan if u is None else u for u in us], dtype=np.float64)
+    return arr / 1e6
+
+
+def _chunks(values: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
