@@ -168,7 +168,7 @@ def test_a_request_ranks_with_the_snapshot_it_took(
         assert service.load_model()
 
     store = SwappingStore(service.store, swap)
-    service.store = store  # type: ignore[assignment]  # the request path's store reads
+    service.live.store = store  # type: ignore[assignment]  # the live path's store reads
     r = client.get("/recommendations/u093", params={"n": 8, "trace": "true"})
     assert r.status_code == 200, r.text
     assert store.swapped and service.model_version == versions.other
