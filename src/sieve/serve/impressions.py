@@ -20,7 +20,7 @@ from typing import Any
 from sieve.data.records import Impression, ImpressionArm, ImpressionItem
 from sieve.experiments.online import TEAM_PREFIX, Arm
 from sieve.serve.schemas import RecommendationList, RecommendedItem
-from sieve.storage.base import Store, StoreError
+from sieve.storage.base import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +50,20 @@ class ImpressionLogger:
             self._queued += 1
         self._queue.put(impression)
 
-    def flush(self) -> None:
-        """Write everything queued so far (called before attribution and at close),
-        including a batch the background thread has taken but not yet written."""
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every impression queued so far is written by the
+        background thread (before attribution, reports, drift checks);
+        `StoreUnavailable` when the store has not taken them within `timeout`
+        seconds (None: wait), so a request never hangs on a stuck database."""
         with self._progress:
             target = self._queued
-        batch: list[Impression] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                batch.append(item)
-        self._write(batch)
-        with self._progress:
-            self._progress.wait_for(lambda: self._handled >= target, timeout=10.0)
+            done = self._progress.wait_for(lambda: self._handled >= target, timeout=timeout)
+            behind = target - self._handled
+        if not done:
+            raise StoreUnavailable(
+                f"the impression log is {behind} impressions behind: the database did not "
+                f"take them within {timeout:g} s"
+            )
 
     def _write(self, batch: list[Impression]) -> None:
         if not batch:
@@ -110,7 +108,15 @@ class ImpressionLogger:
         self._closed.set()
         self._queue.put(None)
         self._thread.join(timeout=5)
-        self.flush()
+        batch: list[Impression] = []  # what the thread left, written here
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                batch.append(item)
+        self._write(batch)
 
 
 def slot_sources(item: RecommendedItem) -> list[str]:

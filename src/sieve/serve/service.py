@@ -38,7 +38,7 @@ from sieve.serve import answers
 from sieve.serve.credit import ServedRequests
 from sieve.serve.holder import ModelHolder, NoModelError, items_frame
 from sieve.serve.impressions import ImpressionLogger, impression_of
-from sieve.serve.ingest import EventIngestion
+from sieve.serve.ingest import EventIngestion, settings_timeout
 from sieve.serve.listing import Filters, listed, new_request_id
 from sieve.serve.live import LiveAnswers
 from sieve.serve.schemas import RecommendationList, RecommendedItem
@@ -314,7 +314,7 @@ class Service:
         """Wait until every request answered so far has its impression stored,
         those waiting for their shadow lists included."""
         self.shadows.flush()
-        self.impressions.flush()
+        self.impressions.flush(timeout=settings_timeout(self.settings))
 
     def experiment_report(self, name: str, alpha: float = 0.05) -> dict[str, Any]:
         """The analysis of an experiment (see `sieve.experiments.report`)."""

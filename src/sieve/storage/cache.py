@@ -35,6 +35,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 #: URL schemes `open_cache` understands.
 SUPPORTED_SCHEMES = ("memory", "redis", "rediss")
@@ -341,7 +344,9 @@ class RedisCache(Cache):
         query.setdefault("socket_connect_timeout", "0.5")
         query.setdefault("socket_timeout", "0.5")
         client_url = urlunsplit(parts._replace(query=urlencode(query)))
-        client = redis.Redis.from_url(client_url)
+        # no retries: a Redis that does not answer in time is skipped (cool-down),
+        # not retried with back-off while a request waits
+        client = redis.Redis.from_url(client_url, retry=Retry(NoBackoff(), 0))
         return cls(client, prefix=prefix, url=_hide_password(url), cooldown=cooldown)
 
     @contextmanager
@@ -385,7 +390,9 @@ class RedisCache(Cache):
             keep = ("host", "port", "db", "username", "password", "socket_timeout")
             kwargs = {k: given[k] for k in keep if k in given}
             kwargs["socket_connect_timeout"] = given.get("socket_connect_timeout", 0.5)
-            self._async = redis.asyncio.Redis(**kwargs)
+            self._async = redis.asyncio.Redis(
+                **kwargs, retry=redis.asyncio.retry.Retry(NoBackoff(), 0)
+            )
             self._async_loop = loop
         with self._errors("get_many"):
             values = await self._async.mget([self._k(k) for k in keys])

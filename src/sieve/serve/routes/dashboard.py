@@ -419,7 +419,8 @@ def router(settings: Settings) -> APIRouter:
             )
         now = time.time()
         start, end, _count = kpi_window(now, minutes, bucket_seconds)
-        service.impressions.flush()  # lists served a moment ago count too
+        # lists served a moment ago count too
+        service.impressions.flush(timeout=settings.store_timeout_seconds or None)
         # aggregated in the database over the window only: the cost follows
         # the window's traffic, not the length of the log
         counts = service.store.window_counts(start, end, bucket_seconds)
