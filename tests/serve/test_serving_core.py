@@ -162,6 +162,9 @@ def test_a_request_ranks_with_the_snapshot_it_took(
         store_url=f"sqlite:///{versions.db}", model_dir=models, model_poll_seconds=0
     )
     service = _service(client)
+    # a server answers once its counters hold the stored log (`/ready`); the
+    # test client does not wait for that: fold before the request
+    service.flush_counters()
 
     def swap() -> None:
         ModelRegistry(models).promote(versions.other, "a swap during a request")
