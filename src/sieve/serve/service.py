@@ -46,7 +46,6 @@ from sieve.serve.shadows import ShadowRunner
 from sieve.settings import Settings
 from sieve.storage import Cache, CacheError, Store, open_cache, open_store
 from sieve.storage.guard import GuardedStore
-from sieve.types import Query
 
 if TYPE_CHECKING:
     from sieve.pipeline import Funnel
@@ -251,19 +250,6 @@ class Service:
         self._log_impression(hit, {"cached": True})
         return hit
 
-    def user_query(
-        self,
-        funnel: Funnel,
-        user_id: str,
-        n: int,
-        filters: Filters = Filters(),
-        events: Sequence[tuple[str, str]] | None = None,
-        now: float | None = None,
-        request_id: str = "",
-    ) -> Query:
-        """The live request of a user (`sieve.serve.live`)."""
-        return self.live.user_query(funnel, user_id, n, filters, events, now, request_id)
-
     def recommend_user(
         self,
         user_id: str,
@@ -345,7 +331,7 @@ class Service:
 
         def answer(user_id: str, computed_at: float) -> list[RecommendedItem]:
             events = history.events(user_id)
-            query = self.user_query(funnel, user_id, n, events=events, now=computed_at)
+            query = self.live.user_query(funnel, user_id, n, events=events, now=computed_at)
             return listed(funnel, funnel.recommend_query(query))
 
         return answers.precompute(self.cache, funnel, ids, answer)
