@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.serve.conftest import MakeClient, Trained
+from serve.conftest import MakeClient, Trained
 
 from servers import POSTGRES_URL, libpq_url, postgres_problem
 from sieve.storage import open_store
