@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from serve.conftest import MakeClient, Trained
 
+from serve.conftest import MakeClient, Trained
 from servers import POSTGRES_URL, libpq_url, postgres_problem
 from sieve.storage import open_store
 from sieve.training.snapshot import import_data
