@@ -46,11 +46,6 @@ from sieve.storage.cache import Cache, CacheError
 
 log = logging.getLogger(__name__)
 
-#: Event types of the *default* `EventSemantics` that count as a click / a
-#: conversion. Kept for callers without settings; a service reads its
-#: configured `settings.semantics` (`is_click`, `is_conversion`, `reward`).
-CLICK_TYPES = frozenset(DEFAULT_SEMANTICS.click_types)
-CONVERSION_TYPES = frozenset(DEFAULT_SEMANTICS.conversion_types)
 #: The source tag of an interleaved slot: ``team:<arm>``.
 TEAM_PREFIX = "team:"
 
@@ -389,8 +384,6 @@ def _bandit_key(name: str) -> str:
 
 
 __all__ = [
-    "CLICK_TYPES",
-    "CONVERSION_TYPES",
     "Arm",
     "ExperimentBook",
     "ExperimentError",

@@ -11,11 +11,10 @@ weights, same session.
 A user's events are given most recent first as (item id, event type) pairs:
 - the history is the first `history_limit` of them, summed per item by the
   type weights (types of weight ≤ 0 do not count), items in index order;
-- the session (`Query.recent`) is the first `recent_limit` of the events
-  themselves (what every caller above does), or of a `session` list when one
-  is given. A cache of recent events is no substitute: it
-  lacks imported history and what the cache lost, so a live query built from
-  it differs from training's (tests/serve/test_query_parity.py).
+- the session (`Query.recent`) is the first `recent_limit` of the same
+  events. A cache of recent events is no substitute: it lacks imported
+  history and what the cache lost, so a live query built from it would
+  differ from training's (tests/serve/test_query_parity.py).
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ def build_query(
     shape: QueryConfig,
     user_id: str | None,
     user: int,
-    session: Sequence[UserEvent] = (),
     n: int = 10,
     context: Context | None = None,
     categories: tuple[str, ...] = (),
@@ -86,7 +84,7 @@ def build_query(
     history_weights = np.array([acc[int(i)] for i in history], dtype=np.float32)
     recent: list[int] = []
     kinds: list[str] = []
-    for item_id, kind in (session or events)[: shape.recent_limit]:
+    for item_id, kind in events[: shape.recent_limit]:
         index = item_index(item_id)
         if index >= 0:
             recent.append(index)

@@ -28,8 +28,15 @@ log = logging.getLogger(__name__)
 class ImpressionLogger:
     """Batches impressions into the store from a background thread."""
 
-    def __init__(self, store: Store, flush_seconds: float = 0.2, max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        store: Store,
+        flush_seconds: float = 0.2,
+        max_batch: int = 500,
+        flush_timeout: float | None = None,
+    ) -> None:
         self._store = store
+        self._flush_timeout = flush_timeout
         self._queue: queue.SimpleQueue[Impression | None] = queue.SimpleQueue()
         self._flush_seconds = flush_seconds
         self._max_batch = max_batch
@@ -50,11 +57,13 @@ class ImpressionLogger:
             self._queued += 1
         self._queue.put(impression)
 
-    def flush(self, timeout: float | None = None) -> None:
+    def flush(self) -> None:
         """Wait until every impression queued so far is written by the
         background thread (before attribution, reports, drift checks);
-        `StoreUnavailable` when the store has not taken them within `timeout`
-        seconds (None: wait), so a request never hangs on a stuck database."""
+        `StoreUnavailable` when the store has not taken them within
+        `flush_timeout` seconds (None: wait), so a request never hangs on a
+        stuck database."""
+        timeout = self._flush_timeout
         with self._progress:
             target = self._queued
             done = self._progress.wait_for(lambda: self._handled >= target, timeout=timeout)

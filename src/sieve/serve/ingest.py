@@ -35,11 +35,6 @@ from sieve.storage import Cache, CacheError, Store, StoreError
 log = logging.getLogger("sieve.serve")
 
 
-def settings_timeout(settings: Settings) -> float | None:
-    """How long the request path waits on the store (None: no limit)."""
-    return settings.store_timeout_seconds or None
-
-
 def last_event_key(user_id: str) -> str:
     return f"last_event:{user_id}"
 
@@ -142,7 +137,7 @@ class EventIngestion:
         out = list(events)
         if not todo:
             return out
-        self.impressions.flush(timeout=settings_timeout(self.settings))
+        self.impressions.flush()
         found = self.store.attribute_many(
             [(events[k].user_id, events[k].item_id, events[k].timestamp) for k in todo],
             self.settings.attribution_window_seconds,

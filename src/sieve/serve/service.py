@@ -38,7 +38,7 @@ from sieve.serve import answers
 from sieve.serve.credit import ServedRequests
 from sieve.serve.holder import ModelHolder, NoModelError, items_frame
 from sieve.serve.impressions import ImpressionLogger, impression_of
-from sieve.serve.ingest import EventIngestion, settings_timeout
+from sieve.serve.ingest import EventIngestion
 from sieve.serve.listing import Filters, listed, new_request_id
 from sieve.serve.live import LiveAnswers
 from sieve.serve.schemas import RecommendationList, RecommendedItem
@@ -70,7 +70,10 @@ class Service:
         #: reads grow with the catalog or the log and must not be cut short
         self.background_store = store
         self.cache = cache
-        self.impressions = ImpressionLogger(store)
+        # a request waits for the impression log no longer than for the store
+        self.impressions = ImpressionLogger(
+            store, flush_timeout=settings.store_timeout_seconds or None
+        )
         #: online counters (item views/clicks/CTR per window, user recency and
         #: affinity), folded from the stored log by `ingestion`
         self.counters = OnlineCounters(cache, semantics=settings.semantics)
@@ -300,7 +303,7 @@ class Service:
         """Wait until every request answered so far has its impression stored,
         those waiting for their shadow lists included."""
         self.shadows.flush()
-        self.impressions.flush(timeout=settings_timeout(self.settings))
+        self.impressions.flush()
 
     def experiment_report(self, name: str, alpha: float = 0.05) -> dict[str, Any]:
         """The analysis of an experiment (see `sieve.experiments.report`)."""

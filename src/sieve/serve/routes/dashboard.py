@@ -420,7 +420,7 @@ def router(settings: Settings) -> APIRouter:
         now = time.time()
         start, end, _count = kpi_window(now, minutes, bucket_seconds)
         # lists served a moment ago count too
-        service.impressions.flush(timeout=settings.store_timeout_seconds or None)
+        service.impressions.flush()
         # aggregated in the database over the window only: the cost follows
         # the window's traffic, not the length of the log
         counts = service.store.window_counts(start, end, bucket_seconds)
