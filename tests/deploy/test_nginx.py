@@ -31,7 +31,8 @@ def free_port() -> int:
 
 def local_conf(folder: Path, upstreams: list[int], port: int) -> Path:
     """The deployed file with loopback addresses for the replicas and the listener,
-    one worker process and its pid file in `folder`; nothing else changed."""
+    one worker process, its pid and temporary files in `folder`; nothing else
+    changed."""
     text = NGINX_CONF.read_text()
     servers = re.findall(r"^(\s*)server\s+server:8000(.*)$", text, re.M)
     assert len(servers) == 1, "one upstream line naming the compose service"
@@ -41,6 +42,12 @@ def local_conf(folder: Path, upstreams: list[int], port: int) -> Path:
     text = re.sub(r"^\s*listen\s+80;", f"        listen 127.0.0.1:{port};", text, flags=re.M)
     text = re.sub(r"^worker_processes\s+\w+;", "worker_processes 1;", text, flags=re.M)
     text = re.sub(r"^pid\s+\S+;", f"pid {folder / 'nginx.pid'};", text, flags=re.M)
+    # temporary files in `folder` too, so that nginx also runs without root
+    temp = "".join(
+        f"    {kind}_temp_path {folder / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    text = re.sub(r"^http\s*\{\n", lambda m: m.group(0) + temp, text, count=1, flags=re.M)
     conf = folder / "nginx.conf"
     conf.write_text(text)
     return conf
