@@ -346,6 +346,8 @@ class OnlineCounters:
                 self._records.set_many({self.prefix + _WATERMARK: str(last).encode()})
                 folded += len(frame)
                 done += 1
+                if len(frame) < batch:
+                    break  # the log's end: no second read to find it empty
         finally:
             if self.cache.get(lease) == token:
                 self.cache.delete(lease)
