@@ -16,6 +16,7 @@ from sieve.data.records import Event, Item, User
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 from sieve.storage import SQLStore, Store, StoreError, StoreUnavailable, open_store
 from sieve.storage.migrations import MIGRATIONS, Migration, latest_version
+from sieve.storage.opening import POOL_SIZE
 
 from .conftest import StoreTarget
 
@@ -87,6 +88,17 @@ def test_postgres_urls_use_psycopg(url: str) -> None:
     store = open_store(url, migrate=False)  # no connection is made without migrate
     assert store.engine.url.drivername == "postgresql+psycopg"
     store.close()
+
+
+def test_postgres_pool_size_comes_from_the_url() -> None:
+    store = open_store("postgresql://u@127.0.0.1/db?pool_size=3", migrate=False)
+    assert store.engine.pool.size() == 3  # type: ignore[attr-defined]
+    assert "pool_size" not in str(store.engine.url)  # ours, not passed to the driver
+    default = open_store("postgresql://u@127.0.0.1/db", migrate=False)
+    assert default.engine.pool.size() == POOL_SIZE  # type: ignore[attr-defined]
+    for bad in ("0", "x", "-2"):
+        with pytest.raises(ValueError, match="pool_size must be a positive integer"):
+            open_store(f"postgresql://u@127.0.0.1/db?pool_size={bad}", migrate=False)
 
 
 def test_unreachable_postgres_names_url() -> None:
