@@ -106,6 +106,7 @@ class Service:
             version=lambda: self.model_version,
             registry=self.metrics.registry,
             flush=self.impressions.flush,
+            cache=cache,
         )
         #: served requests awaiting the clicks that credit their bandits
         self.served = ServedRequests(cache)
