@@ -281,24 +281,24 @@ class Retrainer:
                 "poll more often or lengthen the lease"
             )
         cycles = polls = 0
-        waiting = False
+        active: bool | None = None  # said so far: None (nothing), True, False
         try:
             while (max_cycles is None or cycles < max_cycles) and (
                 max_polls is None or polls < max_polls
             ):
                 polls += 1
                 if not self.lease.acquire():
-                    if not waiting:
+                    if active is not False:
                         self.say(
                             f"another worker holds the retraining lease ({self.lease.other()}): "
                             "waiting"
                         )
-                    waiting = True
+                    active = False
                     self._sleep(poll_seconds)
                     continue
-                if waiting:
+                if active is not True:
                     self.say("took the retraining lease: this worker is the active one")
-                    waiting = False
+                    active = True
                 self._prune_catalog_changes()
                 reason = self.due()
                 if reason is not None:
