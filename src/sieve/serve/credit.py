@@ -2,9 +2,12 @@
 slots learn from the clicks that cite them.
 
 A request answered with an adaptively allocated arm or with exploration
-slots is recorded in the cache (`served:<request id>`, kept `SERVED_TTL`
-seconds): with Redis, whichever replica receives the click finds what
-another replica served. A click credits each of its request's bandits at
+slots is recorded in the cache (`served:<request id>`, about 100 bytes, kept
+as long as a click may be attributed to it: the service's
+`attribution_window_seconds`): with Redis, whichever replica receives the
+click finds what another replica served. Redis holds about one record per
+such request of the last window (1,000 exploring requests a second over a
+30-minute window: 1.8 million records, a few hundred MB). A click credits each of its request's bandits at
 most once: the claim `credited:<request id>:<what>` is an atomic add (SET
 NX), so two clicks arriving at two replicas at once cannot both credit it.
 
@@ -29,8 +32,9 @@ log = logging.getLogger("sieve.serve")
 
 #: Served requests remembered by a per-process cache (newest kept).
 SERVED_MAX = 100_000
-#: Seconds a served request can be credited by a click that cites it.
-SERVED_TTL = 86_400.0
+#: Seconds a served request can be credited by a click that cites it (default;
+#: the service uses its attribution window).
+SERVED_TTL = 1800.0
 #: Seconds between two warnings about a failing cache.
 WARN_SECONDS = 10.0
 

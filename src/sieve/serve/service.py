@@ -109,7 +109,7 @@ class Service:
             cache=cache,
         )
         #: served requests awaiting the clicks that credit their bandits
-        self.served = ServedRequests(cache)
+        self.served = ServedRequests(cache, ttl=settings.attribution_window_seconds)
         # shadow arms are computed here, after their request was answered
         self.shadows = ShadowRunner(self._log_impression)
         self.live = LiveAnswers(
