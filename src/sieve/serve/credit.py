@@ -7,9 +7,10 @@ as long as a click may be attributed to it: the service's
 `attribution_window_seconds`): with Redis, whichever replica receives the
 click finds what another replica served. Redis holds about one record per
 such request of the last window (1,000 exploring requests a second over a
-30-minute window: 1.8 million records, a few hundred MB). A click credits each of its request's bandits at
-most once: the claim `credited:<request id>:<what>` is an atomic add (SET
-NX), so two clicks arriving at two replicas at once cannot both credit it.
+30-minute window: 1.8 million records, a few hundred MB). A click credits
+each of its request's bandits at most once: the claim
+`credited:<request id>:<what>` is an atomic add (SET NX), so two clicks
+arriving at two replicas at once cannot both credit it.
 
 With the per-process memory cache the records go to a private bounded cache
 (the newest `SERVED_MAX`), so they never evict precomputed lists.
