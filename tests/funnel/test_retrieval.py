@@ -210,3 +210,68 @@ def test_featurize_runs_the_same_code_for_any_caller() -> None:
     np.testing.assert_array_equal(a[1].items, b[1].items)
     assert a[2] is not None and b[2] is not None
     np.testing.assert_array_equal(a[2], b[2])
+
+
+def test_content_search_is_exact_within_its_budget_and_bounded_beyond() -> None:
+    """`ContentIndex.top` against the dense cosine of every item: the same
+    top-k when the budget covers the profile's posting lists; with a small
+    budget it reads only the strongest postings, and every item it returns
+    carries its exact cosine and would rank in the dense order it claims."""
+    funnel = fitted()
+    engine = funnel.state.engine
+    index = engine.content
+    assert index is not None
+    n = engine.catalog.n_items
+    m = data().matrix
+    checked = 0
+    for u in range(0, 60, 3):
+        req = engine.request(_row(u))
+        profile = engine.content_profile(req)
+        if profile is None:
+            continue
+        terms, weights = profile
+        dense = index.scores(terms, weights, n)
+        exact_items, exact_scores = index.top(terms, weights, 15, n, budget=10**9)
+        positive = np.flatnonzero(dense > 0)
+        expected = positive[np.argsort(-dense[positive], kind="stable")][:15]
+        assert np.allclose(exact_scores, dense[expected])
+        assert set(exact_items) == set(expected) or np.allclose(
+            np.sort(dense[exact_items]), np.sort(dense[expected])
+        )
+        postings = int(np.diff(index.base_csc.indptr)[terms].sum())
+        small = max(postings // 5, 1)
+        items, scores = index.top(terms, weights, 15, n, budget=small)
+        assert np.allclose(scores, dense[items])  # exact cosines, re-scored from the rows
+        assert np.all(np.diff(scores) <= 0) and np.all(scores > 0)
+        assert np.allclose(index.cosines(items, terms, weights, n), dense[items])
+        checked += 1
+    assert checked >= 10 and m.shape[1] == n
+
+
+def test_sparse_row_gathers_match_scipy() -> None:
+    """`gather_rows` / `row_sums` are scipy's row indexing, on the arrays."""
+    import scipy.sparse as sp
+
+    from sieve.sparse import gather_rows, row_sums
+
+    rng = np.random.default_rng(3)
+    m = sp.random(40, 25, density=0.2, format="csr", random_state=4, dtype=np.float64)
+    rows = rng.integers(0, 40, size=17)
+    which, cols, vals = gather_rows(m, rows)
+    dense = np.zeros((len(rows), 25))
+    np.add.at(dense, (which, cols), vals)
+    assert np.allclose(dense, m[rows].toarray())
+    w = rng.random(len(rows))
+    assert np.allclose(row_sums(m, rows, w, 25), np.asarray(m[rows].T @ w).ravel())
+    which, cols, _ = gather_rows(m, rows, limit=1)
+    assert np.all(np.bincount(which, minlength=len(rows)) <= 1)
+
+
+def test_fresh_chart_leaves_out_items_not_released_yet() -> None:
+    cat = fitted().state.engine.catalog.copy()
+    ranked = cat.ranked("fresh", np.empty(0, np.int64))
+    times = cat.created_at[ranked]
+    now = float(np.median(times))
+    fresh = cat.fresh(np.empty(0, np.int64), now)
+    assert fresh.tolist() == ranked[times <= now].tolist() and 0 < len(fresh) < len(ranked)
+    assert len(cat.fresh(np.empty(0, np.int64), float(times.max()))) == len(ranked)

@@ -219,7 +219,8 @@ def test_clicks_move_the_served_ranking_without_retraining(tmp_path: Path) -> No
         listed.append(item in [r.item for r in funnel.recommend_query(query)])
         assert funnel.version == trained.version
     assert min(before) > 30
-    # (trees need not be monotone in the counts: most, not all, move up)
+    # (clicks and CTR are monotone in the ranker, recency is not: most, not
+    # necessarily all, move up)
     assert np.mean(np.array(after) < np.array(before)) >= 0.75
     # by a good margin (the ranker also reads the session now, as it is served)
     assert np.median(after) < 0.7 * np.median(before)

@@ -144,11 +144,11 @@ class SwappingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def user_events(self, *args: Any, **kwargs: Any) -> Any:
+    def user_interactions(self, *args: Any, **kwargs: Any) -> Any:
         if not self.swapped:
             self.swapped = True
             self.swap()
-        return self.store.user_events(*args, **kwargs)
+        return self.store.user_interactions(*args, **kwargs)
 
 
 def test_a_request_ranks_with_the_snapshot_it_took(

@@ -261,6 +261,28 @@ def test_events_frame_round_trip(store: SQLStore) -> None:
         assert back[e.id].timestamp.tzinfo == UTC  # type: ignore[union-attr]
 
 
+def test_user_interactions_are_user_events_in_short(store: SQLStore) -> None:
+    """The live query's light read: (item, type) in `user_events`'s order
+    (latest timestamp first, ties by arrival), limited, other users apart."""
+    store.append_events(
+        [
+            ev("e1", item="i1", timestamp=T0),
+            ev("e2", item="i2", type_="purchase", timestamp=T0 + timedelta(hours=2)),
+            ev("e3", item="i3", timestamp=T0 + timedelta(hours=1)),
+            ev("e4", item="i4", timestamp=T0 + timedelta(hours=2)),
+            ev("e5", user="u2", item="i9", timestamp=T0),
+        ]
+    )
+    full = [(e.item_id, e.type) for e in store.user_events("u1", limit=10)]
+    assert store.user_interactions("u1", limit=10) == full
+    assert full == [("i4", "click"), ("i2", "purchase"), ("i3", "click"), ("i1", "click")]
+    assert store.user_interactions("u1", limit=2) == full[:2]
+    assert store.user_interactions("u1'; DROP TABLE events; --") == []
+    assert store.user_interactions("nobody") == [] and store.count_events() == 5
+    with pytest.raises(ValueError, match="limit"):
+        store.user_interactions("u1", limit=-1)
+
+
 def test_empty_log(store: SQLStore) -> None:
     frame = store.events_frame()
     assert list(frame.columns) == [*EVENT_COLUMNS, "seq", "request_id"]

@@ -43,6 +43,7 @@ from numpy.typing import NDArray
 from sieve.realtime.counters import OnlineCounters
 from sieve.retrieval.candidates import SOURCES, Candidates, Request, positions
 from sieve.retrieval.sources import CandidateEngine
+from sieve.sparse import gather_rows
 from sieve.storage.cache import CacheError
 
 log = logging.getLogger(__name__)
@@ -130,10 +131,10 @@ def candidate_features(
             x[trained, _COLUMN["emb_max_cos"]] = cos.max(axis=1)
             x[trained, _COLUMN["emb_mean_cos"]] = cos.mean(axis=1)
 
-    content = engine.content_scores(req)
+    content = engine.content_cosines(req, items)
     if content is not None:
-        _put_normalised(x, "content", np.ones(n, bool), content[items])
-        x[:, _COLUMN["content_cos"]] = content[items]
+        _put_normalised(x, "content", np.ones(n, bool), content)
+        x[:, _COLUMN["content_cos"]] = content
 
     ease = engine.ease_scores(req)
     if ease is not None:
@@ -145,11 +146,9 @@ def candidate_features(
     x[:, _COLUMN["age_days"]] = (req.now - cat.created_at[items]) / 86_400.0
     x[:, _COLUMN["history_size"]] = np.log1p(len(req.interactions))
     if len(req.interactions) and cat.n_categories:
-        member = cat.item_categories[items]
-        aff = req.affinity[: member.shape[1]]
-        x[:, _COLUMN["category_affinity"]] = member @ aff
-        contrib = member.multiply(aff[None, :]).tocsr()
-        x[:, _COLUMN["category_affinity_max"]] = contrib.max(axis=1).toarray().ravel()
+        total, top = _category_sum_max(engine, items, req.affinity)
+        x[:, _COLUMN["category_affinity"]] = total
+        x[:, _COLUMN["category_affinity_max"]] = top
 
     ctx = req.query.context
     if ctx.hour is not None:
@@ -194,18 +193,23 @@ def _put_online(
         return
     x[:, _COLUMN["user_hours_since_event"]] = _log_hours(np.array([u["recency_hours"]]))[0]
     if cat.n_categories:
-        # Σ and max of the user's shares over each item's categories, on the
-        # CSR arrays (scipy's row slicing and max cost more than the rest)
-        m = cat.item_categories
         aff = np.array([u.get(f"affinity:{c}", 0.0) for c in cat.category_names])
-        starts, counts = m.indptr[items], np.diff(m.indptr)[items]
-        row = np.repeat(np.arange(len(items)), counts)
-        at = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(len(row))
-        share = m.data[at] * aff[m.indices[at]]
-        top = np.zeros(len(items))
-        np.maximum.at(top, row, share)
-        x[:, _COLUMN["user_affinity_7d"]] = np.bincount(row, weights=share, minlength=len(items))
+        total, top = _category_sum_max(engine, items, aff)
+        x[:, _COLUMN["user_affinity_7d"]] = total
         x[:, _COLUMN["user_affinity_7d_max"]] = top
+
+
+def _category_sum_max(
+    engine: CandidateEngine, items: NDArray[np.int64], affinity: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Σ and max of a non-negative per-category affinity over each item's
+    categories (0 for an item without any)."""
+    which, cols, member = gather_rows(engine.catalog.item_categories, items)
+    share = member * affinity[cols]
+    top = np.zeros(len(items))
+    np.maximum.at(top, which, share)
+    total = np.bincount(which, weights=share, minlength=len(items)).astype(np.float64)
+    return total, top
 
 
 def _log_hours(hours: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -83,6 +83,10 @@ class RankerConfig(Config):
       (unbiased LambdaMART), so that a top slot's extra clicks are not taken
       for relevance; serving needs no position. This regularises the bias
       factors.
+    - `monotone_clicks`: the item's recent clicks and CTR (online features)
+      may only raise its score (LightGBM monotone constraints), so a live
+      trend moves items up whatever the trees' splits; off, the trees are
+      free in them.
     """
 
     enabled: bool = True
@@ -105,6 +109,7 @@ class RankerConfig(Config):
     max_logged_requests: int = 5000
     max_ips_weight: float = 10.0
     position_bias_regularization: float = 0.0
+    monotone_clicks: bool = True
 
     def validate(self) -> None:
         if not 0 < self.holdout_fraction < 1:
@@ -297,6 +302,12 @@ class LTRRanker:
             "force_row_wise": True,
             "verbose": -1,
         }
+        if config.monotone_clicks:
+            # more recent clicks never lower an item's score: a trend the
+            # ranker follows however its trees happened to split
+            params["monotone_constraints"] = [
+                1 if name.startswith(("item_clicks_", "item_ctr_")) else 0 for name in feature_names
+            ]
         # as LGBMRanker(n_jobs=None) did: one thread per physical core
         params["num_threads"] = config.num_threads or cpu_count(only_physical_cores=True)
         if data.position is not None:

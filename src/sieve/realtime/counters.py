@@ -377,6 +377,8 @@ class OnlineCounters:
                     break
                 folded += len(frame)
                 done += 1
+                if len(frame) < batch:
+                    break  # the log's end: no second read to find it empty
         finally:
             if self.cache.get(lease) == token:
                 self.cache.delete(lease)

@@ -68,6 +68,9 @@ class SourcesConfig(Config):
     - `max_history_anchors`: history items used as anchors (the strongest).
     - `content_terms`: terms of the content profile kept for retrieval (the
       strongest; fewer is faster on big catalogs).
+    - `content_postings`: posting-list entries the content source reads per
+      request at most (the strongest of each term; exact below it, see
+      `ContentIndex.top`): what bounds its cost on a big catalog.
     - `min_candidates`: popular items are added when the sources propose
       fewer than this many (cold start, narrow category filters).
     """
@@ -85,6 +88,7 @@ class SourcesConfig(Config):
     session_weight: float = 3.0
     max_history_anchors: int = 200
     content_terms: int = 32
+    content_postings: int = 30_000
     min_candidates: int = 30
 
     def validate(self) -> None:
@@ -97,6 +101,8 @@ class SourcesConfig(Config):
             raise ConfigError("SourcesConfig.session_weight must be >= 0")
         if self.content_terms < 1:
             raise ConfigError("SourcesConfig.content_terms must be >= 1")
+        if self.content_postings < 1:
+            raise ConfigError("SourcesConfig.content_postings must be >= 1")
         if self.min_candidates < 0:
             raise ConfigError("SourcesConfig.min_candidates must be >= 0")
 

@@ -58,6 +58,7 @@ class Catalog:
         self._category_lookup = {c: k for k, c in enumerate(self.category_names)}
         self._csc: sp.csc_matrix | None = None
         self._ranked: dict[tuple[str, tuple[int, ...]], NDArray[np.int64]] = {}
+        self._released: dict[tuple[int, ...], NDArray[np.float64]] = {}
         self._head: dict[float, NDArray[np.bool_]] = {}
         self._blocked: dict[tuple[str, ...], NDArray[np.bool_]] = {}
         self._distribution: sp.csr_matrix | None = None
@@ -181,8 +182,20 @@ class Catalog:
         out = items[np.argsort(-score, kind="stable")].astype(np.int64)
         if len(self._ranked) > 256:
             self._ranked.clear()
+            self._released.clear()
         self._ranked[key] = out
         return out
+
+    def fresh(self, category_ids: NDArray[np.int64], now: float) -> NDArray[np.int64]:
+        """The "fresh" chart of items released by `now`, newest first: a
+        binary search on the cached release times, not a pass over the chart."""
+        ranked = self.ranked("fresh", category_ids)
+        key = tuple(int(c) for c in category_ids)
+        negated = self._released.get(key)
+        if negated is None or len(negated) != len(ranked):
+            negated = -self.created_at[ranked]  # ascending: the chart is newest first
+            self._released[key] = negated
+        return ranked[int(np.searchsorted(negated, -now, side="left")) :]
 
     def percentile(self, chart: str) -> NDArray[np.float64]:
         """Each item's percentile in the "popular" or "trending" chart (1 =
@@ -274,6 +287,7 @@ class Catalog:
         if "created_at" in frame:
             self.created_at[items] = frame["created_at"].to_numpy(np.float64)
             self._ranked = {k: v for k, v in self._ranked.items() if k[0] != "fresh"}
+            self._released = {}
         if "categories" in frame:
             cats = [_categories(c) for c in frame["categories"]]
             self._add_category_names(cats)

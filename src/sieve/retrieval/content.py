@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from sieve.models.content import ContentTFIDF
+from sieve.sparse import gather_rows, row_sums
 
 
 class ContentIndex:
@@ -29,7 +30,7 @@ class ContentIndex:
     ) -> None:
         self.model = model
         self.base = sp.csr_matrix(model.state.item_matrix, dtype=np.float32)
-        self.base_csc = sp.csc_matrix(self.base)
+        self.base_csc = _impact_ordered(sp.csc_matrix(self.base))
         n_terms = self.base.shape[1]
         self.delta = sp.csr_matrix((0, n_terms), dtype=np.float32) if delta is None else delta
         self.delta_items = np.empty(0, np.int64) if delta_items is None else delta_items
@@ -71,47 +72,108 @@ class ContentIndex:
             return None
         pos = self.delta_position(n_items)[items]
         in_delta = pos >= 0
-        base_items = items[~in_delta]
-        total = (
-            sp.csr_matrix(
-                (weights[~in_delta], (np.zeros(len(base_items), np.int64), base_items)),
-                shape=(1, self.n_base),
-            )
-            @ self.base
-        )
+        which, terms, vals = gather_rows(self.base, items[~in_delta])
+        vals = vals * weights[~in_delta][which]
         if in_delta.any():
-            total = (
-                total
-                + sp.csr_matrix(
-                    (weights[in_delta], (np.zeros(int(in_delta.sum()), np.int64), pos[in_delta])),
-                    shape=(1, self.delta.shape[0]),
-                )
-                @ self.delta
-            )
-        total = sp.csr_matrix(total)
-        if total.nnz == 0:
-            return None
-        values = total.data.astype(np.float64)
+            d_which, d_terms, d_vals = gather_rows(self.delta, pos[in_delta])
+            terms = np.concatenate([terms, d_terms])
+            vals = np.concatenate([vals, d_vals * weights[in_delta][d_which]])
+        unique, inverse = np.unique(terms, return_inverse=True)
+        values = np.bincount(inverse, weights=vals, minlength=len(unique))
+        nonzero = values != 0
+        unique, values = unique[nonzero], values[nonzero]
         norm = float(np.sqrt(values @ values))
         if norm == 0:
             return None
-        return total.indices.astype(np.int64), values / norm
+        return unique.astype(np.int64), values / norm
 
     def scores(
         self, terms: NDArray[np.int64], weights: NDArray[np.float64], n_items: int
     ) -> NDArray[np.float64]:
         """Cosine of every catalog item with the profile (dense)."""
-        sub = self.base_csc[:, terms]
         out = np.zeros(n_items, dtype=np.float64)
-        col = np.repeat(np.arange(len(terms)), np.diff(sub.indptr))
-        out[: self.n_base] = np.bincount(
-            sub.indices, weights=sub.data * weights[col], minlength=self.n_base
-        )
+        out[: self.n_base] = row_sums(self.base_csc, terms, weights, self.n_base)
         if len(self.delta_items):
-            dense = np.zeros(self.delta.shape[1], dtype=np.float64)
-            dense[terms] = weights
-            out[self.delta_items] = self.delta @ dense
+            out[self.delta_items] = self._delta_scores(terms, weights)
         return out
+
+    def top(
+        self,
+        terms: NDArray[np.int64],
+        weights: NDArray[np.float64],
+        k: int,
+        n_items: int,
+        budget: int,
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """The k items of highest cosine with the profile (positive only),
+        best first, reading at most about `budget` postings of the base index.
+
+        Exact when the profile's posting lists hold `budget` entries or
+        fewer. Beyond that each term contributes its strongest postings (the
+        lists are impact-ordered) up to a common cap that keeps the total
+        within the budget; the 4k best partial scores are then re-scored
+        exactly from their rows. The cost is bounded whatever the catalog's
+        size, as an ANN search is, and misses only items that reach the
+        profile through weak postings of every term alike."""
+        if k <= 0 or len(terms) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        csc = self.base_csc
+        lens = (csc.indptr[terms + 1] - csc.indptr[terms]).astype(np.int64)
+        cap = _water_fill(lens, budget)
+        if cap >= int(lens.max(initial=0)):
+            dense = np.zeros(n_items, dtype=np.float64)
+            dense[: self.n_base] = row_sums(csc, terms, weights, self.n_base)
+            found = np.flatnonzero(dense > 0)
+        else:
+            which, items, vals = gather_rows(csc, terms, limit=cap)
+            partial = np.bincount(items, weights=vals * weights[which], minlength=self.n_base)
+            found = np.flatnonzero(partial > 0)
+            if len(found) > 4 * k:
+                found = found[np.argpartition(-partial[found], 4 * k - 1)[: 4 * k]]
+            dense = np.zeros(n_items, dtype=np.float64)
+            dense[found] = self.cosines(found, terms, weights, n_items)
+        if len(self.delta_items):
+            dense[self.delta_items] = self._delta_scores(terms, weights)
+            found = np.union1d(found, self.delta_items[dense[self.delta_items] > 0])
+        scores = dense[found]
+        if len(found) > k:
+            part = np.argpartition(-scores, k - 1)[:k]
+            found, scores = found[part], scores[part]
+        order = np.argsort(-scores, kind="stable")
+        return found[order].astype(np.int64), scores[order]
+
+    def cosines(
+        self,
+        items: NDArray[np.int64],
+        terms: NDArray[np.int64],
+        weights: NDArray[np.float64],
+        n_items: int,
+    ) -> NDArray[np.float64]:
+        """Exact cosine of each of `items` with the profile (the rows of those
+        items only: what the ranker's content features need)."""
+        profile = np.zeros(self.base.shape[1], dtype=np.float64)
+        profile[terms] = weights
+        pos = self.delta_position(n_items)[items]
+        out = np.zeros(len(items), dtype=np.float64)
+        in_base = (pos < 0) & (items < self.n_base)
+        which, cols, vals = gather_rows(self.base, items[in_base])
+        out[in_base] = np.bincount(
+            which, weights=vals * profile[cols], minlength=int(in_base.sum())
+        )
+        in_delta = pos >= 0
+        if in_delta.any():
+            which, cols, vals = gather_rows(self.delta, pos[in_delta])
+            out[in_delta] = np.bincount(
+                which, weights=vals * profile[cols], minlength=int(in_delta.sum())
+            )
+        return out
+
+    def _delta_scores(
+        self, terms: NDArray[np.int64], weights: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        dense = np.zeros(self.delta.shape[1], dtype=np.float64)
+        dense[terms] = weights
+        return np.asarray(self.delta @ dense, dtype=np.float64)
 
     def save(self, path: Path) -> None:
         d = self.delta
@@ -131,3 +193,28 @@ class ContentIndex:
             (z["data"], z["indices"], z["indptr"]), shape=tuple(int(x) for x in z["shape"])
         )
         return cls(model, delta, z["items"].astype(np.int64))
+
+
+def _impact_ordered(csc: sp.csc_matrix) -> sp.csc_matrix:
+    """The same matrix with each column's entries sorted by value, largest
+    first (a term's strongest postings lead its list)."""
+    col = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr))
+    order = np.lexsort((-csc.data, col))
+    out = sp.csc_matrix((csc.data[order], csc.indices[order], csc.indptr.copy()), shape=csc.shape)
+    out.has_sorted_indices = False  # sorted by impact, not by row: keep scipy from re-sorting
+    return out
+
+
+def _water_fill(lens: NDArray[np.int64], budget: int) -> int:
+    """The largest common cap c with Σ min(len, c) ≤ budget (at least 1)."""
+    if int(lens.sum()) <= budget:
+        return int(lens.max(initial=0))
+    ordered = np.sort(lens)
+    remaining, left = budget, len(ordered)
+    for length in ordered:
+        share = remaining // left
+        if length > share:
+            return max(int(share), 1)
+        remaining -= int(length)
+        left -= 1
+    return int(ordered[-1])

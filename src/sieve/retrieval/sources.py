@@ -29,6 +29,7 @@ from sieve.retrieval.candidates import (
 )
 from sieve.retrieval.catalog import Catalog, _categories
 from sieve.retrieval.content import ContentIndex
+from sieve.sparse import row_sums
 from sieve.types import Query
 
 _DAY = 86_400.0
@@ -123,8 +124,9 @@ class CandidateEngine:
         exclude = np.unique(np.fromiter(query.exclude, dtype=np.int64, count=len(query.exclude)))
         affinity = np.zeros(self.catalog.n_categories)
         if len(interactions):
-            dist = self.catalog.category_distribution[interactions]
-            affinity = np.asarray(dist.T @ weights, dtype=np.float64).ravel()
+            affinity = row_sums(
+                self.catalog.category_distribution, interactions, weights, self.catalog.n_categories
+            )
             total = affinity.sum()
             if total > 0:
                 affinity /= total
@@ -247,23 +249,28 @@ class CandidateEngine:
         req.cache["knn"] = out
         return out
 
-    def content_scores(self, req: Request) -> NDArray[np.float64] | None:
-        """TF-IDF cosine of every catalog item with the request's profile."""
+    def content_profile(self, req: Request) -> tuple[NDArray[np.int64], NDArray[np.float64]] | None:
+        """The request's TF-IDF profile as (terms, weights), its
+        `content_terms` strongest terms; None without indexed text."""
         if "content" in req.cache:
             return req.cache["content"]
-        out: NDArray[np.float64] | None = None
+        out = None
         if self.content is not None and len(req.interactions):
-            profile = self.content.profile(req.interactions, req.weights, self.catalog.n_items)
-            if profile is not None:
-                terms, weights = profile
-                if len(terms) > self.config.content_terms:
-                    top = np.argpartition(-weights, self.config.content_terms - 1)[
-                        : self.config.content_terms
-                    ]
-                    terms, weights = terms[top], weights[top]
-                out = self.content.scores(terms, weights, self.catalog.n_items)
+            out = self.content.profile(req.interactions, req.weights, self.catalog.n_items)
+            if out is not None and len(out[0]) > self.config.content_terms:
+                terms, weights = out
+                # strongest first, ties by term: the same terms whatever order they come in
+                top = np.lexsort((terms, -weights))[: self.config.content_terms]
+                out = terms[top], weights[top]
         req.cache["content"] = out
         return out
+
+    def content_cosines(self, req: Request, items: NDArray[np.int64]) -> NDArray[np.float64] | None:
+        """TF-IDF cosine of `items` with the request's profile."""
+        profile = self.content_profile(req)
+        if profile is None or self.content is None:
+            return None
+        return self.content.cosines(items, *profile, self.catalog.n_items)
 
     def ease_scores(self, req: Request) -> NDArray[np.float32] | None:
         """EASE scores x_u · B over the training items."""
@@ -310,11 +317,13 @@ class CandidateEngine:
             if knn is not None:
                 items, scores = _top(knn.score, self._fetch(req, cfg.item_to_item))
                 out.append(Proposal("item_to_item", items, scores, self.best_anchors(req, items)))
-        if cfg.content:
-            cs = self.content_scores(req)
-            if cs is not None:
-                items, scores = _top(cs, self._fetch(req, cfg.content))
-                out.append(Proposal("content", items, scores))
+        if cfg.content and self.content is not None:
+            profile = self.content_profile(req)
+            if profile is not None:
+                fetch = self._fetch(req, cfg.content)
+                n_items = self.catalog.n_items
+                items, cos = self.content.top(*profile, fetch, n_items, cfg.content_postings)
+                out.append(Proposal("content", items, cos.astype(np.float32)))
         if cfg.ease:
             es = self.ease_scores(req)
             if es is not None:
@@ -331,11 +340,8 @@ class CandidateEngine:
             quota = cfg.quota(kind)
             if not quota:
                 continue
-            ranked = cat.ranked(
-                kind, req.category_filter if len(req.query.categories) else np.empty(0, np.int64)
-            )
-            if kind == "fresh":
-                ranked = ranked[cat.created_at[ranked] <= req.now]
+            filt = req.category_filter if len(req.query.categories) else np.empty(0, np.int64)
+            ranked = cat.fresh(filt, req.now) if kind == "fresh" else cat.ranked(kind, filt)
             items = ranked[: self._fetch(req, quota)]
             if kind == "popular":
                 chart = np.log1p(cat.popularity[items])

@@ -48,6 +48,8 @@ class ImpressionLogger:
         self._queued = 0
         self._handled = 0
         self._progress = threading.Condition()
+        # set by `flush`: write what is queued now instead of gathering a batch
+        self._hurry = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sieve-impressions", daemon=True)
         self._thread.start()
 
@@ -64,6 +66,7 @@ class ImpressionLogger:
         `flush_timeout` seconds (None: wait), so a request never hangs on a
         stuck database."""
         timeout = self._flush_timeout
+        self._hurry.set()
         with self._progress:
             target = self._queued
             done = self._progress.wait_for(lambda: self._handled >= target, timeout=timeout)
@@ -100,6 +103,12 @@ class ImpressionLogger:
                 continue
             if first is None:
                 break
+            # gather for up to `flush_seconds` (one commit for many lists, not
+            # one each: the writes were ~5% of a loaded server's CPU), unless
+            # a flush is waiting for this batch
+            if not self._closed.is_set():
+                self._hurry.wait(self._flush_seconds)
+            self._hurry.clear()
             batch = [first]
             while len(batch) < self._max_batch:
                 try:
@@ -115,6 +124,7 @@ class ImpressionLogger:
     def close(self) -> None:
         """Stop the thread and write what is left."""
         self._closed.set()
+        self._hurry.set()
         self._queue.put(None)
         self._thread.join(timeout=5)
         batch: list[Impression] = []  # what the thread left, written here

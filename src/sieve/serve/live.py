@@ -68,7 +68,7 @@ class LiveAnswers:
         (`query.recent_limit`) take."""
         shape = funnel.config.query
         limit = max(shape.history_limit, shape.recent_limit)
-        return [(e.item_id, e.type) for e in self.store.user_events(user_id, limit=limit)]
+        return self.store.user_interactions(user_id, limit=limit)
 
     def user_query(
         self,

@@ -147,6 +147,11 @@ class Store(Protocol):
         """A user's latest events, most recent (by timestamp, then seq) first."""
         ...
 
+    def user_interactions(self, user_id: str, limit: int = 50) -> list[tuple[str, str]]:
+        """A user's latest events as (item id, event type), in `user_events`'s
+        order: the live query's read, without building whole events."""
+        ...
+
     def count_events(self) -> int: ...
 
     def max_seq(self) -> int:

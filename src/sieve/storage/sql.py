@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Table, delete, func, select, text
+from sqlalchemy import Connection, Row, Select, Table, delete, func, select, text
 
 from sieve.data.records import Event, Item, User
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
@@ -331,17 +331,7 @@ class SQLStore(SQLImpressions, SQLReports, SQLShared):
         return frame[[*EVENT_COLUMNS, "seq", "request_id"]]
 
     def user_events(self, user_id: str, limit: int = 50) -> list[Event]:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        t = events_table
-        query = (
-            select(t)
-            .where(t.c.user_id == user_id)
-            .order_by(t.c.timestamp_us.desc(), t.c.seq.desc())
-            .limit(limit)
-        )
-        with self._read("user_events") as conn:
-            rows = conn.execute(query).all()
+        rows = self._latest("user_events", select(events_table), user_id, limit)
         return [
             Event(
                 id=r.event_id,
@@ -354,6 +344,38 @@ class SQLStore(SQLImpressions, SQLReports, SQLShared):
             )
             for r in rows
         ]
+
+    def user_interactions(self, user_id: str, limit: int = 50) -> list[tuple[str, str]]:
+        # Every live answer reads this: the driver's cursor on a pooled
+        # connection costs a quarter of a SQLAlchemy Core execute (0.08 vs
+        # 0.3 ms on SQLite), and the statement is the one `_latest` builds.
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        mark = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            f"SELECT item_id, type FROM {events_table.name} WHERE user_id = {mark} "
+            f"ORDER BY timestamp_us DESC, seq DESC LIMIT {int(limit)}"
+        )
+        with self._read("user_interactions") as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, (user_id,))
+                return [(str(r[0]), str(r[1])) for r in cursor.fetchall()]
+            finally:
+                cursor.close()
+
+    def _latest(self, what: str, columns: Select[Any], user_id: str, limit: int) -> list[Row[Any]]:
+        """`columns` of the user's latest `limit` events, most recent first."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        t = events_table
+        query = (
+            columns.where(t.c.user_id == user_id)
+            .order_by(t.c.timestamp_us.desc(), t.c.seq.desc())
+            .limit(limit)
+        )
+        with self._read(what) as conn:
+            return list(conn.execute(query).all())
 
     def count_events(self) -> int:
         return self._count(events_table, "count_events")

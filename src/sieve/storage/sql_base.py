@@ -47,6 +47,10 @@ class SQLBase:
             raise StoreUnavailable(f"{what} failed: database at {self.url}: {msg}") from e
         except exc.DBAPIError as e:
             raise StoreError(f"{what} failed: {e.orig}") from e
+        except self._engine.dialect.loaded_dbapi.OperationalError as e:  # a raw cursor's
+            raise StoreUnavailable(f"{what} failed: database at {self.url}: {e}") from e
+        except self._engine.dialect.loaded_dbapi.Error as e:
+            raise StoreError(f"{what} failed: {e}") from e
 
     @contextmanager
     def _read(self, what: str) -> Iterator[Connection]:
