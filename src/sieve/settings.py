@@ -28,6 +28,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -163,9 +164,11 @@ class Settings(BaseSettings):
     """Everything `sieve serve`, `sieve train` and `sieve batch` need.
 
     - `store_url`: catalog + event log (`sqlite:///PATH` or `postgresql://…`);
-    - `cache_url`: `memory://` (per process) or `redis://…` (shared);
+    - `cache_url`: `memory://` (per process) or `redis://…` (shared: needed
+      by several server processes, `workers` or replicas on several hosts);
     - `model_dir`: trained funnels live in `model_dir/<version>/`; the file
-      `model_dir/CURRENT` names the one to serve;
+      `model_dir/CURRENT` names the one to serve. A path or a `file://` URL:
+      with several hosts, a directory they all mount (see `_model_dir`);
     - `funnel_config`: TOML of the funnel's configuration for `sieve train`;
     - `api_keys`: hashed keys with scopes (see `sieve.serve.auth`);
     - `open_read`: read endpoints need no key (demos, internal networks);
@@ -188,6 +191,11 @@ class Settings(BaseSettings):
       (the way to use it with the per-process `memory://` cache);
     - `model_poll_seconds`: how often a running service checks the model
       registry for a newly promoted version (0: only on `POST /admin/reload`);
+    - `catalog_poll_seconds`: how often a server process reads the catalog
+      changes other processes made (`POST /items` on another replica), so
+      its funnel serves them (0: never; its own writes apply at once);
+    - `workers`: server processes `sieve serve` runs on this host (they
+      share the port; above 1 needs a shared cache, `redis://`);
     - `attribution_window_seconds` / `attribution_types`: an event of these
       types without a `request_id` is attributed to the latest impression of
       its item to its user within the window;
@@ -231,6 +239,8 @@ class Settings(BaseSettings):
     batch_n: int = Field(default=50, ge=1)
     precompute: bool = False
     model_poll_seconds: float = Field(default=2.0, ge=0.0)
+    catalog_poll_seconds: float = Field(default=1.0, ge=0.0)
+    workers: int = Field(default=1, ge=1, le=64)
     attribution_window_seconds: float = Field(default=1800.0, gt=0.0)
     attribution_types: tuple[str, ...] = ("click", "cart", "purchase")
     exploration_slots: int = Field(default=0, ge=0, le=50)
@@ -256,6 +266,34 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Flags, then environment, then the TOML file (if `load_settings` named one)."""
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("model_dir", mode="before")
+    @classmethod
+    def _model_dir(cls, value: Any) -> Any:
+        """A path, or a `file://` URL (`file:///srv/models`, or `file:models`
+        relative). Models are read from a directory: with several hosts, one
+        they all mount (NFS, EFS, a volume). An object store (`s3://`,
+        `gs://`) is not read directly: mount it (s3fs, gcsfuse), or give
+        `sieve.registry.ModelRegistry` a backend for it — the registry is the
+        one place that reads and writes model files."""
+        if isinstance(value, Path):
+            value = str(value)
+        if not isinstance(value, str) or ":" not in value.split("/", 1)[0]:
+            return value
+        scheme, _, rest = value.partition(":")
+        if len(scheme) == 1:  # a drive letter, not a scheme
+            return value
+        if scheme.lower() != "file":
+            raise ValueError(
+                f"model_dir: {scheme}:// is not supported; give a path or a file:// URL "
+                "(an object store can be mounted as a directory)"
+            )
+        if rest.startswith("//"):
+            host, _, path = rest[2:].partition("/")
+            if host not in ("", "localhost"):
+                raise ValueError(f"model_dir: file://{host}/… names another host; mount it")
+            rest = "/" + path
+        return unquote(rest)
 
     @field_validator("event_weights")
     @classmethod

@@ -1,15 +1,37 @@
 """Exploration slots: the exploited head is the ranking, the tail comes from
 the bandit with exact propensities, previews teach nothing, clicks credit,
-and the state survives a restart through the cache."""
+the state survives a restart through the cache, and every process on one
+cache adds to the same exact sums."""
 
 from __future__ import annotations
 
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
 import pytest
 
+from servers import REDIS_URL, redis_problem
 from sieve.explore.slots import ExplorationSlots, make_policy
-from sieve.storage import MemoryCache
+from sieve.storage import Cache, MemoryCache, open_cache
 
 RANKED = [f"i{k:02d}" for k in range(20)]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def shared_cache(request: pytest.FixtureRequest) -> Iterator[Cache]:
+    """One cache several slot objects share: in-process, or a Redis prefix of its own."""
+    if request.param == "memory":
+        yield MemoryCache()
+        return
+    problem = redis_problem()
+    if problem:
+        pytest.skip(problem)
+    cache = open_cache(f"{REDIS_URL}?prefix=sieve_slots_test_{uuid.uuid4().hex}:")
+    yield cache
+    cache.clear_prefix("")
+    cache.close()
 
 
 def _ids(filled: list[tuple[str, float, bool]]) -> list[str]:
@@ -31,9 +53,8 @@ def test_head_is_the_ranking_and_tail_comes_from_the_pool() -> None:
 
 def test_epsilon_greedy_propensities_are_exact() -> None:
     slots = ExplorationSlots(seed=3)
-    policy = slots.policy("epsilon")
     pool = RANKED[2:]  # n=4, k=2: the pool is everything after the first two
-    policy.update_many(["i10", "i11"], [1.0, 1.0])  # the greedy pair
+    slots.bandit("epsilon").update_many(["i10", "i11"], [1.0, 1.0])  # the greedy pair
     filled = slots.fill(RANKED, n=4, k=2, policy="epsilon", key=str)
     eps, m, k = 0.1, len(pool), 2
     for item, p, _ in filled[2:]:
@@ -44,17 +65,17 @@ def test_epsilon_greedy_propensities_are_exact() -> None:
 
 def test_previews_teach_nothing_and_clicks_credit() -> None:
     slots = ExplorationSlots(seed=5)
-    policy = slots.policy("ucb1")
     slots.fill(RANKED, n=6, k=2, policy="ucb1", key=str, learn=False)
-    assert sum(policy.counts(RANKED)[0]) == 0  # type: ignore[attr-defined]
+    assert sum(slots.policy("ucb1").counts(RANKED)[0]) == 0
     filled = slots.fill(RANKED, n=6, k=2, policy="ucb1", key=str)
     explored = [item for item, _, e in filled if e]
-    pulls, rewards = policy.counts(explored)  # type: ignore[attr-defined]
+    pulls, rewards = slots.policy("ucb1").counts(explored)
     assert pulls.tolist() == [1.0, 1.0] and rewards.tolist() == [0.0, 0.0]
     slots.credit("ucb1", explored[0])
     slots.credit("ucb1", explored[0])  # a second click cannot exceed the pull
     slots.credit("ucb1", "never-shown")
-    assert policy.counts(explored)[1].tolist() == [1.0, 0.0]  # type: ignore[attr-defined]
+    assert slots.policy("ucb1").counts(explored)[1].tolist() == [1.0, 0.0]
+    assert slots.policy("ucb1").counts(["never-shown"])[1].tolist() == [0.0]
 
 
 def test_state_survives_a_restart_through_the_cache() -> None:
@@ -63,13 +84,36 @@ def test_state_survives_a_restart_through_the_cache() -> None:
     filled = first.fill(RANKED, n=5, k=2, policy="thompson", key=str)
     clicked = next(item for item, _, e in filled if e)
     first.credit("thompson", clicked)
-    first.save()
-    second = ExplorationSlots(cache, seed=8)
-    restored = second.policy("thompson")
-    assert restored.counts([clicked])[1].tolist() == [1.0]  # type: ignore[attr-defined]
-    cache.set_json("bandit:explore:epsilon", {"policy": "nope"})  # corrupt: start afresh
-    fresh = ExplorationSlots(cache).policy("epsilon")
-    assert fresh.to_dict() == make_policy("epsilon").to_dict()
+    restored = ExplorationSlots(cache, seed=8).policy("thompson")
+    assert restored.counts([clicked])[1].tolist() == [1.0]
+    assert sum(restored.counts(restored.arms)[0]) == 2  # both pulls
+
+
+def test_processes_on_one_cache_add_to_exact_sums(shared_cache: Cache) -> None:
+    """Three "replicas" (three slot objects on one cache) serve and credit at
+    once: the stored pulls and rewards are the exact totals."""
+    replicas = [ExplorationSlots(shared_cache, seed=k) for k in range(3)]
+    served: list[list[str]] = [[], [], []]
+
+    def serve(k: int) -> None:
+        for j in range(30):
+            filled = replicas[k].fill(RANKED, n=6, k=2, policy="thompson", key=str)
+            explored = [item for item, _, e in filled if e]
+            served[k].extend(explored)
+            if j % 3 == 0:  # a click on the first explored item, through another replica
+                replicas[(k + 1) % 3].credit("thompson", explored[0])
+
+    threads = [threading.Thread(target=serve, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    state = ExplorationSlots(shared_cache).policy("thompson")
+    shown = Counter(item for part in served for item in part)
+    pulls, rewards = state.counts(sorted(shown))
+    assert dict(zip(sorted(shown), pulls.tolist(), strict=True)) == dict(shown)
+    assert sum(rewards) == 3 * 10  # every click credited once, none lost
+    assert state.total == 3 * 30 * 2
 
 
 def test_short_lists_and_unknown_policies() -> None:

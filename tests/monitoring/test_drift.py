@@ -304,3 +304,29 @@ def test_background_checks_start_and_stop(tmp_path: Path) -> None:
             time.sleep(0.01)
         monitor.stop()
     assert len(monitor.latest()) == 4
+
+
+def test_replicas_on_one_cache_check_and_ask_as_one(tmp_path: Path) -> None:
+    """Two server processes' monitors on one cache: the results one ran are
+    every replica's latest, one claims each interval's run, and a drift asks
+    for one retrain, not one per replica."""
+    from sieve.storage import MemoryCache
+
+    settings = _settings(tmp_path)
+    cache = MemoryCache()
+    trigger = Path(settings.model_dir) / "RETRAIN"
+    with open_store(settings.store_url) as store:
+        _events(store, _draws(3000, ITEMS, seed=1), "ref")
+        _register(settings, store.max_seq(), time.time())
+        _events(store, _draws(2000, ITEMS[::-1], seed=2), "new")
+        first, second = (
+            DriftMonitor(settings, store, version=lambda: VERSION, cache=cache) for _ in range(2)
+        )
+        assert second.last() == []
+        results = first.check()
+        assert {r.check: r for r in results}["item_popularity"].fired and trigger.exists()
+        assert second.last() == results  # read from the cache
+        assert first._claim(60.0) and not second._claim(60.0)  # one run per interval
+        trigger.unlink()  # the worker took it; the second replica checks the same drift
+        assert {r.check: r for r in second.check()}["item_popularity"].fired
+    assert not trigger.exists()  # asked once, by the first replica

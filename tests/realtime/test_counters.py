@@ -199,3 +199,60 @@ def test_reads_while_the_memory_records_grow() -> None:
     writer.join()
     assert not errors
     assert np.isfinite(counters.item_features(["i199-99"], 1000.0)["recency_hours"]).all()
+
+
+def test_a_fold_whose_lease_ran_out_cannot_count_a_batch_twice(tmp_path: Path) -> None:
+    """Two processes on one Redis: the first fold's lease runs out mid-batch
+    and a second process folds the same events meanwhile; the first one's
+    commit is refused (its watermark moved), so each event counts once."""
+    problem = redis_problem()
+    if problem:
+        pytest.skip(problem)
+    url = f"{REDIS_URL}?prefix=sieve_fence_test_{uuid.uuid4().hex}:"
+    first, second = OnlineCounters(open_cache(url)), OnlineCounters(open_cache(url))
+    try:
+        with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
+            store.upsert_items([Item(id=i, title=i, categories=["x"]) for i in ("a", "b")])
+            store.append_events(
+                [
+                    Event(
+                        id=f"e{k}",
+                        user_id=f"u{k % 3}",
+                        item_id="ab"[k % 2],
+                        type="click",
+                        timestamp=datetime.fromtimestamp(1_000_000 + 60 * k, UTC),
+                    )
+                    for k in range(6)
+                ]
+            )
+
+            class Stalling:
+                """The store as the first fold sees it: while it reads the
+                batch's categories, its lease expires and another folds."""
+
+                def __init__(self) -> None:
+                    self.stalled = False
+
+                def __getattr__(self, name: str) -> object:
+                    return getattr(store, name)
+
+                def item_categories(self, items: list[str]) -> dict[str, list[str]]:
+                    if not self.stalled:
+                        self.stalled = True
+                        first.cache.delete(first.prefix + "v2:folding")  # the lease ran out
+                        assert second.catch_up(store) == 6
+                    return store.item_categories(items)
+
+            assert first.catch_up(Stalling()) == 0  # type: ignore[arg-type]
+            assert first.watermark() == second.watermark() == store.max_seq()
+            log = store.events_frame()
+        expected = OnlineCounters.replay(log, lambda i: ("x",))
+        now = 1_000_000 + 600.0
+        got = first.item_features(["a", "b"], now)
+        for key, want in expected.item_features(["a", "b"], now).items():
+            np.testing.assert_allclose(got[key], want, rtol=1e-12, err_msg=key)
+        assert first.user_features("u0", now)["events"] == 2
+    finally:
+        first.cache.clear_prefix("")
+        first.cache.close()
+        second.cache.close()

@@ -105,6 +105,42 @@ def test_serve_refuses_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "loopback" in " ".join(result.output.split())
 
 
+def test_serve_refuses_several_workers_on_a_per_process_cache(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    result = runner.invoke(app, ["serve", "--workers", "2", "--store", db])
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert "--workers 2 needs a cache every process shares" in said and "redis://" in said
+    memory_store = ["serve", "--workers", "3", "--store", "sqlite://", "--cache", "redis://x:1/0"]
+    result = runner.invoke(app, memory_store)
+    assert result.exit_code == 2 and "in-memory SQLite" in " ".join(result.output.split())
+
+
+def test_worker_processes_get_the_settings_the_command_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `--workers N` hands its processes: the settings as resolved, not
+    re-read from an environment that may differ."""
+    from sieve.serve.auth import hash_key
+    from sieve.serve.workers import SETTINGS_ENV, app_from_environment
+    from sieve.settings import ApiKey, EventSemantics, Settings
+
+    settings = Settings(
+        store_url=f"sqlite:///{tmp_path / 's.db'}",
+        cache_url="redis://127.0.0.1:6379/15?prefix=never-used:",
+        model_dir=f"file://{tmp_path}/models",
+        workers=2,
+        api_keys=(ApiKey(name="k", key_hash=hash_key("secret"), scopes=("admin",)),),
+        semantics=EventSemantics(click_types=("click", "cart")),
+        model_poll_seconds=0.25,
+    )
+    assert settings.model_dir == tmp_path / "models"
+    monkeypatch.setenv(SETTINGS_ENV, settings.model_dump_json())
+    monkeypatch.setenv("SIEVE_MODEL_POLL_SECONDS", "99")  # not read again
+    built = app_from_environment()
+    assert built.state.settings == settings
+
+
 def test_keys_hash_and_new() -> None:
     result = runner.invoke(app, ["keys", "hash", "secret"])
     assert result.output.strip() == hash_key("secret")

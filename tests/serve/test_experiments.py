@@ -130,10 +130,9 @@ def test_arms_are_sticky_and_exploration_slots_carry_propensities(serve: MakeCli
 
     # a click on an explored item credits the bandit at once
     item = body["items"][-1]["id"]
-    policy = engine.explorer.policy("thompson")
-    before = policy.counts([item])[1][0]  # type: ignore[attr-defined]
+    before = engine.explorer.policy("thompson").counts([item])[1][0]
     _click(client, user, item, body["request_id"])
-    assert policy.counts([item])[1][0] == before + 1  # type: ignore[attr-defined]
+    assert engine.explorer.policy("thompson").counts([item])[1][0] == before + 1
 
 
 def test_report_counts_what_was_served_and_clicked(serve: MakeClient) -> None:

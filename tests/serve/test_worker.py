@@ -114,3 +114,55 @@ def test_worker_once_from_the_command_line(trained: Any, copy: tuple[str, Path])
     assert result.exit_code == 0, result.output
     assert "promoted" in result.output or "rejected" in result.output
     assert len(ModelRegistry(models).list()) == 2
+
+
+def test_one_worker_trains_at_a_time_and_a_standby_takes_over(copy: tuple[str, Path]) -> None:
+    from typer.testing import CliRunner
+
+    from sieve.cli import app
+    from sieve.training.lease import LEASE_NAME, LeaseHeld
+
+    url, models = copy
+    settings = Settings(store_url=url, model_dir=models)
+    never = RetrainPolicy(every_seconds=None, after_events=None)
+    said: list[str] = []
+    active = Retrainer(settings, never)
+    standby = Retrainer(settings, never, say=said.append, sleep=lambda _: None)
+    try:
+        assert active.lease.acquire()
+        with pytest.raises(LeaseHeld, match="another worker holds the retraining lease"):
+            standby.run_once("test")
+        cli = CliRunner().invoke(
+            app, ["worker", "--once", "--store", url, "--model-dir", str(models)]
+        )
+        assert cli.exit_code == 1 and "another worker holds" in " ".join(cli.output.split())
+        standby.run_forever(poll_seconds=1.0, max_polls=3)  # waits, says so once
+        assert len(said) == 1 and "waiting" in said[0] and active.lease.holder in said[0]
+        assert len(ModelRegistry(models).list()) == 1  # nobody trained
+        active.close()  # the active worker stops: its lease is free
+        standby.run_forever(poll_seconds=1.0, max_polls=1)
+        assert said[-1] == "took the retraining lease: this worker is the active one"
+        assert standby.lease.store.lease(LEASE_NAME) is None  # given back when it stopped
+        with pytest.raises(ValueError, match="keeps no lease"):
+            standby.run_forever(poll_seconds=120.0, max_polls=1)
+    finally:
+        active.close()
+        standby.close()
+
+
+@pytest.mark.slow
+def test_a_candidate_whose_lease_was_lost_is_not_promoted(
+    trained: Any, copy: tuple[str, Path]
+) -> None:
+    url, models = copy
+    settings = Settings(store_url=url, model_dir=models, funnel_config=trained.funnel_config)
+    serving = ModelRegistry(models).current()
+    retrainer = Retrainer(settings, RetrainPolicy(max_users=100, tolerance=1.0))
+    try:
+        decision = retrainer._train_and_judge("test", lambda: False)  # lost while training
+    finally:
+        retrainer.close()
+    assert not decision.promoted and "lease was lost" in decision.why
+    registry = ModelRegistry(models)
+    assert registry.current() == serving
+    assert registry.manifest(decision.candidate).status == "rejected"

@@ -193,3 +193,41 @@ def test_set_many_then_get_many(cache: Cache) -> None:
     cache.set_many({"a": b"1", "b": b"2"})  # replaces, without a TTL
     cache.set_many({})
     assert cache.get_many(["a", "b", "c"]) == [b"1", b"2", None]
+
+
+def test_numeric_hashes_add_exactly(cache: Cache) -> None:
+    assert cache.hash_all("h") == {} and cache.hash_get("h", ["a"]) == [None]
+    cache.hash_incr("h", {"n:a": 1.0, "total": 1.0})
+    cache.hash_incr("h", {"n:a": 2.5, "s:a": 0.5})
+    cache.hash_incr("h", {})
+    assert cache.hash_all("h") == {"n:a": 3.5, "total": 1.0, "s:a": 0.5}
+    assert cache.hash_get("h", ["s:a", "n:a", "missing"]) == [0.5, 3.5, None]
+    # a capped increment never passes its cap field
+    assert cache.hash_incr_capped("h", "s:a", 2.0, "n:a") == 2.5
+    assert cache.hash_incr_capped("h", "s:a", 5.0, "n:a") == 3.5
+    assert cache.hash_incr_capped("h", "s:b", 1.0, "n:b") == 0.0
+    cache.set("plain", b"v")
+    with pytest.raises(CacheError):
+        cache.hash_incr("plain", {"x": 1.0})
+
+
+def test_numeric_hashes_sum_concurrent_writers(cache: Cache) -> None:
+    def add() -> None:
+        for _ in range(200):
+            cache.hash_incr("h", {"n": 1.0, "s": 0.5})
+
+    threads = [threading.Thread(target=add) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cache.hash_all("h") == {"n": 800.0, "s": 400.0}
+
+
+def test_commit_if_is_a_fenced_write(cache: Cache) -> None:
+    assert cache.commit_if({"x": b"1", "mark": b"5"}, "mark", None)
+    assert not cache.commit_if({"x": b"2", "mark": b"6"}, "mark", None)  # it moved
+    assert not cache.commit_if({"x": b"3", "mark": b"6"}, "mark", b"4")
+    assert cache.get("x") == b"1"
+    assert cache.commit_if({"x": b"4", "mark": b"6"}, "mark", b"5")
+    assert cache.get_many(["x", "mark"]) == [b"4", b"6"]

@@ -391,7 +391,13 @@ def test_migrations_upgrade_and_are_idempotent(target: StoreTarget) -> None:
     old = target.open(migrate=False)
     assert old.migrate(target=1) == 1  # a database as version 1 left it: no event log
     assert not sa.inspect(old.engine).has_table("events")
-    old.upsert_items([Item(id="kept")])
+    with old.engine.begin() as conn:  # written as version 1's code wrote it
+        conn.execute(
+            sa.text(
+                "INSERT INTO items (id, title, text, categories, available, attributes) "
+                "VALUES ('kept', '', '', '[]', TRUE, '{}')"
+            )
+        )
     old.close()
 
     store = target.open()  # opening upgrades it

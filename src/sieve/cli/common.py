@@ -76,7 +76,10 @@ StoreOpt = Annotated[
 ]
 CacheOpt = Annotated[str | None, typer.Option("--cache", help="cache URL (memory:// or redis://…)")]
 ModelDirOpt = Annotated[
-    Path | None, typer.Option("--model-dir", help="folder of trained funnels (and CURRENT)")
+    str | None,
+    typer.Option(
+        "--model-dir", help="folder of trained funnels (and CURRENT): a path or a file:// URL"
+    ),
 ]
 
 

@@ -32,7 +32,7 @@ def _version_arg(value: str) -> str:
         raise typer.BadParameter(str(e)) from None
 
 
-def _registry(model_dir: Path | None, config: Path | None) -> Any:
+def _registry(model_dir: str | None, config: Path | None) -> Any:
     from sieve.registry import ModelRegistry
 
     return ModelRegistry(_service_settings(config, model_dir=model_dir).model_dir)

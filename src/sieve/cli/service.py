@@ -61,6 +61,15 @@ def serve(
     store: StoreOpt = None,
     cache: CacheOpt = None,
     model_dir: ModelDirOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="server processes on this host, sharing the port (default 1; above 1 "
+            "needs a redis:// cache)",
+        ),
+    ] = None,
     precompute: Annotated[
         bool,
         typer.Option(
@@ -71,12 +80,10 @@ def serve(
         bool, typer.Option("--access-log/--no-access-log", help="log one line per request")
     ] = True,
 ) -> None:
-    """Serve the REST API (one process; docs at /docs) with the current model."""
-    import logging
-
-    import uvicorn
-
-    from sieve.serve.app import create_app
+    """Serve the REST API (docs at /docs) with the current model: one process,
+    or `--workers N` stateless replicas sharing the store and the cache (any
+    number of such processes, on any number of hosts, serve as one)."""
+    from sieve.serve.workers import check_workers, run
 
     with _clean_errors():
         settings = _service_settings(
@@ -86,15 +93,16 @@ def serve(
             store_url=store,
             cache_url=cache,
             model_dir=model_dir,
+            workers=workers,
             precompute=precompute or None,
         )
-        application = create_app(settings)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("faiss").setLevel(logging.WARNING)
-    logging.getLogger("sieve.serve.access").setLevel(
-        logging.INFO if access_log else logging.WARNING
-    )
-    uvicorn.run(application, host=settings.host, port=settings.port, access_log=False)
+        check_workers(settings)
+        if settings.workers > 1:
+            console.print(
+                f"serving with {settings.workers} processes on {settings.host}:{settings.port}",
+                soft_wrap=True,
+            )
+    run(settings, access_log=access_log)
 
 
 @app.command()
@@ -217,12 +225,26 @@ def worker(
         float, typer.Option("--tolerance", help="promote if ≥ serving × (1 − tolerance)")
     ] = 0.0,
     poll: Annotated[float, typer.Option("--poll", help="seconds between checks")] = 30.0,
+    lease_seconds: Annotated[
+        float,
+        typer.Option(
+            "--lease-seconds",
+            min=1.0,
+            help="the retraining lease lasts this long unrenewed (a standby worker takes "
+            "over after it); longer than --poll",
+        ),
+    ] = 120.0,
     once: Annotated[bool, typer.Option("--once", help="run one cycle now and exit")] = False,
 ) -> None:
-    """Retrain beside the server: on a schedule, after N new events or when
-    MODEL_DIR/RETRAIN appears; promote the candidate only if it is not worse
-    than the serving model on the most recent events, else keep the old one
-    and record why (`sieve models list` shows it)."""
+    """Retrain beside the servers: on a schedule, after N new events or when
+    MODEL_DIR/RETRAIN appears (a drift check writes it); promote the candidate
+    only if it is not worse than the serving model on the most recent events,
+    else keep the old one and record why (`sieve models list` shows it).
+    Replicas swap to a promoted version within their `model_poll_seconds`.
+
+    One worker is active at a time: it holds a lease in the store; others
+    wait (saying so) and take over when it stops renewing it."""
+    from sieve.training.lease import LeaseHeld
     from sieve.training.worker import Retrainer, RetrainPolicy
 
     with _clean_errors():
@@ -230,11 +252,23 @@ def worker(
             config, store_url=store, model_dir=model_dir, funnel_config=funnel_config
         )
         policy = RetrainPolicy(every_seconds=every, after_events=after_events, tolerance=tolerance)
-        retrainer = Retrainer(settings, policy)
-        if once:
-            d = retrainer.run_once("manual (`sieve worker --once`)")
-            verdict = "promoted" if d.promoted else "rejected"
-            out.print(f"{d.candidate} {verdict}: {d.why}", soft_wrap=True)
-            return
-        console.print(f"watching {settings.store_url} every {poll:.0f}s", soft_wrap=True)
-        retrainer.run_forever(poll_seconds=poll)
+        retrainer = Retrainer(
+            settings,
+            policy,
+            lease_seconds=lease_seconds,
+            say=lambda text: console.print(text, soft_wrap=True),
+        )
+        try:
+            if once:
+                try:
+                    d = retrainer.run_once("manual (`sieve worker --once`)")
+                except LeaseHeld as e:
+                    console.print(f"[yellow]{e}[/yellow]", soft_wrap=True)
+                    raise typer.Exit(code=1) from None
+                verdict = "promoted" if d.promoted else "rejected"
+                out.print(f"{d.candidate} {verdict}: {d.why}", soft_wrap=True)
+                return
+            console.print(f"watching {settings.store_url} every {poll:.0f}s", soft_wrap=True)
+            retrainer.run_forever(poll_seconds=poll)
+        finally:
+            retrainer.close()

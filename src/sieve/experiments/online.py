@@ -14,9 +14,11 @@
 - `assign(user)` gives the running experiments a user is in (hashing only:
   no store access on the request path);
 - experiments with ``allocation = "thompson"`` choose the arm of every request
-  with a Beta–Bernoulli Thompson sampler over the arms' request-level clicks
-  (state in the cache, so it survives a restart with Redis), and log the
-  propensity of that choice.
+  with a Beta–Bernoulli Thompson sampler over the arms' request-level clicks,
+  and log the propensity of that choice; its pulls and clicks are exact sums
+  in the cache every process adds to (`sieve.explore.shared.SharedBandit`),
+  so with Redis every replica allocates on every replica's traffic and a
+  restart keeps what was learned.
 
 `ExperimentBook.create` refuses an experiment that cannot run beside the
 running ones (`sieve.experiments.compose.conflicts`), whoever creates it.
@@ -39,10 +41,11 @@ import numpy as np
 from sieve.config import ConfigError
 from sieve.experiments.assignment import Assigner, Experiment, Layer, Variant
 from sieve.experiments.compose import conflicts
-from sieve.explore.bandits import ThompsonSampling, restore_policy
+from sieve.explore.bandits import ThompsonSampling
+from sieve.explore.shared import SharedBandit
 from sieve.settings import DEFAULT_SEMANTICS, EventSemantics
 from sieve.storage.base import Store, StoreError
-from sieve.storage.cache import Cache, CacheError
+from sieve.storage.cache import Cache, MemoryCache
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +186,14 @@ class ExperimentBook:
     ) -> None:
         self.store = store
         self.semantics = semantics
-        self.cache = cache
+        #: where the allocation bandits live (a private memory cache if none)
+        self.cache: Cache = cache if cache is not None else MemoryCache()
         self.refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
         self._records: dict[str, ExperimentRecord] = {}
         self._assigner = build_assigner([])
         self._loaded_at = -math.inf
-        self._bandits: dict[str, ThompsonSampling] = {}
-        self._dirty: set[str] = set()
+        self._bandits: dict[str, SharedBandit] = {}
         self._rng = np.random.default_rng(seed)
 
     # -------------------------------------------------------------- reading
@@ -304,12 +307,12 @@ class ExperimentBook:
     def _choose(self, exp: Experiment, learn: bool = True) -> Arm:
         """Adaptive allocation: Thompson sampling over the served arms."""
         names = [v.name for v in exp.served]
+        bandit = self._bandit(exp.name)
+        state = bandit.policy(names)  # the arms' counts now, every process's
         with self._lock:
-            bandit = self._bandit(exp.name)
-            chosen, propensity = bandit.select(names, self._rng, 1)
-            if learn:
-                bandit.update(chosen[0], 0.0)  # the pull; a click credits it later
-                self._dirty.add(exp.name)
+            chosen, propensity = state.select(names, self._rng, 1)
+        if learn:
+            bandit.pull(chosen)  # the pull; a click credits it later
         return Arm(exp, exp.variant(chosen[0]), max(float(propensity[0]), 1e-6))
 
     def pulled(self, arms: Sequence[Arm]) -> None:
@@ -317,32 +320,30 @@ class ExperimentBook:
         request applied, chosen by `assign(..., learn=False)`. An arm chosen but
         not applied (dropped by the serving planner) must not count, or its
         bandit would learn from traffic it never served."""
-        with self._lock:
-            for arm in arms:
-                if arm.experiment.allocation == "thompson":
-                    self._bandit(arm.experiment.name).update(arm.name, 0.0)
-                    self._dirty.add(arm.experiment.name)
+        for arm in arms:
+            if arm.experiment.allocation == "thompson":
+                self._bandit(arm.experiment.name).pull([arm.name])
 
-    def _bandit(self, name: str) -> ThompsonSampling:
-        bandit = self._bandits.get(name)
-        if bandit is None:
-            restored = restore_policy(self.cache, _bandit_key(name), ThompsonSampling(n_draws=500))
-            if not isinstance(restored, ThompsonSampling):
-                log.warning("allocation state of %r is not Thompson sampling: ignored", name)
-                restored = ThompsonSampling(n_draws=500)
-            bandit = self._bandits[name] = restored
-        return bandit
+    def _bandit(self, name: str) -> SharedBandit:
+        with self._lock:
+            bandit = self._bandits.get(name)
+            if bandit is None:
+                bandit = self._bandits[name] = SharedBandit(
+                    self.cache, _bandit_key(name), lambda: ThompsonSampling(n_draws=500)
+                )
+            return bandit
 
     def clicked(self, experiment: str, arm: str, reward: float = 1.0) -> None:
         """A click on a request of `experiment` served by `arm`, worth `reward`
         (`semantics.reward(event.type)`): adaptive allocation learns from it;
-        fixed splits need nothing."""
+        fixed splits need nothing. An experiment this process has not read yet
+        (created on another replica a moment ago) is credited all the same:
+        the credit is capped by the arm's stored pulls, so an arm never served
+        gets nothing."""
         record = self._records.get(experiment)
-        if record is None or record.experiment.allocation != "thompson" or reward <= 0:
+        if reward <= 0 or (record is not None and record.experiment.allocation != "thompson"):
             return
-        with self._lock:
-            self._bandit(experiment).credit(arm, reward)
-            self._dirty.add(experiment)
+        self._bandit(experiment).credit(arm, reward)
 
     def credit_event(self, experiment: str, arm: str, event_type: str) -> bool:
         """Credit an event of `event_type` citing a request of `arm` with its
@@ -353,34 +354,23 @@ class ExperimentBook:
         self.clicked(experiment, arm, reward)
         return True
 
-    def save_state(self) -> None:
-        """Write changed allocation bandits to the cache (called periodically)."""
-        if self.cache is None:
-            return
-        with self._lock:
-            dirty, self._dirty = self._dirty, set()
-            states = {n: self._bandits[n].to_dict() for n in dirty if n in self._bandits}
-        for name, state in states.items():
-            try:
-                self.cache.set_json(_bandit_key(name), state)
-            except CacheError:
-                log.warning("cache unavailable: allocation state of %r not saved", name)
-
     def allocation(self, name: str) -> dict[str, dict[str, float]] | None:
-        """Pulls and clicks per arm of an adaptively allocated experiment."""
-        bandit = self._bandits.get(name)
-        if bandit is None:
+        """Pulls (requests) and clicks per served arm of an adaptively
+        allocated experiment, as stored now (every process's); None for an
+        unknown or fixed-split experiment."""
+        record = self._records.get(name)
+        if record is None or record.experiment.allocation != "thompson":
             return None
-        with self._lock:
-            pulls, sums = bandit.counts(bandit.arms)
-            return {
-                a: {"requests": float(n), "clicks": float(s)}
-                for a, n, s in zip(bandit.arms, pulls, sums, strict=True)
-            }
+        arms = [v.name for v in record.experiment.served]
+        pulls, sums = self._bandit(name).counts(arms)
+        return {
+            a: {"requests": float(n), "clicks": float(s)}
+            for a, n, s in zip(arms, pulls, sums, strict=True)
+        }
 
 
 def _bandit_key(name: str) -> str:
-    return f"bandit:allocation:{name}"
+    return f"bandit:v2:allocation:{name}"
 
 
 __all__ = [

@@ -62,6 +62,7 @@ FloatArray = NDArray[np.float64]
 __all__ = [
     "UCB1",
     "BanditPolicy",
+    "CountPolicy",
     "EpsilonGreedy",
     "EpsilonGreedyConfig",
     "LinUCB",
@@ -201,6 +202,9 @@ class _CountPolicy(BanditPolicy):
         self._index: dict[str, int] = {}
         self.pulls = np.zeros(0)
         self.rewards = np.zeros(0)
+        #: all pulls of every arm (UCB1's N) when the state holds only some
+        #: arms (a shared bandit reads the candidates'); None: the sum of `pulls`
+        self.total: float | None = None
 
     @property
     def arms(self) -> list[str]:
@@ -296,6 +300,10 @@ class _CountPolicy(BanditPolicy):
     ) -> FloatArray: ...
 
 
+#: The policies whose state is per-arm pull counts and reward sums.
+CountPolicy = _CountPolicy
+
+
 @dataclass(frozen=True)
 class EpsilonGreedyConfig(Config):
     """`epsilon`: probability of exploring (n arms uniformly at random)."""
@@ -371,7 +379,7 @@ class UCB1(_CountPolicy):
     def index(self, arms: Sequence[str]) -> FloatArray:
         """x̄_a + c·√(2 ln N / n_a) (+inf for untried arms)."""
         pulls, sums = self.counts(list(arms))
-        total = max(float(self.pulls.sum()), 1.0)
+        total = max(float(self.pulls.sum() if self.total is None else self.total), 1.0)
         safe = np.maximum(pulls, 1.0)
         bonus = self.config.c * np.sqrt(2.0 * math.log(total) / safe)
         return np.where(pulls > 0, sums / safe + bonus, np.inf)

@@ -7,39 +7,31 @@ propensity — its inclusion probability under the policy — is logged with the
 impression, which is what off-policy evaluation divides by; exploited slots
 have propensity 1 (the ranking is deterministic given the state).
 
-One policy per process per policy name, updated in real time: a served
-exploration slot counts a pull at once (`update(item, 0)`), a click that cites
-the request credits it (`credit(item, 1)`). The state is written to the cache
-(`bandit:explore:<policy>`) by `save`, which the engine calls periodically,
-and read back at start, so a restart with Redis keeps what was learned.
-Several processes each learn from their own traffic and the last writer's
-state is what a restart reads — a documented limit, not a shared counter.
+One bandit per policy name, shared by every server process: its pulls and
+rewards are exact sums in the cache (`sieve.explore.shared.SharedBandit`,
+key `bandit:v2:explore:<policy>`). A served exploration slot counts a pull at
+once, a click that cites the request credits it; each choice is made on the
+state of that moment, read from the cache. With Redis every replica learns
+from every replica's traffic and a restart keeps what was learned; with the
+per-process memory cache the state lives as long as the process.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
 
-from sieve.explore.bandits import (
-    UCB1,
-    BanditPolicy,
-    EpsilonGreedy,
-    ThompsonSampling,
-    restore_policy,
-)
-from sieve.storage.cache import Cache, CacheError
-
-log = logging.getLogger(__name__)
+from sieve.explore.bandits import UCB1, CountPolicy, EpsilonGreedy, ThompsonSampling
+from sieve.explore.shared import SharedBandit
+from sieve.storage.cache import Cache, MemoryCache
 
 T = TypeVar("T")
 
 
-def make_policy(name: str, epsilon: float = 0.1) -> BanditPolicy:
+def make_policy(name: str, epsilon: float = 0.1) -> CountPolicy:
     """A fresh item policy by name: thompson, ucb1 or epsilon."""
     if name == "thompson":
         return ThompsonSampling(n_draws=200)
@@ -54,24 +46,25 @@ class ExplorationSlots:
     """Bandit-filled tail slots with logged propensities (see the module doc)."""
 
     def __init__(self, cache: Cache | None = None, seed: int | None = None) -> None:
-        self.cache = cache
-        self._policies: dict[str, BanditPolicy] = {}
-        self._dirty: set[str] = set()
+        self.cache: Cache = cache if cache is not None else MemoryCache()
+        self._bandits: dict[str, SharedBandit] = {}
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
 
-    def policy(self, name: str) -> BanditPolicy:
-        """The process's policy `name`, restored from the cache on first use."""
+    def bandit(self, name: str) -> SharedBandit:
+        """The shared bandit of policy `name`."""
         with self._lock:
-            return self._policy(name)
+            bandit = self._bandits.get(name)
+            if bandit is None:
+                make_policy(name)  # an unknown name fails here
+                bandit = self._bandits[name] = SharedBandit(
+                    self.cache, _key(name), lambda: make_policy(name)
+                )
+            return bandit
 
-    def _policy(self, name: str) -> BanditPolicy:
-        policy = self._policies.get(name)
-        if policy is None:
-            policy = self._policies[name] = restore_policy(
-                self.cache, _key(name), make_policy(name)
-            )
-        return policy
+    def policy(self, name: str) -> CountPolicy:
+        """A copy of policy `name`'s state now, every arm's counts (for inspection)."""
+        return self.bandit(name).state()
 
     def fill(
         self,
@@ -94,12 +87,12 @@ class ExplorationSlots:
             return keep
         take = min(k, len(pool))
         arms = [key(item) for item in pool]
-        with self._lock:
-            bandit = self._policy(policy)
-            chosen, propensities = bandit.select(arms, self._rng, take)
-            if learn:
-                bandit.update_many(chosen, np.zeros(len(chosen)))  # the pulls
-                self._dirty.add(policy)
+        bandit = self.bandit(policy)
+        state = bandit.policy(arms)  # the candidates' counts now
+        with self._lock:  # one generator for the process
+            chosen, propensities = state.select(arms, self._rng, take)
+        if learn:
+            bandit.pull(chosen)
         by_arm = dict(zip(arms, pool, strict=True))
         explored = [
             (by_arm[arm], float(max(p, 1e-6)), True)
@@ -108,30 +101,12 @@ class ExplorationSlots:
         return keep + explored
 
     def credit(self, policy: str, item_id: str, reward: float = 1.0) -> None:
-        """A click on an explored item served by `policy`."""
-        with self._lock:
-            bandit = self._policies.get(policy)
-            credit = getattr(bandit, "credit", None)
-            if credit is not None:
-                credit(item_id, reward)
-                self._dirty.add(policy)
-
-    def save(self) -> None:
-        """Write changed policies to the cache."""
-        if self.cache is None:
-            return
-        with self._lock:
-            dirty, self._dirty = self._dirty, set()
-            states = {n: self._policies[n].to_dict() for n in dirty}
-        for name, state in states.items():
-            try:
-                self.cache.set_json(_key(name), state)
-            except CacheError:
-                log.warning("cache unavailable: exploration state %r not saved", name)
+        """A click on an explored item served by `policy` (never past its pulls)."""
+        self.bandit(policy).credit(item_id, reward)
 
 
 def _key(name: str) -> str:
-    return f"bandit:explore:{name}"
+    return f"bandit:v2:explore:{name}"
 
 
 __all__ = ["ExplorationSlots", "make_policy"]

@@ -58,8 +58,14 @@ Only the serving version's impressions are compared, so after a retrain the
 CTR and score checks wait until the new model has served
 `drift_min_impressions` slots before the window.
 
-Size: the PSI and CTR-drop statistics (pure functions) and the monitor that
-runs them over bounded windows of the store; the statistics are a third of it.
+Several server processes on one shared cache check as one: each interval
+one of them (the first to claim `drift:running`) runs the checks, the
+latest results are kept in the cache (`drift:latest`) for every replica's
+`GET /monitoring/drift` and gauges, and "asked once per version and check"
+is a claim in the cache too, so N replicas never ask for N retrains.
+
+The statistics (PSI, popularity bins, CTR drop) are pure functions in
+`sieve.monitoring.psi`, re-exported here.
 """
 
 from __future__ import annotations
@@ -70,160 +76,43 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
-from numpy.typing import ArrayLike, NDArray
 from prometheus_client import CollectorRegistry, Gauge
 
 from sieve.monitoring.metrics import click_types
+from sieve.monitoring.psi import (
+    EPS,
+    PopularityBins,
+    binned_psi,
+    categorical_psi,
+    clicked_slots,
+    popularity_psi,
+    psi,
+    quantile_edges,
+    relative_drop,
+)
 from sieve.registry import ModelRegistry, RegistryError
 
 if TYPE_CHECKING:
     from sieve.settings import Settings
-    from sieve.storage import Store
+    from sieve.storage import Cache, Store
 
 log = logging.getLogger(__name__)
 
-#: The share an empty bin gets, so its log term stays finite.
-EPS = 1e-4
 #: The checks in the order they are reported.
 CHECKS = ("item_popularity", "event_types", "served_scores", "ctr_drop")
 #: The retraining trigger's file name (`sieve.training.worker.TRIGGER`; not imported:
 #: monitoring sits below training).
 TRIGGER = "RETRAIN"
-
-
-# ------------------------------------------------------------------ PSI
-def psi(expected: ArrayLike, actual: ArrayLike, eps: float = EPS) -> float:
-    """PSI of `actual` against `expected`, two counts (or shares) over the same bins."""
-    e = np.asarray(expected, dtype=np.float64)
-    a = np.asarray(actual, dtype=np.float64)
-    if e.ndim != 1 or e.shape != a.shape:
-        raise ValueError(f"two 1-d arrays over the same bins expected, got {e.shape}, {a.shape}")
-    if (e < 0).any() or (a < 0).any() or e.sum() <= 0 or a.sum() <= 0:
-        raise ValueError("counts must be non-negative with a positive total")
-    e = np.maximum(e / e.sum(), eps)
-    a = np.maximum(a / a.sum(), eps)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def quantile_edges(reference: ArrayLike, bins: int = 10) -> NDArray[np.float64]:
-    """Inner edges of `bins` quantile bins of `reference` (ties merged, so a
-    reference with few distinct values gets fewer bins)."""
-    ref = np.asarray(reference, dtype=np.float64)
-    ref = ref[np.isfinite(ref)]
-    if len(ref) == 0:
-        raise ValueError("the reference has no finite value")
-    qs = np.quantile(ref, np.linspace(0.0, 1.0, bins + 1)[1:-1])
-    return np.unique(qs)
-
-
-def binned_psi(reference: ArrayLike, recent: ArrayLike, bins: int = 10, eps: float = EPS) -> float:
-    """PSI of a numeric sample against a reference sample, over the reference's
-    quantile bins (bin k holds values in [edge_{k-1}, edge_k); the outer bins
-    are open-ended, so recent values beyond the reference's range still count)."""
-    ref = np.asarray(reference, dtype=np.float64)
-    new = np.asarray(recent, dtype=np.float64)
-    ref, new = ref[np.isfinite(ref)], new[np.isfinite(new)]
-    edges = quantile_edges(ref, bins)
-    k = len(edges) + 1
-    e = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=k)
-    a = np.bincount(np.searchsorted(edges, new, side="right"), minlength=k)
-    return psi(e, a, eps)
-
-
-def categorical_psi(reference: Iterable[Any], recent: Iterable[Any], eps: float = EPS) -> float:
-    """PSI of the category mix of `recent` against `reference` (one value per event)."""
-    e = pd.Series(list(reference)).value_counts()
-    a = pd.Series(list(recent)).value_counts()
-    keys = sorted(set(e.index) | set(a.index), key=str)
-    return psi(e.reindex(keys, fill_value=0), a.reindex(keys, fill_value=0), eps)
-
-
-@dataclass(frozen=True)
-class PopularityBins:
-    """Items cut into bins of about equal reference event mass (see the module doc)."""
-
-    bin_of: pd.Series  # item id → bin (0 = the head)
-    expected: NDArray[np.float64]  # reference events per bin
-
-    @classmethod
-    def fit(cls, items: Iterable[Any], bins: int = 10) -> PopularityBins:
-        """Bins from the reference events' item ids (one per event)."""
-        return cls.from_counts(pd.Series(list(items), dtype=object).value_counts(), bins)
-
-    @property
-    def bins(self) -> int:
-        return len(self.expected)
-
-    @classmethod
-    def from_counts(cls, counts: pd.Series, bins: int = 10) -> PopularityBins:
-        """Bins from reference event counts per item id (`Store.event_counts`):
-        by count, most popular first; ties by id, so the cut is deterministic."""
-        counts = counts.loc[counts > 0]
-        if counts.empty:
-            raise ValueError("no reference events")
-        order = counts.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
-        n = order.to_numpy(dtype=np.int64)
-        before = np.cumsum(n) - n  # events of the items ranked above
-        b = np.minimum(before * bins // int(n.sum()), bins - 1)
-        expected = np.bincount(b, weights=n, minlength=bins).astype(np.float64)
-        return cls(pd.Series(b, index=order.index), expected)
-
-    def counts_of(self, per_item: pd.Series) -> NDArray[np.float64]:
-        """Events per bin from event counts per item id (unknown items in the tail bin)."""
-        b = pd.Series(per_item.index, dtype=object).map(self.bin_of)
-        k = b.fillna(self.bins - 1).to_numpy(dtype=np.int64)
-        w = per_item.to_numpy(dtype=np.float64)
-        return np.bincount(k, weights=w, minlength=self.bins).astype(np.float64)
-
-    def counts(self, items: Iterable[Any]) -> NDArray[np.float64]:
-        """Events per bin of `items` (unknown items in the tail bin)."""
-        b = pd.Series(list(items), dtype=object).map(self.bin_of)
-        k = b.fillna(self.bins - 1).to_numpy(dtype=np.int64)
-        return np.bincount(k, minlength=self.bins).astype(np.float64)
-
-    def psi(self, items: Iterable[Any], eps: float = EPS) -> float:
-        return psi(self.expected, self.counts(items), eps)
-
-
-def popularity_psi(
-    reference: Iterable[Any], recent: Iterable[Any], bins: int = 10, eps: float = EPS
-) -> float:
-    """PSI of recent events' items over the reference's popularity bins."""
-    return PopularityBins.fit(reference, bins).psi(recent, eps)
-
-
-# ------------------------------------------------------------------ CTR
-def clicked_slots(
-    impressions: pd.DataFrame, events: pd.DataFrame, kinds: Sequence[str]
-) -> NDArray[np.bool_]:
-    """Per shown slot (impressions_frame rows): whether a click event of `kinds`
-    cites its request and item."""
-    if impressions.empty:
-        return np.zeros(0, dtype=bool)
-    clicks = events.loc[events["request_id"].notna() & events["type"].isin(list(kinds))]
-    if clicks.empty:
-        return np.zeros(len(impressions), dtype=bool)
-    pairs = pd.MultiIndex.from_arrays(
-        [clicks["request_id"].astype(str), clicks["item_id"].astype(str)]
-    )
-    slots = pd.MultiIndex.from_arrays(
-        [impressions["request_id"].astype(str), impressions["item_id"].astype(str)]
-    )
-    return np.asarray(slots.isin(pairs), dtype=bool)
-
-
-def relative_drop(reference: float, recent: float) -> float:
-    """(reference − recent) / reference; positive when the recent value is lower."""
-    if reference <= 0:
-        raise ValueError("the reference must be positive")
-    return (reference - recent) / reference
+#: Cache keys of the latest results, of the claim of a run and of an asked retrain.
+LATEST_KEY = "drift:latest"
+RUNNING_KEY = "drift:running"
+ASKED_TTL = 30 * 86_400.0
 
 
 # ------------------------------------------------------------------ results
@@ -278,8 +167,11 @@ class DriftMonitor:
         clock: Callable[[], float] = time.time,
         sample_events: int = 200_000,
         sample_slots: int = 100_000,
+        cache: Cache | None = None,
     ) -> None:
         self.settings = settings
+        #: shared with the other server processes (None: this process alone)
+        self.cache = cache
         self.store = store
         self.model_dir = Path(settings.model_dir)
         self.window_seconds = window_seconds
@@ -325,12 +217,20 @@ class DriftMonitor:
 
     # ------------------------------------------------------------ running
     def last(self) -> list[CheckResult]:
-        """The latest results (empty before the first check)."""
+        """The latest results (empty before the first check): any replica's,
+        from the shared cache, when there is one."""
+        if self.cache is not None:
+            try:
+                raw = self.cache.get_json(LATEST_KEY)
+            except Exception:  # the cache's failure: this process's own results
+                raw = None
+            if isinstance(raw, list):
+                return [CheckResult(**r) for r in raw]
         return list(self._results)
 
     def latest(self) -> list[dict[str, Any]]:
         """The latest results as JSON-able dicts (empty before the first check)."""
-        return [r.as_dict() for r in self._results]
+        return [r.as_dict() for r in self.last()]
 
     def start(self, interval: float | None = None) -> threading.Event | None:
         """Check every `interval` seconds (default `drift_check_seconds`) in a
@@ -343,7 +243,10 @@ class DriftMonitor:
         def loop() -> None:
             while not stop.wait(interval):
                 try:
-                    self.check()
+                    if self._claim(interval):
+                        self.check()
+                    else:  # another replica checks this interval
+                        self._export(self.last(), self._clock())
                 except Exception:  # a failed check must not end the loop
                     log.exception("drift check failed")
 
@@ -371,8 +274,40 @@ class DriftMonitor:
                 results = self._run(version, now)
             self._results = results
             self._export(results, now)
+            self._publish(results)
             self._trigger(version, results)
             return results
+
+    def _claim(self, interval: float) -> bool:
+        """Whether this process runs this interval's checks (the first replica
+        to claim it; always, with no shared cache)."""
+        if self.cache is None:
+            return True
+        try:
+            return self.cache.add(RUNNING_KEY, b"1", max(0.5 * interval, interval - 1.0))
+        except Exception:  # the cache's failure: check here
+            return True
+
+    def _publish(self, results: Sequence[CheckResult]) -> None:
+        if self.cache is None:
+            return
+        try:
+            self.cache.set_json(LATEST_KEY, [r.as_dict() for r in results])
+        except Exception:
+            log.warning("drift results not shared: cache unavailable", exc_info=True)
+
+    def _ask(self, version: str, check: str) -> bool:
+        """True the first time a retrain is asked for this version and check,
+        in this process and (with a shared cache) in every replica."""
+        if (version, check) in self._triggered:
+            return False
+        self._triggered.add((version, check))
+        if self.cache is None:
+            return True
+        try:
+            return self.cache.add(f"drift:asked:{version}:{check}", b"1", ASKED_TTL)
+        except Exception:
+            return True
 
     # ------------------------------------------------------------ checks
     def _threshold(self, check: str) -> float:
@@ -509,10 +444,9 @@ class DriftMonitor:
         """Write `model_dir/RETRAIN` for checks that fired and have not asked yet."""
         if version is None:
             return
-        fired = [r for r in results if r.fired and (version, r.check) not in self._triggered]
+        fired = [r for r in results if r.fired and self._ask(version, r.check)]
         if not fired:
             return
-        self._triggered.update((version, r.check) for r in fired)
         path = self.model_dir / TRIGGER
         if path.exists():  # a trigger is waiting already: keep its reason
             return

@@ -19,7 +19,7 @@ kind of record is read and written once per batch. Item and user states are
 fixed-width float64 records. With a shared cache (Redis) they are stored as
 bytes under keys, one `get_many` (MGET) and one `set_many` (MSET) per kind
 and batch, decoded with one `frombuffer`; with the per-process memory cache
-they live beside it in process memory (`_LocalRecords`: a row per key in one
+they live beside it in process memory (`records.LocalRecords`: a row per key in one
 matrix, no bytes, not subject to the cache's LRU bound nor evicting its
 entries). A 5,000-event batch costs ~8 ms in memory (the first, JSON-per-key
 version: ~300 ms).
@@ -32,11 +32,15 @@ is overwritten by the next update.
 
 Concurrency: in a service the counters are written by one path only,
 `catch_up`, which folds the stored log in seq order under a lease in the
-cache, so one process folds at a time and every event is folded once.
+cache, so one process folds at a time and every event is folded once; with a
+shared cache each batch commits its records and the watermark in one fenced
+step (`Cache.commit_if`), so two folders can never both count a batch. The
+windows decay, so a record is not a sum that processes could add to on their
+own (`HINCRBYFLOAT`): one seq-ordered, fenced writer keeps it exact.
 
 Size: the write path (fold), the read path (features) and the log replay of
 training live in one class on purpose, so training and serving compute the
-features with the same code; the record stores are the rest.
+features with the same code; the record stores are in `sieve.realtime.records`.
 """
 
 from __future__ import annotations
@@ -47,8 +51,6 @@ import math
 import os
 import struct
 import threading
-import weakref
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -57,6 +59,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from sieve.realtime.records import CacheRecords, Records, StagedRecords, local_records
 from sieve.settings import DEFAULT_SEMANTICS, EventSemantics
 from sieve.storage.cache import Cache, MemoryCache
 
@@ -128,8 +131,8 @@ class OnlineCounters:
         self.semantics = semantics
         # a process-local cache gets process-local arrays (no bytes per key);
         # a shared one (Redis) holds the records themselves
-        self._records: _Records = (
-            _local_records(cache) if isinstance(cache, MemoryCache) else _CacheRecords(cache)
+        self._records: Records = (
+            local_records(cache) if isinstance(cache, MemoryCache) else CacheRecords(cache)
         )
         self.windows = dict(windows or WINDOWS)
         self.prefix = prefix
@@ -162,8 +165,10 @@ class OnlineCounters:
         types: Sequence[str] | NDArray[np.object_],
         timestamps: Sequence[float] | NDArray[np.float64],
         categories: CategoriesOf | None = None,
+        records: Records | None = None,
     ) -> None:
-        """Fold a batch of events, given column-wise, into the counters.
+        """Fold a batch of events, given column-wise, into the counters
+        (`records`: where they go, default the counters' own).
 
         Exact and order-free: a windowed value at a key's latest time T is the
         stored value aged to T plus Σ exp(−(T − t_e)/window) over the batch's
@@ -179,16 +184,21 @@ class OnlineCounters:
         ucode, uids = _factorize(users)
         uend = _group_max(ucode, ts, len(uids))
         cat_adds = self._category_sums(item_arr, ts, ucode, uend, categories) if categories else {}
+        into = self._records if records is None else records
         with self._lock:
             counted = kind >= 0
             if counted.any():
-                self._merge_items(item_arr[counted], kind[counted], ts[counted])
-            self._merge_users(uids, ucode, uend)
+                self._merge_items(into, item_arr[counted], kind[counted], ts[counted])
+            self._merge_users(into, uids, ucode, uend)
             if cat_adds:
-                self._merge_categories(uids, uend, cat_adds)
+                self._merge_categories(into, uids, uend, cat_adds)
 
     def _merge_items(
-        self, items: NDArray[np.object_], kind: NDArray[np.int64], ts: NDArray[np.float64]
+        self,
+        records: Records,
+        items: NDArray[np.object_],
+        kind: NDArray[np.int64],
+        ts: NDArray[np.float64],
     ) -> None:
         icode, ids = _factorize(items)
         n, n_cols, n_win = len(ids), len(self._col_lengths), len(self._lengths)
@@ -199,7 +209,7 @@ class OnlineCounters:
         for j, length in enumerate(self._lengths):
             adds += np.bincount(flat + j, weights=np.exp(-age / length), minlength=n * n_cols)
         keys = [self._item_key(i) for i in ids]
-        state, present = self._records.read(keys, self._item_width)
+        state, present = records.read(keys, self._item_width)
         t_old = np.where(present, state[:, 0], end)
         final = np.maximum(end, t_old)
         lengths = self._col_lengths[None, :]
@@ -207,16 +217,20 @@ class OnlineCounters:
         added = np.exp(-(final - end)[:, None] / lengths)  # the batch's sums, to `final`
         state[:, 1:] = state[:, 1:] * aged + adds.reshape(n, n_cols) * added
         state[:, 0] = final
-        self._records.write(keys, state)
+        records.write(keys, state)
 
     def _merge_users(
-        self, uids: list[str], ucode: NDArray[np.int64], uend: NDArray[np.float64]
+        self,
+        records: Records,
+        uids: list[str],
+        ucode: NDArray[np.int64],
+        uend: NDArray[np.float64],
     ) -> None:
         keys = [self._user_key(u) for u in uids]
-        state, present = self._records.read(keys, _USER_WIDTH)
+        state, present = records.read(keys, _USER_WIDTH)
         state[:, 0] += np.bincount(ucode, minlength=len(uids))
         state[:, 1] = np.maximum(np.where(present, state[:, 1], -np.inf), uend)
-        self._records.write(keys, state)
+        records.write(keys, state)
 
     def _category_sums(
         self,
@@ -251,13 +265,17 @@ class OnlineCounters:
         return out
 
     def _merge_categories(
-        self, uids: list[str], uend: NDArray[np.float64], adds: dict[int, dict[str, float]]
+        self,
+        records: Records,
+        uids: list[str],
+        uend: NDArray[np.float64],
+        adds: dict[int, dict[str, float]],
     ) -> None:
         codes = list(adds)
         keys = [self._category_key(uids[c]) for c in codes]
         week = self._week
         out: dict[str, bytes] = {}
-        for key, code, blob in zip(keys, codes, self._records.get_many(keys), strict=True):
+        for key, code, blob in zip(keys, codes, records.get_many(keys), strict=True):
             end = float(uend[code])
             new = adds[code]
             if blob is not None:
@@ -272,7 +290,7 @@ class OnlineCounters:
                 out[key] = _pack_categories(final, merged)
             else:
                 out[key] = _pack_categories(end, new)
-        self._records.set_many(out)
+        records.set_many(out)
 
     # ------------------------------------------------------------- replaying
     @classmethod
@@ -312,21 +330,28 @@ class OnlineCounters:
         once, whichever process appended it and whenever the cache was emptied
         (no event is counted twice and none is skipped). One process at a time
         folds, holding a lease in the cache (`lease_seconds`, renewed before
-        each batch is counted); others return 0 at once. A fold whose lease ran
-        out (a batch read that took longer) stops before counting: another
-        process may have taken over from the same watermark. Item categories
-        come from the store's catalog. A crash between a batch's records and
-        its watermark re-folds that one batch."""
+        each batch is counted); others return 0 at once. Item categories come
+        from the store's catalog.
+
+        With a shared cache a batch is a fenced transaction: its records and
+        the new watermark are written in one atomic step, and only if the
+        watermark is still the one the batch started from (`Cache.commit_if`),
+        so even a fold whose lease ran out mid-batch (another process took
+        over from the same watermark) cannot count a batch twice: the later
+        commit is refused and its work dropped. With the per-process cache a
+        crash loses the counters anyway (they are rebuilt from the log)."""
         lease = self.prefix + _LEASE
+        mark = self.prefix + _WATERMARK
         token = os.urandom(8).hex().encode()
         if not self.cache.add(lease, token, lease_seconds):
             return 0
+        shared = isinstance(self._records, CacheRecords)
         folded = 0
         try:
             done = 0
             while max_batches is None or done < max_batches:
-                upto = self.watermark()
-                frame = store.events_frame(since_seq=upto, limit=batch)
+                raw = self._records.get_many([mark])[0]
+                frame = store.events_frame(since_seq=int(raw) if raw else 0, limit=batch)
                 if frame.empty:
                     break
                 if not self._renew(lease, token, lease_seconds):
@@ -335,15 +360,21 @@ class OnlineCounters:
                 items = sorted(set(frame["item_id"].astype(str)))
                 found = store.item_categories(items)
                 table = {i: tuple(found.get(i, ())) for i in items}
+                staged = StagedRecords(self._records) if shared else None
                 self.update_columns(
                     frame["user_id"].astype(str).to_numpy(object),
                     frame["item_id"].astype(str).to_numpy(object),
                     frame["type"].astype(str).to_numpy(object),
                     frame["timestamp"].to_numpy(np.float64),
                     functools.partial(_categories_in, table),
+                    records=staged,
                 )
-                last = int(frame["seq"].max())
-                self._records.set_many({self.prefix + _WATERMARK: str(last).encode()})
+                upto = str(int(frame["seq"].max())).encode()
+                if staged is None:
+                    self._records.set_many({mark: upto})
+                elif not self.cache.commit_if({**staged.values, mark: upto}, mark, raw):
+                    log.warning("online counters: another process folded these events first")
+                    break
                 folded += len(frame)
                 done += 1
                 if len(frame) < batch:
@@ -449,132 +480,6 @@ class OnlineCounters:
 
     def _category_key(self, user_id: str) -> str:
         return f"{self.prefix}v2:ucat:{user_id}"
-
-
-class _Records(ABC):
-    """Where the counters' records live: fixed-width float64 records (items,
-    users) read and written in bulk, and byte values (category records)."""
-
-    @abstractmethod
-    def read(
-        self, keys: Sequence[str], width: int
-    ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-        """Records of `width` floats (zeros where absent or of another width)
-        and which were present."""
-
-    @abstractmethod
-    def write(self, keys: Sequence[str], state: NDArray[np.float64]) -> None:
-        """Store records (one row of `state` per key)."""
-
-    @abstractmethod
-    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Byte values (None where absent)."""
-
-    @abstractmethod
-    def set_many(self, values: Mapping[str, bytes]) -> None:
-        """Store byte values."""
-
-
-class _CacheRecords(_Records):
-    """Records as bytes in a shared cache (Redis): one `get_many` / `set_many`
-    per batch, decoded with one `frombuffer`."""
-
-    def __init__(self, cache: Cache) -> None:
-        self.cache = cache
-
-    def read(
-        self, keys: Sequence[str], width: int
-    ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-        blobs = self.cache.get_many(keys) if keys else []
-        state = np.zeros((len(keys), width))
-        size = width * 8
-        good = [r for r, b in enumerate(blobs) if b is not None and len(b) == size]
-        present = np.zeros(len(keys), dtype=bool)
-        if good:
-            joined = b"".join(blobs[r] or b"" for r in good)
-            state[good] = np.frombuffer(joined, dtype=_F8).reshape(len(good), width)
-            present[good] = True
-        return state, present
-
-    def write(self, keys: Sequence[str], state: NDArray[np.float64]) -> None:
-        buf = np.ascontiguousarray(state, dtype=_F8).tobytes()
-        size = state.shape[1] * 8
-        self.cache.set_many({k: buf[r * size : (r + 1) * size] for r, k in enumerate(keys)})
-
-    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return self.cache.get_many(keys) if keys else []
-
-    def set_many(self, values: Mapping[str, bytes]) -> None:
-        self.cache.set_many(values)
-
-
-_LOCAL: weakref.WeakKeyDictionary[MemoryCache, _LocalRecords] = weakref.WeakKeyDictionary()
-_LOCAL_LOCK = threading.Lock()
-
-
-def _local_records(cache: MemoryCache) -> _LocalRecords:
-    """The process-local records that go with a memory cache (shared by every
-    `OnlineCounters` on it, as a cache's keys would be)."""
-    with _LOCAL_LOCK:
-        records = _LOCAL.get(cache)
-        if records is None:
-            records = _LOCAL[cache] = _LocalRecords()
-        return records
-
-
-class _LocalRecords(_Records):
-    """Records in process memory, beside a memory cache (per process anyway):
-    a key → row dict over one growing float64 matrix per width, so a batch
-    costs a dict lookup per key and array copies, no bytes. One row per item
-    and per user ever counted: not bounded by the cache's LRU (nor evicting
-    its precomputed lists). Readers on other threads see a row's old or new
-    values: a new key is published only after its row is written."""
-
-    def __init__(self) -> None:
-        self._rows: dict[int, dict[str, int]] = {}
-        self._data: dict[int, NDArray[np.float64]] = {}
-        self._blobs: dict[str, bytes] = {}
-
-    def read(
-        self, keys: Sequence[str], width: int
-    ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-        rows = self._rows.get(width, {})
-        index = np.fromiter((rows.get(k, -1) for k in keys), np.int64, len(keys))
-        data = self._data.get(width)  # after the rows: at least as long as they say
-        present = index >= 0
-        state = np.zeros((len(keys), width))
-        if data is not None and present.any():
-            state[present] = data[index[present]]
-        return state, present
-
-    def write(self, keys: Sequence[str], state: NDArray[np.float64]) -> None:
-        width = state.shape[1]
-        rows = self._rows.setdefault(width, {})
-        index = np.empty(len(keys), np.int64)
-        new: dict[str, int] = {}
-        n = len(rows)
-        for r, k in enumerate(keys):
-            i = rows.get(k)
-            if i is None:
-                i = new.get(k)
-                if i is None:
-                    i = new[k] = n
-                    n += 1
-            index[r] = i
-        data = self._data.get(width)
-        if data is None or n > len(data):
-            grown = np.zeros((max(n, 1024, 0 if data is None else 2 * len(data)), width))
-            if data is not None:
-                grown[: len(data)] = data
-            data = self._data[width] = grown
-        data[index] = state
-        rows.update(new)
-
-    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return [self._blobs.get(k) for k in keys]
-
-    def set_many(self, values: Mapping[str, bytes]) -> None:
-        self._blobs.update(values)
 
 
 def _pack_categories(t: float, weights: Mapping[str, float]) -> bytes:

@@ -16,6 +16,9 @@ Cross-cutting behaviour lives here:
   the API key's *name*) — headers are never logged, so neither are keys, and
   what the client chose (method, path) is escaped (`printable`): a `%0A` in a
   path cannot forge a log line;
+- `X-Sieve-Model` on every response: the model version that served it (a
+  list's own version, which a request keeps even if a swap publishes another
+  while it runs; otherwise the version serving when the answer left);
 - Prometheus metrics (`GET /metrics`): latency and errors per route template
   (`sieve.monitoring.metrics`); the funnel's stage timings go to the service's
   metrics while the lifespan runs, and drift checks run in the background
@@ -55,6 +58,7 @@ from sieve.monitoring.stages import add_stage_sink
 from sieve.serve.auth import KeyRing
 from sieve.serve.errors import InvalidInput, TooLarge
 from sieve.serve.holder import NoModelError
+from sieve.serve.listing import MODEL_HEADER
 from sieve.serve.routes import (
     dashboard,
     events,
@@ -137,7 +141,12 @@ class TimingMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 ms = (time.perf_counter() - start) * 1000
-                MutableHeaders(scope=message).append("Server-Timing", f"app;dur={ms:.3f}")
+                headers = MutableHeaders(scope=message)
+                headers.append("Server-Timing", f"app;dur={ms:.3f}")
+                if MODEL_HEADER not in headers:  # a list sets the version it was ranked by
+                    version = _serving_version(scope)
+                    if version is not None:
+                        headers.append(MODEL_HEADER, version)
             await send(message)
 
         received = 0
@@ -198,6 +207,12 @@ class TimingMiddleware:
                 except ValueError:
                     return None
         return None
+
+
+def _serving_version(scope: Scope) -> str | None:
+    """The model version this process serves now (None before one is loaded)."""
+    service = getattr(getattr(scope.get("app"), "state", None), "service", None)
+    return None if service is None else service.model_version
 
 
 def _record(scope: Scope, status: int, seconds: float) -> None:
@@ -317,20 +332,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = service
         if settings.precompute and service.model_version is not None:
             start = time.perf_counter()
-            count = await run_in_threadpool(service.precompute, settings.batch_n)
-            log.info(
-                "precomputed %d lists of %d in %.1fs",
-                count,
-                settings.batch_n,
-                time.perf_counter() - start,
-            )
-        watcher = service.watch_models(settings.model_poll_seconds)
+            # one replica per version computes the lists every replica reads
+            count = await run_in_threadpool(service.precompute_once, settings.batch_n)
+            if count is not None:
+                log.info(
+                    "precomputed %d lists of %d in %.1fs",
+                    count,
+                    settings.batch_n,
+                    time.perf_counter() - start,
+                )
+        service.follow()
         unhook = add_stage_sink(service.metrics.stage)  # after the start-up precompute
         service.drift.start(settings.drift_check_seconds)
         try:
             yield
         finally:
-            watcher.set()
+            service.follower.stop()
             unhook()
             service.drift.stop()
             await run_in_threadpool(service.close)

@@ -264,6 +264,26 @@ class ModelHolder:
             self._snapshot = ServingSnapshot(funnel, snap.version, snap.path)
             self._variants = variants
 
+    def apply_changes(self, items: Sequence[Item], deleted: Sequence[str]) -> None:
+        """Catalog changes read from the store's change sequence (another
+        replica's writes, or this one's again): `items` as they are now, and
+        the ids of deleted items, which the serving funnel stops serving."""
+        funnel = self._snapshot.funnel if self._snapshot is not None else None
+        known: list[str] = []
+        for item_id in deleted:
+            if funnel is None:
+                break
+            try:
+                funnel.item_index(item_id)
+            except UnknownIdError:
+                continue
+            known.append(item_id)
+        parts = [items_frame(items)] if items else []
+        if known:
+            parts.append(pd.DataFrame({"item_id": known, "available": False}))
+        if parts:
+            self.apply_catalog(pd.concat(parts, ignore_index=True))
+
 
 __all__ = [
     "VARIANTS_MAX",

@@ -15,6 +15,9 @@ from sieve.types import Context, Recommended
 if TYPE_CHECKING:
     from sieve.pipeline import Funnel
 
+#: The response header naming the model version that served the answer.
+MODEL_HEADER = "X-Sieve-Model"
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -76,4 +79,4 @@ def listed(funnel: Funnel, recs: Sequence[Recommended]) -> list[RecommendedItem]
     ]
 
 
-__all__ = ["Filters", "context_dict", "listed", "new_request_id"]
+__all__ = ["MODEL_HEADER", "Filters", "context_dict", "listed", "new_request_id"]

@@ -310,13 +310,22 @@ class Readiness(BaseModel):
 
 
 class VersionInfo(BaseModel):
-    """The package version and the serving model's version (None before training)."""
+    """The package version, the serving model's version (None before training)
+    and which server process answered (`host:pid`, one of the replicas)."""
 
-    model_config = _config({"version": "0.1.0", "model_version": "3f2a9c1e", "model_path": None})
+    model_config = _config(
+        {
+            "version": "0.1.0",
+            "model_version": "3f2a9c1e",
+            "model_path": None,
+            "replica": "web-1:4121",
+        }
+    )
 
     version: str
     model_version: str | None
     model_path: str | None
+    replica: str
 
 
 class ReloadResult(BaseModel):

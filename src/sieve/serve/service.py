@@ -9,7 +9,10 @@ A small facade over parts with one job each:
   events (as many as the query's history and session take) and nothing else;
 - `planner`: what a request's experiment arms ask for; `shadows`: shadow
   arms computed after the answer; `credit`: bandit credit for clicks;
-- `answers`: precomputed answers; `impressions`: the impression log.
+- `answers`: precomputed answers; `impressions`: the impression log;
+- `follow.Follower`: what this process reads from the shared stores on a
+  short poll (the promoted model, other replicas' catalog writes, the
+  experiments), so any number of processes behave as one service.
 
 Every call to a database server has a time limit (`store_timeout_seconds`,
 through `GuardedStore`) and every cache call one (Redis timeouts, a cool-down
@@ -20,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
+import os
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +40,7 @@ from sieve.realtime.counters import OnlineCounters
 from sieve.registry import ModelRegistry
 from sieve.serve import answers
 from sieve.serve.credit import ServedRequests
+from sieve.serve.follow import Follower
 from sieve.serve.holder import ModelHolder, NoModelError, items_frame
 from sieve.serve.impressions import ImpressionLogger, impression_of
 from sieve.serve.ingest import EventIngestion
@@ -44,7 +49,7 @@ from sieve.serve.live import LiveAnswers
 from sieve.serve.schemas import RecommendationList, RecommendedItem
 from sieve.serve.shadows import ShadowRunner
 from sieve.settings import Settings
-from sieve.storage import Cache, CacheError, Store, open_cache, open_store
+from sieve.storage import Cache, CacheError, Store, StoreError, open_cache, open_store
 from sieve.storage.guard import GuardedStore
 
 if TYPE_CHECKING:
@@ -52,8 +57,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sieve.serve")
 
-#: How often experiments are re-read when no model watcher runs.
-EXPERIMENTS_POLL_SECONDS = 2.0
+#: Seconds one replica may take to precompute a version's lists before another may.
+PRECOMPUTE_CLAIM_SECONDS = 600.0
+#: Seconds a version's precompute counts as done for replicas starting later.
+PRECOMPUTE_DONE_SECONDS = 86_400.0
 
 
 class Service:
@@ -99,9 +106,10 @@ class Service:
             version=lambda: self.model_version,
             registry=self.metrics.registry,
             flush=self.impressions.flush,
+            cache=cache,
         )
         #: served requests awaiting the clicks that credit their bandits
-        self.served = ServedRequests()
+        self.served = ServedRequests(cache, ttl=settings.attribution_window_seconds)
         # shadow arms are computed here, after their request was answered
         self.shadows = ShadowRunner(self._log_impression)
         self.live = LiveAnswers(
@@ -114,8 +122,17 @@ class Service:
             self.shadows,
             self._log_impression,
         )
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
+        #: reads the shared stores on a short poll (model, catalog, experiments)
+        self.follower = Follower(
+            settings,
+            store,
+            self.holder,
+            self.experiments,
+            self.load_model,
+            self.ingestion.nudge_counters,
+        )
+        #: this process among the replicas (host:pid), as `/version` says
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
         #: the store's last seq at start: ready once the counters folded it
         self.warm_seq = 0
 
@@ -129,6 +146,10 @@ class Service:
             store.close()
             raise
         service = cls(settings, store, cache)
+        try:  # other replicas' catalog writes from here on reach this funnel
+            service.follower.catalog_seq = service.store.catalog_seq()
+        except StoreError:  # the store's failure is reported by /ready
+            log.warning("catalog change sequence unreadable at start", exc_info=True)
         if load_model:
             try:
                 service.load_model()
@@ -143,43 +164,20 @@ class Service:
         return service
 
     def close(self) -> None:
-        self._stop.set()
-        self.save_bandits()
+        self.follower.stop()
         self.shadows.close()
         self.ingestion.close()
         self.impressions.close()
         self.store.close()
         self.cache.close()
 
-    def watch_models(self, interval: float) -> threading.Event:
-        """Start the background watcher: every `interval` seconds it swaps to a
-        newly promoted version (0: never; `POST /admin/reload` still does),
-        and every cycle it re-reads the experiments, saves bandit state and
-        folds new events into the counters. Returns the event that stops it."""
-        registry = ModelRegistry(self.settings.model_dir)
-        period = interval if interval > 0 else EXPERIMENTS_POLL_SECONDS
+    def follow(self) -> None:
+        """Start following the shared stores (`sieve.serve.follow`): the
+        promoted model every `model_poll_seconds` (0: only on `POST
+        /admin/reload`), other replicas' catalog writes every
+        `catalog_poll_seconds`, the experiments every few seconds."""
         self.experiments.refresh(force=True)
-
-        def loop() -> None:
-            while not self._stop.wait(period):
-                if interval > 0:
-                    try:
-                        current = registry.current()
-                        if current is not None and current != self.model_version:
-                            log.info("model %s promoted: loading it", current)
-                            self.load_model()
-                    except Exception:  # keep serving the old model; say why in the log
-                        log.exception("could not swap to the promoted model")
-                try:
-                    self.experiments.refresh(force=True)
-                except Exception:  # keep serving the experiments known so far
-                    log.exception("could not re-read the experiments")
-                self.save_bandits()
-                self.ingestion.nudge_counters()
-
-        self._watcher = threading.Thread(target=loop, name="sieve-watcher", daemon=True)
-        self._watcher.start()
-        return self._stop
+        self.follower.start()
 
     # ------------------------------------------------------------- model
     @property
@@ -284,14 +282,6 @@ class Service:
         adaptively allocated arms (`sieve.serve.credit`)."""
         self.served.credit(events, self.settings.semantics, self.explorer, self.experiments)
 
-    def save_bandits(self) -> None:
-        """Persist exploration and allocation bandit state to the cache."""
-        try:
-            self.explorer.save()
-            self.experiments.save_state()
-        except CacheError:
-            log.warning("bandit state not saved: cache unavailable", exc_info=True)
-
     # -------------------------------------------------------- experiments
     def create_experiment(self, spec: Mapping[str, Any]) -> ExperimentRecord:
         """Validate (arms' model versions registered, no conflict with a running
@@ -322,6 +312,28 @@ class Service:
         return out
 
     # ------------------------------------------------------------- batch
+    def precompute_once(self, n: int | None = None) -> int | None:
+        """`precompute` at start-up, by one replica per model version and
+        cache: the first to claim it computes the lists every replica then
+        reads; others return None at once. A claim is marked done when the
+        lists are stored, and lapses after `PRECOMPUTE_CLAIM_SECONDS` if its
+        replica died first."""
+        version = self.model_version
+        if version is None:
+            return None
+        done, claim = f"precomputed:{version}", f"precomputing:{version}"
+        try:
+            if self.cache.get(done) is not None:
+                return None
+            if not self.cache.add(claim, self.replica.encode(), PRECOMPUTE_CLAIM_SECONDS):
+                return None
+        except CacheError:
+            log.warning("cache unavailable: lists not precomputed", exc_info=True)
+            return None
+        count = self.precompute(n)
+        self.cache.set(done, self.replica.encode(), PRECOMPUTE_DONE_SECONDS)
+        return count
+
     def precompute(self, n: int | None = None, users: Sequence[str] | None = None) -> int:
         """Store the top-n of every user the funnel knows (or of `users`) under
         `recs:{user}` (see `sieve.serve.answers`): each list is the live path's,

@@ -227,6 +227,33 @@ class Store(Protocol):
         arm, context: a dict), oldest first: what shadow arms would have shown."""
         ...
 
+    # ------------------------------------------------ shared between processes
+    def catalog_seq(self) -> int:
+        """The newest number of the catalog change sequence (0: none yet):
+        every item written or deleted is numbered, in commit order."""
+        ...
+
+    def catalog_changes(self, after_seq: int, limit: int = 10_000) -> list[tuple[int, str]]:
+        """(number, item id) of the first `limit` catalog changes after `after_seq`."""
+        ...
+
+    def prune_catalog_changes(self, older_than_seconds: float) -> int:
+        """Forget catalog changes older than this; returns how many were deleted."""
+        ...
+
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take (or, for its holder, renew) the lease `name` for `seconds`;
+        False when another holder has it and it has not expired."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease back; False if `holder` did not have it."""
+        ...
+
+    def lease(self, name: str) -> tuple[str, float] | None:
+        """(holder, seconds left) of the lease, or None when it is free."""
+        ...
+
     # ------------------------------------------------------------- lifecycle
     def close(self) -> None: ...
 

@@ -213,6 +213,31 @@ def _v5_analytics_indexes(conn: Connection) -> None:
         index.create(conn)
 
 
+def _v6_replicas(conn: Connection) -> None:
+    """What several server processes and workers share beyond the log: the
+    catalog change sequence (one row per item written or deleted, numbered in
+    commit order, which replicas read to follow each other's catalog writes)
+    and leases (one active retraining worker)."""
+    md = MetaData()
+    changes = Table(
+        "catalog_changes",
+        md,
+        Column("seq", SeqType, Identity(), primary_key=True),
+        Column("item_id", String(256), nullable=False),
+        Column("at_us", BigInteger, nullable=False),
+        sqlite_autoincrement=True,  # seq never reused, so `after_seq` reads stay exact
+    )
+    Index("ix_catalog_changes_time", changes.c.at_us)
+    Table(
+        "leases",
+        md,
+        Column("name", String(128), primary_key=True),
+        Column("holder", String(256), nullable=False),
+        Column("expires_us", BigInteger, nullable=False),
+    )
+    md.create_all(conn)
+
+
 #: Every step in version order; the last one's version is the current schema version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog: items and users", _v1_catalog),
@@ -228,6 +253,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "analytics indexes: events and slots by time, slots by model version, events by request",
         _v5_analytics_indexes,
     ),
+    Migration(6, "replicas: the catalog change sequence and leases", _v6_replicas),
 )
 
 

@@ -34,6 +34,7 @@ from sieve.storage.base import AppendResult
 from sieve.storage.migrations import MIGRATIONS, Migration, apply_migrations
 from sieve.storage.sql_impressions import SQLImpressions
 from sieve.storage.sql_reports import SQLReports
+from sieve.storage.sql_shared import SQLShared
 from sieve.storage.tables import (
     _CHUNK,
     _chunks,
@@ -75,7 +76,7 @@ _PG_APPEND = text(
 )
 
 
-class SQLStore(SQLImpressions, SQLReports):
+class SQLStore(SQLImpressions, SQLReports, SQLShared):
     """The `Store` on an SQLAlchemy engine (SQLite or PostgreSQL); see the module doc.
 
     Thread-safe: every call checks a connection out of the engine's pool.
@@ -112,7 +113,8 @@ class SQLStore(SQLImpressions, SQLReports):
         )
 
     def _upsert(self, table: Table, rows: list[dict[str, Any]], what: str) -> int:
-        """Insert-or-replace rows by primary key; the last row of a repeated id wins."""
+        """Insert-or-replace rows by primary key; the last row of a repeated id
+        wins. Items are numbered in the catalog change sequence (`SQLShared`)."""
         by_id = {row["id"]: row for row in rows}
         if not by_id:
             return 0
@@ -121,8 +123,13 @@ class SQLStore(SQLImpressions, SQLReports):
             index_elements=[table.c.id],
             set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name != "id"},
         )
+        catalog = table is items_table
         with self._write(what) as conn:
+            if catalog:
+                self._lock_catalog(conn)
             conn.execute(stmt, list(by_id.values()))
+            if catalog:
+                self._log_catalog_changes(conn, by_id)
         return len(by_id)
 
     def upsert_items(self, items: Sequence[Item]) -> int:
@@ -155,7 +162,12 @@ class SQLStore(SQLImpressions, SQLReports):
             return conn.execute(delete(table).where(table.c.id == id_)).rowcount > 0
 
     def delete_item(self, item_id: str) -> bool:
-        return self._delete(items_table, item_id, "delete_item")
+        with self._write("delete_item") as conn:
+            self._lock_catalog(conn)
+            gone = conn.execute(delete(items_table).where(items_table.c.id == item_id)).rowcount
+            if gone:
+                self._log_catalog_changes(conn, [item_id])
+        return gone > 0
 
     def _page(self, table: Table, offset: int, limit: int, what: str) -> list[Any]:
         if offset < 0 or limit < 0:

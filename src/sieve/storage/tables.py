@@ -103,6 +103,21 @@ impression_arms_table = Table(
     Column("timestamp_us", BigInteger, nullable=False),
 )
 
+catalog_changes_table = Table(
+    "catalog_changes",
+    _md,
+    Column("seq", SeqType, Identity(), primary_key=True),
+    Column("item_id", String(256), nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+)
+leases_table = Table(
+    "leases",
+    _md,
+    Column("name", String(128), primary_key=True),
+    Column("holder", String(256), nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+)
+
 
 def _to_us(value: datetime) -> int:
     """Exact microseconds since the epoch (a naive datetime is taken as UTC)."""

@@ -24,12 +24,19 @@ operator). `Retrainer.run_once()` does one cycle:
 
 The promoted candidate is the one evaluated (fitted without the holdout); the
 next cycle's snapshot includes those events.
+
+One worker is active at a time (`sieve.training.lease`): a cycle runs only
+under the retraining lease in the shared store, and its candidate is
+promoted only if the lease is still held; `run_forever` idles while another
+worker holds it, saying so, and takes over when it expires. Replicas pick a
+promoted version up within their `model_poll_seconds`, without a restart.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +50,8 @@ from sieve.ranking.logged import LoggedData
 from sieve.ranking.query import UserLog
 from sieve.registry import ModelRegistry
 from sieve.settings import Settings
-from sieve.storage import open_store
+from sieve.storage import Store, open_store
+from sieve.training.lease import LeaseHeld, WorkerLease
 from sieve.training.snapshot import snapshot
 from sieve.training.train import new_funnel
 
@@ -51,6 +59,9 @@ log = logging.getLogger(__name__)
 
 #: The file a monitoring trigger (or an operator) writes to ask for a retrain.
 TRIGGER = "RETRAIN"
+#: Catalog changes older than this are pruned by the active worker (a
+#: replica reads only those after its start).
+CATALOG_RETENTION_SECONDS = 7 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -90,12 +101,43 @@ class Decision:
 
 
 class Retrainer:
-    """Runs retraining cycles against one store and one model registry."""
+    """Runs retraining cycles against one store and one model registry, as
+    the one active worker (`lease_seconds`: how long its lease lasts unrenewed;
+    `say`: where it reports waiting and taking over)."""
 
-    def __init__(self, settings: Settings, policy: RetrainPolicy | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        policy: RetrainPolicy | None = None,
+        *,
+        lease_seconds: float = 60.0,
+        say: Callable[[str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.settings = settings
         self.policy = policy or RetrainPolicy()
         self.registry = ModelRegistry(settings.model_dir)
+        self.lease_seconds = lease_seconds
+        self.say = say or log.info
+        self._sleep = sleep
+        self._store: Store | None = None
+        self._lease: WorkerLease | None = None
+
+    @property
+    def lease(self) -> WorkerLease:
+        """The retraining lease in the store (the store opened on first use)."""
+        if self._lease is None:
+            self._store = open_store(self.settings.store_url)
+            self._lease = WorkerLease(self._store, self.lease_seconds)
+        return self._lease
+
+    def close(self) -> None:
+        """Give the lease back (if held) and close the store."""
+        if self._lease is not None:
+            self._lease.release()
+        if self._store is not None:
+            self._store.close()
+        self._lease = self._store = None
 
     # ------------------------------------------------------------ when
     def due(self, now: float | None = None) -> str | None:
@@ -120,7 +162,24 @@ class Retrainer:
 
     # ------------------------------------------------------------ one cycle
     def run_once(self, reason: str = "manual") -> Decision:
-        """Train, compare, and promote or reject; see the module docstring."""
+        """One cycle now, under the lease (`LeaseHeld`, naming its holder, when
+        another worker has it), which is given back after it."""
+        if not self.lease.acquire():
+            raise LeaseHeld(
+                f"another worker holds the retraining lease ({self.lease.other()}): not training"
+            )
+        try:
+            return self._cycle(reason)
+        finally:
+            self.lease.release()
+
+    def _cycle(self, reason: str) -> Decision:
+        """Train, compare, and promote or reject (the caller holds the lease,
+        renewed here while it trains); see the module docstring."""
+        with self.lease.heartbeat() as still_held:
+            return self._train_and_judge(reason, still_held)
+
+    def _train_and_judge(self, reason: str, still_held: Callable[[], bool]) -> Decision:
         with open_store(self.settings.store_url) as store:
             data = snapshot(store, self.settings.event_weights)
             max_seq = store.max_seq()
@@ -171,6 +230,11 @@ class Retrainer:
             metrics={f"holdout ndcg@{self.policy.k}": cand_score}
             | ({} if serv_score is None else {f"serving holdout ndcg@{self.policy.k}": serv_score}),
         )
+        if not still_held():
+            why = "the retraining lease was lost while training: another worker may promote"
+            self.registry.reject(version, f"{reason}; {why}")
+            log.warning("retrain (%s): %s not promoted: %s", reason, version, why)
+            return Decision(reason, version, serving_version, cand_score, serv_score, False, why)
         if serv_score is None or cand_score >= serv_score * (1.0 - self.policy.tolerance):
             why = (
                 "no serving model"
@@ -201,16 +265,57 @@ class Retrainer:
             funnel.logged = LoggedData.from_store(store, until=until)
         return funnel
 
-    def run_forever(self, poll_seconds: float = 30.0, max_cycles: int | None = None) -> None:
-        """Check `due()` every `poll_seconds` and run a cycle when it is."""
-        cycles = 0
-        while max_cycles is None or cycles < max_cycles:
-            reason = self.due()
-            if reason is not None:
-                self.run_once(reason)
-                cycles += 1
-            else:
-                time.sleep(poll_seconds)
+    def run_forever(
+        self,
+        poll_seconds: float = 30.0,
+        max_cycles: int | None = None,
+        max_polls: int | None = None,
+    ) -> None:
+        """Hold the lease (renewed every poll: `poll_seconds` must be shorter
+        than the lease) and run a cycle whenever `due()` says so; while another
+        worker holds it, wait and say so. Stops after `max_cycles` cycles or
+        `max_polls` polls (None: never)."""
+        if poll_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"poll every {poll_seconds:g} s keeps no lease of {self.lease_seconds:g} s: "
+                "poll more often or lengthen the lease"
+            )
+        cycles = polls = 0
+        active: bool | None = None  # said so far: None (nothing), True, False
+        try:
+            while (max_cycles is None or cycles < max_cycles) and (
+                max_polls is None or polls < max_polls
+            ):
+                polls += 1
+                if not self.lease.acquire():
+                    if active is not False:
+                        self.say(
+                            f"another worker holds the retraining lease ({self.lease.other()}): "
+                            "waiting"
+                        )
+                    active = False
+                    self._sleep(poll_seconds)
+                    continue
+                if active is not True:
+                    self.say("took the retraining lease: this worker is the active one")
+                    active = True
+                self._prune_catalog_changes()
+                reason = self.due()
+                if reason is not None:
+                    self._cycle(reason)
+                    cycles += 1
+                else:
+                    self._sleep(poll_seconds)
+        finally:
+            self.lease.release()
+
+    def _prune_catalog_changes(self) -> None:
+        try:
+            store = self._store
+            if store is not None:
+                store.prune_catalog_changes(CATALOG_RETENTION_SECONDS)
+        except Exception:  # housekeeping: next time
+            log.warning("old catalog changes not pruned", exc_info=True)
 
 
 def score_on_holdout(model: Funnel, train: Dataset, test: Dataset, policy: RetrainPolicy) -> float:

@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from sieve.data.records import MAX_ID_LENGTH
 from sieve.data.schema import UnknownIdError
 from sieve.serve.auth import ReadAccess
-from sieve.serve.listing import Filters
+from sieve.serve.listing import MODEL_HEADER, Filters
 from sieve.serve.routes import AUTH_ERRORS, NO_MODEL, NOT_FOUND, ItemId, ServiceDep, UserId
 from sieve.serve.schemas import (
     MAX_FILTER,
@@ -60,7 +60,9 @@ def _json(result: RecommendationList) -> Response:
     response model's second validation (FastAPI's default for a returned
     model) is skipped; the OpenAPI schema still names `RecommendationList`."""
     body = result.model_dump_json(exclude=None if result.trace is not None else {"trace"})
-    return Response(body, media_type="application/json")
+    return Response(
+        body, media_type="application/json", headers={MODEL_HEADER: result.model_version}
+    )
 
 
 def _check_n(n: int, limit: int, loc: list[str | int]) -> None:
@@ -140,7 +142,7 @@ def router(settings: Settings) -> APIRouter:
 
     @r.post("/recommendations")
     def recommend_session(
-        body: SessionRequest, service: ServiceDep, _: ReadAccess
+        body: SessionRequest, service: ServiceDep, _: ReadAccess, response: Response
     ) -> RecommendationList:
         """The top-n items for an anonymous session, from the items it just viewed
         (most recent first; each must be in the catalog)."""
@@ -153,7 +155,9 @@ def router(settings: Settings) -> APIRouter:
                 hour=context.hour, weekday=context.weekday, device=context.device, page=context.page
             ),
         )
-        return service.recommend_session(body.recent_items, body.n, filters)
+        result = service.recommend_session(body.recent_items, body.n, filters)
+        response.headers[MODEL_HEADER] = result.model_version
+        return result
 
     @r.get("/items/{item_id}/similar", responses=NOT_FOUND)
     def similar_items(

@@ -50,12 +50,14 @@ def router(settings: Settings) -> APIRouter:
 
     @r.get("/version")
     def version(service: ServiceDep) -> VersionInfo:
-        """The package version and the serving model's version."""
+        """The package version, the serving model's version and the replica
+        (`host:pid`) that answered."""
         path = service.model_path
         return VersionInfo(
             version=__version__,
             model_version=service.model_version,
             model_path=None if path is None else str(path),
+            replica=service.replica,
         )
 
     @r.post("/admin/reload", responses={**AUTH_ERRORS, **NO_MODEL})
