@@ -58,6 +58,10 @@ class OutOfMemory(RuntimeError):
     """A stage went past the memory limit and was stopped."""
 
 
+class Stop(Exception):
+    """The run stops early on purpose (`--until`)."""
+
+
 def rss_bytes(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of a process in bytes; zeros once it is gone."""
     try:
@@ -286,6 +290,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--precompute-users", type=int, default=2000)
     ap.add_argument("--event-users", type=int, default=2000, help="users posting one click")
     ap.add_argument("--ready-timeout", type=float, default=3600.0)
+    ap.add_argument(
+        "--until",
+        choices=("generate", "import", "train", "recall"),
+        help="stop after this stage (e.g. bulk import throughput alone)",
+    )
     ap.add_argument("--keep-redis", action="store_true", help="leave the run's keys in Redis")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--stage", help=argparse.SUPPRESS)
@@ -350,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                     p["model_path"] = stages[name]["model_path"]
                     params_file.write_text(json.dumps(p, indent=1))
                 out_path.write_text(json.dumps(report, indent=1))
+                if name == args.until:
+                    raise Stop(f"stopped after {name} (--until)")
             base_mem = int(client.info("memory")["used_memory"])
             cold, stages["serve_cold"] = serve_replica(p, limit, "serve (cold Redis)", progress)
             servers.append(cold)
@@ -372,8 +383,11 @@ def main(argv: list[str] | None = None) -> int:
                 int(client.info("memory")["used_memory"]) - base_mem
             )
         report["outcome"] = "completed"
+    except Stop as e:
+        report["outcome"] = str(e)
     except OutOfMemory as e:
         report["outcome"] = str(e)
+        report["out_of_memory"] = True
         console.print(f"[red]{e}[/red]: the largest stage that ran is in {out_path}")
     finally:
         for s in servers:
@@ -387,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             report["postgres_schema"] = schema  # left in place for inspection
     print_report(report)
     console.print(f"figures written to {out_path}")
-    return 0 if report["outcome"] == "completed" else 2
+    return 2 if report.get("out_of_memory") else 0
 
 
 def _batches(it: Any, n: int) -> Any:
