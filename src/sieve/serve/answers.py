@@ -13,11 +13,12 @@ loop.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from sieve.data.schema import UnknownIdError
 from sieve.serve.ingest import last_event_key
@@ -41,7 +42,9 @@ def valid_entry(
     request (see the module doc). The stored rows are trusted (they were
     validated when written), so no per-item validation is repeated."""
     try:
-        entry = None if raw is None else json.loads(raw)
+        # orjson: every cached answer decodes its stored list here, and the
+        # standard library's decoder was ~15% of a cached answer's CPU
+        entry = None if raw is None else orjson.loads(raw)
     except ValueError:
         log.warning("unreadable precomputed entry: answering live")
         return None
