@@ -29,7 +29,7 @@ from sieve.retrieval.candidates import (
 )
 from sieve.retrieval.catalog import Catalog, _categories
 from sieve.retrieval.content import ContentIndex
-from sieve.sparse import row_sums
+from sieve.sparse import gather_rows, row_sums
 from sieve.types import Query
 
 _DAY = 86_400.0
@@ -232,15 +232,8 @@ class CandidateEngine:
             n_train = sim.shape[0]
             valid = np.flatnonzero(req.anchors < n_train)
             if len(valid):
-                a = req.anchors[valid]
-                starts = sim.indptr[a]
-                lens = sim.indptr[a + 1] - starts
-                total = int(lens.sum())
-                offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
-                pos = offsets + np.arange(total)
-                entry_item = sim.indices[pos].astype(np.int64)
-                entry_sim = sim.data[pos]
-                entry_anchor = np.repeat(valid, lens)
+                which, entry_item, entry_sim = gather_rows(sim, req.anchors[valid])
+                entry_anchor = valid[which]
                 contrib = entry_sim * req.anchor_weights[entry_anchor]
                 score = np.bincount(entry_item, weights=contrib, minlength=n_train).astype(
                     np.float64

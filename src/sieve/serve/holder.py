@@ -218,6 +218,7 @@ class ModelHolder:
             return False
         with self._loading:
             funnel, start = self._prepared(path)
+            replaced = self._snapshot is not None
             with self._write:
                 funnel = self._replayed(funnel, start)
                 self._snapshot = ServingSnapshot(funnel, str(funnel.version), path)
@@ -225,7 +226,8 @@ class ModelHolder:
                     (v, f) for v, f in self._variants.items() if v != str(funnel.version)
                 )
             self.load_error = None
-        freeze_heap()
+        if replaced:  # at start-up the app freezes once it is ready
+            freeze_heap()
         log.info("serving funnel %s from %s", funnel.version, path)
         return True
 
