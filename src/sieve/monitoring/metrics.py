@@ -280,13 +280,17 @@ class ServingMetrics:
     # ------------------------------------------------------------ traffic
     def served(self, impression: Impression) -> None:
         """A served list: counted per arm, and remembered to place its clicks."""
-        arms = impression_arms(impression)
-        n = len(impression.items)
+        self.served_list(
+            str(impression.request_id), impression_arms(impression), len(impression.items)
+        )
+
+    def served_list(self, request_id: str, arms: Arms = ((NONE, NONE),), n: int = 0) -> None:
+        """A served list of `n` items given its (experiment, arm) pairs."""
         for experiment, arm in arms:
             self.lists.labels(experiment, arm).inc()
             if n:
                 self.impressions.labels(experiment, arm).inc(n)
-        self._remember_arms(str(impression.request_id), arms)
+        self._remember_arms(request_id, arms)
 
     def events_ingested(self, events: Sequence[Event]) -> None:
         """Newly stored events: counted by type; clicks citing a request by arm."""

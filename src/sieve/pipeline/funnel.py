@@ -405,6 +405,17 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         self._check_items(np.array([item]))
         return bool(self.state.engine.catalog.available[item])
 
+    def servable(self, item_ids: Sequence[str]) -> list[bool]:
+        """For each id, whether it is a known item available now (one pass,
+        for re-checking a stored list)."""
+        catalog = self.state.engine.catalog
+        available = catalog.available
+        out = []
+        for item_id in item_ids:
+            idx = catalog.find(item_id)
+            out.append(idx >= 0 and bool(available[idx]))
+        return out
+
     # ========================================================= catalog
     def with_items(self, items: pd.DataFrame) -> Funnel:
         """A new funnel that shares this one's fitted models and differs only in

@@ -26,6 +26,7 @@ import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -228,27 +229,22 @@ class Service:
     # ---------------------------------------------------------- requests
     async def cached_answer(
         self, user_id: str, n: int, filters: Filters = Filters()
-    ) -> RecommendationList | None:
+    ) -> answers.CachedAnswer | None:
         """The precomputed answer when it is valid for this request, else None.
-        Never blocks the event loop."""
+        Never blocks the event loop; its impression is built off the request
+        path (`impressions.cached_impression`)."""
         if not filters.empty:
             return None
         snap = self.holder.snapshot
         if self.experiments.in_experiment(user_id):
             return None  # the arm decides the list: answered live
-        cached = await answers.lookup(self.cache, snap.funnel, user_id, n, snap.version)
-        self.metrics.cache_lookup(hit=cached is not None)
-        if cached is None:
+        rows = await answers.lookup(self.cache, snap.funnel, user_id, n, snap.version)
+        self.metrics.cache_lookup(hit=rows is not None)
+        if rows is None:
             return None
-        hit = RecommendationList(
-            items=cached,
-            request_id=new_request_id(),
-            model_version=snap.version,
-            user_id=user_id,
-            cached=True,
-            cold_start=False,
-        )
-        self._log_impression(hit, {"cached": True})
+        hit = answers.CachedAnswer(rows, new_request_id(), snap.version, user_id)
+        self.impressions.log(hit.impression(datetime.now(UTC)))
+        self.metrics.served_list(hit.request_id, n=len(rows))
         return hit
 
     def recommend_user(

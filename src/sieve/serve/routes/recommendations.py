@@ -137,7 +137,11 @@ def router(settings: Settings) -> APIRouter:
         # the live funnel (store reads, CPU work) goes to the thread pool
         cached = await service.cached_answer(user_id, n, filters)
         if cached is not None:
-            return _json(cached)
+            return Response(
+                cached.body(),
+                media_type="application/json",
+                headers={MODEL_HEADER: cached.model_version},
+            )
         return _json(await run_in_threadpool(service.recommend_user, user_id, n, filters))
 
     @r.post("/recommendations")
