@@ -84,7 +84,14 @@ class EventSemantics(BaseModel):
       its `value` is the revenue of the reports;
     - `reward_weights`: the reward a bandit gets for an event of a click or
       conversion type, in [0, 1] (Beta–Bernoulli bandits); a click type without
-      an entry is worth 1, a conversion type without one 0.
+      an entry is worth 1, a conversion type without one 0;
+    - `dwell_types`: events whose `value` is the seconds spent on the item
+      (default: a `dwell` event; add `view` to read a view's value as its
+      dwell); they are attributed to the list that showed the item like clicks;
+    - `session_gap_seconds`: a user's session ends after this much inactivity
+      (events and served lists), and is over once that time has passed;
+    - `bounce_seconds`: an ended session whose last activity came at most this
+      long after its first is a bounce (0: single-moment sessions only).
 
     Shown-list CTR (reports, dashboard, Prometheus) counts click events that
     cite a served request; the drift check counts distinct clicked slots.
@@ -95,8 +102,11 @@ class EventSemantics(BaseModel):
     click_types: tuple[str, ...] = ("click",)
     conversion_types: tuple[str, ...] = ("purchase",)
     reward_weights: dict[str, float] = Field(default_factory=dict)
+    dwell_types: tuple[str, ...] = ("dwell",)
+    session_gap_seconds: float = Field(default=1800.0, gt=0.0, le=7 * 86_400.0)
+    bounce_seconds: float = Field(default=10.0, ge=0.0)
 
-    @field_validator("click_types", "conversion_types")
+    @field_validator("click_types", "conversion_types", "dwell_types")
     @classmethod
     def _types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         bad = sorted(t for t in value if not _EVENT_TYPE.match(t))
@@ -118,7 +128,16 @@ class EventSemantics(BaseModel):
         bad = {t: w for t, w in self.reward_weights.items() if not 0.0 <= w <= 1.0}
         if bad:
             raise ValueError(f"semantics.reward_weights must lie in [0, 1], got {bad}")
+        if self.bounce_seconds >= self.session_gap_seconds:
+            raise ValueError(
+                f"semantics.bounce_seconds ({self.bounce_seconds}) must be shorter than "
+                f"session_gap_seconds ({self.session_gap_seconds})"
+            )
         return self
+
+    def is_dwell(self, event_type: str) -> bool:
+        """Whether an event of this type carries dwell seconds in its value."""
+        return event_type in self.dwell_types
 
     def is_click(self, event_type: str) -> bool:
         """Whether an event of this type is a click."""
@@ -143,6 +162,9 @@ class EventSemantics(BaseModel):
             "reward_weights": {
                 t: self.reward(t) for t in (*self.click_types, *self.conversion_types)
             },
+            "dwell_types": list(self.dwell_types),
+            "session_gap_seconds": self.session_gap_seconds,
+            "bounce_seconds": self.bounce_seconds,
         }
 
 
