@@ -171,6 +171,38 @@ class EventSemantics(BaseModel):
 #: The definition used where no settings are at hand (library calls, tests).
 DEFAULT_SEMANTICS = EventSemantics()
 
+_BOARD_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+
+class Leaderboard(BaseModel):
+    """One named non-personalised list, served at `GET /leaderboards/{name}`.
+
+    - `kind`: `most_bought` (items by their events of `event_types` in the
+      last `days`), `top_rated` (Bayesian average of `rating` events in the
+      last `days`, or all time when `days` is 0: (prior · global mean + Σ
+      ratings) / (prior + count), with `prior` = `prior_ratings`), or
+      `newest` (by the catalog's `created_at`);
+    - `category`: only items of this category (None: all);
+    - `n`: the list's length (at most 1000).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["most_bought", "top_rated", "newest"]
+    days: float = Field(default=7.0, ge=0.0, le=3650.0)
+    event_types: tuple[str, ...] = ("purchase",)
+    prior_ratings: float = Field(default=10.0, ge=0.0)
+    category: str | None = Field(default=None, min_length=1, max_length=256)
+    n: int = Field(default=50, ge=1, le=1000)
+
+
+def _default_leaderboards() -> dict[str, Leaderboard]:
+    return {
+        "most_bought": Leaderboard(kind="most_bought"),
+        "top_rated": Leaderboard(kind="top_rated", days=0.0),
+        "newest": Leaderboard(kind="newest"),
+    }
+
 
 def is_loopback(host: str) -> bool:
     """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
@@ -234,7 +266,10 @@ class Settings(BaseSettings):
     - `host` / `port`: where `sieve serve` listens;
     - `max_future_skew_seconds`: an event timestamped more than this after
       the server's clock is refused (422 naming it): a far-future time would
-      count at full weight in the decayed online counters until that date.
+      count at full weight in the decayed online counters until that date;
+    - `leaderboards`: named non-personalised lists (`Leaderboard`; TOML
+      tables `[leaderboards.NAME]`), recomputed by one process at most every
+      `leaderboard_refresh_seconds` and kept in the cache for all of them.
     """
 
     model_config = SettingsConfigDict(
@@ -276,6 +311,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     # bad input (issue 9)
     max_future_skew_seconds: float = Field(default=DEFAULT_MAX_FUTURE_SKEW_SECONDS, ge=0.0)
+    # signals and behaviours (issue 13)
+    leaderboards: dict[str, Leaderboard] = Field(default_factory=_default_leaderboards)
+    leaderboard_refresh_seconds: float = Field(default=60.0, gt=0.0, le=86_400.0)
 
     @classmethod
     def settings_customise_sources(
@@ -338,6 +376,11 @@ class Settings(BaseSettings):
                 f"open_write serves writes without a key and is allowed only on a loopback "
                 f"host (127.0.0.1, ::1, localhost), not {self.host!r}"
             )
+        bad_boards = sorted(n for n in self.leaderboards if not _BOARD_NAME.match(n))
+        if bad_boards:
+            raise ValueError(
+                f"leaderboards: names must be 1-64 of a-z, 0-9, '_' or '-', got {bad_boards}"
+            )
         semantic = {*self.semantics.click_types, *self.semantics.conversion_types}
         unknown = sorted(semantic - set(self.event_weights))
         if unknown:
@@ -369,6 +412,7 @@ __all__ = [
     "DEFAULT_SEMANTICS",
     "ApiKey",
     "EventSemantics",
+    "Leaderboard",
     "Scope",
     "Settings",
     "is_loopback",

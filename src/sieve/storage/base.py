@@ -240,6 +240,17 @@ class Store(Protocol):
         `start - gap_seconds` on: the window's rows, never the whole log."""
         ...
 
+    def item_event_stats(
+        self, types: Sequence[str], since: float | None, limit: int | None = None
+    ) -> pd.DataFrame:
+        """Per available item with events of `types` since `since` (None: all
+        time): item_id, events, value_count, value_sum; most events first."""
+        ...
+
+    def newest_items(self, limit: int, category: str | None = None) -> list[tuple[str, float]]:
+        """(item id, created_at) of the newest available items, newest first."""
+        ...
+
     def experiment_activity(self, name: str, gap_seconds: float) -> pd.DataFrame:
         """When the users of an experiment's requests were active (events and
         served slots) from `gap_seconds` before its first request on: columns
