@@ -184,3 +184,116 @@ def test_user_to_user_proposes_what_similar_users_took_last() -> None:
     assert all("user_to_user" in r.sources for r in listed)
     # the source off: no candidate at all, the list is the popular backfill
     assert all(not r.sources for r in off.recommend_query(query))
+
+
+BOARDS = {
+    "bought": {"kind": "most_bought", "days": 1},
+    "bought_shoes": {"kind": "most_bought", "days": 1, "category": "shoes"},
+    "rated": {"kind": "top_rated", "days": 0, "prior_ratings": 5},
+    "newest_shoes": {"kind": "newest", "category": "shoes", "n": 2},
+}
+
+
+def _catalog(client: Any) -> None:
+    items = [
+        {
+            "id": f"s{k}",
+            "title": f"shoe {k}",
+            "categories": ["shoes"] if k < 3 else ["hats"],
+            "created_at": datetime.fromtimestamp(1_700_000_000 + 1000 * k, UTC).isoformat(),
+        }
+        for k in range(5)
+    ]
+    assert client.post("/items/bulk", json={"items": items}).status_code == 200
+
+
+def _events(client: Any, rows: list[tuple[str, str, float | None, float]]) -> None:
+    body = [
+        {
+            "id": uuid.uuid4().hex,
+            "user_id": f"buyer{k}",
+            "item_id": item,
+            "type": kind,
+            **({"value": value} if value is not None else {}),
+            "timestamp": datetime.fromtimestamp(t, UTC).isoformat(),
+        }
+        for k, (item, kind, value, t) in enumerate(rows)
+    ]
+    r = client.post("/events", json={"events": body})
+    assert r.status_code == 200, r.text
+
+
+def test_leaderboards_are_configured_lists_computed_once_per_interval(
+    make_client: MakeClient,
+) -> None:
+    client = make_client(leaderboards=BOARDS, leaderboard_refresh_seconds=60)
+    _catalog(client)
+    now = time.time()
+    old = now - 3 * 86400  # outside the one-day window
+    _events(
+        client,
+        [("s3", "purchase", None, now - 60)] * 3
+        + [("s1", "purchase", None, now - 60)] * 2
+        + [("s0", "purchase", None, now - 60)]
+        + [("s0", "purchase", None, old)] * 5
+        # s0: two 5s; s1: twenty 4.5s (mean 4.12 overall, prior 5): the many beat
+        # the few, where a plain mean would put s0 first
+        + [("s0", "rating", 5.0, old)] * 2
+        + [("s1", "rating", 4.5, old)] * 20
+        + [("s2", "rating", 1.0, old)] * 3,
+    )
+
+    def board(name: str, **params: Any) -> dict[str, Any]:
+        r = client.get(f"/leaderboards/{name}", params=params)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    assert [(i["id"], i["count"]) for i in board("bought")["items"]] == [
+        ("s3", 3),
+        ("s1", 2),
+        ("s0", 1),
+    ]
+    assert [i["id"] for i in board("bought_shoes")["items"]] == ["s1", "s0"]
+    rated = board("rated")["items"]
+    assert [i["id"] for i in rated] == ["s1", "s0", "s2"]
+    mean = (10 + 90 + 3) / 25
+    assert rated[1]["score"] == pytest.approx((5 * mean + 10) / 7)
+    newest = board("newest_shoes")
+    assert [i["id"] for i in newest["items"]] == ["s2", "s1"] and newest["items"][0]["title"]
+    assert [i["id"] for i in board("bought", n=1)["items"]] == ["s3"]
+
+    # cached: new purchases show once the refresh interval has passed
+    first = board("bought")
+    _events(client, [("s0", "purchase", None, now - 30)] * 4)
+    assert board("bought") == first
+    service = client.app.state.service  # type: ignore[attr-defined]
+    service.leaderboards.clock = lambda: now + 61
+    assert [i["id"] for i in board("bought")["items"]][0] == "s0"
+
+    missing = client.get("/leaderboards/nope")
+    assert missing.status_code == 404 and "bought_shoes" in missing.text
+    assert client.get("/leaderboards/bought", params={"n": 5000}).status_code == 422
+    assert set(client.get("/leaderboards").json()) == set(BOARDS)
+
+
+def test_a_leaderboard_is_shared_by_every_server_process(
+    make_client: MakeClient, tmp_path: Path, redis_url: str
+) -> None:
+    """Two processes on one store and one Redis: the second serves the board
+    the first computed (same computation time), not one of its own."""
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    a = make_client(store_url=db, cache_url=redis_url, leaderboards=BOARDS)
+    b = make_client(store_url=db, cache_url=redis_url, leaderboards=BOARDS)
+    _catalog(a)
+    _events(a, [("s4", "purchase", None, time.time() - 10)])
+    first = a.get("/leaderboards/bought").json()
+    assert [i["id"] for i in first["items"]] == ["s4"]
+    assert b.get("/leaderboards/bought").json()["computed_at"] == first["computed_at"]
+
+
+def test_leaderboard_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        Settings(leaderboards={"x": {"kind": "loudest"}})
+    with pytest.raises(ValueError, match="names must be"):
+        Settings(leaderboards={"Bad Name": {"kind": "newest"}})

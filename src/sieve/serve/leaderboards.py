@@ -119,7 +119,14 @@ class Leaderboards:
             mine = True
         if not mine and isinstance(cached, dict):
             return dict(cached)  # another process is refreshing it
-        return self._compute(name, board, now, store_it=True)
+        try:
+            return self._compute(name, board, now, store_it=True)
+        finally:
+            if mine:  # the claim guards the computation only; freshness is computed_at
+                try:
+                    self.cache.delete(f"{_key(name)}:claim")
+                except CacheError:
+                    pass  # it expires
 
     def _compute(self, name: str, board: Leaderboard, now: float, store_it: bool) -> dict[str, Any]:
         out = {

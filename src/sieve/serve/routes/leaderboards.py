@@ -7,7 +7,8 @@ and computed periodically into the shared cache (`sieve.serve.leaderboards`).
   their scores and titles (404 naming the configured boards for another name).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the closure-local
+# bound (`longest`, from the settings) as an object, not as a string.
 
 from typing import Annotated, Any
 
