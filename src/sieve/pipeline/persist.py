@@ -41,13 +41,13 @@ def save_funnel(
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.toml").write_text(config.to_toml())
     engine.catalog.save(path / "catalog.npz")
-    np.savez(
-        path / "users.npz",
-        user_ids=np.array([str(u) for u in state.user_ids], dtype=str),
-        train_count=engine.user_train_count,
-        train_sum=engine.user_train_sum,
+    arrays: dict[str, Any] = {
+        "user_ids": np.array([str(u) for u in state.user_ids], dtype=str),
+        "train_count": engine.user_train_count,
+        "train_sum": engine.user_train_sum,
         **_recent_arrays(engine),
-    )
+    }
+    np.savez(path / "users.npz", **arrays)
     parts: dict[str, bool] = {}
     for name in ("als", "itemknn", "ease"):
         model = getattr(engine, name)

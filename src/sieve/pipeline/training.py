@@ -34,9 +34,9 @@ from sieve.ranking.query import UserLog, build_query
 from sieve.realtime.counters import Replay
 from sieve.rerank.rules import blocked_items
 from sieve.retrieval.ann import AnnIndex
-from sieve.retrieval.personal import recent_items
 from sieve.retrieval.catalog import Catalog
 from sieve.retrieval.content import ContentIndex
+from sieve.retrieval.personal import recent_items
 from sieve.retrieval.sources import CandidateEngine
 
 log = logging.getLogger(__name__)

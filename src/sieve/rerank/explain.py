@@ -51,9 +51,7 @@ def explain(
         item = int(cands.items[p])
         anchor = int(cands.anchors[p])
         if proposed[col["continuation"]]:
-            kinds = {
-                t for i, t in zip(recent, req.query.recent_types, strict=False) if i == item
-            }
+            kinds = {t for i, t in zip(recent, req.query.recent_types, strict=False) if i == item}
             out.append(next((COMEBACK[t] for t in COMEBACK if t in kinds), LEFT_OFF))
         elif proposed[col["user_to_user"]]:
             out.append(SIMILAR_USERS)

@@ -18,6 +18,7 @@ with two perfect ratings does not outrank one with two hundred good ones.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -110,7 +111,9 @@ class Leaderboards:
         except CacheError:
             log.warning("cache unavailable: leaderboard %r computed here", name, exc_info=True)
             return self._compute(name, board, now, store_it=False)
-        fresh = isinstance(cached, dict) and now - float(cached.get("computed_at", 0)) < self.refresh
+        fresh = (
+            isinstance(cached, dict) and now - float(cached.get("computed_at", 0)) < self.refresh
+        )
         if fresh:
             return dict(cached)
         try:
@@ -123,10 +126,8 @@ class Leaderboards:
             return self._compute(name, board, now, store_it=True)
         finally:
             if mine:  # the claim guards the computation only; freshness is computed_at
-                try:
+                with contextlib.suppress(CacheError):  # else it expires
                     self.cache.delete(f"{_key(name)}:claim")
-                except CacheError:
-                    pass  # it expires
 
     def _compute(self, name: str, board: Leaderboard, now: float, store_it: bool) -> dict[str, Any]:
         out = {

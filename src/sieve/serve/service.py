@@ -44,8 +44,8 @@ from sieve.serve.follow import Follower
 from sieve.serve.holder import ModelHolder, NoModelError, items_frame
 from sieve.serve.impressions import ImpressionLogger, impression_of
 from sieve.serve.ingest import EventIngestion
-from sieve.serve.listing import Filters, listed, new_request_id
 from sieve.serve.leaderboards import Leaderboards
+from sieve.serve.listing import Filters, listed, new_request_id
 from sieve.serve.live import LiveAnswers
 from sieve.serve.schemas import RecommendationList, RecommendedItem
 from sieve.serve.shadows import ShadowRunner

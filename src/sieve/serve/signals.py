@@ -33,7 +33,12 @@ RECENT_SESSIONS_REFRESH = 30.0
 
 
 def read_signals(
-    store: Store, start: float, end: float, bucket_seconds: int, semantics: EventSemantics, now: float
+    store: Store,
+    start: float,
+    end: float,
+    bucket_seconds: int,
+    semantics: EventSemantics,
+    now: float,
 ) -> SignalCounts:
     """`Store.signal_counts` under the semantics' definitions."""
     return store.signal_counts(
@@ -71,7 +76,9 @@ def frame_signals(
         now=now,
     )
     in_window = (events["timestamp"] >= start) & (events["timestamp"] < end)
-    dwell = events.loc[in_window & events["type"].isin(semantics.dwell_types) & events["value"].notna()]
+    dwell = events.loc[
+        in_window & events["type"].isin(semantics.dwell_types) & events["value"].notna()
+    ]
     bucket = ((dwell["timestamp"].to_numpy(np.float64) - start) // bucket_seconds).astype(np.int64)
     per_bucket = (
         dwell.assign(bucket=bucket)

@@ -47,9 +47,9 @@ from sieve.serve.auth import ReadAccess
 from sieve.serve.holder import NoModelError
 from sieve.serve.listing import Filters
 from sieve.serve.routes import AUTH_ERRORS, ServiceDep, UserId
+from sieve.serve.signals import read_signals, signal_series
 from sieve.settings import DEFAULT_SEMANTICS, EventSemantics, Settings
 from sieve.storage import CacheError
-from sieve.serve.signals import read_signals, signal_series
 from sieve.storage.base import SignalCounts, WindowCounts
 
 #: The folder of the page and its assets (package data).
