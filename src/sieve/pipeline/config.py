@@ -26,7 +26,7 @@ class BlendConfig(Config):
 
     - `k`: the fusion constant (larger flattens the rank differences).
     - `ann`, `item_to_item`, `content`, `ease`, `popular`, `trending`,
-      `fresh`: the weight of each source.
+      `fresh`, `continuation`, `user_to_user`: the weight of each source.
     """
 
     k: float = 60.0
@@ -37,6 +37,8 @@ class BlendConfig(Config):
     popular: float = 0.3
     trending: float = 0.5
     fresh: float = 0.2
+    continuation: float = 1.0
+    user_to_user: float = 0.5
 
     def validate(self) -> None:
         if self.k <= 0:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from sieve.models.content import ContentTFIDF
 from sieve.models.ease import EASE
@@ -39,12 +41,13 @@ def save_funnel(
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.toml").write_text(config.to_toml())
     engine.catalog.save(path / "catalog.npz")
-    np.savez(
-        path / "users.npz",
-        user_ids=np.array([str(u) for u in state.user_ids], dtype=str),
-        train_count=engine.user_train_count,
-        train_sum=engine.user_train_sum,
-    )
+    arrays: dict[str, Any] = {
+        "user_ids": np.array([str(u) for u in state.user_ids], dtype=str),
+        "train_count": engine.user_train_count,
+        "train_sum": engine.user_train_sum,
+        **_recent_arrays(engine),
+    }
+    np.savez(path / "users.npz", **arrays)
     parts: dict[str, bool] = {}
     for name in ("als", "itemknn", "ease"):
         model = getattr(engine, name)
@@ -79,6 +82,22 @@ def save_funnel(
     }
     (path / "model.json").write_text(json.dumps(meta, indent=1))
     return path
+
+
+def _recent_arrays(engine: CandidateEngine) -> dict[str, np.ndarray]:
+    """The user-to-user source's latest items per user, as CSR parts (none: {})."""
+    m = engine.user_recent
+    if m is None:
+        return {}
+    return {"recent_indptr": m.indptr.astype(np.int64), "recent_items": m.indices.astype(np.int64)}
+
+
+def _recent_matrix(users: Any, n_items: int) -> sparse.csr_matrix | None:
+    if "recent_indptr" not in users:
+        return None
+    indptr, items = users["recent_indptr"], users["recent_items"]
+    data = np.ones(len(items), np.float32)
+    return sparse.csr_matrix((data, items, indptr), shape=(len(indptr) - 1, n_items))
 
 
 def load_funnel(
@@ -119,6 +138,7 @@ def load_funnel(
         user_train_sum=users["train_sum"].astype(np.int64),
         n_train_items=int(meta["n_train_items"]),
         snapshot_time=float(meta["snapshot_time"]),
+        user_recent=_recent_matrix(users, int(meta["n_train_items"])),
     )
     engine.catalog.warm(config.rerank.long_tail.head_share)
     ranker = LTRRanker.load(path / "ranker.txt") if parts["ranker"] else None

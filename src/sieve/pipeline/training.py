@@ -36,6 +36,7 @@ from sieve.rerank.rules import blocked_items
 from sieve.retrieval.ann import AnnIndex
 from sieve.retrieval.catalog import Catalog
 from sieve.retrieval.content import ContentIndex
+from sieve.retrieval.personal import recent_items
 from sieve.retrieval.sources import CandidateEngine
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,26 @@ def build_engine(
     snapshot = float(finite.max()) if len(finite) else 0.0
     catalog = Catalog.from_dataset(dataset, cfg.trending, snapshot)
     als = ann = itemknn = ease = None
-    if src.ann > 0:
+    if src.ann > 0 or src.user_to_user > 0:  # user-to-user reads ALS user vectors
         als = ALS(cfg.als).fit(dataset)
+    if als is not None and src.ann > 0:
         ann = AnnIndex.build(als.state.item_factors, cfg.ann, exact=True if exact_ann else None)
     if src.item_to_item > 0:
         itemknn = ItemKNN(cfg.itemknn).fit(dataset)
     if src.ease > 0 and dataset.n_items <= src.ease_max_items:
         ease = EASE(cfg.ease).fit(dataset)
     matrix = dataset.matrix
+    user_recent = None
+    if src.user_to_user > 0 and als is not None:
+        ev = dataset.events.loc[dataset.events["weight"] > 0]
+        user_recent = recent_items(
+            ev["user_idx"].to_numpy(np.int64),
+            ev["item_idx"].to_numpy(np.int64),
+            ev["timestamp"].to_numpy(np.float64),
+            dataset.n_users,
+            dataset.n_items,
+            src.user_recent_items,
+        )
     rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
     train_sum = np.bincount(
         rows, weights=matrix.indices.astype(np.float64), minlength=matrix.shape[0]
@@ -93,6 +106,7 @@ def build_engine(
         user_train_sum=np.rint(train_sum).astype(np.int64),
         n_train_items=dataset.n_items,
         snapshot_time=snapshot,
+        user_recent=user_recent,
     )
 
 

@@ -64,6 +64,7 @@ from sieve.serve.routes import (
     events,
     experiments,
     items,
+    leaderboards,
     metrics,
     recommendations,
     system,
@@ -367,7 +368,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     # routes are matched in order: the hottest path first (each miss on the
     # way costs a regex match per request)
-    for module in (recommendations, items, users, events, experiments, system, dashboard, metrics):
+    for module in (
+        recommendations,
+        items,
+        users,
+        events,
+        experiments,
+        system,
+        dashboard,
+        metrics,
+        leaderboards,
+    ):
         app.include_router(module.router(settings))
     return app
 

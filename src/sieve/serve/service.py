@@ -45,10 +45,12 @@ from sieve.serve.follow import Follower
 from sieve.serve.holder import ModelHolder, NoModelError, items_frame
 from sieve.serve.impressions import ImpressionLogger, impression_of
 from sieve.serve.ingest import EventIngestion
+from sieve.serve.leaderboards import Leaderboards
 from sieve.serve.listing import Filters, listed, new_request_id
 from sieve.serve.live import LiveAnswers
 from sieve.serve.schemas import RecommendationList, RecommendedItem
 from sieve.serve.shadows import ShadowRunner
+from sieve.serve.signals import RecentSessions
 from sieve.settings import Settings
 from sieve.storage import Cache, CacheError, Store, StoreError, open_cache, open_store
 from sieve.storage.guard import GuardedStore
@@ -86,6 +88,10 @@ class Service:
         #: affinity), folded from the stored log by `ingestion`
         self.counters = OnlineCounters(cache, semantics=settings.semantics)
         self.metrics = ServingMetrics.for_settings(settings, self.store)
+        #: named non-personalised lists, computed periodically into the cache
+        self.leaderboards = Leaderboards(settings, self.store, cache)
+        # the last hour's sessions and dwell for /metrics (a bounded read, cached)
+        self.metrics.watch_sessions(RecentSessions(self.store, settings.semantics))
         self.holder = ModelHolder(Path(settings.model_dir), store, self.counters)
         self.experiments = ExperimentBook(
             self.store, cache, refresh_seconds=math.inf, semantics=settings.semantics
