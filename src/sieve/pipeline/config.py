@@ -12,6 +12,7 @@ from sieve.models.ease import EASEConfig
 from sieve.models.factorization import ALSConfig
 from sieve.models.itemknn import ItemKNNConfig
 from sieve.models.popularity import TrendingConfig
+from sieve.ranking.attributes import AttributesConfig
 from sieve.ranking.ltr import RankerConfig
 from sieve.ranking.query import QueryConfig
 from sieve.rerank.stages import RerankConfig, SectionedConfig
@@ -65,6 +66,8 @@ class FunnelConfig(SectionedConfig):
     - `rerank`: the re-ranking stages (`RerankConfig`).
     - `query`: how a request is built from a user's events, the same for the
       ranker's training queries and live requests (`QueryConfig`).
+    - `attributes`: item and user attributes (and a `POST /rank` caller's
+      per-item fields) the ranker learns from (`AttributesConfig`).
     """
 
     sources: SourcesConfig = dataclasses.field(default_factory=SourcesConfig)
@@ -78,6 +81,7 @@ class FunnelConfig(SectionedConfig):
     blend: BlendConfig = dataclasses.field(default_factory=BlendConfig)
     rerank: RerankConfig = dataclasses.field(default_factory=RerankConfig)
     query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
+    attributes: AttributesConfig = dataclasses.field(default_factory=AttributesConfig)
 
 
 def load_funnel_config(path: str | Path) -> FunnelConfig:

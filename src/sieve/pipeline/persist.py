@@ -15,6 +15,7 @@ from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.training import FunnelState
+from sieve.ranking.attributes import AttributeFeatures
 from sieve.ranking.ltr import LTRRanker
 from sieve.realtime.counters import OnlineCounters
 from sieve.retrieval.ann import AnnIndex
@@ -58,6 +59,9 @@ def save_funnel(
     parts["ann"] = engine.ann is not None
     if engine.ann is not None:
         engine.ann.save(path / "ann")
+    parts["attributes"] = state.attributes is not None
+    if state.attributes is not None:
+        (path / "attributes.json").write_text(json.dumps(state.attributes.to_dict(), indent=1))
     parts["ranker"] = state.ranker is not None
     if state.ranker is not None:
         state.ranker.save(path / "ranker.txt")
@@ -127,12 +131,18 @@ def load_funnel(
         records = _load_counters(path / "counters.npz")
         online = OnlineCounters(MemoryCache())
         online.restore(records)
+    attributes = (
+        AttributeFeatures.from_dict(json.loads((path / "attributes.json").read_text()))
+        if parts.get("attributes", False)
+        else None
+    )
     state = FunnelState(
         engine=engine,
         ranker=ranker,
         user_ids=users["user_ids"].astype(object),
         version=str(meta["version"]),
         fitted_at=float(meta["fitted_at"]),
+        attributes=attributes,
     )
     return config, state, online
 

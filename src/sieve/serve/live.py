@@ -70,6 +70,14 @@ class LiveAnswers:
         limit = max(shape.history_limit, shape.recent_limit)
         return self.store.user_interactions(user_id, limit=limit)
 
+    def user_attributes(self, funnels: Sequence[Funnel], user_id: str) -> dict[str, Any]:
+        """The user's stored attributes when one of `funnels` ranks with them
+        (one store read), else none (no read)."""
+        if not any(f.reads_user_attributes for f in funnels):
+            return {}
+        user = self.store.get_user(user_id)
+        return dict(user.attributes) if user is not None else {}
+
     def user_query(
         self,
         funnel: Funnel,
@@ -79,11 +87,15 @@ class LiveAnswers:
         events: Sequence[tuple[str, str]] | None = None,
         now: float | None = None,
         request_id: str = "",
+        user_attributes: Mapping[str, Any] | None = None,
     ) -> Query:
         """The live request of a user, built by the one query builder from
-        their stored events (the session too: see the module doc)."""
+        their stored events (the session too: see the module doc) and, when
+        the ranker reads them, their stored attributes."""
         if events is None:
             events = self.user_events(funnel, user_id)
+        if user_attributes is None:
+            user_attributes = self.user_attributes([funnel], user_id)
         return funnel.query(
             events,
             user_id,
@@ -93,6 +105,7 @@ class LiveAnswers:
             exclude=filters.exclude,
             now=time.time() if now is None else now,
             request_id=request_id,
+            user_attributes=user_attributes,
         )
 
     def recommend_user(
@@ -102,6 +115,7 @@ class LiveAnswers:
         filters: Filters = Filters(),
         log: bool = True,
         trace: dict[str, Any] | None = None,
+        explain: bool = False,
     ) -> RecommendationList:
         """Top-n for `user_id`, live.
 
@@ -110,7 +124,8 @@ class LiveAnswers:
         exploration slots; shadow arms are computed after this returns.
         `log=False` (a preview: the dashboard's inspector) logs no impression
         and teaches no bandit, so it never counts as traffic. `trace` (a dict)
-        receives the query and the ranker's features of the main list."""
+        receives the query and the ranker's features of the main list;
+        `explain` adds each ranked item's feature contributions."""
         snap = self.holder.snapshot
         # adaptive arms count a pull only once applied: the planner may drop one
         plan = plan_request(self.experiments.assign(user_id, learn=False), self.settings)
@@ -118,20 +133,32 @@ class LiveAnswers:
             self.experiments.pulled(plan.arms)
         request_id = new_request_id()
         events = self.user_events(snap.funnel, user_id)
+        attrs = self.user_attributes(
+            self._plan_funnels(snap, plan.version, plan.interleave), user_id
+        )
         now = time.time()
         explored: dict[str, str] = {}
         k = min(plan.exploration_slots, n)
         pool = self.settings.exploration_pool if k > 0 else 0
         if plan.interleave is not None:
             ranked, cold = self._interleave(
-                snap, plan.interleave, user_id, n - k + pool, filters, events, request_id
+                snap, plan.interleave, user_id, n - k + pool, filters, events, request_id, attrs
             )
             version = None
         else:
             version = plan.version
             funnel = self._arm_funnel(snap, version)
             ranked, cold = self._ranked(
-                funnel, user_id, n - k + pool, filters, events, now, trace, request_id
+                funnel,
+                user_id,
+                n - k + pool,
+                filters,
+                events,
+                now,
+                trace,
+                request_id,
+                attrs,
+                explain,
             )
         items: list[RecommendedItem] = []
         for item, propensity, explore in self.explorer.fill(
@@ -166,7 +193,10 @@ class LiveAnswers:
 
             def shadow_list(version: str | None) -> list[str]:
                 funnel = self.holder.funnel_for(version)
-                return [i.id for i in self._ranked(funnel, user_id, n, filters, events, now)[0]]
+                found = self._ranked(
+                    funnel, user_id, n, filters, events, now, user_attributes=attrs or None
+                )
+                return [i.id for i in found[0]]
 
             self.shadows.submit(plan.shadows, result, context, plan.arms, shadow_list)
         return result
@@ -181,12 +211,21 @@ class LiveAnswers:
         now: float | None = None,
         trace: dict[str, Any] | None = None,
         request_id: str = "",
+        user_attributes: Mapping[str, Any] | None = None,
+        explain: bool = False,
     ) -> tuple[list[RecommendedItem], bool]:
         """The funnel's top-n for a user as served items, and whether it was a cold start."""
         query = self.user_query(
-            funnel, user_id, n, filters, events=events, now=now, request_id=request_id
+            funnel,
+            user_id,
+            n,
+            filters,
+            events=events,
+            now=now,
+            request_id=request_id,
+            user_attributes=user_attributes,
         )
-        recs = funnel.recommend_query(query, trace=trace)
+        recs = funnel.recommend_query(query, trace=trace, explain=explain)
         if trace is not None:
             trace["query"] = {
                 "user": query.user,
@@ -196,7 +235,15 @@ class LiveAnswers:
                 "recent_types": list(query.recent_types),
                 "now": query.now,
             }
-        return listed(funnel, recs), funnel.is_cold(query)
+        return listed(funnel, recs, explain), funnel.is_cold(query)
+
+    def _plan_funnels(
+        self, snap: ServingSnapshot, version: str | None, interleave: Arm | None
+    ) -> list[Funnel]:
+        """The funnels a request's plan ranks with."""
+        if interleave is None:
+            return [self._arm_funnel(snap, version)]
+        return [self._arm_funnel(snap, v.model_version) for v in interleave.experiment.served]
 
     def _arm_funnel(self, snap: ServingSnapshot, version: str | None) -> Funnel:
         """The funnel of an arm's model version; the serving version's is the
@@ -214,15 +261,28 @@ class LiveAnswers:
         filters: Filters,
         events: Sequence[tuple[str, str]],
         request_id: str,
+        attrs: Mapping[str, Any],
     ) -> tuple[list[RecommendedItem], bool]:
         """Team-draft interleaving of the two arms' lists; each item carries its team."""
         a, b = arm.experiment.served
         now = time.time()
         list_a, cold = self._ranked(
-            self._arm_funnel(snap, a.model_version), user_id, n, filters, events, now
+            self._arm_funnel(snap, a.model_version),
+            user_id,
+            n,
+            filters,
+            events,
+            now,
+            user_attributes=attrs,
         )
         list_b, _ = self._ranked(
-            self._arm_funnel(snap, b.model_version), user_id, n, filters, events, now
+            self._arm_funnel(snap, b.model_version),
+            user_id,
+            n,
+            filters,
+            events,
+            now,
+            user_attributes=attrs,
         )
         by_id = {i.id: i for i in list_b} | {i.id: i for i in list_a}
         merged = team_draft(
