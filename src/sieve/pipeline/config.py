@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from sieve.config import Config, ConfigError, read_toml
+from sieve.explore.linear import ContextualConfig
 from sieve.models.content import ContentConfig
 from sieve.models.ease import EASEConfig
 from sieve.models.factorization import ALSConfig
@@ -68,6 +69,9 @@ class FunnelConfig(SectionedConfig):
       ranker's training queries and live requests (`QueryConfig`).
     - `attributes`: item and user attributes (and a `POST /rank` caller's
       per-item fields) the ranker learns from (`AttributesConfig`).
+    - `linucb`: the context features of LinUCB in serving, as an
+      exploration policy and an experiment's arm allocation
+      (`sieve.explore.linear.ContextualConfig`).
     """
 
     sources: SourcesConfig = dataclasses.field(default_factory=SourcesConfig)
@@ -82,6 +86,7 @@ class FunnelConfig(SectionedConfig):
     rerank: RerankConfig = dataclasses.field(default_factory=RerankConfig)
     query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
     attributes: AttributesConfig = dataclasses.field(default_factory=AttributesConfig)
+    linucb: ContextualConfig = dataclasses.field(default_factory=ContextualConfig)
 
 
 def load_funnel_config(path: str | Path) -> FunnelConfig:

@@ -18,6 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from sieve.config import ConfigError
 from sieve.data.dataset import Dataset
 from sieve.models.base import Recommender
 from sieve.models.content import ContentTFIDF
@@ -86,8 +87,14 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             content = ContentTFIDF(cfg.content).fit(dataset)
             if content.state.item_matrix.shape[1] == 0:
                 content = None
-        engine = build_engine(dataset, cfg, content)
         attributes = fit_attributes(cfg, dataset)
+        unknown = sorted(set(cfg.linucb.features) - set(feature_names(attributes)))
+        if unknown:
+            raise ConfigError(
+                f"FunnelConfig.linucb.features: {unknown} are not ranking features "
+                "(see sieve.ranking.features and [attributes])"
+            )
+        engine = build_engine(dataset, cfg, content)
         ranker = (
             train_ranker(cfg, self.logged, dataset, content, engine, attributes)
             if cfg.ranker.enabled

@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from sieve.data.schema import UnknownIdError
 from sieve.experiments.interleaving import request_rng, team_draft
 from sieve.experiments.online import Arm, ExperimentBook
-from sieve.explore.slots import ExplorationSlots
+from sieve.explore.linear import ContextualConfig, item_contexts, request_context
+from sieve.explore.slots import ExplorationSlots, linucb_key
 from sieve.serve.credit import ServedRequests
 from sieve.serve.errors import InvalidInput, field_error
 from sieve.serve.holder import ModelHolder, ServingSnapshot
@@ -127,12 +131,16 @@ class LiveAnswers:
         receives the query and the ranker's features of the main list;
         `explain` adds each ranked item's feature contributions."""
         snap = self.holder.snapshot
+        events = self.user_events(snap.funnel, user_id)
+        c = filters.context
+        linucb = snap.funnel.config.linucb
+        situation = request_context(linucb, c.hour, c.weekday, c.device, len(events))
         # adaptive arms count a pull only once applied: the planner may drop one
-        plan = plan_request(self.experiments.assign(user_id, learn=False), self.settings)
+        arms = self.experiments.assign(user_id, learn=False, context=situation.tolist())
+        plan = plan_request(arms, self.settings)
         if log:
             self.experiments.pulled(plan.arms)
         request_id = new_request_id()
-        events = self.user_events(snap.funnel, user_id)
         attrs = self.user_attributes(
             self._plan_funnels(snap, plan.version, plan.interleave), user_id
         )
@@ -140,6 +148,9 @@ class LiveAnswers:
         explored: dict[str, str] = {}
         k = min(plan.exploration_slots, n)
         pool = self.settings.exploration_pool if k > 0 else 0
+        contextual = k > 0 and plan.exploration_policy == "linucb"
+        if contextual and trace is None:
+            trace = {}  # the candidates' features give the items' contexts
         if plan.interleave is not None:
             ranked, cold = self._interleave(
                 snap, plan.interleave, user_id, n - k + pool, filters, events, request_id, attrs
@@ -160,12 +171,24 @@ class LiveAnswers:
                 attrs,
                 explain,
             )
+        contexts = _contexts(linucb, ranked, trace) if contextual else None
+        linear: dict[str, tuple[str, list[float]]] = {}
         items: list[RecommendedItem] = []
         for item, propensity, explore in self.explorer.fill(
-            ranked, n, k, plan.exploration_policy, key=lambda r: r.id, learn=log
+            ranked,
+            n,
+            k,
+            plan.exploration_policy,
+            key=lambda r: r.id,
+            learn=log,
+            contexts=contexts,
+            linucb=linucb,
         ):
             if explore:  # the bandit's pick, not a team's: no interleaving credit
                 explored[item.id] = plan.exploration_policy
+                if contexts is not None:
+                    row = contexts[[i.id for i in ranked].index(item.id)]
+                    linear[item.id] = (linucb_key(linucb), row.tolist())
                 item = item.model_copy(
                     update={"propensity": propensity, "slot": "explore", "team": None}
                 )
@@ -185,7 +208,7 @@ class LiveAnswers:
         if not log:
             return result
         if plan.arms or explored:
-            self.served.remember(request_id, plan.arms, explored)
+            self.served.remember(request_id, plan.arms, explored, linear)
         context = context_dict(filters)
         if not plan.shadows:
             self._log_impression(result, context, plan.arms)
@@ -352,6 +375,25 @@ class LiveAnswers:
         """The trending items now, optionally restricted to `categories`."""
         funnel = self.funnel
         return listed(funnel, funnel.popular(n, categories, now=time.time()))
+
+
+def _contexts(
+    config: ContextualConfig, ranked: Sequence[RecommendedItem], trace: Mapping[str, Any] | None
+) -> NDArray[np.float64]:
+    """Each ranked item's LinUCB context from the ranker's features of the
+    request (`trace`); items the ranker did not score (backfill, an
+    interleaved list) get only the constant."""
+    names = (trace or {}).get("feature_names") or []
+    rows = (trace or {}).get("features")
+    width = max(len(names), 1)
+    x = np.full((len(ranked), width), np.nan)
+    if rows is not None:
+        at = {item_id: k for k, item_id in enumerate((trace or {}).get("candidates", []))}
+        for r, item in enumerate(ranked):
+            k = at.get(item.id)
+            if k is not None:
+                x[r, : len(rows[k])] = rows[k]
+    return item_contexts(config, names, x)
 
 
 __all__ = ["LiveAnswers"]

@@ -407,7 +407,7 @@ class ExperimentIn(BaseModel):
     name: str = Field(pattern=_NAME)
     layer: str = Field(default="default", pattern=_NAME)
     kind: Literal["ab", "interleaving"] = "ab"
-    allocation: Literal["fixed", "thompson"] = "fixed"
+    allocation: Literal["fixed", "thompson", "linucb"] = "fixed"
     variants: list[VariantIn] = Field(min_length=1, max_length=20)
     holdout_share: float = Field(default=0.0, ge=0.0, lt=1.0)
     traffic: float = Field(default=1.0, gt=0.0, le=1.0)
