@@ -118,7 +118,9 @@ def _logged(
     exam = np.array([examination(k) for k in range(K)])
     for r, u in enumerate(users):
         user_id = str(train_users[u])
-        query = funnel.query(funnel.user_log.events(user_id), user_id, n=30)  # type: ignore[union-attr]
+        events = funnel.user_log.events(user_id)  # type: ignore[union-attr]
+        attrs = funnel.user_attributes.get(user_id)
+        query = funnel.query(events, user_id, n=30, user_attributes=attrs)
         top = np.array([rec.item for rec in funnel.recommend_query(query)], dtype=np.int64)
         if len(top) < K:
             continue

@@ -101,6 +101,8 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             else None
         )
         engine.catalog.warm(cfg.rerank.long_tail.head_share)
+        if attributes is not None:
+            attributes.warm(engine.catalog)
         self._user_lookup = None
         self.online = OnlineCounters.replay(dataset.events, categories_of(dataset))
         self.user_log = UserLog(dataset.events)
@@ -485,6 +487,8 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             if engine.content is not None:
                 engine.content.set_rows(added, engine.documents(new), cat.n_items)
         cat.warm(self.config.rerank.long_tail.head_share)
+        if self.state.attributes is not None:  # encoded here, not in the next request
+            self.state.attributes.warm(cat)
         if engine.content is not None:
             engine.content.delta_position(cat.n_items)
 

@@ -136,6 +136,8 @@ def load_funnel(
         if parts.get("attributes", False)
         else None
     )
+    if attributes is not None:
+        attributes.warm(engine.catalog)
     state = FunnelState(
         engine=engine,
         ranker=ranker,

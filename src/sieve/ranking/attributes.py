@@ -263,6 +263,11 @@ class AttributeFeatures:
         found: tuple[NDArray[np.float32], list[list[Any]]] = catalog.memo(self._memo_key, build)
         return found
 
+    def warm(self, catalog: Catalog) -> None:
+        """Encode the catalog's items now (after a load or a catalog change),
+        so that no request pays for it."""
+        self._item_tables(catalog)
+
     def matrix(
         self,
         catalog: Catalog,
