@@ -25,12 +25,8 @@ from sieve.serve.errors import InvalidInput, field_error
 from sieve.serve.holder import ModelHolder
 from sieve.serve.listing import listed, new_request_id
 from sieve.serve.live import LiveAnswers
-from sieve.serve.schemas import (
-    RankedList,
-    RankRequest,
-    RecommendationList,
-    UnrankedItem,
-)
+from sieve.serve.rank_schemas import RankedList, RankRequest, UnrankedItem
+from sieve.serve.schemas import RecommendationList
 from sieve.types import Context
 
 UNKNOWN = "unknown item id"

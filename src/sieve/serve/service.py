@@ -47,7 +47,8 @@ from sieve.serve.ingest import EventIngestion
 from sieve.serve.listing import Filters, listed, new_request_id
 from sieve.serve.live import LiveAnswers
 from sieve.serve.rank import CallerRanking
-from sieve.serve.schemas import RankedList, RankRequest, RecommendationList, RecommendedItem
+from sieve.serve.rank_schemas import RankedList, RankRequest
+from sieve.serve.schemas import RecommendationList, RecommendedItem
 from sieve.serve.shadows import ShadowRunner
 from sieve.settings import Settings
 from sieve.storage import Cache, CacheError, Store, StoreError, open_cache, open_store

@@ -14,8 +14,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from sieve.serve.auth import ReadAccess
 from sieve.serve.listing import MODEL_HEADER
+from sieve.serve.rank_schemas import RankedList, RankRequest
 from sieve.serve.routes import AUTH_ERRORS, NO_MODEL, ServiceDep
-from sieve.serve.schemas import RankedList, RankRequest
 from sieve.settings import Settings
 
 
