@@ -255,7 +255,8 @@ class Settings(BaseSettings):
       its item to its user within the window;
     - `exploration_slots` / `exploration_policy` / `exploration_pool`: the
       last `exploration_slots` positions of a list are chosen by a bandit
-      (`thompson`, `ucb1` or `epsilon`) among the next `exploration_pool`
+      (`thompson`, `ucb1`, `epsilon`, or `linucb` over the context features
+      the funnel config names in `[linucb]`) among the next `exploration_pool`
       candidates, with the propensity of each choice logged (0: off; an
       experiment arm may set its own);
     - `drift_check_seconds`: how often the service compares recent traffic
@@ -301,7 +302,7 @@ class Settings(BaseSettings):
     attribution_window_seconds: float = Field(default=1800.0, gt=0.0)
     attribution_types: tuple[str, ...] = ("click", "cart", "purchase")
     exploration_slots: int = Field(default=0, ge=0, le=50)
-    exploration_policy: Literal["thompson", "ucb1", "epsilon"] = "thompson"
+    exploration_policy: Literal["thompson", "ucb1", "epsilon", "linucb"] = "thompson"
     exploration_pool: int = Field(default=50, ge=1, le=1000)
     drift_check_seconds: float = Field(default=300.0, ge=0.0)
     drift_psi_threshold: float = Field(default=0.2, gt=0.0)

@@ -232,7 +232,7 @@ def experiment_report(
         out["verdict"] = "No impressions of this experiment have been logged yet."
         return out
     extra = _shown_extras(slots, catalog_size)
-    adaptive = exp.allocation == "thompson"  # shares drift by design: no SRM check
+    adaptive = exp.allocation != "fixed"  # shares drift by design: no SRM check
     report = analyze(
         units,
         None if adaptive else exp,

@@ -17,6 +17,7 @@ from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.training import FunnelState
+from sieve.ranking.attributes import AttributeFeatures
 from sieve.ranking.ltr import LTRRanker
 from sieve.realtime.counters import OnlineCounters
 from sieve.retrieval.ann import AnnIndex
@@ -25,7 +26,8 @@ from sieve.retrieval.content import ContentIndex
 from sieve.retrieval.sources import CandidateEngine
 from sieve.storage.cache import MemoryCache
 
-_FORMAT = 1
+#: 2: the continuation and user-to-user sources and attribute features (new ranker inputs)
+_FORMAT = 2
 
 
 def save_funnel(
@@ -61,6 +63,9 @@ def save_funnel(
     parts["ann"] = engine.ann is not None
     if engine.ann is not None:
         engine.ann.save(path / "ann")
+    parts["attributes"] = state.attributes is not None
+    if state.attributes is not None:
+        (path / "attributes.json").write_text(json.dumps(state.attributes.to_dict(), indent=1))
     parts["ranker"] = state.ranker is not None
     if state.ranker is not None:
         state.ranker.save(path / "ranker.txt")
@@ -113,7 +118,11 @@ def load_funnel(
     if meta.get("model") != model_name:
         raise TypeError(f"{path} holds a {meta.get('model')} model, not a funnel")
     if meta.get("format") != _FORMAT:
-        raise ValueError(f"{path}: funnel format {meta.get('format')} is not {_FORMAT}")
+        raise ValueError(
+            f"{path}: this funnel was saved in format {meta.get('format')}, and this version of "
+            f"sieve reads format {_FORMAT} (its ranker has other inputs): retrain it with "
+            "`sieve train`"
+        )
     config = FunnelConfig.from_toml((path / "config.toml").read_text())
     parts = meta["parts"]
     als = ALS.load(path / "als") if parts["als"] else None
@@ -147,12 +156,20 @@ def load_funnel(
         records = _load_counters(path / "counters.npz")
         online = OnlineCounters(MemoryCache())
         online.restore(records)
+    attributes = (
+        AttributeFeatures.from_dict(json.loads((path / "attributes.json").read_text()))
+        if parts.get("attributes", False)
+        else None
+    )
+    if attributes is not None:
+        attributes.warm(engine.catalog)
     state = FunnelState(
         engine=engine,
         ranker=ranker,
         user_ids=users["user_ids"].astype(object),
         version=str(meta["version"]),
         fitted_at=float(meta["fitted_at"]),
+        attributes=attributes,
     )
     return config, state, online
 

@@ -19,7 +19,8 @@ from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.features import featurize
-from sieve.ranking.features import FEATURE_NAMES, base_score
+from sieve.ranking.attributes import AttributeFeatures
+from sieve.ranking.features import base_score, feature_names
 from sieve.ranking.logged import LoggedData, logged_training_set
 from sieve.ranking.ltr import (
     LTRRanker,
@@ -45,13 +46,34 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class FunnelState:
     """What `fit` learns: the candidate engine (models, index, catalog), the
-    ranker, the user vocabulary and the identity of this trained funnel."""
+    ranker, the user vocabulary and the identity of this trained funnel;
+    `attributes`, the declared attribute features with their vocabularies."""
 
     engine: CandidateEngine
     ranker: LTRRanker | None
     user_ids: NDArray[np.object_]
     version: str
     fitted_at: float
+    attributes: AttributeFeatures | None = None
+
+
+def fit_attributes(cfg: FunnelConfig, dataset: Dataset) -> AttributeFeatures | None:
+    """The attribute features the config declares, their vocabularies fitted
+    on the snapshot's catalog and users (None: none declared)."""
+    if not cfg.attributes.declared:
+        return None
+    return AttributeFeatures.fit(
+        cfg.attributes, dataset.items["attributes"], dataset.users["attributes"]
+    )
+
+
+def user_attributes(dataset: Dataset) -> dict[str, dict[str, object]]:
+    """Each snapshot user's attributes by id (users without any left out)."""
+    return {
+        str(u): dict(a)
+        for u, a in zip(dataset.user_ids, dataset.users["attributes"], strict=True)
+        if isinstance(a, dict) and a
+    }
 
 
 def build_engine(
@@ -116,6 +138,7 @@ def train_ranker(
     dataset: Dataset,
     content: ContentTFIDF | None,
     engine: CandidateEngine,
+    attributes: AttributeFeatures | None = None,
 ) -> LTRRanker | None:
     """LambdaMART on the training set(s) `ranker.train_on` names: held-out
     snapshot interactions, logged impressions (`logged_data`, scored by
@@ -136,20 +159,25 @@ def train_ranker(
                 cfg,
                 blocked,
                 config.query,
+                attributes,
             )
         if logged.n_groups < 2:
             log.warning("no usable logged impressions: the ranker trains on the snapshot")
         parts.append(logged)
     if cfg.train_on != "impressions" or sum(p.n_groups for p in parts) < 2:
-        parts.append(snapshot_training_set(config, dataset, content))
+        parts.append(snapshot_training_set(config, dataset, content, attributes))
     data = concat(parts)
     if data.n_groups < 2:
         return None
-    return LTRRanker.train(data, FEATURE_NAMES, cfg)
+    categorical = attributes.categorical if attributes is not None else ()
+    return LTRRanker.train(data, feature_names(attributes), cfg, categorical)
 
 
 def snapshot_training_set(
-    config: FunnelConfig, dataset: Dataset, content: ContentTFIDF | None
+    config: FunnelConfig,
+    dataset: Dataset,
+    content: ContentTFIDF | None,
+    attributes: AttributeFeatures | None = None,
 ) -> TrainingSet:
     """Query groups of held-out training interactions (see
     `sieve.ranking.ltr`), each fold's features computed on models and
@@ -168,7 +196,7 @@ def snapshot_training_set(
         fit_part = fold_fit_part(dataset, labels, users)
         engine = build_engine(fit_part, config, content, exact_ann=True)
         replay = Replay(fit_part.events, categories)
-        requests.extend(training_rows(config, engine, users, fit_part, replay))
+        requests.extend(training_rows(config, engine, users, fit_part, replay, attributes))
         label_rows.extend(labels.indices[labels.indptr[u] : labels.indptr[u + 1]] for u in users)
     return collect(requests, label_rows)
 
@@ -179,6 +207,7 @@ def training_rows(
     users: NDArray[np.int64],
     fit_part: Dataset,
     replay: Replay | None = None,
+    attributes: AttributeFeatures | None = None,
 ) -> list[tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]]:
     """Offline side of the ranker's features: (candidates, features, base
     score) of each user's query built from the fit part, through
@@ -201,6 +230,7 @@ def training_rows(
             cuts[k] = float(times.max()) if len(times) else engine.snapshot_time
     rows: dict[int, tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]] = {}
     log_ = UserLog(fit_part.events)
+    user_attrs = fit_part.users["attributes"] if attributes is not None else None
     for k in np.argsort(cuts, kind="stable"):
         u = int(users[k])
         user_id = str(fit_part.user_ids[u])
@@ -213,9 +243,10 @@ def training_rows(
             user_id=user_id,
             user=u,
             now=now,
+            user_attributes=user_attrs.iloc[u] if user_attrs is not None else None,
         )
         online = replay.advance(float(cuts[k])) if replay is not None else None
-        _, cands, x = featurize(engine, query, blocked, online=online)
+        _, cands, x = featurize(engine, query, blocked, online=online, attributes=attributes)
         assert x is not None  # a training query always has a history
         rows[int(k)] = (cands.items, x, cfg.base_weight * base_score(x))
     return [rows[k] for k in range(len(users))]

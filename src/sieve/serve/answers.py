@@ -151,7 +151,7 @@ def precompute(
     for user_id in users:
         items = answer(str(user_id), computed_at)
         entry: dict[str, Any] = {
-            "items": [i.model_dump() for i in items],
+            "items": [i.model_dump(exclude={"contributions"}) for i in items],
             "model_version": version,
             "computed_at": computed_at,
         }

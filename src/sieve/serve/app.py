@@ -66,6 +66,7 @@ from sieve.serve.routes import (
     items,
     leaderboards,
     metrics,
+    rank,
     recommendations,
     system,
     users,
@@ -378,6 +379,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dashboard,
         metrics,
         leaderboards,
+        rank,
     ):
         app.include_router(module.router(settings))
     return app

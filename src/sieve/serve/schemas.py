@@ -185,6 +185,13 @@ _REC_EXAMPLE = {
 }
 
 
+class Contribution(BaseModel):
+    """One feature's contribution to a ranked item's score."""
+
+    feature: str
+    value: float
+
+
 class RecommendedItem(BaseModel):
     """One recommended item: score, the candidate sources that proposed it, a reason."""
 
@@ -203,6 +210,10 @@ class RecommendedItem(BaseModel):
     slot: Literal["ranked", "explore"] = "ranked"
     #: in an interleaving experiment, the arm whose list contributed the item
     team: str | None = None
+    #: with `explain=true`: the ranker's largest feature contributions to the
+    #: score (LightGBM `pred_contrib`, largest absolute value first;
+    #: `base_score` is the anchoring model's part); absent otherwise
+    contributions: list[Contribution] | None = None
 
 
 class ExperimentArm(BaseModel):
@@ -340,6 +351,7 @@ class ReloadResult(BaseModel):
 __all__ = [
     "BulkResult",
     "ContextIn",
+    "Contribution",
     "ErrorBody",
     "EventBatch",
     "EventsResult",
@@ -396,7 +408,7 @@ class ExperimentIn(BaseModel):
     name: str = Field(pattern=_NAME)
     layer: str = Field(default="default", pattern=_NAME)
     kind: Literal["ab", "interleaving"] = "ab"
-    allocation: Literal["fixed", "thompson"] = "fixed"
+    allocation: Literal["fixed", "thompson", "linucb"] = "fixed"
     variants: list[VariantIn] = Field(min_length=1, max_length=20)
     holdout_share: float = Field(default=0.0, ge=0.0, lt=1.0)
     traffic: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -426,3 +438,8 @@ class ExperimentOut(BaseModel):
     variants: list[VariantOut]
     created_at: float
     stopped_at: float | None
+
+
+#: For schemas of other modules (`sieve.serve.rank_schemas`).
+config = _config
+REC_EXAMPLE = _REC_EXAMPLE

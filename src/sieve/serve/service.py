@@ -48,6 +48,8 @@ from sieve.serve.ingest import EventIngestion
 from sieve.serve.leaderboards import Leaderboards
 from sieve.serve.listing import Filters, listed, new_request_id
 from sieve.serve.live import LiveAnswers
+from sieve.serve.rank import CallerRanking
+from sieve.serve.rank_schemas import RankedList, RankRequest
 from sieve.serve.schemas import RecommendationList, RecommendedItem
 from sieve.serve.shadows import ShadowRunner
 from sieve.serve.signals import RecentSessions
@@ -129,6 +131,8 @@ class Service:
             self.shadows,
             self._log_impression,
         )
+        #: `POST /rank`: a caller's list ranked by the funnel's ranker
+        self.ranking = CallerRanking(self.holder, self.live, self._log_impression)
         #: reads the shared stores on a short poll (model, catalog, experiments)
         self.follower = Follower(
             settings,
@@ -260,15 +264,21 @@ class Service:
         filters: Filters = Filters(),
         log: bool = True,
         trace: dict[str, Any] | None = None,
+        explain: bool = False,
     ) -> RecommendationList:
-        """Top-n for `user_id`, live (`sieve.serve.live`)."""
-        return self.live.recommend_user(user_id, n, filters, log, trace)
+        """Top-n for `user_id`, live (`sieve.serve.live`); `explain`: with each
+        ranked item's feature contributions."""
+        return self.live.recommend_user(user_id, n, filters, log, trace, explain)
 
     def recommend_session(
         self, recent_items: Sequence[str], n: int, filters: Filters = Filters()
     ) -> RecommendationList:
         """Top-n for an anonymous session from its recent item ids (most recent first)."""
         return self.live.recommend_session(recent_items, n, filters)
+
+    def rank(self, body: RankRequest) -> RankedList:
+        """A caller's items ranked for a user (`sieve.serve.rank`)."""
+        return self.ranking.rank(body)
 
     def similar(self, item_id: str, n: int) -> list[RecommendedItem]:
         """Items like `item_id` (`UnknownIdError` if the funnel does not know it)."""
@@ -345,10 +355,21 @@ class Service:
         ids = [str(u) for u in (funnel.user_ids if users is None else users)]
         # a batch job: the log read once (no time limit), each user's events from it
         history = UserLog(self.background_store.events_frame())
+        attributes: dict[str, dict[str, Any]] = {}
+        if funnel.reads_user_attributes:  # read once, not once per user
+            frame = self.background_store.users_frame()
+            attributes = dict(zip(frame["user_id"].astype(str), frame["attributes"], strict=True))
 
         def answer(user_id: str, computed_at: float) -> list[RecommendedItem]:
             events = history.events(user_id)
-            query = self.live.user_query(funnel, user_id, n, events=events, now=computed_at)
+            query = self.live.user_query(
+                funnel,
+                user_id,
+                n,
+                events=events,
+                now=computed_at,
+                user_attributes=attributes.get(user_id, {}),
+            )
             return listed(funnel, funnel.recommend_query(query))
 
         return answers.precompute(self.cache, funnel, ids, answer)
