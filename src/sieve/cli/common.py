@@ -27,7 +27,8 @@ class UsageError(Exception):
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/bold red] {message}")
+    # one logical line (the terminal wraps it), so a log keeps it whole
+    console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -42,6 +43,18 @@ def _clean_errors() -> Iterator[None]:
     except (UsageError, ValueError, KeyError, FileNotFoundError, ConfigError, UnknownIdError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         _fail(str(msg))
+
+
+def columns(table: Any, *names: str, ids: tuple[str, ...] = ()) -> None:
+    """Add columns that never cut what a user must copy: a column named in
+    `ids` keeps its values whole on one line (it is squeezed last, and folds
+    rather than ends in '…' on a terminal too narrow even for it); the others
+    wrap, and fold a long word instead of cutting it."""
+    for name in names:
+        if name in ids:
+            table.add_column(name, no_wrap=True, overflow="fold")
+        else:
+            table.add_column(name, overflow="fold")
 
 
 def _progress() -> Progress:

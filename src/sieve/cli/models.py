@@ -14,6 +14,7 @@ from sieve.cli.common import (
     _clean_errors,
     _service_settings,
     app,
+    columns,
     console,
     out,
 )
@@ -40,29 +41,62 @@ def _registry(model_dir: str | None, config: Path | None) -> Any:
 
 @models_app.command("list")
 def models_list(model_dir: ModelDirOpt = None, config: ConfigOpt = None) -> None:
-    """Every registered version with its status, data and metrics."""
+    """List every registered version with its status, data and metrics."""
     from rich.table import Table
 
     with _clean_errors():
         registry = _registry(model_dir, config)
         current = registry.current()
-        table = Table(title=f"models in {registry.root}")
-        for col in ("version", "status", "created", "data", "metrics", "notes"):
-            table.add_column(col)
         manifests, problems = registry.scan()
-        for m in manifests:
-            mark = " ◀ serving" if m.version == current else ""
-            table.add_row(
-                m.version + mark,
-                m.status,
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created_at)),
-                ", ".join(f"{k}={v}" for k, v in m.data.items() if k != "store"),
-                ", ".join(f"{k}={v:.4f}" for k, v in m.metrics.items()),
-                "; ".join(m.notes),
+        where = Path(registry.root).resolve()
+        if not manifests:
+            out.print(
+                f"no model registered in {where}: train one with `sieve train --model-dir "
+                f"{registry.root}`, or point --model-dir (SIEVE_MODEL_DIR) at the folder "
+                "that holds your models",
+                soft_wrap=True,
             )
-        out.print(table)
+        elif out.width < WIDE:
+            _print_stacked(manifests, current, where)
+        else:
+            table = Table(title=f"models in {where}", title_justify="left")
+            columns(
+                table, "version", "status", "created", "metrics", "data", "notes", ids=("version",)
+            )
+            for m in manifests:
+                table.add_row(*_cells(m, current), "; ".join(m.notes))
+            out.print(table)
         for problem in problems:
             console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
+
+
+#: Terminal width from which `models list` is a table (below: one block per version).
+WIDE = 120
+
+
+def _cells(m: Any, current: str | None) -> tuple[str, str, str, str, str]:
+    """Version, status, creation time, metrics and data of a manifest, as text."""
+    return (
+        m.version,
+        "serving" if m.version == current else m.status,
+        time.strftime("%Y-%m-%d %H:%M", time.localtime(m.created_at)),
+        ", ".join(f"{k}={v:.4f}" for k, v in m.metrics.items()) or "none recorded",
+        ", ".join(f"{k}={v}" for k, v in m.data.items() if k != "store"),
+    )
+
+
+def _print_stacked(manifests: list[Any], current: str | None, where: Path) -> None:
+    """One block per version for a narrow terminal: the version whole on its
+    first line (it is what `promote` takes), the rest indented below."""
+    out.print(f"models in {where}", soft_wrap=True)
+    for m in manifests:
+        version, status, created, metrics, data = _cells(m, current)
+        out.print(f"\n[bold]{version}[/bold]  {status}  {created}", soft_wrap=True)
+        out.print(f"  metrics: {metrics}", soft_wrap=True)
+        if data:
+            out.print(f"  data: {data}", soft_wrap=True)
+        if m.notes:
+            out.print(f"  notes: {'; '.join(m.notes)}", soft_wrap=True)
 
 
 @models_app.command("promote")
@@ -71,7 +105,7 @@ def models_promote(
     model_dir: ModelDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Serve VERSION (a running service swaps to it without dropping requests)."""
+    """Serve VERSION: a running service swaps to it without dropping a request."""
     with _clean_errors():
         _registry(model_dir, config).promote(version, "promoted with `sieve models promote`")
         out.print(f"serving {version}")

@@ -83,7 +83,7 @@ def serve(
     """Serve the REST API (docs at /docs) with the current model: one process,
     or `--workers N` stateless replicas sharing the store and the cache (any
     number of such processes, on any number of hosts, serve as one)."""
-    from sieve.serve.workers import check_workers, run
+    from sieve.serve.workers import check_backends, check_workers, run
 
     with _clean_errors():
         settings = _service_settings(
@@ -97,6 +97,7 @@ def serve(
             precompute=precompute or None,
         )
         check_workers(settings)
+        check_backends(settings)
         if settings.workers > 1:
             console.print(
                 f"serving with {settings.workers} processes on {settings.host}:{settings.port}",
