@@ -356,9 +356,9 @@ def simulate(
             "--data", help="the synthetic world the service serves (synthetic[:key=value,...])"
         ),
     ] = "synthetic",
-    url: Annotated[str, typer.Option("--url", help="the running service")] = (
-        "http://127.0.0.1:8000"
-    ),
+    url: Annotated[
+        str, typer.Option("--url", envvar="SIEVE_URL", help="The running service.")
+    ] = "http://127.0.0.1:8000",
     requests: Annotated[int, typer.Option("--requests", min=1, help="most requests")] = 1000,
     seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="most seconds")] = 60.0,
     n: Annotated[int, typer.Option("--n", min=1, max=200, help="list length")] = 10,

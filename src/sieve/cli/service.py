@@ -33,12 +33,24 @@ def train(
     ] = None,
     config: ConfigOpt = None,
     no_promote: Annotated[
-        bool, typer.Option("--no-promote", help="register as a candidate; do not serve it")
+        bool, typer.Option("--no-promote", help="Register as a candidate; do not serve it.")
     ] = False,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            "--holdout",
+            min=0.0,
+            max=0.5,
+            help="Share of the newest events kept out of the fit to measure the version "
+            "(its holdout NDCG@10 is recorded); 0 fits on every event and records none.",
+        ),
+    ] = 0.1,
 ) -> None:
-    """Train a funnel on the store's catalog and event log, register it in the
-    model registry (MODEL_DIR/<version>/) and promote it (a running service
-    swaps to it within `model_poll_seconds`), unless --no-promote."""
+    """Train a funnel on the store's catalog and event log and register it.
+
+    The version goes to the model registry (MODEL_DIR/<version>/) with its
+    NDCG@10 on the newest events (see --holdout) and is promoted unless
+    --no-promote: a running service swaps to it within `model_poll_seconds`."""
     from sieve.training.train import train as train_funnel
 
     with _clean_errors():
@@ -47,10 +59,23 @@ def train(
         )
         console.print(f"training on [bold]{settings.store_url}[/bold]", soft_wrap=True)
         start = time.perf_counter()
-        funnel, path = train_funnel(settings, promote=not no_promote)
+        funnel, path = train_funnel(settings, promote=not no_promote, holdout=holdout)
         console.print(f"trained in {time.perf_counter() - start:.1f}s")
+        _say_metrics(settings.model_dir, str(funnel.version))
         state = "candidate" if no_promote else "current"
         out.print(f"model {funnel.version} saved to {path} ({state})", soft_wrap=True)
+
+
+def _say_metrics(model_dir: Path, version: str) -> None:
+    """Print the metrics recorded for a newly registered version."""
+    from sieve.registry import ModelRegistry
+
+    manifest = ModelRegistry(model_dir).manifest(version)
+    if manifest.metrics:
+        shown = ", ".join(f"{k} = {v:.4f}" for k, v in manifest.metrics.items())
+        console.print(f"{shown} (newest events, not seen by this version)", soft_wrap=True)
+    elif "holdout" in manifest.data:
+        console.print(f"no holdout metric: {manifest.data['holdout']}", soft_wrap=True)
 
 
 @app.command()
@@ -162,7 +187,8 @@ def quickstart(
     train a funnel, and serve it on 127.0.0.1 with reads and (loopback) writes
     open, no key needed. Not for production: see `sieve serve`."""
     from sieve.data.io import load_data
-    from sieve.settings import Settings
+    from sieve.serve.auth import hash_key, new_key
+    from sieve.settings import ApiKey, Settings
     from sieve.storage import open_store
     from sieve.training.snapshot import import_data
     from sieve.training.train import train as train_funnel
@@ -170,6 +196,7 @@ def quickstart(
     if movielens is not None:
         data = f"movielens-100k:{movielens}"
     with _clean_errors():
+        admin_key = new_key()
         settings = Settings(
             store_url=f"sqlite:///{folder / 'sieve.db'}",
             cache_url="memory://",
@@ -179,6 +206,9 @@ def quickstart(
             host="127.0.0.1",
             port=port,
             precompute=True,
+            api_keys=(
+                ApiKey(name="quickstart-admin", key_hash=hash_key(admin_key), scopes=("admin",)),
+            ),
         )
         console.print(f"loading [bold]{data}[/bold] into {settings.store_url}", soft_wrap=True)
         with open_store(settings.store_url) as store:
@@ -189,14 +219,14 @@ def quickstart(
                 console.print(f"[yellow]… and {len(raw.problems) - 20} more rows skipped[/yellow]")
             n_items, n_users, n_events = import_data(store, raw)
             console.print(f"{n_items} items, {n_users} users, {n_events} new events")
-            funnel, path = train_funnel(settings, store)
+            funnel, path = train_funnel(settings, store, holdout=0.1)
         out.print(f"model {funnel.version} saved to {path}", soft_wrap=True)
-        base = f"http://127.0.0.1:{port}"
-        out.print(
-            f"try: curl {base}/popular  ·  curl {base}/recommendations/"
-            f"{funnel.user_ids[0]}  ·  docs: {base}/docs  ·  dashboard: {base}/dashboard",
-            soft_wrap=True,
-        )
+        _say_metrics(settings.model_dir, str(funnel.version))
+        key_file = folder / "admin-key"
+        key_file.write_text(admin_key + "\n")
+        key_file.chmod(0o600)
+        for line in quickstart_hints(port, folder, str(funnel.user_ids[0]), key_file):
+            out.print(line, soft_wrap=True, highlight=False)
     if not no_serve:
         import logging
 
@@ -206,6 +236,23 @@ def quickstart(
 
         logging.basicConfig(level=logging.INFO)
         uvicorn.run(create_app(settings), host="127.0.0.1", port=port, access_log=False)
+
+
+def quickstart_hints(port: int, folder: Path, user: str, key_file: Path) -> list[str]:
+    """What the quickstart prints once its model is trained: commands that
+    work as printed, from the folder it was run in (a test runs them)."""
+    base = f"http://127.0.0.1:{port}"
+    return [
+        f"serving on {base} (reads and loopback writes need no key; Ctrl-C stops it). Try:",
+        f"  curl {base}/popular",
+        f"  curl {base}/recommendations/{user}",
+        f"  open {base}/docs (the API) and {base}/dashboard#user={user} (the dashboard)",
+        f"admin key (experiments, reloads), also in {key_file}:",
+        f'  curl -H "Authorization: Bearer $(cat {key_file})" {base}/experiments',
+        "for the `sieve experiment`, `sieve models` and `sieve simulate` commands, set:",
+        f"  export SIEVE_STORE_URL=sqlite:///{folder / 'sieve.db'} "
+        f"SIEVE_MODEL_DIR={folder / 'models'} SIEVE_URL={base}",
+    ]
 
 
 @app.command()
