@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(
-    help="sieve: a recommender engine with offline evaluation you can trust.",
+    help="sieve, a recommender engine with offline evaluation you can trust.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 console = Console(stderr=True)
 out = Console()
@@ -74,24 +75,26 @@ DataOpt = Annotated[
     str,
     typer.Option(
         "--data",
-        help="movielens-100k:PATH, movielens-1m:PATH, movielens-10m:PATH, "
-        "movielens-latest:PATH, csv:PATH, parquet:PATH or synthetic[:users=N,items=M,seed=S]",
+        help="The data: movielens-100k:PATH, movielens-1m:PATH, movielens-10m:PATH, "
+        "movielens-latest:PATH, csv:PATH, parquet:PATH or synthetic[:users=N,items=M,seed=S].",
     ),
 ]
 
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", help="settings TOML file (default: $SIEVE_CONFIG, if set)"),
+    typer.Option("--config", help="Settings TOML file (default: $SIEVE_CONFIG, if set)."),
 ]
 StoreOpt = Annotated[
-    str | None, typer.Option("--store", help="store URL (sqlite:///PATH or postgresql://…)")
+    str | None, typer.Option("--store", help="Store URL (sqlite:///PATH or postgresql://…).")
 ]
-CacheOpt = Annotated[str | None, typer.Option("--cache", help="cache URL (memory:// or redis://…)")]
+CacheOpt = Annotated[
+    str | None, typer.Option("--cache", help="Cache URL (memory:// or redis://…).")
+]
 ModelDirOpt = Annotated[
     str | None,
     typer.Option(
-        "--model-dir", help="folder of trained funnels (and CURRENT): a path or a file:// URL"
+        "--model-dir", help="Folder of trained funnels (and CURRENT): a path or a file:// URL."
     ),
 ]
 

@@ -23,8 +23,7 @@ from sieve.cli.common import (
 )
 
 experiment_app = typer.Typer(
-    help="Online experiments: create, list, stop, report (a running service "
-    "picks changes up within a few seconds).",
+    help="Online experiments: create, list, stop, report.",
     no_args_is_help=True,
 )
 app.add_typer(experiment_app, name="experiment")
@@ -76,9 +75,9 @@ def experiment_create(
     spec: Annotated[
         str,
         typer.Argument(
-            help='the definition: a .json/.toml file or inline JSON, e.g. \'{"name": "x", '
+            help='The definition: a .json/.toml file or inline JSON, e.g. \'{"name": "x", '
             '"variants": [{"name": "A", "share": 0.5}, {"name": "B", "share": 0.5, '
-            '"config": {"exploration_slots": 2}}]}\''
+            '"config": {"exploration_slots": 2}}]}\'.'
         ),
     ],
     config: ConfigOpt = None,
@@ -104,7 +103,7 @@ def experiment_create(
 
 @experiment_app.command("list")
 def experiment_list(config: ConfigOpt = None, store: StoreOpt = None) -> None:
-    """Every experiment, running and stopped."""
+    """List every experiment, running and stopped."""
     from rich.table import Table
 
     with _clean_errors():
@@ -135,7 +134,7 @@ def experiment_list(config: ConfigOpt = None, store: StoreOpt = None) -> None:
 
 @experiment_app.command("stop")
 def experiment_stop(
-    name: Annotated[str, typer.Argument(help="the experiment to stop")],
+    name: Annotated[str, typer.Argument(help="The experiment to stop.")],
     config: ConfigOpt = None,
     store: StoreOpt = None,
 ) -> None:
@@ -353,33 +352,37 @@ def simulate(
     data: Annotated[
         str,
         typer.Option(
-            "--data", help="the synthetic world the service serves (synthetic[:key=value,...])"
+            "--data", help="The synthetic world the service serves (synthetic[:key=value,...])."
         ),
     ] = "synthetic",
     url: Annotated[
         str, typer.Option("--url", envvar="SIEVE_URL", help="The running service.")
     ] = "http://127.0.0.1:8000",
-    requests: Annotated[int, typer.Option("--requests", min=1, help="most requests")] = 1000,
-    seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="most seconds")] = 60.0,
-    n: Annotated[int, typer.Option("--n", min=1, max=200, help="list length")] = 10,
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Most requests.")] = 1000,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="Most seconds.")] = 60.0,
+    n: Annotated[int, typer.Option("--n", min=1, max=200, help="List length.")] = 10,
     users: Annotated[
-        int | None, typer.Option("--users", min=1, help="simulate only the first N users")
+        int | None, typer.Option("--users", min=1, help="Simulate only the first N users.")
     ] = None,
     purchase_rate: Annotated[
-        float, typer.Option("--purchase-rate", min=0.0, max=1.0, help="P(purchase | click)")
+        float, typer.Option("--purchase-rate", min=0.0, max=1.0, help="P(purchase | click).")
     ] = 0.1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     key: Annotated[
-        str | None, typer.Option("--key", envvar="SIEVE_API_KEY", help="API key (read+write)")
+        str | None, typer.Option("--key", envvar="SIEVE_API_KEY", help="API key (read+write).")
     ] = None,
     experiment: Annotated[
-        str | None, typer.Option("--experiment", help="print this experiment's report at the end")
+        str | None, typer.Option("--experiment", help="Print this experiment's report at the end.")
     ] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the tallies here")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the tallies here.")
+    ] = None,
 ) -> None:
-    """Synthetic users with known click probabilities use a running service
-    (requests, clicks and purchases over HTTP), so A/B tests, interleaving and
-    bandits can be run end to end; prints per-arm tallies with the true CTR."""
+    """Drive a running service with synthetic users.
+
+    The users send requests, clicks and purchases over HTTP, so A/B tests,
+    interleaving and bandits can be run end to end; prints per-arm tallies
+    with the true CTR."""
     import json
 
     import httpx

@@ -101,7 +101,7 @@ def _print_stacked(manifests: list[Any], current: str | None, where: Path) -> No
 
 @models_app.command("promote")
 def models_promote(
-    version: Annotated[str, typer.Argument(help="the version to serve", callback=_version_arg)],
+    version: Annotated[str, typer.Argument(help="The version to serve.", callback=_version_arg)],
     model_dir: ModelDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:

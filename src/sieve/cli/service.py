@@ -29,7 +29,7 @@ def train(
     store: StoreOpt = None,
     model_dir: ModelDirOpt = None,
     funnel_config: Annotated[
-        Path | None, typer.Option("--funnel-config", help="TOML of the funnel's configuration")
+        Path | None, typer.Option("--funnel-config", help="TOML of the funnel's configuration.")
     ] = None,
     config: ConfigOpt = None,
     no_promote: Annotated[
@@ -46,9 +46,9 @@ def train(
         ),
     ] = 0.1,
 ) -> None:
-    """Train a funnel on the store's catalog and event log and register it.
+    """Train a funnel on the store's data and register it.
 
-    The version goes to the model registry (MODEL_DIR/<version>/) with its
+    The version goes to the model registry (MODEL_DIR/VERSION/) with its
     NDCG@10 on the newest events (see --holdout) and is promoted unless
     --no-promote: a running service swaps to it within `model_poll_seconds`."""
     from sieve.training.train import train as train_funnel
@@ -80,8 +80,8 @@ def _say_metrics(model_dir: Path, version: str) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option("--host", help="default 127.0.0.1")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="default 8000")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Default 127.0.0.1.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default 8000.")] = None,
     config: ConfigOpt = None,
     store: StoreOpt = None,
     cache: CacheOpt = None,
@@ -91,23 +91,25 @@ def serve(
         typer.Option(
             "--workers",
             min=1,
-            help="server processes on this host, sharing the port (default 1; above 1 "
-            "needs a redis:// cache)",
+            help="Server processes on this host, sharing the port (default 1; above 1 "
+            "needs a redis:// cache).",
         ),
     ] = None,
     precompute: Annotated[
         bool,
         typer.Option(
-            "--precompute", help="precompute every known user's list at start-up (see `batch`)"
+            "--precompute", help="Precompute every known user's list at start-up (see `batch`)."
         ),
     ] = False,
     access_log: Annotated[
-        bool, typer.Option("--access-log/--no-access-log", help="log one line per request")
+        bool, typer.Option("--access-log/--no-access-log", help="Log one line per request.")
     ] = True,
 ) -> None:
-    """Serve the REST API (docs at /docs) with the current model: one process,
-    or `--workers N` stateless replicas sharing the store and the cache (any
-    number of such processes, on any number of hosts, serve as one)."""
+    """Serve the REST API with the current model (its docs at /docs).
+
+    One process, or `--workers N` stateless replicas sharing the store and
+    the cache (any number of such processes, on any number of hosts, serve
+    as one)."""
     from sieve.serve.workers import check_backends, check_workers, run
 
     with _clean_errors():
@@ -133,14 +135,16 @@ def serve(
 
 @app.command()
 def batch(
-    n: Annotated[int | None, typer.Option("--n", min=1, help="list length (default 50)")] = None,
+    n: Annotated[int | None, typer.Option("--n", min=1, help="List length (default 50).")] = None,
     config: ConfigOpt = None,
     store: StoreOpt = None,
     cache: CacheOpt = None,
     model_dir: ModelDirOpt = None,
 ) -> None:
-    """Precompute the top-N of every user the current model knows into the cache
-    (`recs:{user}`); the service answers from it until the user's next event or
+    """Precompute every known user's list into the cache.
+
+    The top-N of every user the current model knows goes to the cache
+    (`recs:USER`); the service answers from it until the user's next event or
     a new model. With the default memory:// cache the lists vanish when this
     command ends: use a redis:// cache, or `sieve serve --precompute`."""
     from sieve.serve.service import Service
@@ -173,19 +177,24 @@ def batch(
 @app.command()
 def quickstart(
     data: DataOpt = "synthetic",
-    folder: Annotated[Path, typer.Option("--dir", help="where the store and the models go")] = Path(
-        "sieve-quickstart"
-    ),
+    folder: Annotated[
+        Path, typer.Option("--dir", help="Where the store and the models go.")
+    ] = Path("sieve-quickstart"),
     port: Annotated[int, typer.Option("--port")] = 8000,
     movielens: Annotated[
         Path | None,
-        typer.Option("--movielens", help="a MovieLens 100K folder (u.data, u.item, u.user)"),
+        typer.Option("--movielens", help="A MovieLens 100K folder (u.data, u.item, u.user)."),
     ] = None,
-    no_serve: Annotated[bool, typer.Option("--no-serve", help="load and train, then exit")] = False,
+    no_serve: Annotated[
+        bool, typer.Option("--no-serve", help="Load and train, then exit.")
+    ] = False,
 ) -> None:
-    """A running demo in one command: load a data set into a local SQLite store,
-    train a funnel, and serve it on 127.0.0.1 with reads and (loopback) writes
-    open, no key needed. Not for production: see `sieve serve`."""
+    """Run a demo in one command: load data, train, serve on 127.0.0.1.
+
+    The data set goes into a local SQLite store, a funnel is trained on it
+    and served with reads and (loopback) writes open, no key needed; an
+    admin key for experiments is printed. Not for production: see `sieve
+    serve`."""
     from sieve.data.io import load_data
     from sieve.serve.auth import hash_key, new_key
     from sieve.settings import ApiKey, Settings
@@ -261,30 +270,32 @@ def worker(
     store: StoreOpt = None,
     model_dir: ModelDirOpt = None,
     funnel_config: Annotated[
-        Path | None, typer.Option("--funnel-config", help="TOML of the candidate's configuration")
+        Path | None, typer.Option("--funnel-config", help="TOML of the candidate's configuration.")
     ] = None,
     every: Annotated[
-        float | None, typer.Option("--every", help="retrain at least every this many seconds")
+        float | None, typer.Option("--every", help="Retrain at least every this many seconds.")
     ] = 24 * 3600.0,
     after_events: Annotated[
-        int | None, typer.Option("--after-events", help="retrain after this many new events")
+        int | None, typer.Option("--after-events", help="Retrain after this many new events.")
     ] = 50_000,
     tolerance: Annotated[
-        float, typer.Option("--tolerance", help="promote if ≥ serving × (1 − tolerance)")
+        float, typer.Option("--tolerance", help="Promote if ≥ serving × (1 − tolerance).")
     ] = 0.0,
-    poll: Annotated[float, typer.Option("--poll", help="seconds between checks")] = 30.0,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between checks.")] = 30.0,
     lease_seconds: Annotated[
         float,
         typer.Option(
             "--lease-seconds",
             min=1.0,
-            help="the retraining lease lasts this long unrenewed (a standby worker takes "
-            "over after it); longer than --poll",
+            help="The retraining lease lasts this long unrenewed (a standby worker takes "
+            "over after it); longer than --poll.",
         ),
     ] = 120.0,
-    once: Annotated[bool, typer.Option("--once", help="run one cycle now and exit")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Run one cycle now and exit.")] = False,
 ) -> None:
-    """Retrain beside the servers: on a schedule, after N new events or when
+    """Retrain beside the servers; promote only a model not worse.
+
+    Retrains on a schedule, after N new events or when
     MODEL_DIR/RETRAIN appears (a drift check writes it); promote the candidate
     only if it is not worse than the serving model on the most recent events,
     else keep the old one and record why (`sieve models list` shows it).
