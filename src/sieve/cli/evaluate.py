@@ -56,6 +56,18 @@ def _load(
     return raw.to_dataset(EventWeights(min_rating=min_rating))
 
 
+def _check_split(spec: str, flag: str) -> None:
+    """A bad split spec, reported before any data loads."""
+    from sieve.data.split import SPLIT_SPECS, parse_split_spec
+
+    try:
+        parse_split_spec(spec)
+    except ValueError as e:
+        raise UsageError(
+            f"{flag} {spec}: {e} (the forms: {', '.join(SPLIT_SPECS)}, e.g. random:0.8)"
+        ) from None
+
+
 SplitOpt = Annotated[
     str,
     typer.Option(
@@ -166,6 +178,7 @@ def evaluate(
     from sieve.models.base import model_class
 
     with _clean_errors():
+        _check_split(split, "--split")  # fails before the data loads
         names = _parse_models(models)
         for name in names:
             model_class(name)
@@ -190,14 +203,22 @@ def evaluate(
         fallback_spec = (
             ModelSpec(fallback, fallback, params.get(fallback, {})) if fallback else None
         )
+        columns = {
+            k: v
+            for k, v in _columns(user_col, item_col, value_col, time_col, type_col).items()
+            if v is not None
+        }
         settings = {
             "data": data,
+            **({"columns": columns, "sep": sep} if data.startswith(("csv:", "parquet:")) else {}),
             "split": split,
             "seed": seed,
             "models": names,
             "fallback": fallback,
             "k": k,
             "min_rating": min_rating,
+            "group_by": group_by,
+            "config": None if config is None else str(config),
             "params": params,
             "version": __version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -263,8 +284,12 @@ def tune(
     from sieve.config import read_toml
     from sieve.data.split import make_splits
     from sieve.evaluate.tune import tune as run_tune
+    from sieve.models.base import model_class
 
     with _clean_errors():
+        _check_split(split, "--split")
+        _check_split(validation, "--validation")
+        model_class(model)
         ds = _load(
             data, min_rating, _columns(user_col, item_col, value_col, time_col, type_col), sep
         )
