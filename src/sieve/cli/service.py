@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from sieve.cli.common import (
     console,
     out,
 )
+
+if TYPE_CHECKING:
+    from sieve.settings import Settings
 
 
 @app.command()
@@ -197,7 +200,6 @@ def quickstart(
     serve`."""
     from sieve.data.io import load_data
     from sieve.serve.auth import hash_key, new_key
-    from sieve.settings import ApiKey, Settings
     from sieve.storage import open_store
     from sieve.training.snapshot import import_data
     from sieve.training.train import train as train_funnel
@@ -206,19 +208,7 @@ def quickstart(
         data = f"movielens-100k:{movielens}"
     with _clean_errors():
         admin_key = new_key()
-        settings = Settings(
-            store_url=f"sqlite:///{folder / 'sieve.db'}",
-            cache_url="memory://",
-            model_dir=folder / "models",
-            open_read=True,
-            open_write=True,
-            host="127.0.0.1",
-            port=port,
-            precompute=True,
-            api_keys=(
-                ApiKey(name="quickstart-admin", key_hash=hash_key(admin_key), scopes=("admin",)),
-            ),
-        )
+        settings = quickstart_settings(folder, port, hash_key(admin_key))
         console.print(f"loading [bold]{data}[/bold] into {settings.store_url}", soft_wrap=True)
         with open_store(settings.store_url) as store:
             raw = load_data(data)
@@ -245,6 +235,24 @@ def quickstart(
 
         logging.basicConfig(level=logging.INFO)
         uvicorn.run(create_app(settings), host="127.0.0.1", port=port, access_log=False)
+
+
+def quickstart_settings(folder: Path, port: int, admin_key_hash: str) -> Settings:
+    """The quickstart's service: SQLite and models in `folder`, reads and
+    loopback writes open, one admin key (for experiments and reloads)."""
+    from sieve.settings import ApiKey, Settings
+
+    return Settings(
+        store_url=f"sqlite:///{folder / 'sieve.db'}",
+        cache_url="memory://",
+        model_dir=folder / "models",
+        open_read=True,
+        open_write=True,
+        host="127.0.0.1",
+        port=port,
+        precompute=True,
+        api_keys=(ApiKey(name="quickstart-admin", key_hash=admin_key_hash, scopes=("admin",)),),
+    )
 
 
 def quickstart_hints(port: int, folder: Path, user: str, key_file: Path) -> list[str]:

@@ -111,7 +111,7 @@ def value_text(value: Any) -> str:
         return "[" + ", ".join(value_text(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k} = {value_text(v)}" for k, v in value.items()) + "}"
-    if dataclasses.is_dataclass(value) or hasattr(value, "model_fields"):
+    if dataclasses.is_dataclass(value) or hasattr(type(value), "model_fields"):
         return "see below"
     return str(value)
 
