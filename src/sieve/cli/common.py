@@ -58,6 +58,37 @@ def columns(table: Any, *names: str, ids: tuple[str, ...] = ()) -> None:
             table.add_column(name, overflow="fold")
 
 
+def show_records(
+    title: str, names: tuple[str, ...], rows: list[tuple[str, ...]], ids: tuple[str, ...]
+) -> None:
+    """Rows as a table where it fits the terminal unfolded; on a narrower one,
+    one block per row: its id columns whole on the first line (what a user
+    copies into the next command), each other column indented below."""
+    from rich.cells import cell_len
+    from rich.table import Table
+
+    widths = [
+        max([cell_len(name)] + [cell_len(line) for row in rows for line in row[k].split("\n")])
+        for k, name in enumerate(names)
+    ]
+    if sum(widths) + 3 * len(names) + 1 <= out.width:  # each cell padded by 1, plus borders
+        table = Table(title=title, title_justify="left")
+        for name in names:
+            table.add_column(name, no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    out.print(title, overflow="fold", highlight=False)
+    first = [names.index(n) for n in ids]
+    for row in rows:
+        out.print("\n[bold]" + "  ".join(row[i] for i in first) + "[/bold]", highlight=False)
+        for name, value in zip(names, row, strict=True):
+            if name not in ids and value:
+                text = value.replace("\n", ", ")
+                out.print(f"  {name}: {text}", highlight=False)
+
+
 def _progress() -> Progress:
     return Progress(
         SpinnerColumn(),

@@ -20,6 +20,7 @@ from sieve.cli.common import (
     columns,
     console,
     out,
+    show_records,
 )
 
 experiment_app = typer.Typer(
@@ -104,32 +105,25 @@ def experiment_create(
 @experiment_app.command("list")
 def experiment_list(config: ConfigOpt = None, store: StoreOpt = None) -> None:
     """List every experiment, running and stopped."""
-    from rich.table import Table
-
     with _clean_errors():
         _, book = _book(config, store)
         try:
             records = book.records()
         finally:
             book.store.close()
-        table = Table(title="experiments")
-        columns(
-            table, "name", "status", "layer", "kind", "allocation", "arms", "created", ids=("name",)
-        )
+        names = ("name", "status", "layer", "kind", "allocation", "arms", "created")
+        rows = []
         for r in records:
             e = r.experiment
-            table.add_row(
-                r.name,
-                r.status,
-                e.layer,
-                e.kind,
-                e.allocation,
-                "\n".join(
-                    f"{v.name}={v.share:g}" + (" (shadow)" if v.shadow else "") for v in e.variants
-                ),
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
+            arms = "\n".join(
+                f"{v.name}={v.share:g}" + (" (shadow)" if v.shadow else "") for v in e.variants
             )
-        out.print(table)
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at))
+            rows.append((r.name, r.status, e.layer, e.kind, e.allocation, arms, created))
+        if not rows:
+            out.print("no experiments yet: `sieve experiment create` starts one")
+        else:
+            show_records("experiments", names, rows, ids=("name", "status"))
 
 
 @experiment_app.command("stop")
@@ -138,7 +132,9 @@ def experiment_stop(
     config: ConfigOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Stop an experiment: its users get the default experience; its log stays."""
+    """Stop an experiment; its log stays.
+
+    Its users get the default experience from then on."""
     from sieve.experiments.online import ExperimentError
 
     with _clean_errors():
@@ -175,8 +171,10 @@ def experiment_report_cmd(
     config: ConfigOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Print per-arm metrics with intervals, tests, the sample-ratio check and a verdict.
+    """Print an experiment's report: per-arm metrics, tests, a verdict.
 
+    The report holds per-arm metrics with intervals, the tests, the
+    sample-ratio check and a verdict in words.
     Without --url the report is computed here from the store: this process
     first loads the analysis code (seconds on a busy machine) and, with a
     memory:// cache, sees only this look's always-valid p-value."""

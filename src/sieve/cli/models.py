@@ -14,9 +14,9 @@ from sieve.cli.common import (
     _clean_errors,
     _service_settings,
     app,
-    columns,
     console,
     out,
+    show_records,
 )
 
 models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
@@ -42,8 +42,6 @@ def _registry(model_dir: str | None, config: Path | None) -> Any:
 @models_app.command("list")
 def models_list(model_dir: ModelDirOpt = None, config: ConfigOpt = None) -> None:
     """List every registered version with its status, data and metrics."""
-    from rich.table import Table
-
     with _clean_errors():
         registry = _registry(model_dir, config)
         current = registry.current()
@@ -56,22 +54,12 @@ def models_list(model_dir: ModelDirOpt = None, config: ConfigOpt = None) -> None
                 "that holds your models",
                 soft_wrap=True,
             )
-        elif out.width < WIDE:
-            _print_stacked(manifests, current, where)
         else:
-            table = Table(title=f"models in {where}", title_justify="left")
-            columns(
-                table, "version", "status", "created", "metrics", "data", "notes", ids=("version",)
-            )
-            for m in manifests:
-                table.add_row(*_cells(m, current), "; ".join(m.notes))
-            out.print(table)
+            rows = [(*_cells(m, current), "; ".join(m.notes)) for m in manifests]
+            names = ("version", "status", "created", "metrics", "data", "notes")
+            show_records(f"models in {where}", names, rows, ids=("version", "status", "created"))
         for problem in problems:
             console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
-
-
-#: Terminal width from which `models list` is a table (below: one block per version).
-WIDE = 120
 
 
 def _cells(m: Any, current: str | None) -> tuple[str, str, str, str, str]:
@@ -85,27 +73,15 @@ def _cells(m: Any, current: str | None) -> tuple[str, str, str, str, str]:
     )
 
 
-def _print_stacked(manifests: list[Any], current: str | None, where: Path) -> None:
-    """One block per version for a narrow terminal: the version whole on its
-    first line (it is what `promote` takes), the rest indented below."""
-    out.print(f"models in {where}", soft_wrap=True)
-    for m in manifests:
-        version, status, created, metrics, data = _cells(m, current)
-        out.print(f"\n[bold]{version}[/bold]  {status}  {created}", soft_wrap=True)
-        out.print(f"  metrics: {metrics}", soft_wrap=True)
-        if data:
-            out.print(f"  data: {data}", soft_wrap=True)
-        if m.notes:
-            out.print(f"  notes: {'; '.join(m.notes)}", soft_wrap=True)
-
-
 @models_app.command("promote")
 def models_promote(
     version: Annotated[str, typer.Argument(help="The version to serve.", callback=_version_arg)],
     model_dir: ModelDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Serve VERSION: a running service swaps to it without dropping a request."""
+    """Serve VERSION (a running service swaps to it at once).
+
+    The swap drops no request."""
     with _clean_errors():
         _registry(model_dir, config).promote(version, "promoted with `sieve models promote`")
         out.print(f"serving {version}")
