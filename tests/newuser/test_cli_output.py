@@ -150,6 +150,8 @@ def test_quickstart_hints_work_as_printed(tmp_path: Path, monkeypatch: pytest.Mo
     export = next(line for line in lines if line.strip().startswith("export "))
     env = dict(w.split("=", 1) for w in shlex.split(export)[1:])
     assert env["SIEVE_MODEL_DIR"] == "sieve-quickstart/models"
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert export.strip() in readme  # the README's experiment commands set the same
 
     with TestClient(create_app(settings), client=("127.0.0.1", 50321)) as client:
         for line in lines:
