@@ -139,7 +139,13 @@ def test_quickstart_hints_work_as_printed(tmp_path: Path, monkeypatch: pytest.Mo
     from sieve.serve.auth import hash_key
 
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["quickstart", "--no-serve", "--data", SYNTH])
+    small = "synthetic:users=60,items=40,seed=4"
+    Path("funnel.toml").write_text(SMALL_FUNNEL)  # the settings read SIEVE_* (a quick fit)
+    result = runner.invoke(
+        app,
+        ["quickstart", "--no-serve", "--data", small],
+        env={"SIEVE_FUNNEL_CONFIG": "funnel.toml"},
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert any("holdout ndcg@10 = " in line for line in lines), result.output
