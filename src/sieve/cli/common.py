@@ -4,7 +4,7 @@ error exit and the options of the data and of the service."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -59,7 +59,7 @@ def columns(table: Any, *names: str, ids: tuple[str, ...] = ()) -> None:
 
 
 def show_records(
-    title: str, names: tuple[str, ...], rows: list[tuple[str, ...]], ids: tuple[str, ...]
+    title: str, names: tuple[str, ...], rows: Sequence[tuple[str, ...]], ids: tuple[str, ...]
 ) -> None:
     """Rows as a table where it fits the terminal unfolded; on a narrower one,
     one block per row: its id columns whole on the first line (what a user
