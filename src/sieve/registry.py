@@ -156,8 +156,7 @@ class ModelRegistry:
     """Versions of trained models in a folder; see the module docstring."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = Path(root)  # created by the first `register`, never by a read
 
     # ------------------------------------------------------------ writing
     def register(
@@ -174,6 +173,7 @@ class ModelRegistry:
         target = self.root / version
         if target.exists():
             raise RegistryError(f"version {version!r} is already registered")
+        self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{version}."))
         try:
             model.save(staging / "model")
@@ -280,6 +280,8 @@ class ModelRegistry:
         cannot be read (each with the reason)."""
         found: builtins.list[Manifest] = []
         problems: builtins.list[ManifestProblem] = []
+        if not self.root.is_dir():
+            return found, problems
         for p in sorted(self.root.iterdir()):
             if not p.is_dir() or p.name.startswith(".") or not (p / "manifest.json").exists():
                 continue

@@ -54,9 +54,13 @@ class ApiKey(BaseModel):
     # a raw key pasted into key_hash must not be echoed by the error message
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    name: str = Field(min_length=1, max_length=64)
-    key_hash: str
-    scopes: tuple[Scope, ...] = ("read",)
+    name: str = Field(min_length=1, max_length=64, description="Names the key in logs.")
+    key_hash: str = Field(
+        description="SHA-256 hex digest of the key (`sieve keys hash KEY`), never the key."
+    )
+    scopes: tuple[Scope, ...] = Field(
+        default=("read",), description="read, write and/or admin (admin implies the other two)."
+    )
 
     @field_validator("key_hash")
     @classmethod
@@ -99,12 +103,36 @@ class EventSemantics(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    click_types: tuple[str, ...] = ("click",)
-    conversion_types: tuple[str, ...] = ("purchase",)
-    reward_weights: dict[str, float] = Field(default_factory=dict)
-    dwell_types: tuple[str, ...] = ("dwell",)
-    session_gap_seconds: float = Field(default=1800.0, gt=0.0, le=7 * 86_400.0)
-    bounce_seconds: float = Field(default=10.0, ge=0.0)
+    click_types: tuple[str, ...] = Field(
+        default=("click",), description="Event types that count as a click (every CTR)."
+    )
+    conversion_types: tuple[str, ...] = Field(
+        default=("purchase",),
+        description="Event types that count as a conversion; their `value` is revenue.",
+    )
+    reward_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="A bandit's reward in [0, 1] per click or conversion type (default: a "
+        "click type 1, a conversion type 0).",
+    )
+    dwell_types: tuple[str, ...] = Field(
+        default=("dwell",),
+        description="Event types whose `value` is a dwell time in seconds (add `view` when "
+        "views carry their dwell as a value).",
+    )
+    session_gap_seconds: float = Field(
+        default=1800.0,
+        gt=0.0,
+        le=7 * 86_400.0,
+        description="Inactivity that ends a session: a user's events and served lists with no "
+        "gap longer than this form one session.",
+    )
+    bounce_seconds: float = Field(
+        default=10.0,
+        ge=0.0,
+        description="A session that ended within this many seconds of its start is a bounce "
+        "(shorter than `session_gap_seconds`).",
+    )
 
     @field_validator("click_types", "conversion_types", "dwell_types")
     @classmethod
@@ -222,7 +250,8 @@ class Settings(BaseSettings):
       by several server processes, `workers` or replicas on several hosts);
     - `model_dir`: trained funnels live in `model_dir/<version>/`; the file
       `model_dir/CURRENT` names the one to serve. A path or a `file://` URL:
-      with several hosts, a directory they all mount (see `_model_dir`);
+      with several hosts, a directory they all mount (an object store is
+      mounted as one: s3fs, gcsfuse);
     - `funnel_config`: TOML of the funnel's configuration for `sieve train`;
     - `api_keys`: hashed keys with scopes (see `sieve.serve.auth`);
     - `open_read`: read endpoints need no key (demos, internal networks);
@@ -250,21 +279,29 @@ class Settings(BaseSettings):
       its funnel serves them (0: never; its own writes apply at once);
     - `workers`: server processes `sieve serve` runs on this host (they
       share the port; above 1 needs a shared cache, `redis://`);
-    - `attribution_window_seconds` / `attribution_types`: an event of these
-      types without a `request_id` is attributed to the latest impression of
-      its item to its user within the window;
-    - `exploration_slots` / `exploration_policy` / `exploration_pool`: the
-      last `exploration_slots` positions of a list are chosen by a bandit
-      (`thompson`, `ucb1`, `epsilon`, or `linucb` over the context features
-      the funnel config names in `[linucb]`) among the next `exploration_pool`
-      candidates, with the propensity of each choice logged (0: off; an
-      experiment arm may set its own);
+    - `attribution_window_seconds`: an event of `attribution_types` without a
+      `request_id` is attributed to the latest impression of its item to its
+      user within this window;
+    - `attribution_types`: the event types attributed that way;
+    - `exploration_slots`: the last positions of a list chosen by a bandit
+      among the next `exploration_pool` candidates, with the propensity of
+      each choice logged (0: off; an experiment arm may set its own);
+    - `exploration_policy`: the bandit of the exploration slots (`thompson`,
+      `ucb1`, `epsilon`, or `linucb` over the context features the funnel
+      config names in `[linucb]`);
+    - `exploration_pool`: the candidates after the list that the exploration
+      slots choose from;
     - `drift_check_seconds`: how often the service compares recent traffic
-      with the training snapshot (0: never); a population-stability index
-      above `drift_psi_threshold` or a relative CTR drop above
-      `ctr_drop_threshold` (over at least `drift_min_impressions` shown
-      slots) writes the retraining trigger `model_dir/RETRAIN`;
-    - `host` / `port`: where `sieve serve` listens;
+      with the training snapshot (0: never); a check that fires writes the
+      retraining trigger `model_dir/RETRAIN`;
+    - `drift_psi_threshold`: a population-stability index (popularity, event
+      mix, scores) above it fires the drift check;
+    - `ctr_drop_threshold`: a relative drop of the shown-list CTR below the
+      training-time CTR above it fires the drift check;
+    - `drift_min_impressions`: shown slots needed before the CTR drop is judged;
+    - `host`: the address `sieve serve` listens on (a loopback address
+      keeps it private to this machine);
+    - `port`: the port `sieve serve` listens on;
     - `max_future_skew_seconds`: an event timestamped more than this after
       the server's clock is refused (422 naming it): a far-future time would
       count at full weight in the decayed online counters until that date;

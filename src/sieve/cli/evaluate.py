@@ -56,25 +56,38 @@ def _load(
     return raw.to_dataset(EventWeights(min_rating=min_rating))
 
 
+def _check_split(spec: str, flag: str) -> None:
+    """A bad split spec, reported before any data loads."""
+    from sieve.data.split import SPLIT_SPECS, parse_split_spec
+
+    try:
+        parse_split_spec(spec)
+    except ValueError as e:
+        raise UsageError(
+            f"{flag} {spec}: {e} (the forms: {', '.join(SPLIT_SPECS)}, e.g. random:0.8)"
+        ) from None
+
+
 SplitOpt = Annotated[
     str,
     typer.Option(
         "--split",
-        help="random:RATIO, temporal:RATIO, leave-last:K, user-holdout:FRACTION or folds:PATH",
+        help="The split: random:RATIO, temporal:RATIO, leave-last:K, "
+        "user-holdout:FRACTION or folds:PATH.",
     ),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="seed of every random choice")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]
 MinRatingOpt = Annotated[
     float | None,
-    typer.Option("--min-rating", help="ratings below this are not positives (default: all are)"),
+    typer.Option("--min-rating", help="Ratings below this are not positives (default: all are)."),
 ]
-UserCol = Annotated[str | None, typer.Option("--user-col", help="CSV/Parquet: user id column")]
-ItemCol = Annotated[str | None, typer.Option("--item-col", help="CSV/Parquet: item id column")]
+UserCol = Annotated[str | None, typer.Option("--user-col", help="CSV/Parquet: user id column.")]
+ItemCol = Annotated[str | None, typer.Option("--item-col", help="CSV/Parquet: item id column.")]
 ValueCol = Annotated[
-    str | None, typer.Option("--value-col", help="CSV/Parquet: rating/value column")
+    str | None, typer.Option("--value-col", help="CSV/Parquet: rating/value column.")
 ]
-TimeCol = Annotated[str | None, typer.Option("--time-col", help="CSV/Parquet: timestamp column")]
-TypeCol = Annotated[str | None, typer.Option("--type-col", help="CSV/Parquet: event type column")]
+TimeCol = Annotated[str | None, typer.Option("--time-col", help="CSV/Parquet: timestamp column.")]
+TypeCol = Annotated[str | None, typer.Option("--type-col", help="CSV/Parquet: event type column.")]
 _SEP_ESCAPES = {"\\t": "\t", "tab": "\t", "\\\\": "\\", "\\|": "|"}
 
 
@@ -99,7 +112,7 @@ def parse_sep(value: str) -> str:
 SepOpt = Annotated[
     str,
     typer.Option(
-        "--sep", help="CSV field separator ('\\t' or 'tab' for a tab)", callback=parse_sep
+        "--sep", help="CSV field separator ('\\t' or 'tab' for a tab).", callback=parse_sep
     ),
 ]
 
@@ -126,17 +139,17 @@ def evaluate(
     split: SplitOpt = "random:0.8",
     seed: SeedOpt = 42,
     models: Annotated[
-        str, typer.Option("--models", help="comma-separated models; the first is the baseline")
+        str, typer.Option("--models", help="Comma-separated models; the first is the baseline.")
     ] = "popular,itemknn,ease,als,bpr",
-    k: Annotated[int, typer.Option("--k", min=1, help="length of the evaluated lists")] = 10,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
-    report: Annotated[Path | None, typer.Option("--report", help="write an HTML report")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Length of the evaluated lists.")] = 10,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write an HTML report.")] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="TOML with a table of parameters per model")
+        Path | None, typer.Option("--config", help="TOML with a table of parameters per model.")
     ] = None,
     min_rating: MinRatingOpt = None,
     group_by: Annotated[
-        str | None, typer.Option("--group-by", help="user attribute for per-group fairness")
+        str | None, typer.Option("--group-by", help="User attribute for per-group fairness.")
     ] = None,
     user_col: UserCol = None,
     item_col: ItemCol = None,
@@ -148,14 +161,16 @@ def evaluate(
         str | None,
         typer.Option(
             "--fallback",
-            help="model that answers the cold test users (no interaction before the test) of "
-            "every model without a cold-start path of its own, e.g. trending",
+            help="Model that answers the cold test users (no interaction before the test) of "
+            "every model without a cold-start path of its own, e.g. trending.",
         ),
     ] = None,
 ) -> None:
-    """Evaluate models offline: metrics with 95% intervals and paired tests
-    of every model against the first one listed, also for cold and warm test
-    users separately."""
+    """Evaluate models offline with intervals and paired tests.
+
+    Every metric comes with its 95% interval, and every model is tested
+    against the first one listed; cold and warm test users are also
+    reported separately."""
     from sieve.data.split import make_splits
     from sieve.evaluate.protocol import ModelSpec
     from sieve.evaluate.protocol import evaluate as run_evaluation
@@ -163,6 +178,7 @@ def evaluate(
     from sieve.models.base import model_class
 
     with _clean_errors():
+        _check_split(split, "--split")  # fails before the data loads
         names = _parse_models(models)
         for name in names:
             model_class(name)
@@ -187,14 +203,22 @@ def evaluate(
         fallback_spec = (
             ModelSpec(fallback, fallback, params.get(fallback, {})) if fallback else None
         )
+        columns = {
+            k: v
+            for k, v in _columns(user_col, item_col, value_col, time_col, type_col).items()
+            if v is not None
+        }
         settings = {
             "data": data,
+            **({"columns": columns, "sep": sep} if data.startswith(("csv:", "parquet:")) else {}),
             "split": split,
             "seed": seed,
             "models": names,
             "fallback": fallback,
             "k": k,
             "min_rating": min_rating,
+            "group_by": group_by,
+            "config": None if config is None else str(config),
             "params": params,
             "version": __version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -229,19 +253,19 @@ def evaluate(
 
 @app.command()
 def tune(
-    model: Annotated[str, typer.Option("--model", help="the model to tune")],
+    model: Annotated[str, typer.Option("--model", help="The model to tune.")],
     data: DataOpt = "synthetic",
     split: SplitOpt = "random:0.8",
     seed: SeedOpt = 42,
     metric: Annotated[
-        str, typer.Option("--metric", help="e.g. ndcg@10, precision@10, rmse")
+        str, typer.Option("--metric", help="E.g. ndcg@10, precision@10, rmse.")
     ] = "ndcg@10",
-    trials: Annotated[int, typer.Option("--trials", min=1, help="number of trials")] = 30,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Number of trials.")] = 30,
     validation: Annotated[
-        str, typer.Option("--validation", help="split of the TRAINING part into fit/validation")
+        str, typer.Option("--validation", help="Split of the TRAINING part into fit/validation.")
     ] = "random:0.8",
     out_path: Annotated[
-        Path, typer.Option("--out", help="TOML file to write (or update) the best parameters in")
+        Path, typer.Option("--out", help="TOML file to write (or update) the best parameters in.")
     ] = Path("sieve-tuned.toml"),
     min_rating: MinRatingOpt = None,
     user_col: UserCol = None,
@@ -251,16 +275,21 @@ def tune(
     type_col: TypeCol = None,
     sep: SepOpt = ",",
 ) -> None:
-    """Search a model's hyperparameters on validation data carved out of the
-    training split (never the test set); write the best to a TOML file that
-    `sieve evaluate --config` reads."""
+    """Search a model's hyperparameters; write the best to TOML.
+
+    The search runs on validation data carved out of the training split
+    (never the test set); `sieve evaluate --config` reads the file."""
     import tomli_w
 
     from sieve.config import read_toml
     from sieve.data.split import make_splits
     from sieve.evaluate.tune import tune as run_tune
+    from sieve.models.base import model_class
 
     with _clean_errors():
+        _check_split(split, "--split")
+        _check_split(validation, "--validation")
+        model_class(model)
         ds = _load(
             data, min_rating, _columns(user_col, item_col, value_col, time_col, type_col), sep
         )

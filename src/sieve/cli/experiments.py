@@ -17,13 +17,14 @@ from sieve.cli.common import (
     _progress,
     _service_settings,
     app,
+    columns,
     console,
     out,
+    show_records,
 )
 
 experiment_app = typer.Typer(
-    help="Online experiments: create, list, stop, report (a running service "
-    "picks changes up within a few seconds).",
+    help="Online experiments: create, list, stop, report.",
     no_args_is_help=True,
 )
 app.add_typer(experiment_app, name="experiment")
@@ -42,22 +43,31 @@ def _read_spec(spec: str) -> dict[str, Any]:
     import json
     import tomllib
 
-    if spec.lstrip().startswith("{"):
+    if spec.lstrip().startswith(("{", "[", '"')) or spec.strip() in ("null", "true", "false"):
         try:
             data = json.loads(spec)
         except json.JSONDecodeError as e:
             raise UsageError(f"the inline definition is not valid JSON: {e}") from None
+        where = "the inline definition"
     else:
         path = Path(spec)
         if not path.is_file():
-            raise UsageError(f"no such file {spec!r} (give a .json/.toml file or inline JSON)")
+            raise UsageError(
+                f"{spec!r} is neither inline JSON (an object starting with '{{') nor a file "
+                "that exists: give a .json/.toml file or the definition as a JSON object"
+            )
         text = path.read_text()
         try:
             data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
             raise UsageError(f"{path}: {e}") from None
+        where = str(path)
     if not isinstance(data, dict):
-        raise UsageError("an experiment definition is a JSON object / TOML table")
+        raise UsageError(
+            f"{where} is a JSON {type(data).__name__}, not an object: an experiment "
+            'definition is an object, e.g. \'{"name": "x", "variants": [{"name": "A", '
+            '"share": 0.5}, {"name": "B", "share": 0.5}]}\''
+        )
     return data
 
 
@@ -66,9 +76,9 @@ def experiment_create(
     spec: Annotated[
         str,
         typer.Argument(
-            help='the definition: a .json/.toml file or inline JSON, e.g. \'{"name": "x", '
+            help='The definition: a .json/.toml file or inline JSON, e.g. \'{"name": "x", '
             '"variants": [{"name": "A", "share": 0.5}, {"name": "B", "share": 0.5, '
-            '"config": {"exploration_slots": 2}}]}\''
+            '"config": {"exploration_slots": 2}}]}\'.'
         ),
     ],
     config: ConfigOpt = None,
@@ -94,41 +104,37 @@ def experiment_create(
 
 @experiment_app.command("list")
 def experiment_list(config: ConfigOpt = None, store: StoreOpt = None) -> None:
-    """Every experiment, running and stopped."""
-    from rich.table import Table
-
+    """List every experiment, running and stopped."""
     with _clean_errors():
         _, book = _book(config, store)
         try:
             records = book.records()
         finally:
             book.store.close()
-        table = Table(title="experiments")
-        for col in ("name", "status", "layer", "kind", "allocation", "arms", "created"):
-            table.add_column(col)
+        names = ("name", "status", "layer", "kind", "allocation", "arms", "created")
+        rows = []
         for r in records:
             e = r.experiment
-            table.add_row(
-                r.name,
-                r.status,
-                e.layer,
-                e.kind,
-                e.allocation,
-                ", ".join(
-                    f"{v.name}={v.share:g}" + (" (shadow)" if v.shadow else "") for v in e.variants
-                ),
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at)),
+            arms = "\n".join(
+                f"{v.name}={v.share:g}" + (" (shadow)" if v.shadow else "") for v in e.variants
             )
-        out.print(table)
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at))
+            rows.append((r.name, r.status, e.layer, e.kind, e.allocation, arms, created))
+        if not rows:
+            out.print("no experiments yet: `sieve experiment create` starts one")
+        else:
+            show_records("experiments", names, rows, ids=("name", "status"))
 
 
 @experiment_app.command("stop")
 def experiment_stop(
-    name: Annotated[str, typer.Argument(help="the experiment to stop")],
+    name: Annotated[str, typer.Argument(help="The experiment to stop.")],
     config: ConfigOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Stop an experiment: its users get the default experience; its log stays."""
+    """Stop an experiment; its log stays.
+
+    Its users get the default experience from then on."""
     from sieve.experiments.online import ExperimentError
 
     with _clean_errors():
@@ -144,46 +150,105 @@ def experiment_stop(
 
 @experiment_app.command("report")
 def experiment_report_cmd(
-    name: Annotated[str, typer.Argument(help="the experiment")],
-    alpha: Annotated[float, typer.Option("--alpha", min=0.001, max=0.5)] = 0.05,
-    json_path: Annotated[Path | None, typer.Option("--json", help="also write JSON here")] = None,
+    name: Annotated[str, typer.Argument(help="The experiment.")],
+    alpha: Annotated[
+        float, typer.Option("--alpha", min=0.001, max=0.5, help="Significance level.")
+    ] = 0.05,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            envvar="SIEVE_URL",
+            help="Ask the running service at this URL (fast, and with its running minimum "
+            "of the always-valid p-value) instead of reading the store here.",
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", envvar="SIEVE_API_KEY", help="API key for --url (read scope)."),
+    ] = None,
     config: ConfigOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Per-arm metrics with intervals, tests, the sample-ratio check and a verdict."""
+    """Print an experiment's report: per-arm metrics, tests, a verdict.
+
+    The report holds per-arm metrics with intervals, the tests, the
+    sample-ratio check and a verdict in words.
+    Without --url the report is computed here from the store: this process
+    first loads the analysis code (seconds on a busy machine) and, with a
+    memory:// cache, sees only this look's always-valid p-value."""
     import json
 
+    with _clean_errors():
+        if url is not None:
+            report = _report_from_service(url, key, name, alpha)
+        else:
+            report = _report_from_store(config, store, name, alpha)
+        _print_report(report)
+        if json_path is not None:
+            json_path.write_text(json.dumps(report, indent=2))
+
+
+def _report_from_service(url: str, key: str | None, name: str, alpha: float) -> dict[str, Any]:
+    """`GET /experiments/NAME/report` of a running service."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(
+            f"{url.rstrip('/')}/experiments/{name}/report",
+            params={"alpha": alpha},
+            headers=headers,
+            timeout=60.0,
+        )
+    except httpx.HTTPError as e:
+        raise UsageError(
+            f"cannot reach the service at {url}: {e}; start it, or leave out --url to "
+            "read the store"
+        ) from None
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise UsageError(f"{url} answered {response.status_code}: {detail}")
+    report: dict[str, Any] = response.json()
+    return report
+
+
+def _report_from_store(
+    config: Path | None, store: str | None, name: str, alpha: float
+) -> dict[str, Any]:
+    """The report computed in this process from the store (see `experiment report`)."""
     from sieve.experiments.online import ExperimentError
     from sieve.experiments.report import experiment_report
     from sieve.storage import open_cache
 
-    with _clean_errors():
-        settings, book = _book(config, store)
-        cache = open_cache(settings.cache_url)
-        try:
-            report = experiment_report(
-                book.store,
-                book.get(name),
-                alpha=alpha,
-                catalog_size=book.store.count_items(),
-                cache=cache,
-                semantics=settings.semantics,
-            )
-        except ExperimentError as e:
-            raise UsageError(str(e)) from None
-        finally:
-            book.store.close()
-            cache.close()
-        _print_report(report)
-        if settings.cache_url.startswith("memory"):
-            console.print(
-                "note: with a memory:// cache the always-valid p-value is of this look only; "
-                "the server's running minimum over looks is in its own cache (use Redis, "
-                "or GET /experiments/NAME/report)",
-                soft_wrap=True,
-            )
-        if json_path is not None:
-            json_path.write_text(json.dumps(report, indent=2))
+    settings, book = _book(config, store)
+    cache = open_cache(settings.cache_url)
+    try:
+        report = experiment_report(
+            book.store,
+            book.get(name),
+            alpha=alpha,
+            catalog_size=book.store.count_items(),
+            cache=cache,
+            semantics=settings.semantics,
+        )
+    except ExperimentError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        book.store.close()
+        cache.close()
+    if settings.cache_url.startswith("memory"):
+        console.print(
+            "note: with a memory:// cache the always-valid p-value is of this look only; "
+            "the server's running minimum over looks is in its own cache (use Redis, "
+            "or --url to ask the server)",
+            soft_wrap=True,
+        )
+    return report
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -198,16 +263,23 @@ def _print_report(report: dict[str, Any]) -> None:
     if report.get("interleaving"):
         s = report["interleaving"]
         table = Table(title=title)
-        for col in ("arm", "wins"):
-            table.add_column(col)
+        columns(table, "arm", "wins", ids=("arm",))
         for arm, wins in s["wins"].items():
             table.add_row(arm, str(wins))
         out.print(table)
         out.print(f"ties {s['ties']} · requests {s['requests']} · sign test p={s['p_value']:.4g}")
     else:
         table = Table(title=title)
-        for col in ("arm", "units", "impressions", "clicks", "CTR (95% CI)", "conversion"):
-            table.add_column(col)
+        columns(
+            table,
+            "arm",
+            "units",
+            "impressions",
+            "clicks",
+            "CTR (95% CI)",
+            "conversion",
+            ids=("arm",),
+        )
         for a in report["arms"]:
             table.add_row(
                 a["arm"],
@@ -247,7 +319,8 @@ def _print_shadows(shadows: list[dict[str, Any]]) -> None:
         "served: share of the shadow's items the served list did not show; CTR shared / "
         "rest: the served list's CTR on the items the shadow would have shown too / the others",
     )
-    for col in (
+    columns(
+        table,
         "shadow",
         "model",
         "requests",
@@ -256,8 +329,8 @@ def _print_shadows(shadows: list[dict[str, Any]]) -> None:
         "items not served",
         "CTR shared",
         "CTR rest",
-    ):
-        table.add_column(col)
+        ids=("shadow", "model"),
+    )
     for s in shadows:
         table.add_row(
             s["shadow"],
@@ -277,33 +350,37 @@ def simulate(
     data: Annotated[
         str,
         typer.Option(
-            "--data", help="the synthetic world the service serves (synthetic[:key=value,...])"
+            "--data", help="The synthetic world the service serves (synthetic[:key=value,...])."
         ),
     ] = "synthetic",
-    url: Annotated[str, typer.Option("--url", help="the running service")] = (
-        "http://127.0.0.1:8000"
-    ),
-    requests: Annotated[int, typer.Option("--requests", min=1, help="most requests")] = 1000,
-    seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="most seconds")] = 60.0,
-    n: Annotated[int, typer.Option("--n", min=1, max=200, help="list length")] = 10,
+    url: Annotated[
+        str, typer.Option("--url", envvar="SIEVE_URL", help="The running service.")
+    ] = "http://127.0.0.1:8000",
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Most requests.")] = 1000,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="Most seconds.")] = 60.0,
+    n: Annotated[int, typer.Option("--n", min=1, max=200, help="List length.")] = 10,
     users: Annotated[
-        int | None, typer.Option("--users", min=1, help="simulate only the first N users")
+        int | None, typer.Option("--users", min=1, help="Simulate only the first N users.")
     ] = None,
     purchase_rate: Annotated[
-        float, typer.Option("--purchase-rate", min=0.0, max=1.0, help="P(purchase | click)")
+        float, typer.Option("--purchase-rate", min=0.0, max=1.0, help="P(purchase | click).")
     ] = 0.1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     key: Annotated[
-        str | None, typer.Option("--key", envvar="SIEVE_API_KEY", help="API key (read+write)")
+        str | None, typer.Option("--key", envvar="SIEVE_API_KEY", help="API key (read+write).")
     ] = None,
     experiment: Annotated[
-        str | None, typer.Option("--experiment", help="print this experiment's report at the end")
+        str | None, typer.Option("--experiment", help="Print this experiment's report at the end.")
     ] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the tallies here")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the tallies here.")
+    ] = None,
 ) -> None:
-    """Synthetic users with known click probabilities use a running service
-    (requests, clicks and purchases over HTTP), so A/B tests, interleaving and
-    bandits can be run end to end; prints per-arm tallies with the true CTR."""
+    """Drive a running service with synthetic users.
+
+    The users send requests, clicks and purchases over HTTP, so A/B tests,
+    interleaving and bandits can be run end to end; prints per-arm tallies
+    with the true CTR."""
     import json
 
     import httpx
@@ -339,8 +416,17 @@ def simulate(
         except SimulationError as e:
             raise UsageError(str(e)) from None
         table = Table(title=f"{result.requests} requests in {result.seconds:.1f}s")
-        for col in ("arm", "requests", "shown", "clicks", "CTR", "true CTR", "explore clicks"):
-            table.add_column(col)
+        columns(
+            table,
+            "arm",
+            "requests",
+            "shown",
+            "clicks",
+            "CTR",
+            "true CTR",
+            "explore clicks",
+            ids=("arm",),
+        )
         for name, t in sorted(result.arms.items()):
             table.add_row(
                 name,

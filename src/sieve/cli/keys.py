@@ -19,10 +19,12 @@ app.add_typer(keys_app, name="keys")
 def keys_hash(
     key: Annotated[
         str | None,
-        typer.Argument(help="the key; omit (or '-') to read it from stdin, out of shell history"),
+        typer.Argument(help="The key; omit (or '-') to read it from stdin, out of shell history."),
     ] = None,
 ) -> None:
-    """Print the SHA-256 digest of a key: what `api_keys[].key_hash` holds."""
+    """Print the SHA-256 digest of a key, for the settings.
+
+    The digest is what `api_keys[].key_hash` holds."""
     from sieve.serve.auth import hash_key
 
     with _clean_errors():
@@ -35,12 +37,14 @@ def keys_hash(
 
 @keys_app.command("new")
 def keys_new(
-    name: Annotated[str, typer.Option("--name", help="the key's name (it appears in logs)")],
+    name: Annotated[str, typer.Option("--name", help="The key's name (it appears in logs).")],
     scopes: Annotated[
-        str, typer.Option("--scopes", help="comma-separated: read, write, admin")
+        str, typer.Option("--scopes", help="Comma-separated: read, write, admin.")
     ] = "read",
 ) -> None:
-    """Make a random key: prints the key once, and the settings entry with its digest."""
+    """Make a random key; print it once, and its settings entry.
+
+    The settings entry holds the key's digest, never the key."""
     from sieve.serve.auth import hash_key, new_key
     from sieve.settings import ApiKey
 

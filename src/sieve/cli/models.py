@@ -16,6 +16,7 @@ from sieve.cli.common import (
     app,
     console,
     out,
+    show_records,
 )
 
 models_app = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
@@ -40,38 +41,47 @@ def _registry(model_dir: str | None, config: Path | None) -> Any:
 
 @models_app.command("list")
 def models_list(model_dir: ModelDirOpt = None, config: ConfigOpt = None) -> None:
-    """Every registered version with its status, data and metrics."""
-    from rich.table import Table
-
+    """List every registered version with its status, data and metrics."""
     with _clean_errors():
         registry = _registry(model_dir, config)
         current = registry.current()
-        table = Table(title=f"models in {registry.root}")
-        for col in ("version", "status", "created", "data", "metrics", "notes"):
-            table.add_column(col)
         manifests, problems = registry.scan()
-        for m in manifests:
-            mark = " ◀ serving" if m.version == current else ""
-            table.add_row(
-                m.version + mark,
-                m.status,
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created_at)),
-                ", ".join(f"{k}={v}" for k, v in m.data.items() if k != "store"),
-                ", ".join(f"{k}={v:.4f}" for k, v in m.metrics.items()),
-                "; ".join(m.notes),
+        where = Path(registry.root).resolve()
+        if not manifests:
+            out.print(
+                f"no model registered in {where}: train one with `sieve train --model-dir "
+                f"{registry.root}`, or point --model-dir (SIEVE_MODEL_DIR) at the folder "
+                "that holds your models",
+                soft_wrap=True,
             )
-        out.print(table)
+        else:
+            rows = [(*_cells(m, current), "; ".join(m.notes)) for m in manifests]
+            names = ("version", "status", "created", "metrics", "data", "notes")
+            show_records(f"models in {where}", names, rows, ids=("version", "status", "created"))
         for problem in problems:
             console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
 
 
+def _cells(m: Any, current: str | None) -> tuple[str, str, str, str, str]:
+    """Version, status, creation time, metrics and data of a manifest, as text."""
+    return (
+        m.version,
+        "serving" if m.version == current else m.status,
+        time.strftime("%Y-%m-%d %H:%M", time.localtime(m.created_at)),
+        ", ".join(f"{k}={v:.4f}" for k, v in m.metrics.items()) or "none recorded",
+        ", ".join(f"{k}={v}" for k, v in m.data.items() if k != "store"),
+    )
+
+
 @models_app.command("promote")
 def models_promote(
-    version: Annotated[str, typer.Argument(help="the version to serve", callback=_version_arg)],
+    version: Annotated[str, typer.Argument(help="The version to serve.", callback=_version_arg)],
     model_dir: ModelDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Serve VERSION (a running service swaps to it without dropping requests)."""
+    """Serve VERSION (a running service swaps to it at once).
+
+    The swap drops no request."""
     with _clean_errors():
         _registry(model_dir, config).promote(version, "promoted with `sieve models promote`")
         out.print(f"serving {version}")

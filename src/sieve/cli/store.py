@@ -18,7 +18,7 @@ from sieve.cli.common import (
 
 @app.command()
 def migrate(config: ConfigOpt = None, store: StoreOpt = None) -> None:
-    """Apply the store's pending schema migrations and print its schema version.
+    """Apply pending schema migrations; print the schema version.
 
     Every process that opens the store does the same under a database lock, so
     this is optional; run it once before a rollout so that new replicas start on
@@ -34,9 +34,10 @@ def migrate(config: ConfigOpt = None, store: StoreOpt = None) -> None:
 
 @app.command("import")
 def import_(data: DataOpt, config: ConfigOpt = None, store: StoreOpt = None) -> None:
-    """Load a data set (`--data`, as for `evaluate`) into the store: items and
-    users are upserted, events inserted once by id, so running it again adds
-    nothing twice. Then `sieve train` trains on it."""
+    """Load a data set into the store; then `sieve train` trains on it.
+
+    `--data` is read as for `evaluate`: items and users are upserted, events
+    inserted once by id, so running it again adds nothing twice."""
     from sieve.data.io import load_data
     from sieve.storage import open_store
     from sieve.training.snapshot import import_data

@@ -28,6 +28,7 @@ __all__ = [
     "leave_last_split",
     "make_splits",
     "movielens_folds",
+    "parse_split_spec",
     "random_split",
     "temporal_split",
     "user_holdout_split",
@@ -265,22 +266,26 @@ SPLIT_SPECS = (
 )
 
 
-def make_splits(ds: Dataset, spec: str, seed: int) -> list[Split]:
-    """Splits named by a spec: `random:0.75`, `temporal:0.8`, `leave-last:1`,
-    `user-holdout:0.2` or `folds:PATH` (MovieLens u1..u5, five splits)."""
+def parse_split_spec(spec: str) -> tuple[str, str | int | float]:
+    """The kind and argument of a split spec, checked without any data, so a
+    command rejects a bad `--split` before it loads a data set: `("random",
+    0.75)`, `("leave-last", 1)`, `("folds", "PATH")`; `ValueError` saying
+    what was wrong and what is expected."""
     kind, _, arg = spec.strip().partition(":")
     kind = kind.strip().lower()
     arg = arg.strip()
     if kind == "folds":
         if not arg:
             raise ValueError("folds split needs a folder: folds:PATH")
-        return movielens_folds(ds, arg)
+        return kind, arg
     if kind == "leave-last":
         try:
             k = int(arg) if arg else 1
         except ValueError:
             raise ValueError(f"leave-last count must be an integer ≥ 1, got {arg!r}") from None
-        return [leave_last_split(ds, k)]
+        if k < 1:
+            raise ValueError(f"leave-last count must be an integer ≥ 1, got {k}")
+        return kind, k
     if kind in ("random", "temporal", "user-holdout"):
         what = {"random": "random ratio", "temporal": "temporal ratio"}.get(
             kind, "user-holdout fraction"
@@ -289,9 +294,21 @@ def make_splits(ds: Dataset, spec: str, seed: int) -> list[Split]:
             value = float(arg)
         except ValueError:
             raise ValueError(f"{what} must be a number in (0,1), got {arg!r}") from None
-        if kind == "random":
-            return [random_split(ds, value, seed)]
-        if kind == "temporal":
-            return [temporal_split(ds, value)]
-        return [user_holdout_split(ds, value, seed)]
+        _check_ratio(what, value)
+        return kind, value
     raise ValueError(f"unknown split spec {spec!r}; expected one of {', '.join(SPLIT_SPECS)}")
+
+
+def make_splits(ds: Dataset, spec: str, seed: int) -> list[Split]:
+    """Splits named by a spec: `random:0.75`, `temporal:0.8`, `leave-last:1`,
+    `user-holdout:0.2` or `folds:PATH` (MovieLens u1..u5, five splits)."""
+    kind, arg = parse_split_spec(spec)
+    if kind == "folds":
+        return movielens_folds(ds, str(arg))
+    if kind == "leave-last":
+        return [leave_last_split(ds, int(arg))]
+    if kind == "random":
+        return [random_split(ds, float(arg), seed)]
+    if kind == "temporal":
+        return [temporal_split(ds, float(arg))]
+    return [user_holdout_split(ds, float(arg), seed)]

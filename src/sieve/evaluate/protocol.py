@@ -130,6 +130,13 @@ def evaluate(
     n_segment_users = dict.fromkeys(SEGMENTS, 0)
     for split in splits:
         ctx = _SplitContext.build(split)
+        if len(ctx.users) == 0:
+            raise ValueError(
+                f"the split {split.name} left no test user with a held-out interaction "
+                f"({dataset.n_users} users, {len(dataset.events)} events): there is nothing "
+                "to score; use more data, or a split that holds out more (e.g. "
+                "leave-last:1, or a smaller random ratio)"
+            )
         n_test_users += len(ctx.users)
         n_segment_users["cold"] += int(ctx.cold.sum())
         n_segment_users["warm"] += int((~ctx.cold).sum())
@@ -380,18 +387,17 @@ def _fold_interval(
 
 
 def _user_groups(dataset: Dataset, group_by: str | None) -> NDArray[np.object_] | None:
-    """Each user's group label from an attribute (for fairness), if any."""
+    """Each user's group label from the attribute `group_by` (for the fairness
+    figures, computed only when asked); users without it are "unknown"."""
+    if not group_by:
+        return None
     attrs = dataset.users["attributes"]
-    candidates = [group_by] if group_by else ["group", "gender"]
-    for key in candidates:
-        labels = np.array(
-            [a.get(key) if isinstance(a, dict) else None for a in attrs], dtype=object
-        )
-        if any(v is not None for v in labels):
-            return np.array(["unknown" if v is None else str(v) for v in labels], dtype=object)
-    if group_by:
+    labels = np.array(
+        [a.get(group_by) if isinstance(a, dict) else None for a in attrs], dtype=object
+    )
+    if not any(v is not None for v in labels):
         raise ValueError(f"no user has the attribute {group_by!r} to group by")
-    return None
+    return np.array(["unknown" if v is None else str(v) for v in labels], dtype=object)
 
 
 def _category_matrix(dataset: Dataset) -> sp.csr_matrix | None:

@@ -231,14 +231,20 @@ def plot_popularity_bias(result: EvaluationResult) -> str:
     return _png(fig)
 
 
-def write_html(result: EvaluationResult, path: str | Path) -> Path:
-    """A self-contained HTML page (plots embedded) of the whole evaluation."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = to_json(result)
-    metrics = _main_metrics(result)
-    list_metrics = list(result.models[0].scalars)
-    head = "".join(f"<th>{html.escape(m)}</th>" for m in [*metrics, *list_metrics])
+def _is_fairness(name: str) -> bool:
+    """A per-group figure (`ndcg@10[a]`, `ndcg@10 group gap`): asked by `--group-by`."""
+    return "[" in name or "group gap" in name
+
+
+def _html_table(
+    table_id: str, result: EvaluationResult, metrics: list[str], scalars: list[str], times: bool
+) -> str:
+    """One table of the report: a row per model; a metric cell holds the mean,
+    its interval and the test against the baseline, each on a line of its own
+    that never wraps (the table scrolls sideways instead, in its container)."""
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in [*metrics, *scalars])
+    if times:
+        head += "<th>fit s</th><th>predict s</th>"
     rows = []
     for r in result.models:
         cells = []
@@ -257,10 +263,41 @@ def write_html(result: EvaluationResult, path: str | Path) -> Path:
                 if iv is None
                 else f"<td>{iv.mean:.4f}<div class='ci'>[{iv.low:.4f}, {iv.high:.4f}]</div>{mark}</td>"
             )
-        cells += [f"<td>{r.scalars.get(m, float('nan')):.4f}</td>" for m in list_metrics]
-        rows.append(
-            f"<tr><th>{html.escape(_label(r))}</th>{''.join(cells)}"
-            f"<td>{r.fit_seconds:.2f}</td><td>{r.predict_seconds:.2f}</td></tr>"
+        cells += [f"<td>{r.scalars.get(m, float('nan')):.4f}</td>" for m in scalars]
+        if times:
+            cells.append(f"<td>{r.fit_seconds:.2f}</td><td>{r.predict_seconds:.2f}</td>")
+        rows.append(f"<tr><th>{html.escape(_label(r))}</th>{''.join(cells)}</tr>")
+    return (
+        f"<div class='scroll'><table id='{table_id}'><tr><th>model</th>{head}</tr>"
+        f"{''.join(rows)}</table></div>"
+    )
+
+
+def write_html(result: EvaluationResult, path: str | Path) -> Path:
+    """A self-contained HTML page (plots embedded) of the whole evaluation,
+    laid out for a laptop screen: accuracy, then the other list qualities and
+    the cost, then (only with a grouping) the per-group fairness figures."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_json(result)
+    metrics = _main_metrics(result)
+    accuracy = [m for m in metrics if m.split("@")[0] in ACCURACY]
+    beyond = [m for m in metrics if m not in accuracy]
+    scalars = list(result.models[0].scalars)
+    fairness = [m for m in scalars if _is_fairness(m)]
+    lists = [m for m in scalars if not _is_fairness(m)]
+    group_by = result.settings.get("group_by")
+    tables = (
+        "<h2>Accuracy</h2>"
+        + _html_table("results", result, accuracy, [], times=False)
+        + "<h2>Beyond accuracy, and cost</h2>"
+        + _html_table("beyond", result, beyond, lists, times=True)
+    )
+    if fairness:
+        tables += (
+            f"<h2>Fairness: users grouped by {html.escape(str(group_by or 'group'))}</h2>"
+            "<p>NDCG per group of users and the largest gap between two groups.</p>"
+            + _html_table("fairness", result, [], fairness, times=False)
         )
     seg_metrics = _segment_metrics(result)
     seg_head = "".join(f"<th>{html.escape(m)}</th>" for m in seg_metrics)
@@ -287,28 +324,31 @@ def write_html(result: EvaluationResult, path: str | Path) -> Path:
     settings = html.escape(json.dumps(result.settings, indent=1, default=str))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sieve evaluation</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}}
-table{{border-collapse:collapse;font-size:.85rem}} td,th{{border:1px solid #ddd;padding:.3rem .5rem;text-align:right}}
+body{{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1320px}}
+.scroll{{overflow-x:auto;max-width:100%}}
+table{{border-collapse:collapse;font-size:.85rem}} td,th{{border:1px solid #ddd;padding:.3rem .5rem;text-align:right;white-space:nowrap}}
 th{{background:#f6f6f6}} .ci{{color:#777;font-size:.75rem}} .p{{color:#999;font-size:.7rem}} .sig{{color:#b00;font-weight:bold}}
 img{{max-width:100%;margin:1rem 0;border:1px solid #eee}} dt{{font-weight:bold;margin-top:.4rem}}
+pre{{white-space:pre-wrap}}
 </style></head><body>
 <h1>sieve evaluation</h1>
 <p>Top-{result.k} recommendations for {html.escape(_users_line(result))}. Baseline for the paired
 tests: <b>{html.escape(result.baseline)}</b>. Cells show the mean, its 95% confidence interval, and
-the difference from the baseline with its Holm-corrected p-value (red: significant at α={ALPHA}).</p>
-<table id="results"><tr><th>model</th>{head}<th>fit s</th><th>predict s</th></tr>
-{"".join(rows)}</table>
+the difference from the baseline with its Holm-corrected p-value (red: significant at α={ALPHA}).
+The settings that produced these numbers are at the end.</p>
+{tables}
 <h2>Cold and warm test users</h2>
 <p>Cold: no interaction before the test (an empty input row); warm: the others. A model marked
 "answered by" had its cold users' lists made by that fallback model.</p>
-<table id="segments"><tr><th>model</th><th>users</th><th>n</th>{seg_head}</tr>
-{"".join(seg_rows)}</table>
+<div class="scroll"><table id="segments"><tr><th>model</th><th>users</th><th>n</th>{seg_head}</tr>
+{"".join(seg_rows)}</table></div>
 <h2>Metrics with intervals</h2><img alt="metrics with intervals" src="data:image/png;base64,{plot_metrics(result)}">
 <h2>Metrics against K</h2><img alt="metrics against K" src="data:image/png;base64,{plot_curves(result)}">
 <h2>Popularity bias</h2><img alt="popularity bias" src="data:image/png;base64,{plot_popularity_bias(result)}">
 <h2>Definitions</h2><dl>{docs}</dl>
-<h2>Settings</h2><pre>{settings}</pre>
+<h2>Settings</h2><pre id="settings">{settings}</pre>
 <script type="application/json" id="data">{html.escape(json.dumps(_finite(data)))}</script>
 </body></html>"""
     path.write_text(page)

@@ -60,8 +60,11 @@ class FunnelConfig(SectionedConfig):
 
     - `sources`: candidate sources and their quotas (`SourcesConfig`).
     - `ann`: the FAISS index over ALS item factors (`AnnConfig`).
-    - `als`, `itemknn`, `ease`, `content`: hyperparameters of the candidate
-      models (each model's own config; ALS defaults to 64 factors here).
+    - `als`: the ALS model whose item factors the ANN source searches (its
+      own config; 64 factors here).
+    - `itemknn`: the item-kNN model behind the item-to-item source.
+    - `ease`: the EASE model of the EASE source (small catalogs only).
+    - `content`: the TF-IDF model of the content source (cold items).
     - `trending`: time decay of the trending chart (`TrendingConfig`).
     - `ranker`: the LambdaMART ranker and how its labels are made
       (`RankerConfig`).

@@ -8,8 +8,9 @@
 - `admin` implies `read` and `write`. Reads (GET of the catalog and of
   recommendations) need `read`; catalog and event writes need `write`;
   reloading the model and precomputing need `admin`.
-- No key → 401 telling how to send one; an unknown key → 401; a known key
-  without the needed scope → 403 naming the scope.
+- No key → 401 telling how to send one; an `Authorization` header without
+  the `Bearer ` prefix → 401 saying so; an unknown key → 401; a known key
+  without the needed scope → 403 naming the scope and the keys that would do.
 - `open_read` lets requests without a key through read endpoints;
   `open_write` lets them through write endpoints when the client is on the
   loopback interface (the quickstart). A key that *is* sent is always checked.
@@ -96,6 +97,16 @@ def _unauthorized(message: str) -> HTTPException:
     )
 
 
+def _forbidden(principal: Principal, scope: Scope) -> str:
+    """What a 403 says: the key, the scope it lacks and which keys would do."""
+    wanted = "the 'admin' scope" if scope == "admin" else f"the {scope!r} or 'admin' scope"
+    return (
+        f"the API key {principal.name!r} lacks the {scope!r} scope this endpoint needs "
+        f"(it has {sorted(principal.scopes)}): send a key with {wanted} "
+        "(`sieve keys new --scopes " + scope + "` makes one)"
+    )
+
+
 def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits a request holding `scope` (see the module doc).
 
@@ -110,6 +121,13 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
         settings = request.app.state.settings
         keyring: KeyRing = request.app.state.keyring
         presented = bearer.credentials if bearer is not None else header
+        if not presented and request.headers.get("authorization"):
+            # HTTPBearer ignores a header without the scheme: say so rather
+            # than "missing", and never let it pass as an anonymous request
+            raise _unauthorized(
+                "the Authorization header does not start with 'Bearer ' "
+                "(write `Authorization: Bearer <key>`)"
+            )
         if not presented:
             if scope == "read" and settings.open_read:
                 return ANONYMOUS_READER
@@ -122,14 +140,7 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
             raise _unauthorized("invalid API key")
         request.state.principal = principal.name  # for the access log: the name, never the key
         if not principal.allows(scope):
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail=(
-                    f"the API key {principal.name!r} lacks the {scope!r} scope this endpoint "
-                    f"needs (it has {sorted(principal.scopes)}); use a key with {scope!r} "
-                    "or 'admin'"
-                ),
-            )
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=_forbidden(principal, scope))
         return principal
 
     check.__name__ = f"require_{scope}"

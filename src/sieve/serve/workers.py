@@ -49,6 +49,41 @@ def check_workers(settings: Settings) -> None:
         )
 
 
+def check_backends(settings: Settings) -> None:
+    """`ValueError` in one line when the store or the cache cannot be opened,
+    before any server process starts (its lifespan would fail with a
+    traceback per process). The store is opened as a server opens it
+    (migrations included); the cache is asked for one key."""
+    from sieve.storage import CacheError, StoreError, open_cache, open_store
+
+    try:
+        with open_store(settings.store_url):
+            pass
+    except (StoreError, ValueError, OSError) as e:
+        raise ValueError(
+            f"cannot open the store at {settings.store_url}: {_first_line(e)} — check --store "
+            "or SIEVE_STORE_URL (sqlite:///PATH or postgresql://USER@HOST/DB) and that the "
+            "database is running"
+        ) from None
+    try:
+        cache = open_cache(settings.cache_url)
+        try:
+            cache.get("sieve:ping")
+        finally:
+            cache.close()
+    except (CacheError, ValueError, OSError) as e:
+        raise ValueError(
+            f"cannot open the cache at {settings.cache_url}: {_first_line(e)} — check --cache "
+            "or SIEVE_CACHE_URL (memory:// or redis://HOST:6379/0) and that Redis is running"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's message without the driver's continuation lines."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def configure_logging(access_log: bool) -> None:
     """The server's log format and levels (in each worker process too)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

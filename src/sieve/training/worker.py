@@ -43,14 +43,12 @@ from pathlib import Path
 import numpy as np
 
 from sieve.data.dataset import Dataset
-from sieve.data.schema import UnknownIdError
-from sieve.evaluate import metrics as M
 from sieve.pipeline import Funnel
 from sieve.ranking.logged import LoggedData
-from sieve.ranking.query import UserLog
 from sieve.registry import ModelRegistry
 from sieve.settings import Settings
 from sieve.storage import Store, open_store
+from sieve.training.holdout import holdout_ndcg
 from sieve.training.lease import LeaseHeld, WorkerLease
 from sieve.training.snapshot import snapshot
 from sieve.training.train import new_funnel
@@ -322,22 +320,6 @@ def score_on_holdout(model: Funnel, train: Dataset, test: Dataset, policy: Retra
     """Mean NDCG@k of a funnel on the holdout users' new items, given each
     user's history before the holdout, matched by external ids (the funnel's
     vocabulary need not be the snapshot's)."""
-    users = np.flatnonzero((test.matrix.getnnz(axis=1) > 0) & (train.matrix.getnnz(axis=1) > 0))
-    rng = np.random.default_rng(policy.seed)
-    if len(users) > policy.max_users:
-        users = np.sort(rng.choice(users, policy.max_users, replace=False))
-    if len(users) == 0:
-        raise ValueError("the holdout has no user with earlier history to score")
-    recs = np.full((len(users), policy.k), -1, dtype=np.int64)
-    history = UserLog(train.events)
-    for r, u in enumerate(users):
-        user_id = str(train.user_ids[u])
-        # the request the service would build from the store's events then
-        query = model.query(history.events(user_id), user_id, n=policy.k)
-        for j, rec in enumerate(model.recommend_query(query)[: policy.k]):
-            try:
-                recs[r, j] = train.item_index(str(model.item_ids[rec.item]))
-            except UnknownIdError:
-                recs[r, j] = -1
-    relevant = (test.matrix[users] > 0).astype(np.float64).tocsr()
-    return float(np.mean(M.ndcg_at_k(recs, relevant, policy.k)))
+    return holdout_ndcg(
+        model, train, test, k=policy.k, max_users=policy.max_users, seed=policy.seed
+    )

@@ -199,7 +199,9 @@
 
   /**
    * A line chart over time: `times` (epoch seconds, one per point) and
-   * `series` [{name, values}] (null values break the line).
+   * `series` [{name, values}] (null values break the line, unless
+   * `opts.connect`: then the line joins the points on either side of a gap,
+   * as a rate undefined in an empty bucket should be drawn).
    */
   function lineChart(times, series, opts = {}) {
     const W = 560, H = 230;
@@ -246,7 +248,7 @@
       const runs = [];
       line.values.forEach((v, i) => {
         if (isNum(v)) run.push(`${X(times[i]).toFixed(1)},${Y(v).toFixed(1)}`);
-        else if (run.length) { runs.push(run); run = []; }
+        else if (run.length && !opts.connect) { runs.push(run); run = []; }
       });
       if (run.length) runs.push(run);
       const g = s("g", { "data-series": line.name });
@@ -341,9 +343,42 @@
     tile.dataset.value = value === null || value === undefined ? "" : String(value);
   }
 
-  async function loadKpis() {
-    const { minutes, bucket } = windowParams();
+  /** A round bucket width (seconds) that cuts `seconds` into about `count` buckets. */
+  function niceBucket(seconds, count) {
+    const raw = Math.max(1, seconds / count);
+    const steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
+    return steps.find((st) => st >= raw) || 3600;
+  }
+
+  const hasTraffic = (b) => b.requests || b.impressions || b.clicks || Object.keys(b.events || {}).length;
+
+  /**
+   * The window's KPIs with buckets that follow the part of the window that
+   * holds traffic: when it all lies in the window's last half (a run that
+   * began a minute ago, in a 1-hour window), the window is asked again from
+   * the bucket before the first traffic, cut into about 40 buckets, so the
+   * chart shows the run instead of a spike at its right edge. Nothing is left
+   * out: before that bucket the window held no traffic.
+   */
+  async function fetchKpis(minutes, bucket) {
     const res = await api(`/dashboard/api/kpis?minutes=${minutes}&bucket_seconds=${bucket}`);
+    if (!res.ok) return { res, bucket, since: null };
+    const series = res.data.series || [];
+    const first = series.findIndex(hasTraffic);
+    if (first < 0 || first < series.length / 2) return { res, bucket, since: null };
+    const span = (series.length - first + 1) * bucket;
+    const fine = niceBucket(span, 40);
+    if (fine >= bucket) return { res, bucket, since: null };
+    const again = await api(`/dashboard/api/kpis?minutes=${Math.max(1, Math.ceil(span / 60))}&bucket_seconds=${fine}`);
+    if (!again.ok) return { res, bucket, since: null };
+    return { res: again, bucket: fine, since: again.data.series.length ? again.data.series[0].start : null };
+  }
+
+  const fmtSeconds = (x) => (x >= 3600 ? `${x / 3600} h` : x >= 60 ? `${x / 60} min` : `${x} s`);
+
+  async function loadKpis() {
+    const { minutes, bucket: chosen } = windowParams();
+    const { res, bucket, since } = await fetchKpis(minutes, chosen);
     if (!res.ok) {
       showError("traffic", `Traffic could not be loaded: ${res.error}`);
       return false;
@@ -385,12 +420,18 @@
     ], { id: "traffic", label: "requests, impressions and clicks over time", integer: true }));
     $("#chart-ctr").replaceChildren(lineChart(times, [
       { name: "CTR", values: k.series.map((b) => b.ctr), color: COLORS[2] },
-    ], { id: "ctr", label: "click-through rate over time", format: (v) => fmtPct(v, 1), emptyTop: 0.1 }));
+    ], { id: "ctr", label: "click-through rate over time", format: (v) => fmtPct(v, 1), emptyTop: 0.1, connect: true }));
+    const buckets = document.getElementById("traffic");
+    buckets.dataset.bucketSeconds = String(bucket);
+    buckets.dataset.since = since === null ? "" : String(since);
 
     const chips = Object.entries(t.events || {}).sort((x, y) => y[1] - x[1]);
     const box = $("#events-by-type");
     box.replaceChildren();
     append(box, [
+      h("span", { class: "muted", "data-buckets": String(bucket) }, since === null
+        ? `Buckets of ${fmtSeconds(bucket)}. `
+        : `Buckets of ${fmtSeconds(bucket)} from ${fmtClock(since, false)}, when this window's traffic began. `),
       h("span", { class: "muted" }, `Events by type, last ${minutes >= 60 ? minutes / 60 + " h" : minutes + " min"}: `),
       chips.length ? chips.map(([type, n]) => h("span", { class: "chip", "data-event-type": type }, `${type} `, h("b", {}, fmtInt(n))))
         : h("span", { class: "muted" }, "none"),
@@ -679,6 +720,26 @@
     }
     section("inspector").dataset.user = id;
     setBody("inspector", renderInspection(res.data));
+    // the address opens this inspection again: …/dashboard#user=ID
+    const link = `#user=${encodeURIComponent(id)}`;
+    if (window.location.hash !== link) window.history.replaceState(null, "", link);
+  }
+
+  /** The user named by the address (`#user=ID`), or null. */
+  function linkedUser() {
+    const params = new URLSearchParams(window.location.hash.replace(/^#/, ""));
+    const id = (params.get("user") || "").trim();
+    return id || null;
+  }
+
+  /** Open the inspector on the user the address names, if any. */
+  function inspectLinked() {
+    const id = linkedUser();
+    if (!id || section("inspector").dataset.user === id) return;
+    document.getElementById("user-id").value = id;
+    section("inspector").scrollIntoView();
+    inspect({ preventDefault() {} })
+      .catch((err) => showError("inspector", `Inspection failed: ${err && err.message ? err.message : err}`));
   }
 
   // --------------------------------------------------------------- refresh
@@ -753,10 +814,12 @@
       refresh();
     });
     document.getElementById("window").addEventListener("change", () => refresh());
+    window.addEventListener("hashchange", inspectLinked);
     document.getElementById("inspect-form").addEventListener("submit", (e) => {
       inspect(e).catch((err) => showError("inspector", `Inspection failed: ${err && err.message ? err.message : err}`));
     });
     refresh();
+    inspectLinked();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

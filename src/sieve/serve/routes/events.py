@@ -28,11 +28,50 @@ from sieve.serve.schemas import EventBatch, EventsResult
 from sieve.settings import Settings
 
 
+def event_types(settings: Settings) -> dict[str, dict[str, object]]:
+    """Each event type this server accepts: its weight and its role."""
+    sem = settings.semantics
+    return {
+        name: {
+            "weight": weight,
+            "click": sem.is_click(name),
+            "conversion": sem.is_conversion(name),
+            "attributed": name in settings.attribution_types,
+        }
+        for name, weight in settings.event_weights.items()
+    }
+
+
+def event_types_text(settings: Settings) -> str:
+    """The operation's description: the accepted types, and that they are configured."""
+    rows = "\n".join(
+        f"| `{name}` | {t['weight']:g} | "
+        + (", ".join(k for k in ("click", "conversion", "attributed") if t[k]) or "—")
+        + " |"
+        for name, t in event_types(settings).items()
+    )
+    return (
+        "Append events: atomic (all or none), idempotent by event id; unknown users are "
+        "created.\n\n**Event types this server accepts** (any other `type` is refused "
+        "with a 422):\n\n| type | weight | counts as |\n|---|---|---|\n"
+        f"{rows}\n\nThe types are **configurable**: the `event_weights` setting "
+        "(`SIEVE_EVENT_WEIGHTS` or the settings file) lists them with their weight in a "
+        "user's history, and `semantics` (`click_types`, `conversion_types`) says which "
+        'are clicks and conversions. See docs/reference/events.md ("Adding an event '
+        'type") and docs/reference/settings.md.'
+    )
+
+
 def router(settings: Settings) -> APIRouter:
     """The events router."""
     r = APIRouter(prefix="/events", tags=["events"], responses=AUTH_ERRORS)
 
-    @r.post("", responses=TOO_LARGE)
+    @r.post(
+        "",
+        responses=TOO_LARGE,
+        description=event_types_text(settings),
+        openapi_extra={"x-sieve-event-types": event_types(settings)},
+    )
     def post_events(batch: EventBatch, service: ServiceDep, _: WriteAccess) -> EventsResult:
         """Append events (see the module doc: atomic, idempotent by id, users auto-created)."""
         inserted, duplicates = service.record_events(batch.events)
@@ -46,4 +85,4 @@ def router(settings: Settings) -> APIRouter:
     return r
 
 
-__all__ = ["router"]
+__all__ = ["event_types", "event_types_text", "router"]
