@@ -204,6 +204,11 @@ class Settings(BaseSettings):
       (`thompson`, `ucb1` or `epsilon`) among the next `exploration_pool`
       candidates, with the propensity of each choice logged (0: off; an
       experiment arm may set its own);
+    - `random_share` / `random_pool`: the share of requests (0-1) served the
+      random slice: `n` items drawn uniformly from the funnel's top
+      `random_pool` candidates in a random order, each logged with its
+      propensity n / pool (`sieve.explore.random_slice`); such a request
+      skips the precomputed lists, its experiments and exploration slots;
     - `drift_check_seconds`: how often the service compares recent traffic
       with the training snapshot (0: never); a population-stability index
       above `drift_psi_threshold` or a relative CTR drop above
@@ -246,6 +251,8 @@ class Settings(BaseSettings):
     exploration_slots: int = Field(default=0, ge=0, le=50)
     exploration_policy: Literal["thompson", "ucb1", "epsilon"] = "thompson"
     exploration_pool: int = Field(default=50, ge=1, le=1000)
+    random_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    random_pool: int = Field(default=100, ge=1, le=1000)
     drift_check_seconds: float = Field(default=300.0, ge=0.0)
     drift_psi_threshold: float = Field(default=0.2, gt=0.0)
     ctr_drop_threshold: float = Field(default=0.3, gt=0.0, lt=1.0)

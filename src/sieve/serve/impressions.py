@@ -19,6 +19,7 @@ from typing import Any
 
 from sieve.data.records import Impression, ImpressionArm, ImpressionItem
 from sieve.experiments.online import TEAM_PREFIX, Arm
+from sieve.explore.random_slice import RANDOM_SOURCE
 from sieve.serve.schemas import RecommendationList, RecommendedItem
 from sieve.storage.base import Store, StoreError, StoreUnavailable
 
@@ -140,10 +141,11 @@ class ImpressionLogger:
 
 def slot_sources(item: RecommendedItem) -> list[str]:
     """The sources logged for a slot: the candidate sources, plus `explore`
-    for an exploration slot and `team:<arm>` for an interleaved one."""
+    for an exploration slot, `random` for a slot of the random slice and
+    `team:<arm>` for an interleaved one."""
     out = sorted(item.sources)
-    if item.slot == "explore":
-        out.append("explore")
+    if item.slot in ("explore", RANDOM_SOURCE):
+        out.append(item.slot)
     if item.team is not None:
         out.append(f"{TEAM_PREFIX}{item.team}")
     return out

@@ -118,7 +118,9 @@ def router(settings: Settings) -> APIRouter:
         """The top-n items for a user, each with its score, sources and a reason.
 
         Served from the batch precompute (`cached: true`) when it is current for
-        this user and the request has no filter or context; otherwise live.
+        this user and the request has no filter or context; otherwise live. A
+        share `random_share` of requests gets a list drawn uniformly from the
+        top candidates instead (`slot: "random"`, each with its propensity).
         """
         filters = Filters(
             categories=_split(categories, "categories", MAX_LABEL),
@@ -133,12 +135,19 @@ def router(settings: Settings) -> APIRouter:
                 service.recommend_user, user_id, n, filters, True, found
             )
             return _json(result.model_copy(update={"trace": found}))
+        # a request of the random slice is drawn first: it skips the cache, so
+        # the slice is a share of all traffic, precomputed users included
+        uniform = service.in_random_slice()
         # a precomputed answer is one non-blocking cache read, on the event loop;
         # the live funnel (store reads, CPU work) goes to the thread pool
-        cached = await service.cached_answer(user_id, n, filters)
+        cached = None if uniform else await service.cached_answer(user_id, n, filters)
         if cached is not None:
             return _json(cached)
-        return _json(await run_in_threadpool(service.recommend_user, user_id, n, filters))
+        return _json(
+            await run_in_threadpool(
+                service.recommend_user, user_id, n, filters, True, None, uniform
+            )
+        )
 
     @r.post("/recommendations")
     def recommend_session(
