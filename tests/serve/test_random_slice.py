@@ -40,7 +40,8 @@ def test_share_is_honoured_and_propensities_logged(serve: MakeClient) -> None:
             pool = [i.id for i in engine.recommend_user(user, 30, log=False).items]
             ids = [i["id"] for i in body["items"]]
             assert len(ids) == min(n, len(pool)) and set(ids) <= set(pool)
-            assert all(i["propensity"] == pytest.approx(len(ids) / len(pool)) for i in body["items"])
+            expect = pytest.approx(len(ids) / len(pool))
+            assert all(i["propensity"] == expect for i in body["items"])
             assert body["experiments"] == []
     # 240 requests at 0.3: 72 expected, sd 7.1; ±4.5 sd
     assert 40 <= len(random_ids) <= 104
