@@ -112,31 +112,41 @@ class LogReplay:
         self.names = list(candidates)
         self._codes: dict[str, int] = {}
         self._slot_parts: list[dict[str, NDArray[Any]]] = []
-        self._lists: dict[str, list[list[int]]] = {c: [] for c in self.names}
+        self._lists: dict[str, list[NDArray[np.int64]]] = {c: [] for c in self.names}
         self._failed: dict[str, str] = {}
         self.n_requests = 0
 
-    def _code(self, item_id: str) -> int:
-        code = self._codes.get(item_id)
-        if code is None:
-            code = self._codes[item_id] = len(self._codes)
-        return code
+    def _codes_of(self, ids: NDArray[Any]) -> NDArray[np.int64]:
+        """Integer codes of item ids (new ids get the next codes), vectorised;
+        ids are compared as given (the store's strings, a simulation's ints)."""
+        if not len(ids):
+            return np.zeros(0, np.int64)
+        codes, uniques = pd.factorize(ids, sort=False)
+        table = np.empty(len(uniques), np.int64)
+        for k, item in enumerate(uniques.tolist()):
+            code = self._codes.get(item)
+            if code is None:
+                code = self._codes[item] = len(self._codes)
+            table[k] = code
+        return table[codes]
 
-    def add(self, page: pd.DataFrame, lists: Mapping[str, Sequence[Sequence[str]] | str]) -> None:
+    def add(self, page: pd.DataFrame, lists: Mapping[str, Sequence[Sequence[Any]] | str]) -> None:
         """Add a page (one row per slot: request_id, item_id, position,
-        propensity, clicked, sources; rows of a request together) and each
-        candidate's lists for its requests in order of first appearance — or
-        a string: why that candidate has no lists."""
+        propensity, clicked, and sources or a boolean `random`; rows of a
+        request together) and each candidate's lists for its requests in order
+        of first appearance — or a string: why that candidate has no lists."""
         if page.empty:
             return
-        rid = page["request_id"].astype(str).to_numpy(object)
-        codes, uniques = pd.factorize(rid, sort=False)
+        codes, uniques = pd.factorize(page["request_id"].to_numpy(), sort=False)
         r = len(uniques)
-        random = np.array([RANDOM_TAG in (s or ()) for s in page["sources"]], dtype=bool)
+        if "random" in page:
+            random = page["random"].to_numpy(bool)
+        else:
+            random = np.array([RANDOM_TAG in (s or ()) for s in page["sources"]], dtype=bool)
         self._slot_parts.append(
             {
                 "request": codes.astype(np.int64) + self.n_requests,
-                "item": np.array([self._code(str(i)) for i in page["item_id"]], np.int64),
+                "item": self._codes_of(page["item_id"].to_numpy()),
                 "position": page["position"].to_numpy(np.int64),
                 "propensity": page["propensity"].to_numpy(np.float64),
                 "click": page["clicked"].to_numpy(np.float64),
@@ -150,7 +160,11 @@ class LogReplay:
                 got = [[] for _ in range(r)]
             if len(got) != r:
                 raise ValueError(f"candidate {name!r}: {len(got)} lists for {r} requests")
-            self._lists[name].extend([self._code(str(i)) for i in row] for row in got)
+            lengths = np.array([len(row) for row in got], np.int64)
+            flat = np.array([i for row in got for i in row])
+            block = np.full((r, max(int(lengths.max(initial=0)), 1)), -1, np.int64)
+            block[np.arange(block.shape[1]) < lengths[:, None]] = self._codes_of(flat)
+            self._lists[name].append(block)
         self.n_requests += r
 
     def slots(self) -> LoggedSlots:
@@ -160,12 +174,11 @@ class LogReplay:
         return LoggedSlots(n_requests=self.n_requests, **cat)
 
     def _targets(self, name: str) -> NDArray[np.int64]:
-        rows = self._lists[name]
-        width = max((len(x) for x in rows), default=0)
-        out = np.full((len(rows), max(width, 1)), -1, np.int64)
-        for k, row in enumerate(rows):
-            out[k, : len(row)] = row
-        return out
+        blocks = self._lists[name]
+        width = max((b.shape[1] for b in blocks), default=1)
+        return np.vstack(
+            [np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=-1) for b in blocks]
+        )
 
     def result(
         self,

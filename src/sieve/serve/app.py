@@ -65,6 +65,7 @@ from sieve.serve.routes import (
     experiments,
     items,
     metrics,
+    offpolicy,
     recommendations,
     system,
     users,
@@ -365,7 +366,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = KeyRing(settings.api_keys)
     app.add_middleware(TimingMiddleware, max_body_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
-    for module in (items, users, events, recommendations, experiments, system, dashboard, metrics):
+    for module in (
+        items,
+        users,
+        events,
+        recommendations,
+        experiments,
+        system,
+        dashboard,
+        offpolicy,
+        metrics,
+    ):
         app.include_router(module.router(settings))
     return app
 

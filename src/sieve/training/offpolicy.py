@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sieve.evaluate.replay import LoggedEvaluation, LogReplay, SliceName
+from sieve.evaluate.offpolicy_lists import examination_from_random
+from sieve.evaluate.replay import LoggedEvaluation, LogReplay, SliceName, observed_ctr
 from sieve.models.base import MODELS, Recommender, create_model
 from sieve.ranking.query import UserLog
 from sieve.registry import ModelRegistry, RegistryError
@@ -50,6 +51,7 @@ __all__ = [
     "evaluate_logged",
     "parse_candidate",
     "read_window",
+    "slice_ctrs",
 ]
 
 
@@ -237,3 +239,43 @@ def evaluate_logged(
             "serve traffic first"
         )
     return replay.result(slice, confidence=confidence)
+
+
+def slice_ctrs(
+    store: Store,
+    since: float,
+    until: float,
+    click_types: Sequence[str],
+    max_requests: int = 20_000,
+) -> dict[str, Any]:
+    """The observed CTR per slot of the policy's lists and of the random slice
+    over the oldest `max_requests` requests of the window (each with
+    its interval and request count), and the examination per position the
+    random slice measures: what the dashboard shows side by side."""
+    replay = LogReplay([])
+    for page in read_window(store, since, until, click_types, max_requests=max_requests):
+        replay.add(page, {})
+    out: dict[str, Any] = {"requests": replay.n_requests, "policy": None, "random": None}
+    if replay.n_requests == 0:
+        out["examination"] = []
+        return out
+    slots = replay.slots()
+    in_random = np.zeros(slots.n_requests, bool)
+    np.logical_or.at(in_random, slots.request, slots.random)
+    for key, mask in (("policy", ~in_random), ("random", in_random)):
+        iv, _ = observed_ctr(slots, mask)
+        out[key] = {
+            "requests": int(mask.sum()),
+            "ctr": None if iv is None else iv.mean,
+            "low": None if iv is None else iv.low,
+            "high": None if iv is None else iv.high,
+        }
+    r = slots.random
+    depth = int(slots.position.max()) + 1
+    measured = r.any() and slots.click[r].sum() > 0
+    out["examination"] = (
+        examination_from_random(slots.position[r], slots.click[r], depth).tolist()
+        if measured
+        else []
+    )
+    return out
