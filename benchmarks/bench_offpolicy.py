@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=["all", "bandit", "service"], default="all")
     parser.add_argument("--service-reps", type=int, default=100)
     parser.add_argument("--log-requests", type=int, default=20_000)
-    parser.add_argument("--online-requests", type=int, default=20_000)
+    parser.add_argument("--online-requests", type=int, default=50_000)
     parser.add_argument("--random-share", type=float, default=0.25)
     args = parser.parse_args(argv)
     console = Console(width=110)

@@ -48,6 +48,7 @@ __all__ = [
     "LoggedSlots",
     "estimate_lists",
     "examination_from_random",
+    "examination_influence",
     "item_relevance",
 ]
 
@@ -177,35 +178,48 @@ def _z(confidence: float) -> float:
     return float(scipy.stats.norm.ppf(0.5 + confidence / 2))
 
 
-def estimate_lists(
+def examination_influence(slots: LoggedSlots, n_positions: int) -> FloatArray:
+    """Per request (R × n_positions), the influence of its clicks on the
+    examination estimate θ_k = m_k/m_0 (m_k: the random slice's CTR at
+    position k): ψ_rk = (R_rand/S_k)(c_rk − m_k·1[r shows k])/m_0 −
+    θ_k (R_rand/S_0)(c_r0 − m_0·1[r shows 0])/m_0 on random-slice requests,
+    0 elsewhere, so θ̂ − θ ≈ mean over the random requests of ψ. Adding
+    Σ_k ∂V/∂θ_k · ψ_rk to each request's term puts the uncertainty of θ̂ into
+    the estimators' intervals (the delta method)."""
+    r = slots.random & (slots.position < n_positions)
+    out = np.zeros((slots.n_requests, n_positions))
+    random_requests = np.zeros(slots.n_requests, bool)
+    random_requests[slots.request[slots.random]] = True
+    n_random = int(random_requests.sum())
+    if n_random == 0:
+        return out
+    req, pos, clicks = slots.request[r], slots.position[r], slots.click[r]
+    shown = np.zeros((slots.n_requests, n_positions))
+    c = np.zeros((slots.n_requests, n_positions))
+    shown[req, pos] = 1.0
+    c[req, pos] = clicks
+    n_shown = shown.sum(axis=0)
+    m = c.sum(axis=0) / np.maximum(n_shown, 1.0)
+    if m[0] <= 0:
+        return out
+    theta = m / m[0]
+    dev = n_random / np.maximum(n_shown, 1.0) * (c - m * shown) / m[0]
+    out[random_requests] = (dev - theta * dev[:, :1])[random_requests]
+    out[:, 0] = 0.0
+    return out
+
+
+def _terms(
     slots: LoggedSlots,
     target: IntArray,
     theta: FloatArray,
-    relevance: FloatArray | None = None,
-    *,
-    confidence: float = 0.95,
-    clip: float | None = None,
-    min_support: float = 0.8,
-    min_ess: float = 100.0,
-) -> ListOPE:
-    """IPS, SNIPS and (with `relevance`, a γ̂ per item code) DR estimates of the
-    CTR per slot of the target lists `target` (R × m item codes, −1 padding:
-    row r is the target's list for request r), under the PBM with examination
-    `theta` (θ_0 = 1, at least m positions). `clip` caps g_j/θ_{k_j}."""
-    z = _z(confidence)
-    R = slots.n_requests
-    if R == 0:
-        raise ValueError("no logged requests in the window")
-    target = np.asarray(target, dtype=np.int64)
-    if target.ndim != 2 or target.shape[0] != R:
-        raise ValueError(f"target must be (n_requests={R}, m), got {target.shape}")
-    m = target.shape[1]
-    theta = np.asarray(theta, dtype=np.float64)
-    depth = max(m, int(slots.position.max(initial=0)) + 1)
-    if len(theta) < depth:  # positions beyond the estimate keep its last value
-        theta = np.concatenate([theta, np.full(depth - len(theta), theta[-1])])
+    relevance: FloatArray | None,
+    clip: float | None,
+) -> tuple[FloatArray, FloatArray, FloatArray | None, int, int]:
+    """Per request: the IPS term t_r, the normaliser s_r and the DR term d_r
+    (module doc), the number of slots clipped and of target items matched."""
+    R, m = target.shape
     n_target = (target >= 0).sum(axis=1)
-    has_list = n_target > 0
     # where each logged item stands in its request's target list (−1: absent)
     row = target[slots.request]  # (slots, m)
     hit = (row == slots.item[:, None]) & (slots.item[:, None] >= 0)
@@ -222,19 +236,7 @@ def estimate_lists(
     t = np.bincount(slots.request, weights=ratio * slots.click, minlength=R) / length
     cum_theta = np.concatenate([[0.0], np.cumsum(theta)])
     s = np.bincount(slots.request, weights=g, minlength=R) / cum_theta[np.maximum(n_target, 1)]
-    t, s = t[has_list], s[has_list]
-    if not len(t):
-        raise ValueError("the candidate returned no list for any logged request")
-    ess = effective_sample_size(s)
-    n = len(t)
-    estimates = {"ips": OPEResult("ips", mean_ci(t, confidence), ess, n, n_clipped)}
-    total = float(s.sum())
-    if total > 0:
-        v = float(t.sum()) / total
-        se = math.sqrt(float(((t - v * s) ** 2).sum())) / total
-        estimates["snips"] = OPEResult(
-            "snips", Interval(v, v - z * se, v + z * se), ess, n, n_clipped
-        )
+    d = None
     if relevance is not None:
         gamma = np.asarray(relevance, dtype=np.float64)
         rel_target = np.where(target >= 0, gamma[np.maximum(target, 0)], 0.0)
@@ -245,18 +247,95 @@ def estimate_lists(
             weights=g * (slots.click / theta[slots.position]) - g * logged_rel,
             minlength=R,
         )
-        d = ((direct + correction) / length)[has_list]
-        estimates["dr"] = OPEResult("dr", mean_ci(d, confidence), ess, n, n_clipped)
+        d = (direct + correction) / length
+    return t, s, d, n_clipped, int(matched.sum())
+
+
+def _values(t: FloatArray, s: FloatArray, d: FloatArray | None) -> dict[str, float]:
+    out = {"ips": float(t.mean())}
+    if s.sum() > 0:
+        out["snips"] = float(t.sum() / s.sum())
+    if d is not None:
+        out["dr"] = float(d.mean())
+    return out
+
+
+def estimate_lists(
+    slots: LoggedSlots,
+    target: IntArray,
+    theta: FloatArray,
+    relevance: FloatArray | None = None,
+    *,
+    theta_influence: FloatArray | None = None,
+    confidence: float = 0.95,
+    clip: float | None = None,
+    min_support: float = 0.8,
+    min_ess: float = 100.0,
+) -> ListOPE:
+    """IPS, SNIPS and (with `relevance`, a γ̂ per item code) DR estimates of the
+    CTR per slot of the target lists `target` (R × m item codes, −1 padding:
+    row r is the target's list for request r), under the PBM with examination
+    `theta` (θ_0 = 1, at least m positions). `clip` caps g_j/θ_{k_j}.
+
+    `theta_influence` (R × positions, `examination_influence`): when θ was
+    estimated from these requests, its uncertainty enters the intervals: each
+    request's term gets Σ_k ∂V/∂θ_k·ψ_rk (gradients by finite differences)."""
+    z = _z(confidence)
+    R = slots.n_requests
+    if R == 0:
+        raise ValueError("no logged requests in the window")
+    target = np.asarray(target, dtype=np.int64)
+    if target.ndim != 2 or target.shape[0] != R:
+        raise ValueError(f"target must be (n_requests={R}, m), got {target.shape}")
+    m = target.shape[1]
+    theta = np.asarray(theta, dtype=np.float64)
+    depth = max(m, int(slots.position.max(initial=0)) + 1)
+    if len(theta) < depth:  # positions beyond the estimate keep its last value
+        theta = np.concatenate([theta, np.full(depth - len(theta), theta[-1])])
+    has_list = (target >= 0).sum(axis=1) > 0
+    if not has_list.any():
+        raise ValueError("the candidate returned no list for any logged request")
+    t, s, d, n_clipped, matched = _terms(slots, target, theta, relevance, clip)
+    base = _values(t[has_list], s[has_list], None if d is None else d[has_list])
+    # each estimator's per-request linearised terms (mean: the estimate)
+    lin: dict[str, FloatArray] = {"ips": t}
+    if "snips" in base:
+        lin["snips"] = base["snips"] + (t - base["snips"] * s) / float(s[has_list].mean())
+    if d is not None:
+        lin["dr"] = d
+    if theta_influence is not None:
+        psi = np.asarray(theta_influence, dtype=np.float64)
+        for k in range(1, min(psi.shape[1], depth)):
+            if not psi[:, k].any():
+                continue
+            h = 1e-4 * max(theta[k], 1e-3)
+            bumped = theta.copy()
+            bumped[k] += h
+            tb, sb, db, _, _ = _terms(slots, target, bumped, relevance, clip)
+            moved = _values(tb[has_list], sb[has_list], None if db is None else db[has_list])
+            for name in lin:
+                lin[name] = lin[name] + (moved[name] - base[name]) / h * psi[:, k]
+    ess = effective_sample_size(s[has_list])
+    n = int(has_list.sum())
+    estimates: dict[str, OPEResult] = {}
+    for name, terms in lin.items():
+        iv = mean_ci(terms[has_list], confidence)
+        if name == "snips":  # a ratio: centred on Σt/Σs, normal interval
+            half = z * float(terms[has_list].std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+            iv = Interval(base["snips"], base["snips"] - half, base["snips"] + half)
+        else:
+            iv = Interval(base[name], iv.low, iv.high)
+        estimates[name] = OPEResult(name, iv, ess, n, n_clipped)
     shown = slots.lengths().astype(np.float64)
     per_request = np.bincount(slots.request, weights=slots.click, minlength=R)
     logged = mean_ci((per_request / np.maximum(shown, 1.0))[shown > 0], confidence)
-    support = float(s.mean())
+    support = float(s[has_list].mean())
     warnings = []
     if support < min_support or ess < min_ess:
         warnings.append(
             f"thin support: the log could have shown only {100 * support:.0f}% of the "
-            f"candidate's slots ({int(matched.sum())} of its items shown in {n} requests, "
+            f"candidate's slots ({matched} of its items shown in {n} requests, "
             f"effective sample size {ess:.0f}): its items were rarely shown, so the estimates "
             "are unreliable (biased low); serve a random slice (`random_share`) to measure it"
         )
-    return ListOPE(estimates, logged, n, support, int(matched.sum()), theta[:m], warnings)
+    return ListOPE(estimates, logged, n, support, matched, theta[:m], warnings)

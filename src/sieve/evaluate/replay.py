@@ -6,8 +6,9 @@ of the same columns); each page adds its slots and, per candidate, the list
 the candidate returns for each of its requests. `LogReplay.result` then:
 
 1. estimates the examination probability per position from the random
-   slice (lists drawn uniformly: `sieve.explore.random_slice`), or takes
-   θ = 1 everywhere with a warning when the log has no random slice;
+   slice (lists drawn uniformly: `sieve.explore.random_slice`), its
+   uncertainty carried into every interval (`examination_influence`), or
+   takes θ = 1 everywhere with a warning when the log has no random slice;
 2. chooses the requests to evaluate on (`slice`): the random slice (every
    item of the pool had a known chance: unbiased), all traffic (each slot's
    logged propensity as it is: exploited slots 1, so only the items the
@@ -32,6 +33,7 @@ from sieve.evaluate.offpolicy_lists import (
     LoggedSlots,
     estimate_lists,
     examination_from_random,
+    examination_influence,
     item_relevance,
 )
 from sieve.evaluate.stats import Interval, mean_ci
@@ -222,6 +224,9 @@ class LogReplay:
         policy_ctr, _ = observed_ctr(slots, ~per_request)
         random_ctr, _ = observed_ctr(slots, per_request)
         relevance = item_relevance(sub, theta, len(self._codes))
+        influence = None
+        if n_random and slots.click[on_random].sum() > 0:  # θ estimated here: in the intervals
+            influence = examination_influence(slots, depth)[old] * (sub.n_requests / n_random)
         results: dict[str, ListOPE | str] = {}
         for name in self.names:
             if name in self._failed:
@@ -230,7 +235,13 @@ class LogReplay:
             target = self._targets(name)[old]
             try:
                 results[name] = estimate_lists(
-                    sub, target, theta, relevance, confidence=confidence, clip=clip
+                    sub,
+                    target,
+                    theta,
+                    relevance,
+                    theta_influence=influence,
+                    confidence=confidence,
+                    clip=clip,
                 )
             except ValueError as e:
                 results[name] = str(e)
