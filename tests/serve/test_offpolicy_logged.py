@@ -191,3 +191,34 @@ def test_cli_logged_spec(sqlite_log: str, tmp_path: Path) -> None:
     assert body["random_requests"] == REQUESTS // 2
     bad = runner.invoke(app, ["evaluate", "--data", f"logged:{url}", "--since", "yesterday"])
     assert bad.exit_code == 2 and "not a time" in bad.output
+
+
+def test_simulate_offpolicy_in_process(tmp_path: Path) -> None:
+    """`sieve simulate --offpolicy A:B`: A's log, B estimated from it, B run
+    live, with no service; the estimate is near B's measured CTR."""
+    out = tmp_path / "sim.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--data",
+            "synthetic:users=150,items=80,seed=2",
+            "--offpolicy",
+            "popular:itemknn",
+            "--reps",
+            "1",
+            "--requests",
+            "8000",
+            "--n",
+            "5",
+            "--json",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())
+    assert row["candidate"] == "itemknn" and row["support"] > 0.9
+    half = (row["high"] - row["low"]) / 2
+    assert abs(row["estimate"] - row["online"]) < 2 * half
+    bad = CliRunner().invoke(app, ["simulate", "--offpolicy", "popular"])
+    assert bad.exit_code == 2 and "LOGGING:CANDIDATE" in bad.output
