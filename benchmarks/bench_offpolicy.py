@@ -7,7 +7,10 @@ code `sieve evaluate --data logged:` runs), then B run live; target: B's
 95% interval contains its measured online CTR in ≥ 90% of repetitions. And
 on one log, the off-policy ranking of three candidates against their online
 ranking. In process (`sieve.experiments.offpolicy_sim`), to afford the
-repetitions:
+repetitions; defaults: a world of 400 users × 250 items, A = popular, lists
+of 10, a 25% random slice from A's top 100, 40,000 logged and 50,000 live
+requests per repetition, candidates itemknn, ease, bpr and als (whose items
+lie partly outside A's top 100: the thin-support case):
 
     .venv/bin/python benchmarks/bench_offpolicy.py --part service --service-reps 100
 
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--part", choices=["all", "bandit", "service"], default="all")
     parser.add_argument("--service-reps", type=int, default=100)
-    parser.add_argument("--log-requests", type=int, default=20_000)
+    parser.add_argument("--log-requests", type=int, default=40_000)
     parser.add_argument("--online-requests", type=int, default=50_000)
     parser.add_argument("--random-share", type=float, default=0.25)
     args = parser.parse_args(argv)
