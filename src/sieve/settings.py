@@ -291,6 +291,12 @@ class Settings(BaseSettings):
       config names in `[linucb]`);
     - `exploration_pool`: the candidates after the list that the exploration
       slots choose from;
+    - `random_share`: the share of requests (0-1) served the random slice:
+      `n` items drawn uniformly from the funnel's top `random_pool`
+      candidates in a random order, each logged with its propensity n / pool
+      (`sieve.explore.random_slice`); such a request skips the precomputed
+      lists, its experiments and exploration slots;
+    - `random_pool`: the top candidates the random slice draws from;
     - `drift_check_seconds`: how often the service compares recent traffic
       with the training snapshot (0: never); a check that fires writes the
       retraining trigger `model_dir/RETRAIN`;
@@ -341,6 +347,8 @@ class Settings(BaseSettings):
     exploration_slots: int = Field(default=0, ge=0, le=50)
     exploration_policy: Literal["thompson", "ucb1", "epsilon", "linucb"] = "thompson"
     exploration_pool: int = Field(default=50, ge=1, le=1000)
+    random_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    random_pool: int = Field(default=100, ge=1, le=1000)
     drift_check_seconds: float = Field(default=300.0, ge=0.0)
     drift_psi_threshold: float = Field(default=0.2, gt=0.0)
     ctr_drop_threshold: float = Field(default=0.3, gt=0.0, lt=1.0)

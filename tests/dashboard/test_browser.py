@@ -213,6 +213,11 @@ def test_dashboard_shows_live_numbers(live: Live, browser: Any, tmp_path: Path) 
         assert page.get_attribute("#traffic", "data-since")
         # the models card names the serving version
         assert page.locator("#models tr[data-version] .badge.good").first.inner_text() == "serving"
+        # the random slice card: the policy's CTR as the slices API gives it
+        # (no random slice is served here: its tile is empty)
+        page.wait_for_selector('[data-slice="policy"]')
+        assert page.get_attribute('[data-slice="random"]', "data-value") == ""
+        assert float(page.get_attribute('[data-slice="policy"]', "data-value") or "nan") >= 0
 
         _save(page, tmp_path, "dashboard-live.png")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +44,7 @@ def _check_schema(raw: RawData) -> None:
 
 # ------------------------------------------------------------- MovieLens 100K
 def test_movielens_100k_real(ml100k_path: Path) -> None:
-    start = time.perf_counter()
-    raw = load_movielens_100k(ml100k_path)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 3.0  # about 0.15 s; generous for a loaded machine
+    raw = load_movielens_100k(ml100k_path)  # its speed: benchmarks, not this test
     _check_schema(raw)
     assert (len(raw.events), len(raw.items), len(raw.users)) == (100_000, 1682, 943)
     assert raw.problems == []

@@ -161,6 +161,35 @@ def test_logged_groups_carry_labels_positions_and_weights() -> None:
     assert np.nanmax(data.x[:, COL["item_clicks_1d"]]) > 0
 
 
+def test_logged_groups_restricted_to_the_random_slice() -> None:
+    """`logged_slice = "random"` keeps only the lists of the random slice (slots
+    tagged `random`); "all" keeps every list, reweighting the random ones."""
+    dataset, logged, _, _ = world()
+    engine = fitted("snapshot").state.engine
+    imp = logged.impressions
+    ids = sorted(imp["request_id"].unique())
+    chosen = set(ids[::2])
+    tagged = imp.assign(
+        sources=[["random"] if r in chosen else ["ease"] for r in imp["request_id"]],
+        propensity=[0.25 if r in chosen else 1.0 for r in imp["request_id"]],
+    )
+    data = LoggedData(tagged, logged.feedback)
+
+    def groups(slice_: str) -> tuple[int, np.ndarray]:
+        cfg = RankerConfig(max_logged_requests=10_000, max_ips_weight=10.0, logged_slice=slice_)  # type: ignore[arg-type]
+        out = logged_training_set(
+            engine, dataset, data, lambda i: dataset.item_categories()[dataset.item_index(i)], cfg
+        )
+        assert out.weight is not None
+        return out.n_groups, out.weight
+
+    n_all, w_all = groups("all")
+    n_random, w_random = groups("random")
+    assert 0 < n_random < n_all
+    assert np.all(w_random == 4.0)  # 1 / 0.25
+    assert set(np.unique(w_all)) == {1.0, 4.0}
+
+
 def test_training_on_impressions_ranks_the_logged_winner_higher() -> None:
     dataset, _, star, end = world()
     snap, logged = fitted("snapshot"), fitted("impressions")

@@ -44,7 +44,9 @@ from sieve.training.snapshot import import_data
 from sieve.training.train import train
 
 MakeClient = Callable[..., TestClient]
-WAIT = 10.0  # seconds a thread may take to do what the test waits for (a loaded machine)
+# seconds a thread may take to do what the test waits for: a bound for a hung
+# thread, generous because a loaded machine can be very slow
+WAIT = 60.0
 NEW_ITEM = Item(id="fresh-item", title="A fresh thing", categories=["tools"])
 
 

@@ -10,7 +10,16 @@ from typing import Annotated, Any
 import typer
 
 from sieve import __version__
-from sieve.cli.common import DataOpt, UsageError, _clean_errors, _progress, app, console, out
+from sieve.cli.common import (
+    DataOpt,
+    ModelDirOpt,
+    UsageError,
+    _clean_errors,
+    _progress,
+    app,
+    console,
+    out,
+)
 
 
 def _parse_models(text: str) -> list[str]:
@@ -165,12 +174,59 @@ def evaluate(
             "every model without a cold-start path of its own, e.g. trending.",
         ),
     ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="With logged data: the start of the window (epoch seconds or an ISO time).",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", help="With logged data: the end of the window (default: now)."),
+    ] = None,
+    slice_: Annotated[
+        str,
+        typer.Option(
+            "--slice",
+            help="With logged data: evaluate on the random slice, on all traffic, or auto (the "
+            "random slice when it has enough requests).",
+        ),
+    ] = "auto",
+    model_dir: ModelDirOpt = None,
+    max_requests: Annotated[
+        int | None,
+        typer.Option(
+            "--max-requests", min=1, help="With logged data: read at most this many requests."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate models offline with intervals and paired tests.
 
     Every metric comes with its 95% interval, and every model is tested
     against the first one listed; cold and warm test users are also
-    reported separately."""
+    reported separately.
+
+    With `--data logged:STORE_URL`, estimate instead each candidate's CTR on
+    the lists the service logged in `[--since, --until)` (off-policy: IPS,
+    SNIPS, doubly robust, with intervals): a candidate is a model name or a
+    funnel config (.toml) trained on the events before the window, or a
+    registered version (`current`, `version:V`, with --model-dir)."""
+    if data.startswith("logged:"):
+        from sieve.cli.offpolicy import run_logged
+
+        with _clean_errors():
+            run_logged(
+                data,
+                _parse_models(models),
+                since,
+                until,
+                slice_,
+                model_dir,
+                max_requests,
+                json_path,
+            )
+        return
     from sieve.data.split import make_splits
     from sieve.evaluate.protocol import ModelSpec
     from sieve.evaluate.protocol import evaluate as run_evaluation

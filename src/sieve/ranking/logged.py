@@ -25,7 +25,9 @@ Position bias: a top slot is clicked more for being on top. Each row keeps
 its slot as a position id, from which LightGBM estimates a bias factor per
 position jointly with the ranker (unbiased LambdaMART); serving, which has no
 position, uses the debiased ranker. Slots that were explored (propensity
-below 1) weigh 1 / propensity, capped (`RankerConfig.max_ips_weight`).
+below 1) weigh 1 / propensity, capped (`RankerConfig.max_ips_weight`); the
+random slice's lists (source `random`, propensity n / pool) are reweighted
+the same way, or used alone (`RankerConfig.logged_slice = "random"`).
 
 Approximations: the candidate models are the snapshot's, fitted on events
 after some impressions — including, weakly (through item-to-item
@@ -58,6 +60,8 @@ from sieve.retrieval.sources import CandidateEngine
 if TYPE_CHECKING:
     from sieve.storage.base import Store
 
+#: Source tag of a slot of the random slice (`sieve.explore.random_slice`).
+RANDOM_SOURCE = "random"
 #: Relevance grade of a shown slot by the strongest feedback it got.
 GRADES: dict[str, int] = {"click": 1, "cart": 2, "purchase": 3}
 
@@ -144,6 +148,8 @@ def logged_training_set(
         item=np.array([cat.find(str(i)) for i in imp["item_id"]], dtype=np.int64),
     )
     imp = imp[imp["user_id"].notna() & (imp["item"] >= 0)]
+    if config.logged_slice == "random":  # only lists drawn uniformly (the random slice)
+        imp = imp[imp["sources"].map(lambda s: RANDOM_SOURCE in (s or ()))]
     by_label = imp.groupby("request_id")["label"]
     imp = imp[(by_label.transform("max") > 0) & (by_label.transform("min") == 0)]
     if imp.empty:

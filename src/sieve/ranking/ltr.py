@@ -77,7 +77,12 @@ class RankerConfig(Config):
     - `max_logged_requests`: most recent logged requests (with a click and
       a non-click) turned into query groups; each costs one funnel run.
     - `max_ips_weight`: logged slots weigh 1 / their logging propensity
-      (explored slots were shown less often), capped at this.
+      (explored slots and the random slice's were shown less often), capped
+      at this.
+    - `logged_slice`: which logged requests become query groups: "all" (the
+      random slice's among them, reweighted by their propensity as above) or
+      "random" (only the random slice's lists, drawn uniformly from the top
+      candidates: free of the serving policy's own selection).
     - `position_bias_regularization`: logged slots carry their position,
       from which LightGBM estimates a position bias alongside the ranker
       (unbiased LambdaMART), so that a top slot's extra clicks are not taken
@@ -108,6 +113,7 @@ class RankerConfig(Config):
     train_on: Literal["snapshot", "impressions", "both"] = "snapshot"
     max_logged_requests: int = 5000
     max_ips_weight: float = 10.0
+    logged_slice: Literal["all", "random"] = "all"
     position_bias_regularization: float = 0.0
     monotone_clicks: bool = True
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from sieve.data.records import Impression, ImpressionArm, ImpressionItem
 from sieve.experiments.online import TEAM_PREFIX, Arm
+from sieve.explore.random_slice import RANDOM_SOURCE
 from sieve.serve.schemas import RecommendationList, RecommendedItem
 from sieve.storage.base import Store, StoreError, StoreUnavailable
 
@@ -146,15 +147,16 @@ class ImpressionLogger:
 
 def slot_sources(item: RecommendedItem) -> list[str]:
     """The sources logged for a slot: the candidate sources, plus `explore`
-    for an exploration slot and `team:<arm>` for an interleaved one."""
+    for an exploration slot, `random` for a slot of the random slice and
+    `team:<arm>` for an interleaved one."""
     return logged_sources(item.sources, item.slot, item.team)
 
 
 def logged_sources(sources: Iterable[str], slot: str, team: str | None) -> list[str]:
     """`slot_sources` from a slot's parts."""
     out = sorted(sources)
-    if slot == "explore":
-        out.append("explore")
+    if slot in ("explore", RANDOM_SOURCE):
+        out.append(slot)
     if team is not None:
         out.append(f"{TEAM_PREFIX}{team}")
     return out

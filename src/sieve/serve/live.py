@@ -21,6 +21,7 @@ from sieve.data.schema import UnknownIdError
 from sieve.experiments.interleaving import request_rng, team_draft
 from sieve.experiments.online import Arm, ExperimentBook
 from sieve.explore.linear import ContextualConfig, item_contexts, request_context
+from sieve.explore.random_slice import RandomSlice
 from sieve.explore.slots import ExplorationSlots, linucb_key
 from sieve.serve.credit import ServedRequests
 from sieve.serve.errors import InvalidInput, field_error
@@ -52,8 +53,11 @@ class LiveAnswers:
         served: ServedRequests,
         shadows: ShadowRunner,
         log_impression: LogImpression,
+        random_slice: RandomSlice | None = None,
     ) -> None:
         self.settings = settings
+        #: which requests get a uniformly random list (`random_share`)
+        self.random_slice = random_slice or RandomSlice(settings.random_share)
         self.store = store
         self.holder = holder
         self.experiments = experiments
@@ -120,16 +124,21 @@ class LiveAnswers:
         log: bool = True,
         trace: dict[str, Any] | None = None,
         explain: bool = False,
+        uniform: bool = False,
     ) -> RecommendationList:
         """Top-n for `user_id`, live.
 
+        `uniform`: the request is in the random slice (`random_list`).
         The user's experiment arms are planned (`sieve.serve.planner`): the
         model version, or two versions interleaved by team draft, and the
         exploration slots; shadow arms are computed after this returns.
         `log=False` (a preview: the dashboard's inspector) logs no impression
         and teaches no bandit, so it never counts as traffic. `trace` (a dict)
         receives the query and the ranker's features of the main list;
-        `explain` adds each ranked item's feature contributions."""
+        `explain` adds each ranked item's feature contributions; `uniform`
+        serves a list of the random slice instead."""
+        if uniform:
+            return self.random_list(user_id, n, filters, log)
         snap = self.holder.snapshot
         events = self.user_events(snap.funnel, user_id)
         c = filters.context
@@ -222,6 +231,36 @@ class LiveAnswers:
                 return [i.id for i in found[0]]
 
             self.shadows.submit(plan.shadows, result, context, plan.arms, shadow_list)
+        return result
+
+    def random_list(
+        self, user_id: str, n: int, filters: Filters = Filters(), log: bool = True
+    ) -> RecommendationList:
+        """A list of the random slice: n items drawn uniformly from the serving
+        funnel's top `random_pool` for this request, in a random order, each
+        with its propensity n / pool (`sieve.explore.random_slice`). No
+        experiment arm and no exploration applies: the slice is the same
+        uniform policy for everyone, logged without arms."""
+        snap = self.holder.snapshot
+        request_id = new_request_id()
+        events = self.user_events(snap.funnel, user_id)
+        pool, cold = self._ranked(
+            snap.funnel, user_id, self.settings.random_pool, filters, events, request_id=request_id
+        )
+        items = [
+            item.model_copy(update={"propensity": propensity, "slot": "random", "team": None})
+            for item, propensity in self.random_slice.fill(pool, n)
+        ]
+        result = RecommendationList(
+            items=items,
+            request_id=request_id,
+            model_version=snap.version,
+            user_id=user_id,
+            cached=False,
+            cold_start=cold,
+        )
+        if log:
+            self._log_impression(result, context_dict(filters), ())
         return result
 
     def _ranked(

@@ -204,10 +204,12 @@ class RecommendedItem(BaseModel):
     explanation: str
     sources: dict[str, float | None]
     #: probability that the serving policy put this item in the list (1 for a
-    #: ranked slot; the bandit's inclusion probability for an exploration slot)
+    #: ranked slot; the bandit's inclusion probability for an exploration slot;
+    #: n / pool for a list of the random slice)
     propensity: float = 1.0
-    #: "ranked" (the funnel's order) or "explore" (chosen by the exploration bandit)
-    slot: Literal["ranked", "explore"] = "ranked"
+    #: "ranked" (the funnel's order), "explore" (chosen by the exploration
+    #: bandit) or "random" (a list of the random slice: `random_share`)
+    slot: Literal["ranked", "explore", "random"] = "ranked"
     #: in an interleaving experiment, the arm whose list contributed the item
     team: str | None = None
     #: with `explain=true`: the ranker's largest feature contributions to the

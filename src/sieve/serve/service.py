@@ -265,10 +265,17 @@ class Service:
         log: bool = True,
         trace: dict[str, Any] | None = None,
         explain: bool = False,
+        uniform: bool = False,
     ) -> RecommendationList:
         """Top-n for `user_id`, live (`sieve.serve.live`); `explain`: with each
-        ranked item's feature contributions."""
-        return self.live.recommend_user(user_id, n, filters, log, trace, explain)
+        ranked item's feature contributions; `uniform`: a list of the random
+        slice (`in_random_slice`)."""
+        return self.live.recommend_user(user_id, n, filters, log, trace, explain, uniform)
+
+    def in_random_slice(self) -> bool:
+        """Whether a request is served the random slice (`random_share`):
+        drawn before the precomputed lookup, which such a request skips."""
+        return self.live.random_slice.draw()
 
     def recommend_session(
         self, recent_items: Sequence[str], n: int, filters: Filters = Filters()

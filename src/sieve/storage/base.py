@@ -257,6 +257,20 @@ class Store(Protocol):
         user_id, timestamp."""
         ...
 
+    def logged_slots(
+        self,
+        since: float,
+        until: float,
+        click_types: Sequence[str],
+        after: tuple[int, str] | None = None,
+        limit: int = 5000,
+    ) -> pd.DataFrame:
+        """One page (at most `limit` requests after the key `after` =
+        (timestamp_us, request_id)) of the lists served in `[since, until)`:
+        one row per slot with request_id, user_id, model_version, item_id,
+        position, propensity, sources, clicked, timestamp, timestamp_us."""
+        ...
+
     # ----------------------------------------------------------- experiments
     def add_experiment(self, definition: dict[str, Any], status: str, at: datetime) -> None:
         """Store a new experiment definition (its name must be new)."""

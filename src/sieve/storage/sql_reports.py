@@ -8,16 +8,42 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import BigInteger, exists, func, literal, select, text, union, union_all
+from sqlalchemy import (
+    BigInteger,
+    and_,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    union,
+    union_all,
+)
 
 from sieve.storage.base import WindowCounts
 from sieve.storage.sql_base import SQLBase
 from sieve.storage.tables import (
+    _chunks,
     events_table,
     impression_arms_table,
     impression_items_table,
     impressions_table,
 )
+
+#: Columns of `logged_slots`: one row per shown slot of a page of requests.
+LOGGED_SLOT_COLUMNS = [
+    "request_id",
+    "user_id",
+    "model_version",
+    "item_id",
+    "position",
+    "propensity",
+    "sources",
+    "clicked",
+    "timestamp",
+    "timestamp_us",
+]
 
 
 class SQLReports(SQLBase):
@@ -160,6 +186,64 @@ class SQLReports(SQLBase):
                 "clicked": np.array([bool(c) for c in cols[2]], dtype=bool),
             }
         )
+
+    def logged_slots(
+        self,
+        since: float,
+        until: float,
+        click_types: Sequence[str],
+        after: tuple[int, str] | None = None,
+        limit: int = 5000,
+    ) -> pd.DataFrame:
+        """One page of the served lists of `[since, until)`: the first `limit`
+        requests after the key `after` = (timestamp_us, request_id) in that
+        order, one row per shown slot (LOGGED_SLOT_COLUMNS), with `clicked`:
+        whether an event of `click_types` cites the slot's request and item.
+        Off-policy evaluation reads a window page by page, never whole."""
+        h, s, e = impressions_table, impression_items_table, events_table
+        heads = select(h.c.request_id, h.c.user_id, h.c.model_version, h.c.timestamp_us).where(
+            h.c.timestamp_us >= round(since * 1e6), h.c.timestamp_us < round(until * 1e6)
+        )
+        if after is not None:
+            ts, rid = after
+            heads = heads.where(
+                or_(h.c.timestamp_us > ts, and_(h.c.timestamp_us == ts, h.c.request_id > rid))
+            )
+        heads = heads.order_by(h.c.timestamp_us, h.c.request_id).limit(int(limit))
+        clicked = (
+            exists()
+            .where(
+                e.c.request_id == s.c.request_id,
+                e.c.item_id == s.c.item_id,
+                e.c.type.in_(list(click_types)),
+            )
+            .label("clicked")
+        )
+        with self._read("logged_slots") as conn:
+            head_rows = conn.execute(heads).all()
+            slot_rows: list[Any] = []
+            for chunk in _chunks([r.request_id for r in head_rows]):
+                slot_rows.extend(
+                    conn.execute(
+                        select(
+                            s.c.request_id, s.c.item_id, s.c.position, s.c.propensity, s.c.sources
+                        )
+                        .add_columns(clicked)
+                        .where(s.c.request_id.in_(chunk))
+                    ).all()
+                )
+        head = pd.DataFrame(
+            head_rows, columns=["request_id", "user_id", "model_version", "timestamp_us"]
+        )
+        slots = pd.DataFrame(
+            slot_rows,
+            columns=["request_id", "item_id", "position", "propensity", "sources", "clicked"],
+        )
+        frame = head.merge(slots, on="request_id", how="inner")
+        frame["clicked"] = frame["clicked"].astype(bool)
+        frame["timestamp"] = frame["timestamp_us"].astype(np.int64) / 1e6
+        frame = frame.sort_values(["timestamp_us", "request_id", "position"], kind="stable")
+        return frame[LOGGED_SLOT_COLUMNS].reset_index(drop=True)
 
     # ----------------------------------------------------------- experiments
     def experiment_frames(self, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:

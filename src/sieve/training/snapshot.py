@@ -20,8 +20,9 @@ from sieve.storage import Store
 log = logging.getLogger(__name__)
 
 
-def snapshot(store: Store, weights: Mapping[str, float]) -> Dataset:
-    """The store's catalog and event log as a training `Dataset`.
+def snapshot(store: Store, weights: Mapping[str, float], until: float | None = None) -> Dataset:
+    """The store's catalog and event log as a training `Dataset` (only the
+    events timestamped before `until`, epoch seconds, when given).
 
     Events of types no longer configured are left out (and counted in the log);
     items that have events but are gone from the catalog enter the vocabulary
@@ -30,6 +31,8 @@ def snapshot(store: Store, weights: Mapping[str, float]) -> Dataset:
     items = store.items_frame()
     users = store.users_frame()
     events = store.events_frame()
+    if until is not None:
+        events = events.loc[events["timestamp"].to_numpy(np.float64) < until]
     known_type = events["type"].isin(list(weights)).to_numpy()
     if not known_type.all():
         dropped = sorted(set(events.loc[~known_type, "type"]))

@@ -157,13 +157,19 @@
   }
 
   /** GET `path` as JSON: {ok, status, data, error}; never throws. */
-  async function api(path) {
+  async function api(path, payload) {
     const headers = { Accept: "application/json" };
     const key = getKey();
     if (key) headers["X-API-Key"] = key;
+    const init = { headers, cache: "no-store" };
+    if (payload !== undefined) {
+      init.method = "POST";
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(payload);
+    }
     let response;
     try {
-      response = await fetch(path, { headers, cache: "no-store" });
+      response = await fetch(path, init);
     } catch (e) {
       return { ok: false, status: 0, data: null, error: `the service is unreachable (${e.message || e})` };
     }
@@ -624,6 +630,72 @@
     return reports.every((r) => r.ok);
   }
 
+  // ---------------------------------------------------- random slice, OPE
+  const ctrText = (x) => (x && isNum(x.ctr) ? `${fmtPct(x.ctr)} [${fmtPct(x.low)}, ${fmtPct(x.high)}]` : "–");
+
+  async function loadSlices() {
+    const { minutes } = windowParams();
+    const res = await api(`/dashboard/api/slices?minutes=${minutes}`);
+    if (!res.ok) {
+      showError("slices", `The random slice could not be loaded: ${res.error}`);
+      return false;
+    }
+    showError("slices", null);
+    const d = res.data;
+    const tile = (name, label, x) => h("div", { class: "tile" },
+      h("div", { class: "tile-label" }, label),
+      h("div", { class: "tile-value", "data-slice": name, "data-value": x && isNum(x.ctr) ? String(x.ctr) : "" }, ctrText(x)),
+      h("div", { class: "muted" }, `${fmtInt(x ? x.requests : 0)} lists`));
+    const exam = d.examination && d.examination.length
+      ? h("p", { class: "muted" }, "examination by position (from the random slice): ",
+        d.examination.map((t) => t.toFixed(2)).join(", "))
+      : null;
+    const note = d.random_share > 0
+      ? `${fmtPct(d.random_share, 0)} of requests get a list drawn uniformly from the top candidates.`
+      : "No random slice is served (random_share = 0): set it to measure an unbiased baseline.";
+    setBody("slices", h("div", { class: "tiles" },
+      tile("policy", "Policy CTR (95% interval)", d.policy),
+      tile("random", "Random slice CTR (95% interval)", d.random)), h("p", { class: "muted" }, note), exam);
+    return true;
+  }
+
+  function renderOpe(d) {
+    const rows = [];
+    for (const [name, c] of Object.entries(d.candidates)) {
+      if (c.error) {
+        rows.push(h("tr", { "data-candidate": name }, h("td", {}, h("b", {}, name)), h("td", { colspan: 5, class: "muted" }, c.error)));
+        continue;
+      }
+      for (const [est, v] of Object.entries(c.estimates)) {
+        rows.push(h("tr", { "data-candidate": name, "data-estimator": est },
+          h("td", {}, h("b", {}, name)), h("td", {}, est.toUpperCase()),
+          h("td", { class: "num" }, `${fmtPct(v.estimate)} [${fmtPct(v.low)}, ${fmtPct(v.high)}]`),
+          h("td", { class: "num" }, fmtInt(v.ess)), h("td", { class: "num" }, fmtPct(c.support, 0)),
+          h("td", {}, c.warnings.length ? h("span", { class: "badge bad", title: c.warnings.join(" ") }, "thin support") : "")));
+      }
+    }
+    return [h("p", { class: "muted" }, `${fmtInt(d.requests)} logged lists, evaluated on ${d.slice === "random" ? "the random slice" : "all traffic"}; logged CTR ${ctrText({ ...(d.random_ctr || {}), ctr: d.random_ctr && d.random_ctr.estimate })} (random slice), ${ctrText({ ...(d.policy_ctr || {}), ctr: d.policy_ctr && d.policy_ctr.estimate })} (policy).`),
+      h("div", { class: "table-wrap" }, h("table", {},
+        h("thead", {}, h("tr", {}, h("th", {}, "candidate"), h("th", {}, "estimator"), h("th", { class: "num" }, "CTR [95%]"),
+          h("th", { class: "num" }, "ESS"), h("th", { class: "num" }, "support"), h("th", {}, ""))),
+        h("tbody", {}, rows))),
+      d.warnings.map((w) => h("p", { class: "muted" }, w))];
+  }
+
+  async function estimate(event) {
+    event.preventDefault();
+    const box = $(".ope-result", section("slices"));
+    const names = document.getElementById("ope-candidates").value.split(",").map((x) => x.trim()).filter(Boolean);
+    if (!names.length) {
+      box.replaceChildren(h("p", { class: "error" }, "Name at least one candidate."));
+      return;
+    }
+    box.replaceChildren(h("p", { class: "muted" }, "Replaying the logged lists…"));
+    const { minutes } = windowParams();
+    const res = await api("/dashboard/api/offpolicy", { candidates: names, minutes });
+    box.replaceChildren(...(res.ok ? renderOpe(res.data) : [h("p", { class: "error" }, `Estimation failed: ${res.error}`)]));
+  }
+
   // ------------------------------------------------------------ monitoring
   async function loadMonitoring() {
     if (!state.meta.features.monitoring) {
@@ -772,7 +844,7 @@
         setRefreshState(false, "waiting for an API key");
         return;
       }
-      const results = await Promise.all([loadKpis(), loadModels(), loadExperiments(), loadMonitoring()]);
+      const results = await Promise.all([loadKpis(), loadSlices(), loadModels(), loadExperiments(), loadMonitoring()]);
       const ok = results.every(Boolean);
       banner(null);
       state.refreshes += 1;
@@ -815,6 +887,10 @@
     });
     document.getElementById("window").addEventListener("change", () => refresh());
     window.addEventListener("hashchange", inspectLinked);
+
+    document.getElementById("ope-form").addEventListener("submit", (e) => {
+      estimate(e).catch((err) => showError("slices", `Estimation failed: ${err && err.message ? err.message : err}`));
+    });
     document.getElementById("inspect-form").addEventListener("submit", (e) => {
       inspect(e).catch((err) => showError("inspector", `Inspection failed: ${err && err.message ? err.message : err}`));
     });

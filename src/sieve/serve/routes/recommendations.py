@@ -13,6 +13,7 @@ cannot be excluded through the query string.
 # No `from __future__ import annotations`: FastAPI must see the closure-local
 # parameter types (bounds from the settings) as objects, not as strings.
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
@@ -130,7 +131,9 @@ def router(settings: Settings) -> APIRouter:
 
         Served from the batch precompute (`cached: true`) when it is current for
         this user and the request has no filter or context, and no explanation
-        is asked for; otherwise live.
+        is asked for; otherwise live. A share `random_share` of requests gets a
+        list drawn uniformly from the top candidates instead (`slot: "random"`,
+        each with its propensity).
         """
         filters = Filters(
             categories=_split(categories, "categories", MAX_LABEL),
@@ -152,16 +155,23 @@ def router(settings: Settings) -> APIRouter:
                 ),
                 True,
             )
+        # a request of the random slice is drawn first: it skips the cache, so
+        # the slice is a share of all traffic, precomputed users included
+        uniform = service.in_random_slice()
         # a precomputed answer is one non-blocking cache read, on the event loop;
         # the live funnel (store reads, CPU work) goes to the thread pool
-        cached = await service.cached_answer(user_id, n, filters)
+        cached = None if uniform else await service.cached_answer(user_id, n, filters)
         if cached is not None:
             return Response(
                 cached.body(),
                 media_type="application/json",
                 headers={MODEL_HEADER: cached.model_version},
             )
-        return _json(await run_in_threadpool(service.recommend_user, user_id, n, filters))
+        return _json(
+            await run_in_threadpool(
+                functools.partial(service.recommend_user, user_id, n, filters, uniform=uniform)
+            )
+        )
 
     @r.post("/recommendations")
     def recommend_session(
