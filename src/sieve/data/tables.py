@@ -167,23 +167,21 @@ def content_ids(
     same file or another, gets the same id, so the store keeps it once; two
     events equal in every field are one event."""
     micros = np.where(np.isnan(timestamp), -(2**62), np.round(timestamp * 1e6)).astype(np.int64)
-    values = ["" if np.isnan(v) else repr(float(v)) for v in value]
-    keys = (
-        user.astype("str")
-        + "\x1f"
-        + item.astype("str")
-        + "\x1f"
-        + types.astype("str")
-        + "\x1f"
-        + pd.Series(values, dtype="str", index=user.index)
-        + "\x1f"
-        + pd.Series(micros, index=user.index).astype("str")
+    values = ["" if v != v else repr(v) for v in np.asarray(value, dtype=np.float64).tolist()]
+    digest = hashlib.blake2b
+    keys = zip(
+        user.astype("str").tolist(),
+        item.astype("str").tolist(),
+        types.astype("str").tolist(),
+        values,
+        micros.tolist(),
+        strict=True,
     )
-    return pd.Series(
-        ["h:" + hashlib.blake2b(k.encode(), digest_size=16).hexdigest() for k in keys],
-        dtype="str",
-        index=user.index,
-    )
+    ids = [
+        "h:" + digest(f"{u}\x1f{i}\x1f{t}\x1f{v}\x1f{m}".encode(), digest_size=16).hexdigest()
+        for u, i, t, v, m in keys
+    ]
+    return pd.Series(ids, dtype="str", index=user.index)
 
 
 def _parse_times(rows: _Rows, col: str, mapping: ColumnMapping) -> NDArray[np.float64]:
