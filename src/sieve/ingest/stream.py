@@ -232,6 +232,12 @@ class StreamConsumer:
                 raise ValueError("event: expected a JSON object")
         else:
             data = {k: v for k, v in fields.items() if v != ""}
+            stamp = data.get("timestamp")
+            if isinstance(stamp, str):
+                try:  # stream fields are text: epoch seconds travel as "1700000000.5"
+                    data["timestamp"] = float(stamp)
+                except ValueError:
+                    pass  # an ISO 8601 date: pydantic reads it
         data.setdefault("id", f"{self.stream}:{entry_id}")
         return data
 
