@@ -151,7 +151,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     assert 0 < at_kill < n, "the kill must land mid-stream"
 
     heir = start(url, stream, "heir", "--batch", "500", "--claim-idle", "0", "--idle-exit", "1")
-    out, err = heir.communicate(timeout=120)
+    _, err = heir.communicate(timeout=120)
     assert heir.returncode == 0, err.decode()
     stored = store.events_frame()["event_id"]
     assert len(stored) == n and stored.is_unique

@@ -21,6 +21,7 @@ to the stream `STREAM:rejected` and acknowledged: it would fail again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -234,10 +235,10 @@ class StreamConsumer:
             data = {k: v for k, v in fields.items() if v != ""}
             stamp = data.get("timestamp")
             if isinstance(stamp, str):
-                try:  # stream fields are text: epoch seconds travel as "1700000000.5"
+                # stream fields are text: epoch seconds travel as "1700000000.5"
+                # (an ISO 8601 date is left to pydantic)
+                with contextlib.suppress(ValueError):
                     data["timestamp"] = float(stamp)
-                except ValueError:
-                    pass  # an ISO 8601 date: pydantic reads it
         data.setdefault("id", f"{self.stream}:{entry_id}")
         return data
 
