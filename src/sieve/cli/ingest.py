@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,7 +73,7 @@ def import_file_command(
         raise UsageError(f"unknown import kind {kind!r}; expected one of {', '.join(KINDS)}")
     mapping = mapping_for(kind, pairs, **options)
     console.print(f"importing {kind} from [bold]{file}[/bold] into {settings.store_url}")
-    with open_store(settings.store_url) as opened, _progress() as bar:
+    with _store_errors(), open_store(settings.store_url) as opened, _progress() as bar:
         task = bar.add_task(f"{kind}", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -113,6 +115,22 @@ def import_file_command(
     else:
         summary = f"{report.written} {kind} written"
     out.print(f"{summary}, {len(problems)} rejected, {report.rows} rows read", soft_wrap=True)
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """A store or Redis that fails: one line saying which and why, exit code 2
+    (what was committed before stays committed: run the command again)."""
+    import redis
+
+    from sieve.storage import StoreError
+
+    try:
+        yield
+    except StoreError as e:
+        raise UsageError(f"the store failed: {e}; what was committed stays: run again") from None
+    except redis.RedisError as e:
+        raise UsageError(f"Redis failed: {e}; unacknowledged entries stay pending") from None
 
 
 def _latest(settings: Any) -> float:
@@ -175,7 +193,7 @@ def consume(
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        with open_store(settings.store_url) as opened:
+        with _store_errors(), open_store(settings.store_url) as opened:
             worker = StreamConsumer.from_url(
                 url,
                 opened,

@@ -178,6 +178,7 @@ class StreamConsumer:
                 )
             pipe.execute()
             totals.rejected = len(refused)
+            log.warning("%d entries refused, set aside in %s", len(refused), self.rejected_stream)
         self.ack([i for i, _ in entries])
         return totals
 
