@@ -158,12 +158,18 @@ def main() -> None:
                 report = import_file(store, "events", event_path, batch=args.batch)
                 seconds = time.perf_counter() - start
                 assert report.written == args.events and not report.problems, report
+                console.print(
+                    f"{kind}: import {args.events / seconds:,.0f} rows/s ({seconds:.1f} s)"
+                )
                 start = time.perf_counter()
                 again = import_file(store, "events", event_path, restart=True, batch=args.batch)
                 rerun = time.perf_counter() - start
                 assert again.written == 0 and again.duplicates == args.events
+                console.print(f"{kind}: re-run {args.events / rerun:,.0f} rows/s")
                 ref = reference(store, event_path, args.reference)
+                console.print(f"{kind}: previous path {ref:,.0f} rows/s")
                 stream = consume(store, args.stream)
+                console.print(f"{kind}: stream {stream['events_per_s']:,.0f} events/s")
                 results[kind] = {
                     "events": args.events,
                     "seconds": seconds,

@@ -2,8 +2,9 @@
 
 A member of a consumer group (`XREADGROUP`) reads a batch, checks it with
 the API's rules (`records.Event`, the configured types, the clock skew, the
-catalog), appends the good events in one transaction (`Store.append_events`,
-idempotent by event id) and only then acknowledges the batch (`XACK`). So:
+catalog), appends the good events in one transaction (`append_columns`, the
+bulk `append_events`: idempotent by event id, new users created with them)
+and only then acknowledges the batch (`XACK`). So:
 
 - a crash before the commit loses nothing: the entries stay pending in the
   group and are delivered again, to this consumer when it restarts under
@@ -35,7 +36,7 @@ import redis
 from pydantic import ValidationError
 
 from sieve.data.records import DEFAULT_MAX_FUTURE_SKEW_SECONDS, Event, future_timestamp_errors
-from sieve.storage import Store
+from sieve.storage import EventColumns, SQLStore, Store
 
 log = logging.getLogger("sieve.ingest")
 
@@ -166,9 +167,12 @@ class StreamConsumer:
             return totals
         events, refused = self._check(entries)
         if events:
-            result = self.store.append_events(events, create_users=True)
-            totals.inserted = result.inserted
-            totals.duplicates = len(events) - result.inserted
+            if isinstance(self.store, SQLStore):  # the bulk path: no per-event binding
+                inserted = self.store.append_columns(EventColumns.from_events(events))
+            else:
+                inserted = self.store.append_events(events, create_users=True).inserted
+            totals.inserted = inserted
+            totals.duplicates = len(events) - inserted
         if refused:
             pipe = self.client.pipeline(transaction=False)
             for entry_id, fields, reason in refused:

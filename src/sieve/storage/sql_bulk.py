@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select, text
 
+from sieve.data.records import Event
 from sieve.storage.sql_base import SQLBase
 from sieve.storage.tables import _to_us, import_checkpoints_table, items_table
 
@@ -41,6 +42,19 @@ class EventColumns:
 
     def __len__(self) -> int:
         return len(self.event_id)
+
+    @classmethod
+    def from_events(cls, events: Sequence[Event]) -> EventColumns:
+        """The columns of validated `Event` records (a stream consumer's batch)."""
+        return cls(
+            event_id=[e.id for e in events],
+            user_id=[e.user_id for e in events],
+            item_id=[e.item_id for e in events],
+            type=[e.type for e in events],
+            value=[e.value for e in events],
+            timestamp_us=[None if e.timestamp is None else _to_us(e.timestamp) for e in events],
+            request_id=[e.request_id for e in events],
+        )
 
 
 @dataclass(frozen=True)
