@@ -137,21 +137,22 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     client: redis.Redis, store: SQLStore, stream: str, tmp_path: Path
 ) -> None:
     n = 8_000
-    ids = produce(client, stream, n)
+    ids = produce(client, stream, n // 2)  # the rest comes after the kill: it lands mid-stream
     url = f"sqlite:///{tmp_path / 's.db'}"
-    victim = start(url, stream, "victim", "--batch", "50")
-    deadline = time.monotonic() + 60
-    while store.count_events() < 300:  # a few batches in
+    victim = start(url, stream, "victim", "--batch", "20")
+    deadline = time.monotonic() + 180  # a loaded machine starts Python slowly
+    while store.count_events() < 100:  # a few batches in
         assert victim.poll() is None, victim.communicate()
-        assert time.monotonic() < deadline, "the consumer stored nothing within a minute"
-        time.sleep(0.02)
+        assert time.monotonic() < deadline, "the consumer stored nothing within 3 minutes"
+        time.sleep(0.01)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     at_kill = store.count_events()
-    assert 0 < at_kill < n, "the kill must land mid-stream"
+    ids += produce(client, stream, n // 2, start=n // 2)
+    assert 0 < at_kill <= n // 2
 
     heir = start(url, stream, "heir", "--batch", "500", "--claim-idle", "0", "--idle-exit", "1")
-    _, err = heir.communicate(timeout=120)
+    _, err = heir.communicate(timeout=300)
     assert heir.returncode == 0, err.decode()
     stored = store.events_frame()["event_id"]
     assert len(stored) == n and stored.is_unique
