@@ -189,6 +189,13 @@ _REC_EXAMPLE = {
 }
 
 
+class Contribution(BaseModel):
+    """One feature's contribution to a ranked item's score."""
+
+    feature: str
+    value: float
+
+
 class RecommendedItem(BaseModel):
     """One recommended item: score, the candidate sources that proposed it, a reason."""
 
@@ -207,6 +214,10 @@ class RecommendedItem(BaseModel):
     slot: Literal["ranked", "explore"] = "ranked"
     #: in an interleaving experiment, the arm whose list contributed the item
     team: str | None = None
+    #: with `explain=true`: the ranker's largest feature contributions to the
+    #: score (LightGBM `pred_contrib`, largest absolute value first;
+    #: `base_score` is the anchoring model's part); absent otherwise
+    contributions: list[Contribution] | None = None
 
 
 class ExperimentArm(BaseModel):
@@ -346,6 +357,7 @@ __all__ = [
     "MAX_LABEL",
     "BulkResult",
     "ContextIn",
+    "Contribution",
     "ErrorBody",
     "EventBatch",
     "EventsResult",

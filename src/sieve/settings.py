@@ -84,7 +84,14 @@ class EventSemantics(BaseModel):
       its `value` is the revenue of the reports;
     - `reward_weights`: the reward a bandit gets for an event of a click or
       conversion type, in [0, 1] (Beta–Bernoulli bandits); a click type without
-      an entry is worth 1, a conversion type without one 0.
+      an entry is worth 1, a conversion type without one 0;
+    - `dwell_types`: events whose `value` is the seconds spent on the item
+      (default: a `dwell` event; add `view` to read a view's value as its
+      dwell); they are attributed to the list that showed the item like clicks;
+    - `session_gap_seconds`: a user's session ends after this much inactivity
+      (events and served lists), and is over once that time has passed;
+    - `bounce_seconds`: an ended session whose last activity came at most this
+      long after its first is a bounce (0: single-moment sessions only).
 
     Shown-list CTR (reports, dashboard, Prometheus) counts click events that
     cite a served request; the drift check counts distinct clicked slots.
@@ -95,8 +102,11 @@ class EventSemantics(BaseModel):
     click_types: tuple[str, ...] = ("click",)
     conversion_types: tuple[str, ...] = ("purchase",)
     reward_weights: dict[str, float] = Field(default_factory=dict)
+    dwell_types: tuple[str, ...] = ("dwell",)
+    session_gap_seconds: float = Field(default=1800.0, gt=0.0, le=7 * 86_400.0)
+    bounce_seconds: float = Field(default=10.0, ge=0.0)
 
-    @field_validator("click_types", "conversion_types")
+    @field_validator("click_types", "conversion_types", "dwell_types")
     @classmethod
     def _types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         bad = sorted(t for t in value if not _EVENT_TYPE.match(t))
@@ -118,7 +128,16 @@ class EventSemantics(BaseModel):
         bad = {t: w for t, w in self.reward_weights.items() if not 0.0 <= w <= 1.0}
         if bad:
             raise ValueError(f"semantics.reward_weights must lie in [0, 1], got {bad}")
+        if self.bounce_seconds >= self.session_gap_seconds:
+            raise ValueError(
+                f"semantics.bounce_seconds ({self.bounce_seconds}) must be shorter than "
+                f"session_gap_seconds ({self.session_gap_seconds})"
+            )
         return self
+
+    def is_dwell(self, event_type: str) -> bool:
+        """Whether an event of this type carries dwell seconds in its value."""
+        return event_type in self.dwell_types
 
     def is_click(self, event_type: str) -> bool:
         """Whether an event of this type is a click."""
@@ -143,11 +162,46 @@ class EventSemantics(BaseModel):
             "reward_weights": {
                 t: self.reward(t) for t in (*self.click_types, *self.conversion_types)
             },
+            "dwell_types": list(self.dwell_types),
+            "session_gap_seconds": self.session_gap_seconds,
+            "bounce_seconds": self.bounce_seconds,
         }
 
 
 #: The definition used where no settings are at hand (library calls, tests).
 DEFAULT_SEMANTICS = EventSemantics()
+
+_BOARD_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+
+class Leaderboard(BaseModel):
+    """One named non-personalised list, served at `GET /leaderboards/{name}`.
+
+    - `kind`: `most_bought` (items by their events of `event_types` in the
+      last `days`), `top_rated` (Bayesian average of `rating` events in the
+      last `days`, or all time when `days` is 0: (prior · global mean + Σ
+      ratings) / (prior + count), with `prior` = `prior_ratings`), or
+      `newest` (by the catalog's `created_at`);
+    - `category`: only items of this category (None: all);
+    - `n`: the list's length (at most 1000).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["most_bought", "top_rated", "newest"]
+    days: float = Field(default=7.0, ge=0.0, le=3650.0)
+    event_types: tuple[str, ...] = ("purchase",)
+    prior_ratings: float = Field(default=10.0, ge=0.0)
+    category: str | None = Field(default=None, min_length=1, max_length=256)
+    n: int = Field(default=50, ge=1, le=1000)
+
+
+def _default_leaderboards() -> dict[str, Leaderboard]:
+    return {
+        "most_bought": Leaderboard(kind="most_bought"),
+        "top_rated": Leaderboard(kind="top_rated", days=0.0),
+        "newest": Leaderboard(kind="newest"),
+    }
 
 
 def is_loopback(host: str) -> bool:
@@ -201,7 +255,8 @@ class Settings(BaseSettings):
       its item to its user within the window;
     - `exploration_slots` / `exploration_policy` / `exploration_pool`: the
       last `exploration_slots` positions of a list are chosen by a bandit
-      (`thompson`, `ucb1` or `epsilon`) among the next `exploration_pool`
+      (`thompson`, `ucb1`, `epsilon`, or `linucb` over the context features
+      the funnel config names in `[linucb]`) among the next `exploration_pool`
       candidates, with the propensity of each choice logged (0: off; an
       experiment arm may set its own);
     - `drift_check_seconds`: how often the service compares recent traffic
@@ -212,7 +267,10 @@ class Settings(BaseSettings):
     - `host` / `port`: where `sieve serve` listens;
     - `max_future_skew_seconds`: an event timestamped more than this after
       the server's clock is refused (422 naming it): a far-future time would
-      count at full weight in the decayed online counters until that date.
+      count at full weight in the decayed online counters until that date;
+    - `leaderboards`: named non-personalised lists (`Leaderboard`; TOML
+      tables `[leaderboards.NAME]`), recomputed by one process at most every
+      `leaderboard_refresh_seconds` and kept in the cache for all of them.
     """
 
     model_config = SettingsConfigDict(
@@ -244,7 +302,7 @@ class Settings(BaseSettings):
     attribution_window_seconds: float = Field(default=1800.0, gt=0.0)
     attribution_types: tuple[str, ...] = ("click", "cart", "purchase")
     exploration_slots: int = Field(default=0, ge=0, le=50)
-    exploration_policy: Literal["thompson", "ucb1", "epsilon"] = "thompson"
+    exploration_policy: Literal["thompson", "ucb1", "epsilon", "linucb"] = "thompson"
     exploration_pool: int = Field(default=50, ge=1, le=1000)
     drift_check_seconds: float = Field(default=300.0, ge=0.0)
     drift_psi_threshold: float = Field(default=0.2, gt=0.0)
@@ -254,6 +312,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     # bad input (issue 9)
     max_future_skew_seconds: float = Field(default=DEFAULT_MAX_FUTURE_SKEW_SECONDS, ge=0.0)
+    # signals and behaviours (issue 13)
+    leaderboards: dict[str, Leaderboard] = Field(default_factory=_default_leaderboards)
+    leaderboard_refresh_seconds: float = Field(default=60.0, gt=0.0, le=86_400.0)
 
     @classmethod
     def settings_customise_sources(
@@ -316,6 +377,11 @@ class Settings(BaseSettings):
                 f"open_write serves writes without a key and is allowed only on a loopback "
                 f"host (127.0.0.1, ::1, localhost), not {self.host!r}"
             )
+        bad_boards = sorted(n for n in self.leaderboards if not _BOARD_NAME.match(n))
+        if bad_boards:
+            raise ValueError(
+                f"leaderboards: names must be 1-64 of a-z, 0-9, '_' or '-', got {bad_boards}"
+            )
         semantic = {*self.semantics.click_types, *self.semantics.conversion_types}
         unknown = sorted(semantic - set(self.event_weights))
         if unknown:
@@ -347,6 +413,7 @@ __all__ = [
     "DEFAULT_SEMANTICS",
     "ApiKey",
     "EventSemantics",
+    "Leaderboard",
     "Scope",
     "Settings",
     "is_loopback",

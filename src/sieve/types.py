@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -77,7 +79,11 @@ class Query:
     - `categories`: restrict the answer to these categories (empty: any);
     - `exclude`: item indices never to return (blocked, already bought…);
     - `now`: the request time in seconds since the epoch (None: the model's
-      snapshot time), for freshness and item age.
+      snapshot time), for freshness and item age;
+    - `user_attributes`: the user's stored attributes (ranking features
+      declared in the funnel config read them);
+    - `item_fields`: per-item numbers a caller sent with its candidates
+      (`POST /rank`), by item index.
     """
 
     user_id: str | None = None
@@ -92,14 +98,18 @@ class Query:
     exclude: frozenset[int] = frozenset()
     request_id: str = ""
     now: float | None = None
+    user_attributes: Mapping[str, Any] = field(default_factory=dict)
+    item_fields: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Recommended:
     """One item of a served list: its score, the sources that proposed it with
-    their scores, and a human-readable reason."""
+    their scores, and a human-readable reason; `contributions`, when asked
+    for, the ranker's largest feature contributions to its score."""
 
     item: int
     score: float
     sources: dict[str, float]
     explanation: str
+    contributions: tuple[tuple[str, float], ...] = ()

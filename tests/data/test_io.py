@@ -266,7 +266,7 @@ def test_csv_table_types_values_and_times(tmp_path: Path) -> None:
     assert raw.events["value"].isna().tolist() == [True, True, False]
     assert _problems(raw) == [
         "events.csv line 5: unknown event type 'like'; accepted: "
-        "['cart', 'click', 'purchase', 'rating', 'view']",
+        "['cart', 'click', 'dwell', 'purchase', 'rating', 'view']",
         "events.csv line 6: rating without a value",
         "events.csv line 7: timestamp 'yesterday' is not a number or an ISO date",
         "events.csv line 8: empty timestamp",

@@ -54,7 +54,7 @@ def ranked(u: int) -> tuple[CandidateEngine, Request, Candidates, NDArray[np.flo
     m = data().matrix
     q = Query(user=u, history=m.indices[m.indptr[u] : m.indptr[u + 1]].astype(np.int64))
     req, cands, x = featurize(funnel.state.engine, q, None)
-    return funnel.state.engine, req, cands, funnel._relevance(req, cands, x)
+    return funnel.state.engine, req, cands, funnel.relevance(req, cands, x)
 
 
 def lists(stages: dict[str, Any], n: int = 10) -> list[NDArray[np.int64]]:

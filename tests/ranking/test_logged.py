@@ -136,7 +136,7 @@ def rank_of(funnel: Funnel, item: int, query: Query) -> int | None:
     hits = np.flatnonzero(cands.items == item)
     if len(hits) == 0:
         return None
-    relevance = funnel._relevance(req, cands, x)
+    relevance = funnel.relevance(req, cands, x)
     return int((relevance > relevance[hits[0]]).sum())
 
 

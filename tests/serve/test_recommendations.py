@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from sieve.serve.schemas import RecommendationList, RecommendedItem
 from sieve.serve.service import Service
 
 MakeClient = Callable[..., TestClient]
@@ -102,6 +103,19 @@ def test_precomputed_list_until_the_next_event(
     assert cached["cached"] is True
     assert [i["id"] for i in cached["items"]] == [i["id"] for i in live["items"]]
     assert cached["request_id"] != live["request_id"]
+    # the same shape and fields as a live list (no model is built for a hit)
+    served = RecommendationList.model_validate(cached)
+    assert served.experiments == [] and served.trace is None and "trace" not in cached
+    assert [i.model_dump() for i in served.items] == [
+        RecommendedItem.model_validate(i).model_dump() for i in live["items"]
+    ]
+    # … and its impression is logged, as every served list's is
+    engine = _engine(client)
+    engine.impressions.flush()
+    logged = engine.store.get_impression(cached["request_id"])
+    assert logged is not None
+    assert [x.item_id for x in logged.items] == [i["id"] for i in cached["items"]]
+    assert logged.context == {"cached": True} and logged.user_id == USER
     # filters, context or a longer list than precomputed change the answer: live
     for params in ({"n": 10, "categories": "drama"}, {"n": 10, "hour": 9}, {"n": 30}):
         assert client.get(f"/recommendations/{USER}", params=params).json()["cached"] is False

@@ -22,13 +22,16 @@ ITEM_COLUMNS = ["item_id", "title", "text", "categories", "created_at", "attribu
 USER_COLUMNS = ["user_id", "attributes"]
 
 #: Default weights: stronger signals count more. A rating counts as one
-#: positive interaction; its value is kept separately for rating models.
+#: positive interaction; its value is kept separately for rating models. A
+#: dwell (its value: seconds spent on the item) is a signal about the visit,
+#: not an interaction of its own: weight 0 keeps it out of the matrix and history.
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "view": 1.0,
     "click": 2.0,
     "cart": 4.0,
     "purchase": 8.0,
     "rating": 1.0,
+    "dwell": 0.0,
 }
 
 

@@ -125,7 +125,9 @@ class Experiment(Config):
     - `allocation`: "fixed" splits units by `share` (hash, sticky); "thompson"
       lets a Thompson-sampling bandit choose the arm of every request from the
       clicks so far (adaptive allocation: not sticky, the propensity of the
-      choice is logged, and no sample-ratio check applies).
+      choice is logged, and no sample-ratio check applies); "linucb" lets a
+      contextual bandit choose it from the request's context (one LinUCB
+      model per arm: `sieve.explore.linear`; deterministic, propensity 1).
     """
 
     name: str
@@ -137,7 +139,7 @@ class Experiment(Config):
     status: Status = "running"
     traffic: float = 1.0
     kind: Literal["ab", "interleaving"] = "ab"
-    allocation: Literal["fixed", "thompson"] = "fixed"
+    allocation: Literal["fixed", "thompson", "linucb"] = "fixed"
 
     def validate(self) -> None:
         who = f"Experiment {self.name!r}"
@@ -164,9 +166,10 @@ class Experiment(Config):
             raise ConfigError(f"{who}: traffic must be in (0, 1], got {self.traffic}")
         if self.kind not in ("ab", "interleaving"):
             raise ConfigError(f"{who}: kind must be 'ab' or 'interleaving', got {self.kind!r}")
-        if self.allocation not in ("fixed", "thompson"):
+        if self.allocation not in ("fixed", "thompson", "linucb"):
             raise ConfigError(
-                f"{who}: allocation must be 'fixed' or 'thompson', got {self.allocation!r}"
+                f"{who}: allocation must be 'fixed', 'thompson' or 'linucb', "
+                f"got {self.allocation!r}"
             )
         if self.kind == "interleaving" and len(served) != 2:
             raise ConfigError(

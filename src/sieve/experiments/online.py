@@ -18,7 +18,12 @@
   and log the propensity of that choice; its pulls and clicks are exact sums
   in the cache every process adds to (`sieve.explore.shared.SharedBandit`),
   so with Redis every replica allocates on every replica's traffic and a
-  restart keeps what was learned.
+  restart keeps what was learned;
+- experiments with ``allocation = "linucb"`` choose it with one LinUCB model
+  per arm over the request's context vector (given to `assign`), its A and
+  b sums shared the same way (`sieve.explore.linear.SharedLinUCB`); the
+  choice is deterministic (propensity 1) and the context travels with the
+  arm to the click that credits it.
 
 `ExperimentBook.create` refuses an experiment that cannot run beside the
 running ones (`sieve.experiments.compose.conflicts`), whoever creates it.
@@ -42,6 +47,7 @@ from sieve.config import ConfigError
 from sieve.experiments.assignment import Assigner, Experiment, Layer, Variant
 from sieve.experiments.compose import conflicts
 from sieve.explore.bandits import ThompsonSampling
+from sieve.explore.linear import SharedLinUCB
 from sieve.explore.shared import SharedBandit
 from sieve.settings import DEFAULT_SEMANTICS, EventSemantics
 from sieve.storage.base import Store, StoreError
@@ -98,6 +104,8 @@ class Arm:
     experiment: Experiment
     variant: Variant
     propensity: float = 1.0
+    #: the request context a LinUCB allocation chose on (None: other allocations)
+    context: tuple[float, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -142,8 +150,8 @@ VARIANT_CONFIG: dict[str, tuple[str, Callable[[Any], bool]]] = {
         lambda x: isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 50,
     ),
     "exploration_policy": (
-        "one of thompson, ucb1, epsilon",
-        lambda x: x in ("thompson", "ucb1", "epsilon"),
+        "one of thompson, ucb1, epsilon, linucb",
+        lambda x: x in ("thompson", "ucb1", "epsilon", "linucb"),
     ),
 }
 
@@ -194,6 +202,10 @@ class ExperimentBook:
         self._assigner = build_assigner([])
         self._loaded_at = -math.inf
         self._bandits: dict[str, SharedBandit] = {}
+        self._linear: dict[tuple[str, str, int], SharedLinUCB] = {}
+        #: LinUCB allocation's confidence width and ridge
+        self.linucb_alpha = 1.0
+        self.linucb_ridge = 1.0
         self._rng = np.random.default_rng(seed)
 
     # -------------------------------------------------------------- reading
@@ -286,10 +298,18 @@ class ExperimentBook:
             for layer in assigner.layers
         )
 
-    def assign(self, user_id: str, session_id: str | None = None, learn: bool = True) -> list[Arm]:
+    def assign(
+        self,
+        user_id: str,
+        session_id: str | None = None,
+        learn: bool = True,
+        context: Sequence[float] | None = None,
+    ) -> list[Arm]:
         """The running experiments `user_id` is in, with the arm of this request
         (`learn=False`: an adaptive choice counts no pull — for previews, or for
-        a caller that counts the pulls of the arms it applies with `pulled`)."""
+        a caller that counts the pulls of the arms it applies with `pulled`);
+        `context`: the request's context vector, for LinUCB allocations (none:
+        a constant 1)."""
         self.refresh()
         assigner = self._assigner
         out: list[Arm] = []
@@ -300,6 +320,9 @@ class ExperimentBook:
             exp = assigner.experiments[a.experiment]
             if exp.allocation == "thompson":
                 out.append(self._choose(exp, learn))
+            elif exp.allocation == "linucb":
+                x = tuple(float(v) for v in context) if context is not None else (1.0,)
+                out.append(self._choose_linear(exp, x, learn))
             else:
                 out.append(Arm(exp, exp.variant(a.variant)))
         return out
@@ -315,6 +338,34 @@ class ExperimentBook:
             bandit.pull(chosen)  # the pull; a click credits it later
         return Arm(exp, exp.variant(chosen[0]), max(float(propensity[0]), 1e-6))
 
+    def _choose_linear(self, exp: Experiment, context: tuple[float, ...], learn: bool) -> Arm:
+        """Contextual allocation: the arm whose LinUCB model scores the
+        request's context highest (ties: the first served arm)."""
+        x = np.asarray(context, dtype=np.float64)
+        scores = [
+            float(self._linear_model(exp.name, v.name, len(x)).model().scores(x[None, :])[0])
+            for v in exp.served
+        ]
+        variant = exp.served[int(np.argmax(scores))]
+        arm = Arm(exp, variant, 1.0, context)
+        if learn:
+            self.pulled([arm])
+        return arm
+
+    def _linear_model(self, experiment: str, arm: str, dim: int) -> SharedLinUCB:
+        key = (experiment, arm, dim)
+        with self._lock:
+            model = self._linear.get(key)
+            if model is None:
+                model = self._linear[key] = SharedLinUCB(
+                    self.cache,
+                    f"bandit:v2:allocation:linucb:{experiment}:{arm}:{dim}",
+                    dim,
+                    self.linucb_alpha,
+                    self.linucb_ridge,
+                )
+            return model
+
     def pulled(self, arms: Sequence[Arm]) -> None:
         """Count a pull of each adaptively allocated arm among `arms`: the arms a
         request applied, chosen by `assign(..., learn=False)`. An arm chosen but
@@ -323,6 +374,9 @@ class ExperimentBook:
         for arm in arms:
             if arm.experiment.allocation == "thompson":
                 self._bandit(arm.experiment.name).pull([arm.name])
+            elif arm.experiment.allocation == "linucb" and arm.context is not None:
+                x = np.asarray(arm.context, dtype=np.float64)
+                self._linear_model(arm.experiment.name, arm.name, len(x)).observe(x[None, :])
 
     def _bandit(self, name: str) -> SharedBandit:
         with self._lock:
@@ -333,15 +387,27 @@ class ExperimentBook:
                 )
             return bandit
 
-    def clicked(self, experiment: str, arm: str, reward: float = 1.0) -> None:
+    def clicked(
+        self,
+        experiment: str,
+        arm: str,
+        reward: float = 1.0,
+        context: Sequence[float] | None = None,
+    ) -> None:
         """A click on a request of `experiment` served by `arm`, worth `reward`
         (`semantics.reward(event.type)`): adaptive allocation learns from it;
         fixed splits need nothing. An experiment this process has not read yet
         (created on another replica a moment ago) is credited all the same:
         the credit is capped by the arm's stored pulls, so an arm never served
-        gets nothing."""
+        gets nothing. A LinUCB arm learns r·x of the request's `context`."""
         record = self._records.get(experiment)
-        if reward <= 0 or (record is not None and record.experiment.allocation != "thompson"):
+        if reward <= 0 or (record is not None and record.experiment.allocation == "fixed"):
+            return
+        if context is not None:
+            x = np.asarray(context, dtype=np.float64)
+            self._linear_model(experiment, arm, len(x)).reward(x, reward)
+            return
+        if record is not None and record.experiment.allocation != "thompson":
             return
         self._bandit(experiment).credit(arm, reward)
 

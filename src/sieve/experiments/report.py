@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from sieve.data.sessions import session_table
 from sieve.experiments.analysis import AnalysisConfig, analyze
 from sieve.experiments.assignment import Experiment
 from sieve.experiments.interleaving import TEAM_A, TEAM_B, credit_many, interleaving_test
@@ -69,9 +71,53 @@ def unit_frame(
     ev["clicks"] = ev["type"].isin(semantics.click_types).astype(float)
     ev["conversions"] = ev["type"].isin(semantics.conversion_types).astype(float)
     ev["revenue"] = np.where(ev["conversions"] > 0, ev["value"].fillna(0.0), 0.0)
-    got = ev.groupby(["unit", "arm"], sort=True)[["clicks", "conversions", "revenue"]].sum()
+    is_dwell = ev["type"].isin(semantics.dwell_types)
+    ev["dwell_seconds"] = np.where(is_dwell, ev["value"].fillna(0.0), 0.0)
+    measured = ["clicks", "conversions", "revenue"]
+    if bool((is_dwell & ev["value"].notna()).any()):  # no dwell sent: no dwell metric
+        measured.append("dwell_seconds")
+    got = ev.groupby(["unit", "arm"], sort=True)[measured].sum()
     frame = shown.join(got, how="left").fillna(0.0).reset_index()
     return frame
+
+
+def session_units(
+    slots: pd.DataFrame, activity: pd.DataFrame, semantics: EventSemantics, now: float
+) -> pd.DataFrame:
+    """Per (unit, arm): `sessions`, the ended sessions (`sieve.data.sessions`,
+    over the users' whole `activity`) in which the arm served a list, and
+    `bounces`, those of them that bounced. Requests without a user have no
+    session to follow."""
+    columns = ["unit", "arm", "sessions", "bounces"]
+    requests = slots.dropna(subset=["user_id"]).drop_duplicates("request_id")
+    if requests.empty or activity.empty:
+        return pd.DataFrame(columns=columns)
+    table = session_table(
+        activity["user_id"],
+        activity["timestamp"],
+        gap=semantics.session_gap_seconds,
+        bounce=semantics.bounce_seconds,
+        now=now,
+    )
+    placed = pd.merge_asof(
+        requests[["user_id", "arm", "timestamp"]].astype({"user_id": str}).sort_values("timestamp"),
+        table.sort_values("start"),
+        left_on="timestamp",
+        right_on="start",
+        by="user_id",
+    )
+    placed = placed.loc[placed["ended"].eq(True) & (placed["timestamp"] <= placed["last"])]
+    placed = placed.drop_duplicates(["user_id", "arm", "session"])
+    if placed.empty:
+        return pd.DataFrame(columns=columns)
+    out = (
+        placed.assign(bounced=placed["bounced"].astype(float))
+        .groupby(["user_id", "arm"], sort=True)
+        .agg(sessions=("session", "size"), bounces=("bounced", "sum"))
+        .reset_index()
+        .rename(columns={"user_id": "unit"})
+    )
+    return out.astype({"sessions": float, "bounces": float})
 
 
 def _teams(sources: Any) -> str | None:
@@ -124,10 +170,16 @@ def experiment_report(
     catalog_size: int | None = None,
     cache: Cache | None = None,
     semantics: EventSemantics = DEFAULT_SEMANTICS,
+    now: float | None = None,
 ) -> dict[str, Any]:
     """The analysis of one experiment as JSON-able data (see the module doc);
     clicks and conversions as `semantics` defines them (stated in the report);
     `shadows`: each shadow arm against the served lists (`shadow_summary`).
+
+    Signals per arm: `mean_dwell` (dwell seconds per unit, from dwell events
+    citing the arm's lists) once any dwell was sent, and `bounce_rate`
+    (bounced / ended sessions in which the arm served a list, sessions decided
+    at `now`, the current time by default) once a session has ended.
 
     Always-valid p-values: the mSPRT p-value of the primary difference at this
     look, with τ = the difference's own minimum detectable effect; with a
@@ -137,6 +189,14 @@ def experiment_report(
     exp = record.experiment
     slots, events = store.experiment_frames(exp.name)
     units = unit_frame(slots, events, semantics)
+    if exp.kind != "interleaving" and not slots.empty:
+        activity = store.experiment_activity(exp.name, semantics.session_gap_seconds)
+        at = time.time() if now is None else now
+        sessions = session_units(slots, activity, semantics, at)
+        if not sessions.empty and sessions["sessions"].sum() > 0:
+            units = units.merge(sessions, on=["unit", "arm"], how="left").fillna(
+                {"sessions": 0.0, "bounces": 0.0}
+            )
     shadows = (
         shadow_summary(exp, slots, events, store.experiment_contexts(exp.name), semantics)
         if exp.shadows
@@ -172,7 +232,7 @@ def experiment_report(
         out["verdict"] = "No impressions of this experiment have been logged yet."
         return out
     extra = _shown_extras(slots, catalog_size)
-    adaptive = exp.allocation == "thompson"  # shares drift by design: no SRM check
+    adaptive = exp.allocation != "fixed"  # shares drift by design: no SRM check
     report = analyze(
         units,
         None if adaptive else exp,
@@ -192,6 +252,11 @@ def experiment_report(
                 "ctr": _interval(arm.ctr),
                 "conversion_rate": _interval(arm.conversion_rate),
                 "revenue_per_user": _interval(arm.revenue_per_user),
+                "mean_dwell": _interval(arm.mean_dwell),
+                "bounce_rate": _interval(arm.bounce_rate),
+                "dwell_seconds": float(arm.totals.get("dwell_seconds", 0.0)),
+                "sessions": int(arm.totals.get("sessions", 0)),
+                "bounces": int(arm.totals.get("bounces", 0)),
                 **{k: _finite(v) for k, v in arm.extra.items()},
             }
         )
@@ -329,4 +394,10 @@ def _interleaving_verdict(summary: Mapping[str, Any], alpha: float) -> str:
     )
 
 
-__all__ = ["MIN_UNITS", "experiment_report", "interleaving_summary", "unit_frame"]
+__all__ = [
+    "MIN_UNITS",
+    "experiment_report",
+    "interleaving_summary",
+    "session_units",
+    "unit_frame",
+]

@@ -29,7 +29,14 @@ one process and `GET /metrics` shows only its app. The families:
   `unknown`;
 - `sieve_arm_ctr{experiment,arm}` = clicks / impressions, computed at scrape
   time (clicks are events, so a slot clicked twice counts twice; the drift
-  check's CTR counts distinct clicked slots).
+  check's CTR counts distinct clicked slots);
+- `sieve_dwell_seconds{experiment,arm}`: histogram of newly stored dwell
+  events' seconds (`semantics.dwell_types`), by the arm of the request they
+  cite (`none` for a dwell citing no request);
+- `sieve_sessions{state}` (`started`, `ended`, `bounced`), `sieve_bounce_rate`
+  (bounced / ended) and `sieve_mean_dwell_seconds`: the sessions started in
+  the last hour, from the store at most every 30 s (`watch_sessions`; every
+  process shows the same numbers: they come from the shared log).
 
 "Clicks" are events of the settings' `semantics.click_types`
 (`sieve.settings.EventSemantics`, the one definition every CTR reads).
@@ -42,6 +49,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -99,7 +107,68 @@ STAGE_BUCKETS = (
 #: Most stored impressions read to place the clicks of one batch of events.
 MAX_LOOKUPS = 100
 
+#: Dwell buckets (seconds): a glance to a long read.
+DWELL_BUCKETS = (1.0, 3.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
 Arms = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """Sessions started in the last `window` seconds as of `at`: how many,
+    how many ended, bounced, and the dwell events' count and seconds."""
+
+    window: int
+    at: float
+    sessions: int
+    ended: int
+    bounces: int
+    dwell_events: int
+    dwell_seconds: float
+
+
+class _SessionCollector(Collector):
+    """`sieve_sessions{state}`, `sieve_bounce_rate`, `sieve_mean_dwell_seconds`
+    from a provider of the latest `SessionSummary` (None: not known yet)."""
+
+    def __init__(self, provider: Callable[[], SessionSummary | None]) -> None:
+        self._provider = provider
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "sieve_sessions",
+                "Sessions started in the last hour, by state (started, ended, bounced)",
+                labels=["state"],
+            ),
+            GaugeMetricFamily(
+                "sieve_bounce_rate", "Bounced / ended sessions started in the last hour"
+            ),
+            GaugeMetricFamily(
+                "sieve_mean_dwell_seconds", "Mean seconds of the last hour's dwell events"
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            summary = self._provider()
+        except Exception:  # a scrape must not fail on a store problem
+            log.debug("session gauges unavailable", exc_info=True)
+            summary = None
+        if summary is None:
+            return
+        sessions, bounce, dwell = self._families()
+        sessions.add_metric(["started"], summary.sessions)
+        sessions.add_metric(["ended"], summary.ended)
+        sessions.add_metric(["bounced"], summary.bounces)
+        bounce.add_metric([], summary.bounces / summary.ended if summary.ended else 0.0)
+        dwell.add_metric(
+            [], summary.dwell_seconds / summary.dwell_events if summary.dwell_events else 0.0
+        )
+        yield from (sessions, bounce, dwell)
 
 
 def click_types(settings: Settings) -> tuple[str, ...]:
@@ -164,12 +233,14 @@ class ServingMetrics:
         registry: CollectorRegistry | None = None,
         *,
         click_types: Sequence[str] = ("click",),
+        dwell_types: Sequence[str] = ("dwell",),
         lookup: Callable[[str], Impression | None] | None = None,
         remember: int = 100_000,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.click_types = frozenset(click_types)
+        self.dwell_types = frozenset(dwell_types)
         self._lookup = lookup
         self._remember = remember
         self._arms: OrderedDict[str, Arms] = OrderedDict()
@@ -237,6 +308,20 @@ class ServingMetrics:
             registry=r,
         )
         r.register(_CtrCollector(self.impressions, self.clicks))
+        self.dwell = Histogram(
+            "sieve_dwell_seconds",
+            "Seconds of newly stored dwell events, by the experiment arm of the cited request",
+            ["experiment", "arm"],
+            buckets=DWELL_BUCKETS,
+            registry=r,
+        )
+        self._sessions_watched = False
+
+    def watch_sessions(self, provider: Callable[[], SessionSummary | None]) -> None:
+        """Show the sessions `provider` gives (the latest, cached by it) as gauges."""
+        if not self._sessions_watched:
+            self.registry.register(_SessionCollector(provider))
+            self._sessions_watched = True
 
     @classmethod
     def for_settings(cls, settings: Settings, store: Store | None = None) -> ServingMetrics:
@@ -244,6 +329,7 @@ class ServingMetrics:
         store's impressions to place clicks on requests served elsewhere."""
         return cls(
             click_types=click_types(settings),
+            dwell_types=tuple(settings.semantics.dwell_types),
             lookup=None if store is None else store.get_impression,
         )
 
@@ -280,24 +366,34 @@ class ServingMetrics:
     # ------------------------------------------------------------ traffic
     def served(self, impression: Impression) -> None:
         """A served list: counted per arm, and remembered to place its clicks."""
-        arms = impression_arms(impression)
-        n = len(impression.items)
+        self.served_list(
+            str(impression.request_id), impression_arms(impression), len(impression.items)
+        )
+
+    def served_list(self, request_id: str, arms: Arms = ((NONE, NONE),), n: int = 0) -> None:
+        """A served list of `n` items given its (experiment, arm) pairs."""
         for experiment, arm in arms:
             self.lists.labels(experiment, arm).inc()
             if n:
                 self.impressions.labels(experiment, arm).inc(n)
-        self._remember_arms(str(impression.request_id), arms)
+        self._remember_arms(request_id, arms)
 
     def events_ingested(self, events: Sequence[Event]) -> None:
-        """Newly stored events: counted by type; clicks citing a request by arm."""
+        """Newly stored events: counted by type; clicks citing a request by
+        arm; dwell seconds by the arm of the request they cite."""
         by_type: dict[str, int] = {}
         clicks: list[str] = []
+        dwells: list[Event] = []
         for e in events:
             by_type[e.type] = by_type.get(e.type, 0) + 1
             if e.request_id is not None and e.type in self.click_types:
                 clicks.append(e.request_id)
+            if e.type in self.dwell_types and e.value is not None:
+                dwells.append(e)
         for kind, n in by_type.items():
             self.events.labels(kind).inc(n)
+        if dwells:
+            self._dwell(dwells)
         if not clicks:
             return
         counts: dict[tuple[str, str], int] = {}
@@ -306,6 +402,14 @@ class ServingMetrics:
                 counts[key] = counts.get(key, 0) + 1
         for (experiment, arm), n in counts.items():
             self.clicks.labels(experiment, arm).inc(n)
+
+    def _dwell(self, dwells: Sequence[Event]) -> None:
+        cited = [e.request_id for e in dwells if e.request_id is not None]
+        arms_of = dict(zip(cited, self._arms_of(cited), strict=True))
+        for e in dwells:
+            arms = arms_of[e.request_id] if e.request_id is not None else ((NONE, NONE),)
+            for experiment, arm in arms:
+                self.dwell.labels(experiment, arm).observe(float(e.value or 0.0))
 
     def _remember_arms(self, request_id: str, arms: Arms) -> None:
         with self._arms_lock:
@@ -339,6 +443,7 @@ __all__ = [
     "UNKNOWN",
     "UNMATCHED",
     "ServingMetrics",
+    "SessionSummary",
     "click_types",
     "impression_arms",
 ]

@@ -7,11 +7,13 @@ import dataclasses
 from pathlib import Path
 
 from sieve.config import Config, ConfigError, read_toml
+from sieve.explore.linear import ContextualConfig
 from sieve.models.content import ContentConfig
 from sieve.models.ease import EASEConfig
 from sieve.models.factorization import ALSConfig
 from sieve.models.itemknn import ItemKNNConfig
 from sieve.models.popularity import TrendingConfig
+from sieve.ranking.attributes import AttributesConfig
 from sieve.ranking.ltr import RankerConfig
 from sieve.ranking.query import QueryConfig
 from sieve.rerank.stages import RerankConfig, SectionedConfig
@@ -26,7 +28,7 @@ class BlendConfig(Config):
 
     - `k`: the fusion constant (larger flattens the rank differences).
     - `ann`, `item_to_item`, `content`, `ease`, `popular`, `trending`,
-      `fresh`: the weight of each source.
+      `fresh`, `continuation`, `user_to_user`: the weight of each source.
     """
 
     k: float = 60.0
@@ -37,6 +39,8 @@ class BlendConfig(Config):
     popular: float = 0.3
     trending: float = 0.5
     fresh: float = 0.2
+    continuation: float = 1.0
+    user_to_user: float = 0.5
 
     def validate(self) -> None:
         if self.k <= 0:
@@ -65,6 +69,11 @@ class FunnelConfig(SectionedConfig):
     - `rerank`: the re-ranking stages (`RerankConfig`).
     - `query`: how a request is built from a user's events, the same for the
       ranker's training queries and live requests (`QueryConfig`).
+    - `attributes`: item and user attributes (and a `POST /rank` caller's
+      per-item fields) the ranker learns from (`AttributesConfig`).
+    - `linucb`: the context features of LinUCB in serving, as an
+      exploration policy and an experiment's arm allocation
+      (`sieve.explore.linear.ContextualConfig`).
     """
 
     sources: SourcesConfig = dataclasses.field(default_factory=SourcesConfig)
@@ -78,6 +87,8 @@ class FunnelConfig(SectionedConfig):
     blend: BlendConfig = dataclasses.field(default_factory=BlendConfig)
     rerank: RerankConfig = dataclasses.field(default_factory=RerankConfig)
     query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
+    attributes: AttributesConfig = dataclasses.field(default_factory=AttributesConfig)
+    linucb: ContextualConfig = dataclasses.field(default_factory=ContextualConfig)
 
 
 def load_funnel_config(path: str | Path) -> FunnelConfig:

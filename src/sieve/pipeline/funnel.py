@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +18,31 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from sieve.config import ConfigError
 from sieve.data.dataset import Dataset
 from sieve.models.base import Recommender
 from sieve.models.content import ContentTFIDF
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.features import featurize
 from sieve.pipeline.persist import load_funnel, save_funnel
+from sieve.pipeline.served import rank_items, relevance, served_items
 from sieve.pipeline.training import (
     FunnelState,
     build_engine,
     categories_of,
     digest,
+    fit_attributes,
     train_ranker,
+    user_attributes,
 )
-from sieve.ranking.features import FEATURE_NAMES, base_score
+from sieve.ranking.features import feature_names
 from sieve.ranking.logged import LoggedData
 from sieve.ranking.query import UserEvent, UserLog, build_query
 from sieve.realtime.counters import OnlineCounters
-from sieve.rerank.explain import POPULAR, explain
+from sieve.rerank.explain import POPULAR
 from sieve.rerank.rules import blocked_items, violations
 from sieve.rerank.stages import rerank
-from sieve.retrieval.candidates import SOURCES, Candidates, Request
+from sieve.retrieval.candidates import Candidates, Request
 from sieve.types import Context, ItemList, Query, Recommended, TopN
 
 
@@ -70,6 +74,9 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         #: offline `recommend_batch` builds each known user's query from them,
         #: as the service builds it from the store
         self.user_log: UserLog | None = None
+        #: the training snapshot's user attributes by id (set by `fit`, not
+        #: saved): offline queries carry them, as the service reads them
+        self.user_attributes: dict[str, dict[str, Any]] = {}
 
     # ================================================================= fit
     def _fit(self, dataset: Dataset) -> FunnelState:
@@ -80,31 +87,52 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             content = ContentTFIDF(cfg.content).fit(dataset)
             if content.state.item_matrix.shape[1] == 0:
                 content = None
+        attributes = fit_attributes(cfg, dataset)
+        unknown = sorted(set(cfg.linucb.features) - set(feature_names(attributes)))
+        if unknown:
+            raise ConfigError(
+                f"FunnelConfig.linucb.features: {unknown} are not ranking features "
+                "(see sieve.ranking.features and [attributes])"
+            )
         engine = build_engine(dataset, cfg, content)
         ranker = (
-            train_ranker(cfg, self.logged, dataset, content, engine) if cfg.ranker.enabled else None
+            train_ranker(cfg, self.logged, dataset, content, engine, attributes)
+            if cfg.ranker.enabled
+            else None
         )
         engine.catalog.warm(cfg.rerank.long_tail.head_share)
+        if attributes is not None:
+            attributes.warm(engine.catalog)
         self._user_lookup = None
         self.online = OnlineCounters.replay(dataset.events, categories_of(dataset))
         self.user_log = UserLog(dataset.events)
+        self.user_attributes = user_attributes(dataset)
         return FunnelState(
             engine=engine,
             ranker=ranker,
             user_ids=np.asarray(dataset.user_ids, dtype=object).copy(),
             version=digest(cfg, dataset, started),
             fitted_at=started,
+            attributes=attributes,
         )
 
     # ============================================================ serving
     def recommend_query(
-        self, query: Query, *, trace: dict[str, Any] | None = None
+        self, query: Query, *, trace: dict[str, Any] | None = None, explain: bool = False
     ) -> list[Recommended]:
         """The live path: one request, its explained list of `query.n` items.
         A cold query (`is_cold`) gets the charts through the same stages,
         whether or not the model knows the user. `trace` (a dict) receives
-        the candidates and the ranker's features."""
-        return self._recommend(query, exclude_seen=True, trace=trace)
+        the candidates and the ranker's features; `explain` adds each ranked
+        item's largest feature contributions (`Recommended.contributions`)."""
+        return self._recommend(query, exclude_seen=True, trace=trace, explain=explain)
+
+    def rank_items(
+        self, query: Query, items: NDArray[np.int64], *, explain: bool = False
+    ) -> list[Recommended]:
+        """A caller's items (distinct indices) ranked for the query by the
+        ranker, every one of them, explained (`sieve.pipeline.served.rank_items`)."""
+        return rank_items(self.state, self.config, self.online, query, items, explain=explain)
 
     @staticmethod
     def is_cold(query: Query) -> bool:
@@ -114,7 +142,12 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         return len(query.history) == 0 and len(query.recent) == 0
 
     def _recommend(
-        self, query: Query, *, exclude_seen: bool, trace: dict[str, Any] | None = None
+        self,
+        query: Query,
+        *,
+        exclude_seen: bool,
+        trace: dict[str, Any] | None = None,
+        explain: bool = False,
     ) -> list[Recommended]:
         state = self.state
         engine = state.engine
@@ -133,16 +166,17 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             exclude_seen=exclude_seen,
             with_features=ranker is not None,
             online=self.online,
+            attributes=state.attributes,
         )
         t1 = time.perf_counter()
         observe_stage("retrieval", t1 - t0)  # candidates and their features
         if trace is not None:
             trace["candidates"] = [str(engine.catalog.item_ids[i]) for i in cands.items]
             trace["features"] = None if x is None else x.tolist()
-            trace["feature_names"] = list(FEATURE_NAMES)
+            trace["feature_names"] = list(feature_names(state.attributes))
         out: list[Recommended] = []
         if len(cands):
-            relevance = self._relevance(req, cands, x)
+            relevance = self.relevance(req, cands, x)
             t2 = time.perf_counter()
             observe_stage("ranking", t2 - t1)
             positions = rerank(engine, req, cands.items, relevance, query.n, cfg.rerank)
@@ -151,11 +185,11 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
                 ~violations(cands.items[positions], engine.catalog, blocked, req.exclude)
             ]
             scores = np.minimum.accumulate(relevance[positions])
-            reasons = explain(engine, req, cands, positions)
-            for p, score, reason in zip(positions, scores, reasons, strict=True):
-                proposed = ~np.isnan(cands.ranks[p])
-                sources = {SOURCES[s]: float(cands.scores[p, s]) for s in np.flatnonzero(proposed)}
-                out.append(Recommended(int(cands.items[p]), float(score), sources, reason))
+            out.extend(
+                served_items(
+                    state, cfg.ranker.base_weight, req, cands, x, positions, scores, explain
+                )
+            )
             observe_stage("rerank", time.perf_counter() - t2)  # with the explanations
         if len(out) < query.n:
             t3 = time.perf_counter()
@@ -163,17 +197,11 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             observe_stage("backfill", time.perf_counter() - t3)
         return out
 
-    def _relevance(
+    def relevance(
         self, req: Request, cands: Candidates, x: NDArray[np.float32] | None
     ) -> NDArray[np.float64]:
         """Ranker scores, or the source blend (ranker off, or nothing personal)."""
-        ranker = self.state.ranker
-        if ranker is not None and x is not None and req.has_signal:
-            return ranker.predict(x, self.config.ranker.base_weight * base_score(x))
-        blend = self.config.blend
-        weights = np.array([getattr(blend, s) for s in SOURCES])
-        fused = np.where(np.isnan(cands.ranks), 0.0, weights / (blend.k + cands.ranks))
-        return np.asarray(fused.sum(axis=1), dtype=np.float64)
+        return relevance(self.state, self.config, req, cands, x)
 
     def _backfill(
         self, req: Request, listed: list[Recommended], need: int, blocked: NDArray[np.bool_] | None
@@ -331,8 +359,11 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             find = self.state.engine.catalog.find
             seen = {find(i) for i, kind in events if weights.get(kind, 0.0) > 0}
             if seen == set(rows.indices[lo:hi].tolist()):
-                return self.query(events, user_id, n=n)
-        return _row_query(user, rows, r, n, user_id)
+                return self.query(
+                    events, user_id, n=n, user_attributes=self.user_attributes.get(user_id)
+                )
+        attrs = self.user_attributes.get(user_id, {}) if user_id is not None else {}
+        return _row_query(user, rows, r, n, user_id, attrs)
 
     def query(
         self,
@@ -345,9 +376,12 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         exclude: Sequence[str] = (),
         now: float | None = None,
         request_id: str = "",
+        user_attributes: Mapping[str, Any] | None = None,
+        item_fields: Mapping[int, Mapping[str, float]] | None = None,
     ) -> Query:
         """This funnel's request for a user from their events, most recent first
-        (`sieve.ranking.query.build_query`: the one query builder)."""
+        (`sieve.ranking.query.build_query`: the one query builder), with their
+        stored attributes and a caller's per-item fields."""
         engine = self.state.engine
         return build_query(
             events,
@@ -362,7 +396,16 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             exclude=exclude,
             now=now,
             request_id=request_id,
+            user_attributes=user_attributes,
+            item_fields=item_fields,
         )
+
+    @property
+    def reads_user_attributes(self) -> bool:
+        """True when the ranker's features read the user's attributes (the
+        service then reads the user with their events)."""
+        attrs = self.state.attributes
+        return attrs is not None and attrs.config.uses_users
 
     # ======================================================== vocabulary
     @property
@@ -405,6 +448,17 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         self._check_items(np.array([item]))
         return bool(self.state.engine.catalog.available[item])
 
+    def servable(self, item_ids: Sequence[str]) -> list[bool]:
+        """For each id, whether it is a known item available now (one pass,
+        for re-checking a stored list)."""
+        catalog = self.state.engine.catalog
+        available = catalog.available
+        out = []
+        for item_id in item_ids:
+            idx = catalog.find(item_id)
+            out.append(idx >= 0 and bool(available[idx]))
+        return out
+
     # ========================================================= catalog
     def with_items(self, items: pd.DataFrame) -> Funnel:
         """A new funnel that shares this one's fitted models and differs only in
@@ -444,6 +498,8 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             if engine.content is not None:
                 engine.content.set_rows(added, engine.documents(new), cat.n_items)
         cat.warm(self.config.rerank.long_tail.head_share)
+        if self.state.attributes is not None:  # encoded here, not in the next request
+            self.state.attributes.warm(cat)
         if engine.content is not None:
             engine.content.delta_position(cat.n_items)
 
@@ -483,7 +539,14 @@ def _first(
     return np.concatenate(found)[:need] if found else np.empty(0, np.int64)
 
 
-def _row_query(user: int, rows: sp.csr_matrix, r: int, n: int, user_id: str | None) -> Query:
+def _row_query(
+    user: int,
+    rows: sp.csr_matrix,
+    r: int,
+    n: int,
+    user_id: str | None,
+    user_attributes: Mapping[str, Any],
+) -> Query:
     """The query of one user_items row: history = its items, no session."""
     lo, hi = rows.indptr[r], rows.indptr[r + 1]
     return Query(
@@ -492,4 +555,5 @@ def _row_query(user: int, rows: sp.csr_matrix, r: int, n: int, user_id: str | No
         history=rows.indices[lo:hi].astype(np.int64),
         history_weights=rows.data[lo:hi].astype(np.float32),
         n=n,
+        user_attributes=dict(user_attributes),
     )

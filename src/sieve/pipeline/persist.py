@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from sieve.models.content import ContentTFIDF
 from sieve.models.ease import EASE
@@ -15,6 +17,7 @@ from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.training import FunnelState
+from sieve.ranking.attributes import AttributeFeatures
 from sieve.ranking.ltr import LTRRanker
 from sieve.realtime.counters import OnlineCounters
 from sieve.retrieval.ann import AnnIndex
@@ -23,7 +26,8 @@ from sieve.retrieval.content import ContentIndex
 from sieve.retrieval.sources import CandidateEngine
 from sieve.storage.cache import MemoryCache
 
-_FORMAT = 1
+#: 2: the continuation and user-to-user sources and attribute features (new ranker inputs)
+_FORMAT = 2
 
 
 def save_funnel(
@@ -39,12 +43,13 @@ def save_funnel(
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.toml").write_text(config.to_toml())
     engine.catalog.save(path / "catalog.npz")
-    np.savez(
-        path / "users.npz",
-        user_ids=np.array([str(u) for u in state.user_ids], dtype=str),
-        train_count=engine.user_train_count,
-        train_sum=engine.user_train_sum,
-    )
+    arrays: dict[str, Any] = {
+        "user_ids": np.array([str(u) for u in state.user_ids], dtype=str),
+        "train_count": engine.user_train_count,
+        "train_sum": engine.user_train_sum,
+        **_recent_arrays(engine),
+    }
+    np.savez(path / "users.npz", **arrays)
     parts: dict[str, bool] = {}
     for name in ("als", "itemknn", "ease"):
         model = getattr(engine, name)
@@ -58,6 +63,9 @@ def save_funnel(
     parts["ann"] = engine.ann is not None
     if engine.ann is not None:
         engine.ann.save(path / "ann")
+    parts["attributes"] = state.attributes is not None
+    if state.attributes is not None:
+        (path / "attributes.json").write_text(json.dumps(state.attributes.to_dict(), indent=1))
     parts["ranker"] = state.ranker is not None
     if state.ranker is not None:
         state.ranker.save(path / "ranker.txt")
@@ -81,6 +89,22 @@ def save_funnel(
     return path
 
 
+def _recent_arrays(engine: CandidateEngine) -> dict[str, np.ndarray]:
+    """The user-to-user source's latest items per user, as CSR parts (none: {})."""
+    m = engine.user_recent
+    if m is None:
+        return {}
+    return {"recent_indptr": m.indptr.astype(np.int64), "recent_items": m.indices.astype(np.int64)}
+
+
+def _recent_matrix(users: Any, n_items: int) -> sparse.csr_matrix | None:
+    if "recent_indptr" not in users:
+        return None
+    indptr, items = users["recent_indptr"], users["recent_items"]
+    data = np.ones(len(items), np.float32)
+    return sparse.csr_matrix((data, items, indptr), shape=(len(indptr) - 1, n_items))
+
+
 def load_funnel(
     path: str | Path, model_name: str
 ) -> tuple[FunnelConfig, FunnelState, OnlineCounters | None]:
@@ -94,7 +118,11 @@ def load_funnel(
     if meta.get("model") != model_name:
         raise TypeError(f"{path} holds a {meta.get('model')} model, not a funnel")
     if meta.get("format") != _FORMAT:
-        raise ValueError(f"{path}: funnel format {meta.get('format')} is not {_FORMAT}")
+        raise ValueError(
+            f"{path}: this funnel was saved in format {meta.get('format')}, and this version of "
+            f"sieve reads format {_FORMAT} (its ranker has other inputs): retrain it with "
+            "`sieve train`"
+        )
     config = FunnelConfig.from_toml((path / "config.toml").read_text())
     parts = meta["parts"]
     als = ALS.load(path / "als") if parts["als"] else None
@@ -119,6 +147,7 @@ def load_funnel(
         user_train_sum=users["train_sum"].astype(np.int64),
         n_train_items=int(meta["n_train_items"]),
         snapshot_time=float(meta["snapshot_time"]),
+        user_recent=_recent_matrix(users, int(meta["n_train_items"])),
     )
     engine.catalog.warm(config.rerank.long_tail.head_share)
     ranker = LTRRanker.load(path / "ranker.txt") if parts["ranker"] else None
@@ -127,12 +156,20 @@ def load_funnel(
         records = _load_counters(path / "counters.npz")
         online = OnlineCounters(MemoryCache())
         online.restore(records)
+    attributes = (
+        AttributeFeatures.from_dict(json.loads((path / "attributes.json").read_text()))
+        if parts.get("attributes", False)
+        else None
+    )
+    if attributes is not None:
+        attributes.warm(engine.catalog)
     state = FunnelState(
         engine=engine,
         ranker=ranker,
         user_ids=users["user_ids"].astype(object),
         version=str(meta["version"]),
         fitted_at=float(meta["fitted_at"]),
+        attributes=attributes,
     )
     return config, state, online
 

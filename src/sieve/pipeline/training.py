@@ -19,7 +19,8 @@ from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.features import featurize
-from sieve.ranking.features import FEATURE_NAMES, base_score
+from sieve.ranking.attributes import AttributeFeatures
+from sieve.ranking.features import base_score, feature_names
 from sieve.ranking.logged import LoggedData, logged_training_set
 from sieve.ranking.ltr import (
     LTRRanker,
@@ -36,6 +37,7 @@ from sieve.rerank.rules import blocked_items
 from sieve.retrieval.ann import AnnIndex
 from sieve.retrieval.catalog import Catalog
 from sieve.retrieval.content import ContentIndex
+from sieve.retrieval.personal import recent_items
 from sieve.retrieval.sources import CandidateEngine
 
 log = logging.getLogger(__name__)
@@ -44,13 +46,34 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class FunnelState:
     """What `fit` learns: the candidate engine (models, index, catalog), the
-    ranker, the user vocabulary and the identity of this trained funnel."""
+    ranker, the user vocabulary and the identity of this trained funnel;
+    `attributes`, the declared attribute features with their vocabularies."""
 
     engine: CandidateEngine
     ranker: LTRRanker | None
     user_ids: NDArray[np.object_]
     version: str
     fitted_at: float
+    attributes: AttributeFeatures | None = None
+
+
+def fit_attributes(cfg: FunnelConfig, dataset: Dataset) -> AttributeFeatures | None:
+    """The attribute features the config declares, their vocabularies fitted
+    on the snapshot's catalog and users (None: none declared)."""
+    if not cfg.attributes.declared:
+        return None
+    return AttributeFeatures.fit(
+        cfg.attributes, dataset.items["attributes"], dataset.users["attributes"]
+    )
+
+
+def user_attributes(dataset: Dataset) -> dict[str, dict[str, object]]:
+    """Each snapshot user's attributes by id (users without any left out)."""
+    return {
+        str(u): dict(a)
+        for u, a in zip(dataset.user_ids, dataset.users["attributes"], strict=True)
+        if isinstance(a, dict) and a
+    }
 
 
 def build_engine(
@@ -68,14 +91,26 @@ def build_engine(
     snapshot = float(finite.max()) if len(finite) else 0.0
     catalog = Catalog.from_dataset(dataset, cfg.trending, snapshot)
     als = ann = itemknn = ease = None
-    if src.ann > 0:
+    if src.ann > 0 or src.user_to_user > 0:  # user-to-user reads ALS user vectors
         als = ALS(cfg.als).fit(dataset)
+    if als is not None and src.ann > 0:
         ann = AnnIndex.build(als.state.item_factors, cfg.ann, exact=True if exact_ann else None)
     if src.item_to_item > 0:
         itemknn = ItemKNN(cfg.itemknn).fit(dataset)
     if src.ease > 0 and dataset.n_items <= src.ease_max_items:
         ease = EASE(cfg.ease).fit(dataset)
     matrix = dataset.matrix
+    user_recent = None
+    if src.user_to_user > 0 and als is not None:
+        ev = dataset.events.loc[dataset.events["weight"] > 0]
+        user_recent = recent_items(
+            ev["user_idx"].to_numpy(np.int64),
+            ev["item_idx"].to_numpy(np.int64),
+            ev["timestamp"].to_numpy(np.float64),
+            dataset.n_users,
+            dataset.n_items,
+            src.user_recent_items,
+        )
     rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
     train_sum = np.bincount(
         rows, weights=matrix.indices.astype(np.float64), minlength=matrix.shape[0]
@@ -93,6 +128,7 @@ def build_engine(
         user_train_sum=np.rint(train_sum).astype(np.int64),
         n_train_items=dataset.n_items,
         snapshot_time=snapshot,
+        user_recent=user_recent,
     )
 
 
@@ -102,6 +138,7 @@ def train_ranker(
     dataset: Dataset,
     content: ContentTFIDF | None,
     engine: CandidateEngine,
+    attributes: AttributeFeatures | None = None,
 ) -> LTRRanker | None:
     """LambdaMART on the training set(s) `ranker.train_on` names: held-out
     snapshot interactions, logged impressions (`logged_data`, scored by
@@ -122,20 +159,25 @@ def train_ranker(
                 cfg,
                 blocked,
                 config.query,
+                attributes,
             )
         if logged.n_groups < 2:
             log.warning("no usable logged impressions: the ranker trains on the snapshot")
         parts.append(logged)
     if cfg.train_on != "impressions" or sum(p.n_groups for p in parts) < 2:
-        parts.append(snapshot_training_set(config, dataset, content))
+        parts.append(snapshot_training_set(config, dataset, content, attributes))
     data = concat(parts)
     if data.n_groups < 2:
         return None
-    return LTRRanker.train(data, FEATURE_NAMES, cfg)
+    categorical = attributes.categorical if attributes is not None else ()
+    return LTRRanker.train(data, feature_names(attributes), cfg, categorical)
 
 
 def snapshot_training_set(
-    config: FunnelConfig, dataset: Dataset, content: ContentTFIDF | None
+    config: FunnelConfig,
+    dataset: Dataset,
+    content: ContentTFIDF | None,
+    attributes: AttributeFeatures | None = None,
 ) -> TrainingSet:
     """Query groups of held-out training interactions (see
     `sieve.ranking.ltr`), each fold's features computed on models and
@@ -154,7 +196,7 @@ def snapshot_training_set(
         fit_part = fold_fit_part(dataset, labels, users)
         engine = build_engine(fit_part, config, content, exact_ann=True)
         replay = Replay(fit_part.events, categories)
-        requests.extend(training_rows(config, engine, users, fit_part, replay))
+        requests.extend(training_rows(config, engine, users, fit_part, replay, attributes))
         label_rows.extend(labels.indices[labels.indptr[u] : labels.indptr[u + 1]] for u in users)
     return collect(requests, label_rows)
 
@@ -165,6 +207,7 @@ def training_rows(
     users: NDArray[np.int64],
     fit_part: Dataset,
     replay: Replay | None = None,
+    attributes: AttributeFeatures | None = None,
 ) -> list[tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]]:
     """Offline side of the ranker's features: (candidates, features, base
     score) of each user's query built from the fit part, through
@@ -187,6 +230,7 @@ def training_rows(
             cuts[k] = float(times.max()) if len(times) else engine.snapshot_time
     rows: dict[int, tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]] = {}
     log_ = UserLog(fit_part.events)
+    user_attrs = fit_part.users["attributes"] if attributes is not None else None
     for k in np.argsort(cuts, kind="stable"):
         u = int(users[k])
         user_id = str(fit_part.user_ids[u])
@@ -199,9 +243,10 @@ def training_rows(
             user_id=user_id,
             user=u,
             now=now,
+            user_attributes=user_attrs.iloc[u] if user_attrs is not None else None,
         )
         online = replay.advance(float(cuts[k])) if replay is not None else None
-        _, cands, x = featurize(engine, query, blocked, online=online)
+        _, cands, x = featurize(engine, query, blocked, online=online, attributes=attributes)
         assert x is not None  # a training query always has a history
         rows[int(k)] = (cands.items, x, cfg.base_weight * base_score(x))
     return [rows[k] for k in range(len(users))]

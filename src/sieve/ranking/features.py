@@ -30,7 +30,10 @@ Features, one column each (NaN = missing, which LightGBM routes on its own):
   replayed from the log up to each training query's cut
   (`sieve.realtime.counters.Replay`), through this same function. Without
   counters (`online=None`, or a cache that cannot be read) these columns
-  are missing.
+  are missing;
+- attributes declared in the funnel config (`sieve.ranking.attributes`):
+  item, user and user×item-match columns and a caller's per-item fields,
+  appended after these (`feature_names`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import logging
 import numpy as np
 from numpy.typing import NDArray
 
+from sieve.ranking.attributes import AttributeFeatures
 from sieve.realtime.counters import OnlineCounters
 from sieve.retrieval.candidates import SOURCES, Candidates, Request, positions
 from sieve.retrieval.sources import CandidateEngine
@@ -89,12 +93,36 @@ FEATURE_NAMES: tuple[str, ...] = (
 _COLUMN = {name: k for k, name in enumerate(FEATURE_NAMES)}
 
 
+def feature_names(attributes: AttributeFeatures | None = None) -> tuple[str, ...]:
+    """The columns of `candidate_features`: FEATURE_NAMES, then the declared
+    attribute features."""
+    return FEATURE_NAMES if attributes is None else (*FEATURE_NAMES, *attributes.names)
+
+
 def candidate_features(
-    engine: CandidateEngine, req: Request, cands: Candidates, online: OnlineCounters | None = None
+    engine: CandidateEngine,
+    req: Request,
+    cands: Candidates,
+    online: OnlineCounters | None = None,
+    attributes: AttributeFeatures | None = None,
 ) -> NDArray[np.float32]:
-    """The feature matrix (len(cands) × len(FEATURE_NAMES)) of a request's
-    candidates; used unchanged offline (training set) and online. `online`:
-    the counters to read the online features from (as of `req.now`)."""
+    """The feature matrix (len(cands) × len(feature_names(attributes))) of a
+    request's candidates; used unchanged offline (training set) and online.
+    `online`: the counters to read the online features from (as of
+    `req.now`); `attributes`: the declared attribute features."""
+    x = _base_features(engine, req, cands, online)
+    if attributes is None:
+        return x
+    extra = attributes.matrix(
+        engine.catalog, cands.items, req.query.user_attributes, req.query.item_fields
+    )
+    return np.hstack([x, extra])
+
+
+def _base_features(
+    engine: CandidateEngine, req: Request, cands: Candidates, online: OnlineCounters | None
+) -> NDArray[np.float32]:
+    """The FEATURE_NAMES columns (see `candidate_features`)."""
     n = len(cands)
     x = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
     if n == 0:

@@ -38,6 +38,7 @@ impressions frame, so those features are missing for logged rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from sieve.data.dataset import Dataset
+from sieve.ranking.attributes import AttributeFeatures
 from sieve.ranking.features import base_score, candidate_features
 from sieve.ranking.ltr import RankerConfig, TrainingSet
 from sieve.ranking.query import QueryConfig, UserLog, build_query
@@ -124,6 +126,7 @@ def logged_training_set(
     config: RankerConfig,
     blocked: NDArray[np.bool_] | None = None,
     shape: QueryConfig | None = None,
+    attributes: AttributeFeatures | None = None,
 ) -> TrainingSet:
     """LambdaMART query groups of the logged requests (the latest
     `config.max_logged_requests` with a positive and a negative slot), with
@@ -151,6 +154,11 @@ def logged_training_set(
     users = UserLog(dataset.events)
     shape = shape or QueryConfig()
     replay = Replay(dataset.events, categories)
+    user_attrs: dict[str, object] = (
+        dict(zip((str(u) for u in dataset.user_ids), dataset.users["attributes"], strict=True))
+        if attributes is not None
+        else {}
+    )
     xs: list[NDArray[np.float32]] = []
     ys: list[NDArray[np.float32]] = []
     bases: list[NDArray[np.float64]] = []
@@ -170,6 +178,8 @@ def logged_training_set(
             user_id=user_id,
             user=-1,  # folded in: the trained vector saw what came after `at`
             now=float(at),
+            user_attributes=_dict(user_attrs.get(user_id)),
+            item_fields=_logged_fields(shown, cat.find) if attributes is not None else None,
         )
         req = engine.request(query)
         if not req.has_signal:
@@ -177,7 +187,7 @@ def logged_training_set(
         items = shown["item"].to_numpy(np.int64)
         cands = with_items(engine.candidates(req, blocked), items)
         online = replay.advance(math.nextafter(float(at), -math.inf))  # strictly before
-        x = candidate_features(engine, req, cands, online)
+        x = candidate_features(engine, req, cands, online, attributes)
         row_of = {int(i): k for k, i in enumerate(cands.items)}
         at_rows = np.array([row_of[int(i)] for i in items], dtype=np.int64)
         propensity = shown["propensity"].to_numpy(np.float64)
@@ -200,3 +210,22 @@ def logged_training_set(
         np.concatenate(slot_ids),
         np.concatenate(weights),
     )
+
+
+def _dict(value: object) -> dict[str, object]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _logged_fields(
+    shown: pd.DataFrame, find: Callable[[str], int]
+) -> dict[int, dict[str, float]] | None:
+    """The per-item fields a `POST /rank` caller sent, as its impression
+    logged them (context "fields": item id → {name: number})."""
+    if "context" not in shown:
+        return None
+    context = shown["context"].iloc[0]
+    fields = context.get("fields") if isinstance(context, dict) else None
+    if not isinstance(fields, dict):
+        return None
+    out = {find(str(i)): dict(f) for i, f in fields.items() if isinstance(f, dict)}
+    return {i: f for i, f in out.items() if i >= 0}

@@ -284,10 +284,15 @@ class LTRRanker:
 
     @classmethod
     def train(
-        cls, data: TrainingSet, feature_names: Sequence[str], config: RankerConfig
+        cls,
+        data: TrainingSet,
+        feature_names: Sequence[str],
+        config: RankerConfig,
+        categorical: Sequence[str] = (),
     ) -> LTRRanker:
         """Fit a lambdarank booster on the query groups (the parameters of
-        `LGBMRanker`, through `lgb.train`, which also takes positions)."""
+        `LGBMRanker`, through `lgb.train`, which also takes positions);
+        `categorical`: features holding category codes."""
         params: dict[str, object] = {
             "objective": "lambdarank",
             "learning_rate": config.learning_rate,
@@ -320,6 +325,7 @@ class LTRRanker:
             weight=data.weight,
             position=data.position,
             feature_name=list(feature_names),
+            categorical_feature=list(categorical) if categorical else "auto",
         )
         booster = lgb.train(params, train, num_boost_round=config.n_estimators)
         return cls(booster, feature_names)
@@ -331,6 +337,23 @@ class LTRRanker:
             return np.empty(0, np.float64)
         raw = self.booster.predict(x, raw_score=True, num_threads=1)
         return np.asarray(raw, dtype=np.float64) + base
+
+    def contributions(
+        self, x: NDArray[np.float32], base: NDArray[np.float64], top: int = 5
+    ) -> list[tuple[tuple[str, float], ...]]:
+        """Per row, the `top` largest feature contributions to its score by
+        absolute value (LightGBM's `pred_contrib`: SHAP values of the trees),
+        with the base score as `base_score` (the anchoring model's part)."""
+        if len(x) == 0:
+            return []
+        contrib = np.asarray(self.booster.predict(x, pred_contrib=True, num_threads=1))
+        names = [*self.feature_names, "base_score"]
+        values = np.column_stack([contrib[:, : len(self.feature_names)], base])
+        out = []
+        for row in values:
+            order = np.argsort(-np.abs(row), kind="stable")[:top]
+            out.append(tuple((names[k], float(row[k])) for k in order if row[k] != 0.0))
+        return out
 
     def importance(self) -> dict[str, float]:
         """Total gain per feature, largest first."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -66,11 +66,16 @@ def build_query(
     exclude: Sequence[str] = (),
     now: float | None = None,
     request_id: str = "",
+    user_attributes: Mapping[str, Any] | None = None,
+    item_fields: Mapping[int, Mapping[str, float]] | None = None,
 ) -> Query:
     """The funnel request of a user from their events (see the module doc).
 
     `item_index` maps an item id to the model's index (-1: unknown, skipped);
-    `user` is the user's index in the model (-1: new, folded in)."""
+    `user` is the user's index in the model (-1: new, folded in);
+    `user_attributes`: the user's stored attributes (training reads them
+    from the snapshot's users, serving from the store); `item_fields`: a
+    caller's per-item numbers by item index (`POST /rank`)."""
     acc: dict[int, float] = {}
     for item_id, kind in events[: shape.history_limit]:
         weight = float(weights.get(kind, 0.0))
@@ -103,6 +108,8 @@ def build_query(
         exclude=excluded,
         request_id=request_id,
         now=now,
+        user_attributes=dict(user_attributes or {}),
+        item_fields=dict(item_fields or {}),
     )
 
 

@@ -3,6 +3,9 @@
 The reason comes from the candidate's source memory, most personal source
 first:
 
+- continuation: "still in your cart" (a cart event), "you bookmarked it",
+  else "pick up where you left off";
+- user-to-user: "people like you chose it recently";
 - item-to-item: "similar to <title> you clicked" (the anchor item and its
   event type from the session) or "… you liked" (an anchor from the history);
 - ALS / EASE: "people with similar taste liked it";
@@ -30,6 +33,10 @@ VERBS: dict[str, str] = {
 }
 POPULAR = "popular right now"
 SIMILAR_TASTE = "people with similar taste liked it"
+SIMILAR_USERS = "people like you chose it recently"
+#: Why an item came back, by the strongest event type the user left it at.
+COMEBACK: dict[str, str] = {"cart": "still in your cart", "bookmark": "you bookmarked it"}
+LEFT_OFF = "pick up where you left off"
 
 
 def explain(
@@ -43,7 +50,12 @@ def explain(
         proposed = ~np.isnan(cands.ranks[p])
         item = int(cands.items[p])
         anchor = int(cands.anchors[p])
-        if proposed[col["item_to_item"]] and anchor >= 0:
+        if proposed[col["continuation"]]:
+            kinds = {t for i, t in zip(recent, req.query.recent_types, strict=False) if i == item}
+            out.append(next((COMEBACK[t] for t in COMEBACK if t in kinds), LEFT_OFF))
+        elif proposed[col["user_to_user"]]:
+            out.append(SIMILAR_USERS)
+        elif proposed[col["item_to_item"]] and anchor >= 0:
             out.append(_similar_to(engine, req, anchor, recent))
         elif proposed[col["ann"]] or proposed[col["ease"]]:
             out.append(SIMILAR_TASTE)

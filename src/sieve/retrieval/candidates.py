@@ -18,7 +18,12 @@ Sources, in the column order of `SOURCES`:
   reaches items nobody interacted with yet (cold-start items);
 - `ease`: EASE scores, only on catalogs small enough for its dense weights;
 - `popular`, `trending`: the catalog's all-time and time-decayed charts;
-- `fresh`: the newest items.
+- `fresh`: the newest items;
+- `continuation`: items the user viewed, carted or bookmarked but did not
+  buy, brought back (exempt from the seen filter) with a per-type weight
+  decayed by how far back the event is (`sieve.retrieval.personal`);
+- `user_to_user`: the recent items of the users nearest to the user's ALS
+  vector (`sieve.retrieval.personal`).
 
 Model outputs that both sources and ranking features need (the user vector,
 item-kNN scores, content scores, EASE scores) are computed once per request
@@ -46,6 +51,8 @@ SOURCES: tuple[str, ...] = (
     "popular",
     "trending",
     "fresh",
+    "continuation",
+    "user_to_user",
 )
 
 
@@ -73,6 +80,17 @@ class SourcesConfig(Config):
       `ContentIndex.top`): what bounds its cost on a big catalog.
     - `min_candidates`: popular items are added when the sources propose
       fewer than this many (cold start, narrow category filters).
+    - `continuation` (quota; 0: off): items of the user's session events
+      (the query's recent events) may come back, scored Σ weight(type) ·
+      `continuation_decay`^k over their events, k = 0 for the latest event;
+      `continuation_weights` gives each event type's weight (a type without
+      one brings nothing back), and an item with an event of a
+      `continuation_stop` type (bought) never comes back. Those items are
+      exempt from the seen filter.
+    - `user_to_user` (quota; 0: off): recent items of the
+      `user_neighbours` users whose ALS vectors are nearest the user's (each
+      user's `user_recent_items` latest items at training time), scored by
+      the summed similarity of the neighbours that hold them.
     """
 
     ann: int = 100
@@ -90,11 +108,37 @@ class SourcesConfig(Config):
     content_terms: int = 32
     content_postings: int = 30_000
     min_candidates: int = 30
+    continuation: int = 0
+    continuation_weights: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"view": 0.3, "click": 0.5, "cart": 1.0, "bookmark": 1.0}
+    )
+    continuation_decay: float = 0.9
+    continuation_stop: tuple[str, ...] = ("purchase",)
+    user_to_user: int = 0
+    user_neighbours: int = 20
+    user_recent_items: int = 20
 
     def validate(self) -> None:
         for name in (*SOURCES, "ease_max_items", "max_recent", "max_history_anchors"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"SourcesConfig.{name} must be >= 0")
+        bad = {t: w for t, w in self.continuation_weights.items() if not 0 <= float(w) <= 100}
+        if bad or not all(isinstance(t, str) for t in self.continuation_weights):
+            raise ConfigError(
+                f"SourcesConfig.continuation_weights: event type → weight in [0, 100], got {bad}"
+            )
+        if not 0 < self.continuation_decay <= 1:
+            raise ConfigError("SourcesConfig.continuation_decay must be in (0, 1]")
+        stopped = sorted(set(self.continuation_stop) & set(self.continuation_weights))
+        if stopped and any(self.continuation_weights[t] > 0 for t in stopped):
+            raise ConfigError(
+                f"SourcesConfig: {stopped} both bring items back (continuation_weights) "
+                "and stop them (continuation_stop); drop one"
+            )
+        if not 1 <= self.user_neighbours <= 1000:
+            raise ConfigError("SourcesConfig.user_neighbours must be in [1, 1000]")
+        if not 1 <= self.user_recent_items <= 1000:
+            raise ConfigError("SourcesConfig.user_recent_items must be in [1, 1000]")
         if not 0 < self.recency_decay <= 1:
             raise ConfigError("SourcesConfig.recency_decay must be in (0, 1]")
         if self.session_weight < 0:
@@ -141,6 +185,8 @@ class Request:
     category_filter: NDArray[np.int64]  # category ids (-1: unknown name)
     affinity: NDArray[np.float64]  # share of the interactions in each category
     cache: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: items brought back by the continuation source, best first, with scores
+    comeback: tuple[NDArray[np.int64], NDArray[np.float32]] | None = None
 
     @property
     def has_signal(self) -> bool:

@@ -1,15 +1,16 @@
 """The catalog the funnel serves from: item ids, titles, categories, release
-times, availability and the popularity charts of the training snapshot, with
-the category filters and charts every request reads.
+times, availability, free-form attributes and the popularity charts of the
+training snapshot, with the category filters and charts every request reads.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,8 @@ from numpy.typing import NDArray
 from sieve.data.dataset import Dataset
 from sieve.data.schema import UnknownIdError
 from sieve.models.popularity import Trending, TrendingConfig
+
+T = TypeVar("T")
 
 
 class Catalog:
@@ -40,6 +43,7 @@ class Catalog:
         available: NDArray[np.bool_],
         popularity: NDArray[np.float64],
         trending: NDArray[np.float64],
+        attributes: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self.item_ids = np.asarray(item_ids, dtype=object)
         self.titles = np.asarray(titles, dtype=object)
@@ -49,6 +53,13 @@ class Catalog:
         self.available = np.asarray(available, dtype=bool)
         self.popularity = np.asarray(popularity, dtype=np.float64)
         self.trending = np.asarray(trending, dtype=np.float64)
+        #: each item's free-form attributes (ranking features read them:
+        #: `sieve.ranking.attributes`)
+        self.attributes: list[dict[str, Any]] = (
+            [{} for _ in range(len(self.item_ids))]
+            if attributes is None
+            else [dict(a) if isinstance(a, dict) else {} for a in attributes]
+        )
         self._lookup: dict[str, int] | None = None
         self._reset()
 
@@ -63,6 +74,15 @@ class Catalog:
         self._blocked: dict[tuple[str, ...], NDArray[np.bool_]] = {}
         self._distribution: sp.csr_matrix | None = None
         self._percentile: dict[str, NDArray[np.float64]] = {}
+        self._memo: dict[str, Any] = {}
+
+    def memo(self, key: str, build: Callable[[], T]) -> T:
+        """A value derived from this catalog (`build()`), kept until the
+        catalog changes (two threads may both build it: either result is right)."""
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = build()
+        return found
 
     @classmethod
     def from_dataset(
@@ -85,6 +105,7 @@ class Catalog:
             available=_availability(items),
             popularity=dataset.item_popularity(),
             trending=model.fit(dataset).state.item_scores.astype(np.float64),
+            attributes=list(items["attributes"]) if "attributes" in items else None,
         )
 
     # ------------------------------------------------------------- lookup
@@ -104,6 +125,7 @@ class Catalog:
             setattr(out, name, getattr(self, name).copy())
         out.item_categories = self.item_categories.copy()
         out.category_names = list(self.category_names)
+        out.attributes = list(self.attributes)
         out._lookup = None if self._lookup is None else dict(self._lookup)
         out._reset()
         return out
@@ -273,6 +295,7 @@ class Catalog:
         zeros = np.zeros(len(frame))
         self.popularity = np.concatenate([self.popularity, zeros])
         self.trending = np.concatenate([self.trending, zeros])
+        self.attributes += _attributes(frame)
         self._reset()
         return np.arange(start, self.n_items, dtype=np.int64)
 
@@ -284,6 +307,10 @@ class Catalog:
             self.titles[items] = frame["title"].fillna("").astype(str).to_numpy(object)
         if "available" in frame:
             self.available[items] = _availability(frame)
+        if "attributes" in frame:
+            for item, attrs in zip(items.tolist(), _attributes(frame), strict=True):
+                self.attributes[item] = attrs
+            self._memo = {}
         if "created_at" in frame:
             self.created_at[items] = frame["created_at"].to_numpy(np.float64)
             self._ranked = {k: v for k, v in self._ranked.items() if k[0] != "fresh"}
@@ -325,6 +352,7 @@ class Catalog:
             available=self.available,
             popularity=self.popularity,
             trending=self.trending,
+            attributes=np.array([json.dumps(a, default=str) for a in self.attributes], dtype=str),
         )
 
     @classmethod
@@ -345,6 +373,9 @@ class Catalog:
             available=z["available"],
             popularity=z["popularity"],
             trending=z["trending"],
+            attributes=(
+                [json.loads(str(a)) for a in z["attributes"]] if "attributes" in z else None
+            ),
         )
 
 
@@ -361,6 +392,13 @@ def _category_matrix(cats: Sequence[Sequence[str]], names: list[str]) -> sp.csr_
     m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(cats), len(names)))
     m.sort_indices()
     return m
+
+
+def _attributes(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The frame's `attributes` column as dicts (none given: empty dicts)."""
+    if "attributes" not in frame:
+        return [{} for _ in range(len(frame))]
+    return [dict(a) if isinstance(a, dict) else {} for a in frame["attributes"]]
 
 
 def _availability(frame: pd.DataFrame) -> NDArray[np.bool_]:

@@ -11,12 +11,13 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from scipy import sparse
 
 from sieve.models.content import item_document
 from sieve.models.ease import EASE
 from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
-from sieve.retrieval.ann import AnnIndex
+from sieve.retrieval.ann import AnnConfig, AnnIndex
 from sieve.retrieval.candidates import (
     SOURCES,
     Candidates,
@@ -29,6 +30,7 @@ from sieve.retrieval.candidates import (
 )
 from sieve.retrieval.catalog import Catalog, _categories
 from sieve.retrieval.content import ContentIndex
+from sieve.retrieval.personal import UserNeighbours, comeback
 from sieve.sparse import gather_rows, row_sums
 from sieve.types import Query
 
@@ -43,6 +45,8 @@ class CandidateEngine:
     `user_train_count` / `user_train_sum` hold each training user's number
     of training items and the sum of their indices: a query whose history
     matches both uses the trained ALS vector, any other is folded in.
+    `user_recent`: each training user's latest items (users × items CSR),
+    what the user-to-user source proposes from similar users.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class CandidateEngine:
         user_train_sum: NDArray[np.int64] | None = None,
         n_train_items: int = 0,
         snapshot_time: float = 0.0,
+        user_recent: sparse.csr_matrix | None = None,
     ) -> None:
         self.config = config
         self.n_train_items = n_train_items
@@ -75,8 +80,15 @@ class CandidateEngine:
         )
         self.user_train_sum = np.empty(0, np.int64) if user_train_sum is None else user_train_sum
         self.snapshot_time = snapshot_time
+        self.user_recent = user_recent
         self._fold_in_gram: NDArray[np.float64] | None = None
         self._unit_factors: NDArray[np.float32] | None = None
+        self.neighbours: UserNeighbours | None = None
+        if config.user_to_user > 0 and als is not None and user_recent is not None:
+            index_config = ann.config if ann is not None else None
+            self.neighbours = UserNeighbours(
+                als.state.user_factors, user_recent, index_config or _default_ann()
+            )
 
     # ---------------------------------------------------------------- request
     def request(self, query: Query, *, exclude_seen: bool = True) -> Request:
@@ -121,6 +133,16 @@ class CandidateEngine:
         anchors = np.concatenate([recent[first], hist_anchor])
         anchor_w = np.concatenate([cfg.session_weight * rw[first], np.ones(len(hist_anchor))])
         seen = np.union1d(interactions, all_recent) if exclude_seen else np.empty(0, np.int64)
+        back = None
+        if cfg.continuation > 0:
+            back = comeback(
+                all_recent,
+                tuple(query.recent_types),
+                cfg.continuation_weights,
+                cfg.continuation_decay,
+                cfg.continuation_stop,
+            )
+            seen = np.setdiff1d(seen, back[0])  # they may come back: not filtered as seen
         exclude = np.unique(np.fromiter(query.exclude, dtype=np.int64, count=len(query.exclude)))
         affinity = np.zeros(self.catalog.n_categories)
         if len(interactions):
@@ -141,6 +163,7 @@ class CandidateEngine:
             exclude=exclude,
             category_filter=self.catalog.category_ids(query.categories),
             affinity=affinity,
+            comeback=back,
         )
 
     def allowed(
@@ -322,6 +345,16 @@ class CandidateEngine:
             if es is not None:
                 items, scores = _top(es, self._fetch(req, cfg.ease), positive=False)
                 out.append(Proposal("ease", items, scores))
+        if cfg.continuation and req.comeback is not None and len(req.comeback[0]):
+            out.append(Proposal("continuation", *req.comeback))
+        if cfg.user_to_user and self.neighbours is not None:
+            vec = self.user_vector(req)
+            if vec is not None:
+                fetch = self._fetch(req, cfg.user_to_user)
+                items, scores = self.neighbours.propose(
+                    vec, req.query.user, cfg.user_neighbours, fetch
+                )
+                out.append(Proposal("user_to_user", items, scores))
         return out
 
     def _charts(self, req: Request) -> list[Proposal]:
@@ -415,6 +448,10 @@ class CandidateEngine:
 
 
 # ====================================================================== helpers
+def _default_ann() -> AnnConfig:
+    return AnnConfig()
+
+
 def _in_sorted(items: NDArray[np.int64], sorted_set: NDArray[np.int64]) -> NDArray[np.bool_]:
     """Membership of items in a sorted array (vectorised binary search); an
     empty set holds nothing (a category filter that matches no item)."""

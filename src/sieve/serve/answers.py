@@ -9,6 +9,11 @@ otherwise the live funnel answers. A cached list is re-checked against the
 serving catalog (unavailable or deleted items are dropped; too few left →
 live). The lookup is one cache round trip, made without blocking the event
 loop.
+
+A hit is served from the stored rows as they are: they were validated when
+written, so no model object is built per item and the response is encoded
+once with orjson (building and serialising ten `RecommendedItem`s was about
+a fifth of a cached answer's CPU).
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sieve.data.schema import UnknownIdError
+from sieve.data.records import Impression
+from sieve.serve.impressions import build_impression, logged_sources
 from sieve.serve.ingest import last_event_key
 from sieve.serve.schemas import RecommendedItem
 from sieve.storage import Cache, CacheError
@@ -35,10 +43,63 @@ def recs_key(user_id: str) -> str:
     return f"recs:{user_id}"
 
 
+#: A stored item: the fields of `RecommendedItem`, in its order.
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """A precomputed answer to one request: its stored rows and its encoded body."""
+
+    rows: list[Row]
+    request_id: str
+    model_version: str
+    user_id: str
+
+    def body(self) -> bytes:
+        """The response, shaped as `RecommendationList` (no experiments, no trace)."""
+        return orjson.dumps(
+            {
+                "items": self.rows,
+                "request_id": self.request_id,
+                "model_version": self.model_version,
+                "user_id": self.user_id,
+                "cached": True,
+                "cold_start": False,
+                "experiments": [],
+            }
+        )
+
+    def impression(self, served_at: datetime) -> Callable[[], Impression]:
+        """Its impression, to be built later (by the impression logger's
+        thread, off the request path) from the stored rows."""
+
+        def build() -> Impression:
+            return build_impression(
+                self.request_id,
+                self.user_id,
+                self.model_version,
+                served_at,
+                {"cached": True},
+                (),
+                (
+                    (
+                        row["id"],
+                        row["score"],
+                        logged_sources(row["sources"], row.get("slot", "ranked"), row.get("team")),
+                        row.get("propensity", 1.0),
+                    )
+                    for row in self.rows
+                ),
+            )
+
+        return build
+
+
 def valid_entry(
     funnel: Funnel, raw: bytes | None, last: bytes | None, n: int, version: str
-) -> list[RecommendedItem] | None:
-    """The first `n` servable items of a stored entry if it is valid for this
+) -> list[Row] | None:
+    """The first `n` servable rows of a stored entry if it is valid for this
     request (see the module doc). The stored rows are trusted (they were
     validated when written), so no per-item validation is repeated."""
     try:
@@ -55,14 +116,10 @@ def valid_entry(
     stored = entry.get("items", [])
     if len(stored) < n:
         return None
-    out: list[RecommendedItem] = []
-    for row in stored:
-        try:
-            servable = funnel.is_available(funnel.item_index(row["id"]))
-        except UnknownIdError:
-            servable = False
+    out: list[Row] = []
+    for row, servable in zip(stored, funnel.servable([r["id"] for r in stored]), strict=True):
         if servable:
-            out.append(RecommendedItem.model_construct(**row))
+            out.append(row)
             if len(out) == n:
                 return out
     return None
@@ -70,7 +127,7 @@ def valid_entry(
 
 async def lookup(
     cache: Cache, funnel: Funnel, user_id: str, n: int, version: str
-) -> list[RecommendedItem] | None:
+) -> list[Row] | None:
     """The precomputed list for this request, or None (answer live)."""
     try:
         raw, last = await cache.aget_many([recs_key(user_id), last_event_key(user_id)])
@@ -94,7 +151,7 @@ def precompute(
     for user_id in users:
         items = answer(str(user_id), computed_at)
         entry: dict[str, Any] = {
-            "items": [i.model_dump() for i in items],
+            "items": [i.model_dump(exclude={"contributions"}) for i in items],
             "model_version": version,
             "computed_at": computed_at,
         }
@@ -103,4 +160,4 @@ def precompute(
     return written
 
 
-__all__ = ["lookup", "precompute", "recs_key", "valid_entry"]
+__all__ = ["CachedAnswer", "Row", "lookup", "precompute", "recs_key", "valid_entry"]

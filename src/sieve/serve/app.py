@@ -64,7 +64,9 @@ from sieve.serve.routes import (
     events,
     experiments,
     items,
+    leaderboards,
     metrics,
+    rank,
     recommendations,
     system,
     users,
@@ -365,7 +367,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = KeyRing(settings.api_keys)
     app.add_middleware(TimingMiddleware, max_body_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
-    for module in (items, users, events, recommendations, experiments, system, dashboard, metrics):
+    # routes are matched in order: the hottest path first (each miss on the
+    # way costs a regex match per request)
+    for module in (
+        recommendations,
+        items,
+        users,
+        events,
+        experiments,
+        system,
+        dashboard,
+        metrics,
+        leaderboards,
+        rank,
+    ):
         app.include_router(module.router(settings))
     return app
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sieve.data.records import Event
 from sieve.experiments.online import Arm, ExperimentBook
@@ -59,16 +60,28 @@ class ServedRequests:
             self._warned = now
             log.warning("bandit credit: %s (cache unavailable)", what, exc_info=True)
 
-    def remember(self, request_id: str, arms: Sequence[Arm], explored: dict[str, str]) -> None:
+    def remember(
+        self,
+        request_id: str,
+        arms: Sequence[Arm],
+        explored: dict[str, str],
+        contexts: Mapping[str, tuple[str, list[float]]] | None = None,
+    ) -> None:
         """Record what a request served that a click can credit: its
-        adaptively allocated arms and its explored items (item → policy)."""
+        adaptively allocated arms (with a LinUCB arm's context), its explored
+        items (item → policy) and the context of each LinUCB-explored item
+        (item → (model key, context))."""
         adaptive = [
-            [a.experiment.name, a.name] for a in arms if a.experiment.allocation == "thompson"
+            [a.experiment.name, a.name, *([list(a.context)] if a.context is not None else [])]
+            for a in arms
+            if a.experiment.allocation != "fixed"
         ]
         if not adaptive and not explored:
             return
         try:
-            record = {"arms": adaptive, "explored": explored}
+            record: dict[str, Any] = {"arms": adaptive, "explored": explored}
+            if contexts:
+                record["linucb"] = {i: [k, list(x)] for i, (k, x) in contexts.items()}
             self.cache.set_json(served_key(request_id), record, self.ttl)
         except CacheError:
             self._warn("a served request not recorded")
@@ -112,10 +125,14 @@ class ServedRequests:
         request = str(event.request_id)
         policy = served.get("explored", {}).get(event.item_id)
         if policy is not None and self._claim(request, f"item:{event.item_id}"):
-            explorer.credit(policy, event.item_id, reward)
-        for experiment, arm in served.get("arms", []):
+            linear = served.get("linucb", {}).get(event.item_id)
+            if linear is not None:
+                explorer.credit_linear(str(linear[0]), linear[1], reward)
+            elif policy != "linucb":
+                explorer.credit(policy, event.item_id, reward)
+        for experiment, arm, *context in served.get("arms", []):
             if self._claim(request, f"experiment:{experiment}"):
-                experiments.clicked(experiment, arm, reward)
+                experiments.clicked(experiment, arm, reward, context[0] if context else None)
 
     def _claim(self, request_id: str, what: str) -> bool:
         """True for the first claim of this credit, in any process."""

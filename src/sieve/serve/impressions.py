@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,10 @@ from sieve.serve.schemas import RecommendationList, RecommendedItem
 from sieve.storage.base import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+#: An impression, or a function that builds it (in the logger's thread, off
+#: the request path).
+Pending = Impression | Callable[[], Impression]
 
 
 class ImpressionLogger:
@@ -37,7 +41,7 @@ class ImpressionLogger:
     ) -> None:
         self._store = store
         self._flush_timeout = flush_timeout
-        self._queue: queue.SimpleQueue[Impression | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._flush_seconds = flush_seconds
         self._max_batch = max_batch
         self._write_lock = threading.Lock()
@@ -53,8 +57,9 @@ class ImpressionLogger:
         self._thread = threading.Thread(target=self._run, name="sieve-impressions", daemon=True)
         self._thread.start()
 
-    def log(self, impression: Impression) -> None:
-        """Queue one served list (never blocks the request)."""
+    def log(self, impression: Pending) -> None:
+        """Queue one served list, or a function that builds it (never blocks
+        the request)."""
         with self._progress:
             self._queued += 1
         self._queue.put(impression)
@@ -77,9 +82,10 @@ class ImpressionLogger:
                 f"take them within {timeout:g} s"
             )
 
-    def _write(self, batch: list[Impression]) -> None:
-        if not batch:
+    def _write(self, pending: list[Pending]) -> None:
+        if not pending:
             return
+        batch = [p if isinstance(p, Impression) else p() for p in pending]
         with self._write_lock:
             for start in range(0, len(batch), self._max_batch):
                 part = batch[start : start + self._max_batch]
@@ -109,7 +115,7 @@ class ImpressionLogger:
             if not self._closed.is_set():
                 self._hurry.wait(self._flush_seconds)
             self._hurry.clear()
-            batch = [first]
+            batch: list[Pending] = [first]
             while len(batch) < self._max_batch:
                 try:
                     item = self._queue.get_nowait()
@@ -127,7 +133,7 @@ class ImpressionLogger:
         self._hurry.set()
         self._queue.put(None)
         self._thread.join(timeout=5)
-        batch: list[Impression] = []  # what the thread left, written here
+        batch: list[Pending] = []  # what the thread left, written here
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -141,36 +147,47 @@ class ImpressionLogger:
 def slot_sources(item: RecommendedItem) -> list[str]:
     """The sources logged for a slot: the candidate sources, plus `explore`
     for an exploration slot and `team:<arm>` for an interleaved one."""
-    out = sorted(item.sources)
-    if item.slot == "explore":
+    return logged_sources(item.sources, item.slot, item.team)
+
+
+def logged_sources(sources: Iterable[str], slot: str, team: str | None) -> list[str]:
+    """`slot_sources` from a slot's parts."""
+    out = sorted(sources)
+    if slot == "explore":
         out.append("explore")
-    if item.team is not None:
-        out.append(f"{TEAM_PREFIX}{item.team}")
+    if team is not None:
+        out.append(f"{TEAM_PREFIX}{team}")
     return out
 
 
-def impression_of(
-    result: RecommendationList, context: Mapping[str, Any], arms: Sequence[Arm] = ()
+def build_impression(
+    request_id: str,
+    user_id: str | None,
+    model_version: str,
+    timestamp: datetime,
+    context: Mapping[str, Any],
+    arms: Sequence[Arm],
+    slots: Iterable[tuple[str, float | None, list[str], float]],
 ) -> Impression:
-    """The impression a served list logs (built without re-validation: every
-    field comes from a validated list)."""
+    """An impression from validated parts (no re-validation); `slots` are
+    (item id, score, logged sources, propensity) in list order."""
     return Impression.model_construct(
-        request_id=result.request_id,
-        user_id=result.user_id,
-        timestamp=datetime.now(UTC),
-        model_version=result.model_version,
+        request_id=request_id,
+        user_id=user_id,
+        timestamp=timestamp,
+        model_version=model_version,
         experiment=arms[0].experiment.name if arms else None,
         arm=arms[0].name if arms else None,
         context={k: v for k, v in context.items() if v is not None},
         items=[
             ImpressionItem.model_construct(
-                item_id=item.id,
+                item_id=item_id,
                 position=pos,
-                score=item.score if item.score is not None else 0.0,
-                sources=slot_sources(item),
-                propensity=item.propensity,
+                score=score if score is not None else 0.0,
+                sources=sources,
+                propensity=propensity,
             )
-            for pos, item in enumerate(result.items)
+            for pos, (item_id, score, sources, propensity) in enumerate(slots)
         ],
         arms=[
             ImpressionArm.model_construct(
@@ -178,4 +195,19 @@ def impression_of(
             )
             for a in arms
         ],
+    )
+
+
+def impression_of(
+    result: RecommendationList, context: Mapping[str, Any], arms: Sequence[Arm] = ()
+) -> Impression:
+    """The impression a served list logs."""
+    return build_impression(
+        result.request_id,
+        result.user_id,
+        result.model_version,
+        datetime.now(UTC),
+        context,
+        arms,
+        ((i.id, i.score, slot_sources(i), i.propensity) for i in result.items),
     )

@@ -1,9 +1,12 @@
 """Event ingestion: validate → attribute → append → publish.
 
 1. Validate: the batch size, each event's type, item and timestamp (none
-   far in the future); errors name the event's index, as pydantic's do.
-2. Attribute: an event of an attributed type without a `request_id` cites
-   the latest impression of its item to its user within the window.
+   far in the future), and a dwell's seconds (`semantics.dwell_types`: a
+   value ≥ 0, required where the type is no interaction of its own, i.e. its
+   weight is 0); errors name the event's index, as pydantic's do.
+2. Attribute: an event of an attributed type (or a dwell type) without a
+   `request_id` cites the latest impression of its item to its user within
+   the window, so an arm's dwell is the dwell on what it showed.
 3. Append: one transaction, idempotent by event id; users met for the first
    time are created in the same transaction (a failed batch leaves nothing).
 4. Publish, after the commit, best effort (the events are stored whatever
@@ -94,12 +97,24 @@ class EventIngestion:
             events, datetime.now(UTC), self.settings.max_future_skew_seconds
         )
         allowed = sorted(self._weights)
+        semantics = self.settings.semantics
         for i, e in enumerate(events):
             if e.type not in self._weights:
                 errors.append(
                     field_error(
                         ("body", "events", i, "type"),
                         f"unknown event type {e.type!r}; allowed types: {allowed}",
+                    )
+                )
+            elif semantics.is_dwell(e.type) and (
+                (e.value is not None and e.value < 0)
+                or (e.value is None and self._weights[e.type] <= 0)
+            ):
+                errors.append(
+                    field_error(
+                        ("body", "events", i, "value"),
+                        f"a {e.type!r} event carries the seconds spent on the item in "
+                        f"`value` (a number >= 0), got {e.value!r}",
                     )
                 )
         known = set(self.store.item_categories({e.item_id for e in events}))  # a light read
@@ -134,7 +149,7 @@ class EventIngestion:
 
     def _attribute(self, events: Sequence[Event]) -> list[Event]:
         """Cite the request that showed the item (see the module doc)."""
-        kinds = set(self.settings.attribution_types)
+        kinds = set(self.settings.attribution_types) | set(self.settings.semantics.dwell_types)
         todo = [k for k, e in enumerate(events) if e.request_id is None and e.type in kinds]
         out = list(events)
         if not todo:

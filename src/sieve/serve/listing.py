@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sieve.serve.schemas import RecommendedItem
+from sieve.serve.schemas import Contribution, RecommendedItem
 from sieve.types import Context, Recommended
 
 if TYPE_CHECKING:
@@ -63,8 +63,10 @@ def _finite(x: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def listed(funnel: Funnel, recs: Sequence[Recommended]) -> list[RecommendedItem]:
-    """Funnel results as served items."""
+def listed(
+    funnel: Funnel, recs: Sequence[Recommended], explain: bool = False
+) -> list[RecommendedItem]:
+    """Funnel results as served items (`explain`: with their feature contributions)."""
     ids = funnel.item_ids
     return [
         RecommendedItem(
@@ -74,6 +76,9 @@ def listed(funnel: Funnel, recs: Sequence[Recommended]) -> list[RecommendedItem]
             categories=list(funnel.item_categories(r.item)),
             explanation=r.explanation,
             sources={k: _finite(v) for k, v in r.sources.items()},
+            contributions=(
+                [Contribution(feature=f, value=v) for f, v in r.contributions] if explain else None
+            ),
         )
         for r in recs
     ]

@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from sieve.data.schema import UnknownIdError
 from sieve.experiments.interleaving import request_rng, team_draft
 from sieve.experiments.online import Arm, ExperimentBook
-from sieve.explore.slots import ExplorationSlots
+from sieve.explore.linear import ContextualConfig, item_contexts, request_context
+from sieve.explore.slots import ExplorationSlots, linucb_key
 from sieve.serve.credit import ServedRequests
 from sieve.serve.errors import InvalidInput, field_error
 from sieve.serve.holder import ModelHolder, ServingSnapshot
@@ -70,6 +74,14 @@ class LiveAnswers:
         limit = max(shape.history_limit, shape.recent_limit)
         return self.store.user_interactions(user_id, limit=limit)
 
+    def user_attributes(self, funnels: Sequence[Funnel], user_id: str) -> dict[str, Any]:
+        """The user's stored attributes when one of `funnels` ranks with them
+        (one store read), else none (no read)."""
+        if not any(f.reads_user_attributes for f in funnels):
+            return {}
+        user = self.store.get_user(user_id)
+        return dict(user.attributes) if user is not None else {}
+
     def user_query(
         self,
         funnel: Funnel,
@@ -79,11 +91,15 @@ class LiveAnswers:
         events: Sequence[tuple[str, str]] | None = None,
         now: float | None = None,
         request_id: str = "",
+        user_attributes: Mapping[str, Any] | None = None,
     ) -> Query:
         """The live request of a user, built by the one query builder from
-        their stored events (the session too: see the module doc)."""
+        their stored events (the session too: see the module doc) and, when
+        the ranker reads them, their stored attributes."""
         if events is None:
             events = self.user_events(funnel, user_id)
+        if user_attributes is None:
+            user_attributes = self.user_attributes([funnel], user_id)
         return funnel.query(
             events,
             user_id,
@@ -93,6 +109,7 @@ class LiveAnswers:
             exclude=filters.exclude,
             now=time.time() if now is None else now,
             request_id=request_id,
+            user_attributes=user_attributes,
         )
 
     def recommend_user(
@@ -102,6 +119,7 @@ class LiveAnswers:
         filters: Filters = Filters(),
         log: bool = True,
         trace: dict[str, Any] | None = None,
+        explain: bool = False,
     ) -> RecommendationList:
         """Top-n for `user_id`, live.
 
@@ -110,35 +128,67 @@ class LiveAnswers:
         exploration slots; shadow arms are computed after this returns.
         `log=False` (a preview: the dashboard's inspector) logs no impression
         and teaches no bandit, so it never counts as traffic. `trace` (a dict)
-        receives the query and the ranker's features of the main list."""
+        receives the query and the ranker's features of the main list;
+        `explain` adds each ranked item's feature contributions."""
         snap = self.holder.snapshot
+        events = self.user_events(snap.funnel, user_id)
+        c = filters.context
+        linucb = snap.funnel.config.linucb
+        situation = request_context(linucb, c.hour, c.weekday, c.device, len(events))
         # adaptive arms count a pull only once applied: the planner may drop one
-        plan = plan_request(self.experiments.assign(user_id, learn=False), self.settings)
+        arms = self.experiments.assign(user_id, learn=False, context=situation.tolist())
+        plan = plan_request(arms, self.settings)
         if log:
             self.experiments.pulled(plan.arms)
         request_id = new_request_id()
-        events = self.user_events(snap.funnel, user_id)
+        attrs = self.user_attributes(
+            self._plan_funnels(snap, plan.version, plan.interleave), user_id
+        )
         now = time.time()
         explored: dict[str, str] = {}
         k = min(plan.exploration_slots, n)
         pool = self.settings.exploration_pool if k > 0 else 0
+        contextual = k > 0 and plan.exploration_policy == "linucb"
+        if contextual and trace is None:
+            trace = {}  # the candidates' features give the items' contexts
         if plan.interleave is not None:
             ranked, cold = self._interleave(
-                snap, plan.interleave, user_id, n - k + pool, filters, events, request_id
+                snap, plan.interleave, user_id, n - k + pool, filters, events, request_id, attrs
             )
             version = None
         else:
             version = plan.version
             funnel = self._arm_funnel(snap, version)
             ranked, cold = self._ranked(
-                funnel, user_id, n - k + pool, filters, events, now, trace, request_id
+                funnel,
+                user_id,
+                n - k + pool,
+                filters,
+                events,
+                now,
+                trace,
+                request_id,
+                attrs,
+                explain,
             )
+        contexts = _contexts(linucb, ranked, trace) if contextual else None
+        linear: dict[str, tuple[str, list[float]]] = {}
         items: list[RecommendedItem] = []
         for item, propensity, explore in self.explorer.fill(
-            ranked, n, k, plan.exploration_policy, key=lambda r: r.id, learn=log
+            ranked,
+            n,
+            k,
+            plan.exploration_policy,
+            key=lambda r: r.id,
+            learn=log,
+            contexts=contexts,
+            linucb=linucb,
         ):
             if explore:  # the bandit's pick, not a team's: no interleaving credit
                 explored[item.id] = plan.exploration_policy
+                if contexts is not None:
+                    row = contexts[[i.id for i in ranked].index(item.id)]
+                    linear[item.id] = (linucb_key(linucb), row.tolist())
                 item = item.model_copy(
                     update={"propensity": propensity, "slot": "explore", "team": None}
                 )
@@ -158,7 +208,7 @@ class LiveAnswers:
         if not log:
             return result
         if plan.arms or explored:
-            self.served.remember(request_id, plan.arms, explored)
+            self.served.remember(request_id, plan.arms, explored, linear)
         context = context_dict(filters)
         if not plan.shadows:
             self._log_impression(result, context, plan.arms)
@@ -166,7 +216,10 @@ class LiveAnswers:
 
             def shadow_list(version: str | None) -> list[str]:
                 funnel = self.holder.funnel_for(version)
-                return [i.id for i in self._ranked(funnel, user_id, n, filters, events, now)[0]]
+                found = self._ranked(
+                    funnel, user_id, n, filters, events, now, user_attributes=attrs or None
+                )
+                return [i.id for i in found[0]]
 
             self.shadows.submit(plan.shadows, result, context, plan.arms, shadow_list)
         return result
@@ -181,12 +234,21 @@ class LiveAnswers:
         now: float | None = None,
         trace: dict[str, Any] | None = None,
         request_id: str = "",
+        user_attributes: Mapping[str, Any] | None = None,
+        explain: bool = False,
     ) -> tuple[list[RecommendedItem], bool]:
         """The funnel's top-n for a user as served items, and whether it was a cold start."""
         query = self.user_query(
-            funnel, user_id, n, filters, events=events, now=now, request_id=request_id
+            funnel,
+            user_id,
+            n,
+            filters,
+            events=events,
+            now=now,
+            request_id=request_id,
+            user_attributes=user_attributes,
         )
-        recs = funnel.recommend_query(query, trace=trace)
+        recs = funnel.recommend_query(query, trace=trace, explain=explain)
         if trace is not None:
             trace["query"] = {
                 "user": query.user,
@@ -196,7 +258,15 @@ class LiveAnswers:
                 "recent_types": list(query.recent_types),
                 "now": query.now,
             }
-        return listed(funnel, recs), funnel.is_cold(query)
+        return listed(funnel, recs, explain), funnel.is_cold(query)
+
+    def _plan_funnels(
+        self, snap: ServingSnapshot, version: str | None, interleave: Arm | None
+    ) -> list[Funnel]:
+        """The funnels a request's plan ranks with."""
+        if interleave is None:
+            return [self._arm_funnel(snap, version)]
+        return [self._arm_funnel(snap, v.model_version) for v in interleave.experiment.served]
 
     def _arm_funnel(self, snap: ServingSnapshot, version: str | None) -> Funnel:
         """The funnel of an arm's model version; the serving version's is the
@@ -214,15 +284,28 @@ class LiveAnswers:
         filters: Filters,
         events: Sequence[tuple[str, str]],
         request_id: str,
+        attrs: Mapping[str, Any],
     ) -> tuple[list[RecommendedItem], bool]:
         """Team-draft interleaving of the two arms' lists; each item carries its team."""
         a, b = arm.experiment.served
         now = time.time()
         list_a, cold = self._ranked(
-            self._arm_funnel(snap, a.model_version), user_id, n, filters, events, now
+            self._arm_funnel(snap, a.model_version),
+            user_id,
+            n,
+            filters,
+            events,
+            now,
+            user_attributes=attrs,
         )
         list_b, _ = self._ranked(
-            self._arm_funnel(snap, b.model_version), user_id, n, filters, events, now
+            self._arm_funnel(snap, b.model_version),
+            user_id,
+            n,
+            filters,
+            events,
+            now,
+            user_attributes=attrs,
         )
         by_id = {i.id: i for i in list_b} | {i.id: i for i in list_a}
         merged = team_draft(
@@ -292,6 +375,25 @@ class LiveAnswers:
         """The trending items now, optionally restricted to `categories`."""
         funnel = self.funnel
         return listed(funnel, funnel.popular(n, categories, now=time.time()))
+
+
+def _contexts(
+    config: ContextualConfig, ranked: Sequence[RecommendedItem], trace: Mapping[str, Any] | None
+) -> NDArray[np.float64]:
+    """Each ranked item's LinUCB context from the ranker's features of the
+    request (`trace`); items the ranker did not score (backfill, an
+    interleaved list) get only the constant."""
+    names = (trace or {}).get("feature_names") or []
+    rows = (trace or {}).get("features")
+    width = max(len(names), 1)
+    x = np.full((len(ranked), width), np.nan)
+    if rows is not None:
+        at = {item_id: k for k, item_id in enumerate((trace or {}).get("candidates", []))}
+        for r, item in enumerate(ranked):
+            k = at.get(item.id)
+            if k is not None:
+                x[r, : len(rows[k])] = rows[k]
+    return item_contexts(config, names, x)
 
 
 __all__ = ["LiveAnswers"]

@@ -12,10 +12,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sieve.api import (  # the bodies shared with the client, re-exported
+    _REC_EXAMPLE,
     MAX_FILTER,
     MAX_LABEL,
     BulkResult,
     ContextIn,
+    Contribution,
     ErrorBody,
     EventBatch,
     EventsResult,
@@ -45,6 +47,7 @@ __all__ = [
     "MAX_LABEL",
     "BulkResult",
     "ContextIn",
+    "Contribution",
     "ErrorBody",
     "EventBatch",
     "EventsResult",
@@ -103,7 +106,7 @@ class ExperimentIn(BaseModel):
     name: str = Field(pattern=_NAME)
     layer: str = Field(default="default", pattern=_NAME)
     kind: Literal["ab", "interleaving"] = "ab"
-    allocation: Literal["fixed", "thompson"] = "fixed"
+    allocation: Literal["fixed", "thompson", "linucb"] = "fixed"
     variants: list[VariantIn] = Field(min_length=1, max_length=20)
     holdout_share: float = Field(default=0.0, ge=0.0, lt=1.0)
     traffic: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -133,3 +136,8 @@ class ExperimentOut(BaseModel):
     variants: list[VariantOut]
     created_at: float
     stopped_at: float | None
+
+
+#: For schemas of other modules (`sieve.serve.rank_schemas`).
+config = _config
+REC_EXAMPLE = _REC_EXAMPLE

@@ -26,6 +26,7 @@ import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +45,14 @@ from sieve.serve.follow import Follower
 from sieve.serve.holder import ModelHolder, NoModelError, items_frame
 from sieve.serve.impressions import ImpressionLogger, impression_of
 from sieve.serve.ingest import EventIngestion
+from sieve.serve.leaderboards import Leaderboards
 from sieve.serve.listing import Filters, listed, new_request_id
 from sieve.serve.live import LiveAnswers
+from sieve.serve.rank import CallerRanking
+from sieve.serve.rank_schemas import RankedList, RankRequest
 from sieve.serve.schemas import RecommendationList, RecommendedItem
 from sieve.serve.shadows import ShadowRunner
+from sieve.serve.signals import RecentSessions
 from sieve.settings import Settings
 from sieve.storage import Cache, CacheError, Store, StoreError, open_cache, open_store
 from sieve.storage.guard import GuardedStore
@@ -85,6 +90,10 @@ class Service:
         #: affinity), folded from the stored log by `ingestion`
         self.counters = OnlineCounters(cache, semantics=settings.semantics)
         self.metrics = ServingMetrics.for_settings(settings, self.store)
+        #: named non-personalised lists, computed periodically into the cache
+        self.leaderboards = Leaderboards(settings, self.store, cache)
+        # the last hour's sessions and dwell for /metrics (a bounded read, cached)
+        self.metrics.watch_sessions(RecentSessions(self.store, settings.semantics))
         self.holder = ModelHolder(Path(settings.model_dir), store, self.counters)
         self.experiments = ExperimentBook(
             self.store, cache, refresh_seconds=math.inf, semantics=settings.semantics
@@ -122,6 +131,8 @@ class Service:
             self.shadows,
             self._log_impression,
         )
+        #: `POST /rank`: a caller's list ranked by the funnel's ranker
+        self.ranking = CallerRanking(self.holder, self.live, self._log_impression)
         #: reads the shared stores on a short poll (model, catalog, experiments)
         self.follower = Follower(
             settings,
@@ -228,27 +239,22 @@ class Service:
     # ---------------------------------------------------------- requests
     async def cached_answer(
         self, user_id: str, n: int, filters: Filters = Filters()
-    ) -> RecommendationList | None:
+    ) -> answers.CachedAnswer | None:
         """The precomputed answer when it is valid for this request, else None.
-        Never blocks the event loop."""
+        Never blocks the event loop; its impression is built off the request
+        path (`impressions.cached_impression`)."""
         if not filters.empty:
             return None
         snap = self.holder.snapshot
         if self.experiments.in_experiment(user_id):
             return None  # the arm decides the list: answered live
-        cached = await answers.lookup(self.cache, snap.funnel, user_id, n, snap.version)
-        self.metrics.cache_lookup(hit=cached is not None)
-        if cached is None:
+        rows = await answers.lookup(self.cache, snap.funnel, user_id, n, snap.version)
+        self.metrics.cache_lookup(hit=rows is not None)
+        if rows is None:
             return None
-        hit = RecommendationList(
-            items=cached,
-            request_id=new_request_id(),
-            model_version=snap.version,
-            user_id=user_id,
-            cached=True,
-            cold_start=False,
-        )
-        self._log_impression(hit, {"cached": True})
+        hit = answers.CachedAnswer(rows, new_request_id(), snap.version, user_id)
+        self.impressions.log(hit.impression(datetime.now(UTC)))
+        self.metrics.served_list(hit.request_id, n=len(rows))
         return hit
 
     def recommend_user(
@@ -258,15 +264,21 @@ class Service:
         filters: Filters = Filters(),
         log: bool = True,
         trace: dict[str, Any] | None = None,
+        explain: bool = False,
     ) -> RecommendationList:
-        """Top-n for `user_id`, live (`sieve.serve.live`)."""
-        return self.live.recommend_user(user_id, n, filters, log, trace)
+        """Top-n for `user_id`, live (`sieve.serve.live`); `explain`: with each
+        ranked item's feature contributions."""
+        return self.live.recommend_user(user_id, n, filters, log, trace, explain)
 
     def recommend_session(
         self, recent_items: Sequence[str], n: int, filters: Filters = Filters()
     ) -> RecommendationList:
         """Top-n for an anonymous session from its recent item ids (most recent first)."""
         return self.live.recommend_session(recent_items, n, filters)
+
+    def rank(self, body: RankRequest) -> RankedList:
+        """A caller's items ranked for a user (`sieve.serve.rank`)."""
+        return self.ranking.rank(body)
 
     def similar(self, item_id: str, n: int) -> list[RecommendedItem]:
         """Items like `item_id` (`UnknownIdError` if the funnel does not know it)."""
@@ -343,10 +355,21 @@ class Service:
         ids = [str(u) for u in (funnel.user_ids if users is None else users)]
         # a batch job: the log read once (no time limit), each user's events from it
         history = UserLog(self.background_store.events_frame())
+        attributes: dict[str, dict[str, Any]] = {}
+        if funnel.reads_user_attributes:  # read once, not once per user
+            frame = self.background_store.users_frame()
+            attributes = dict(zip(frame["user_id"].astype(str), frame["attributes"], strict=True))
 
         def answer(user_id: str, computed_at: float) -> list[RecommendedItem]:
             events = history.events(user_id)
-            query = self.live.user_query(funnel, user_id, n, events=events, now=computed_at)
+            query = self.live.user_query(
+                funnel,
+                user_id,
+                n,
+                events=events,
+                now=computed_at,
+                user_attributes=attributes.get(user_id, {}),
+            )
             return listed(funnel, funnel.recommend_query(query))
 
         return answers.precompute(self.cache, funnel, ids, answer)

@@ -64,6 +64,25 @@ class WindowCounts:
     total_users: int
 
 
+@dataclass(frozen=True)
+class SignalCounts:
+    """Dwell and sessions over a window `[start, end)` in buckets of
+    `bucket_seconds`, aggregated in the database (`Store.signal_counts`):
+
+    - `dwell`: columns bucket, dwell_events (events of the dwell types with a
+      value), dwell_seconds (the sum of their values), by event time;
+    - `sessions`: columns bucket, sessions (starting in the bucket), ended,
+      bounces (the rule of `sieve.data.sessions`, decided at `now`).
+    """
+
+    start: float
+    end: float
+    bucket_seconds: int
+    now: float
+    dwell: pd.DataFrame
+    sessions: pd.DataFrame
+
+
 @runtime_checkable
 class Store(Protocol):
     """Catalog + append-only event log.
@@ -203,6 +222,39 @@ class Store(Protocol):
         """The newest `limit` slots shown by `model_version` in `[since, until)`:
         columns timestamp, score, clicked (whether an event of `click_types`
         cites the slot's request and item), newest first."""
+        ...
+
+    def signal_counts(
+        self,
+        start: float,
+        end: float,
+        bucket_seconds: int,
+        *,
+        dwell_types: Sequence[str],
+        gap_seconds: float,
+        bounce_seconds: float,
+        now: float,
+    ) -> SignalCounts:
+        """Dwell per bucket and sessions starting per bucket (ended, bounced
+        as of `now`) over `[start, end)`, reading activity from
+        `start - gap_seconds` on: the window's rows, never the whole log."""
+        ...
+
+    def item_event_stats(
+        self, types: Sequence[str], since: float | None, limit: int | None = None
+    ) -> pd.DataFrame:
+        """Per available item with events of `types` since `since` (None: all
+        time): item_id, events, value_count, value_sum; most events first."""
+        ...
+
+    def newest_items(self, limit: int, category: str | None = None) -> list[tuple[str, float]]:
+        """(item id, created_at) of the newest available items, newest first."""
+        ...
+
+    def experiment_activity(self, name: str, gap_seconds: float) -> pd.DataFrame:
+        """When the users of an experiment's requests were active (events and
+        served slots) from `gap_seconds` before its first request on: columns
+        user_id, timestamp."""
         ...
 
     # ----------------------------------------------------------- experiments

@@ -33,9 +33,11 @@ from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 from sieve.storage.base import AppendResult
 from sieve.storage.migrations import MIGRATIONS, Migration, apply_migrations
 from sieve.storage.sql_bulk import SQLBulk
+from sieve.storage.sql_charts import SQLCharts
 from sieve.storage.sql_impressions import SQLImpressions
 from sieve.storage.sql_reports import SQLReports
 from sieve.storage.sql_shared import SQLShared
+from sieve.storage.sql_signals import SQLSignals
 from sieve.storage.tables import (
     _CHUNK,
     _chunks,
@@ -77,7 +79,7 @@ _PG_APPEND = text(
 )
 
 
-class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLBulk):
+class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts, SQLBulk):
     """The `Store` on an SQLAlchemy engine (SQLite or PostgreSQL); see the module doc.
 
     Thread-safe: every call checks a connection out of the engine's pool.

@@ -362,6 +362,20 @@
     setTile("ctr", t.ctr, fmtPct(t.ctr));
     setTile("events", events, fmtInt(events));
     setTile("users", t.users, fmtInt(t.users));
+    // sessions end after the server's session gap; a bounce left within bounce_seconds
+    const sem = k.semantics || {};
+    const sessionsLabel = document.querySelector('[data-label="sessions"]');
+    if (sessionsLabel && isNum(sem.session_gap_seconds)) {
+      sessionsLabel.textContent = `Sessions started (end after ${Math.round(sem.session_gap_seconds / 60)} min idle)`;
+    }
+    const bounceLabel = document.querySelector('[data-label="bounce_rate"]');
+    if (bounceLabel && isNum(sem.bounce_seconds)) {
+      bounceLabel.textContent = `Bounce rate (left within ${sem.bounce_seconds} s, of ${fmtInt(t.ended_sessions)} ended)`;
+    }
+    setTile("sessions", t.sessions, fmtInt(t.sessions));
+    setTile("bounce_rate", t.bounce_rate, fmtPct(t.bounce_rate));
+    setTile("mean_dwell_seconds", t.mean_dwell_seconds,
+      isNum(t.mean_dwell_seconds) ? `${t.mean_dwell_seconds.toFixed(1)} s` : "–");
 
     const times = k.series.map((b) => b.start);
     $("#chart-traffic").replaceChildren(lineChart(times, [
@@ -469,13 +483,16 @@
       h("thead", {}, h("tr", {},
         h("th", {}, "arm"), h("th", { class: "num" }, "units"), h("th", { class: "num" }, "impressions"),
         h("th", { class: "num", title: `events of type ${clickWord} citing the arm's lists` }, `clicks (${clickWord})`),
-        h("th", {}, "CTR [95% CI]"), h("th", {}, `conversion (${convWord})`), h("th", {}, "revenue / user"))),
+        h("th", {}, "CTR [95% CI]"), h("th", {}, `conversion (${convWord})`), h("th", {}, "revenue / user"),
+        h("th", {}, "bounce rate"), h("th", {}, "dwell s / user"))),
       h("tbody", {}, arms.map((a) => h("tr", { "data-arm": a.arm },
         h("td", {}, h("b", {}, a.arm)), h("td", { class: "num" }, fmtInt(a.units)),
         h("td", { class: "num" }, fmtInt(a.impressions)), h("td", { class: "num" }, fmtInt(a.clicks)),
         h("td", {}, interval(a.ctr, (x) => fmtPct(x))),
         h("td", {}, interval(a.conversion_rate, (x) => fmtPct(x))),
-        h("td", {}, interval(a.revenue_per_user, fmtNum)))))));
+        h("td", {}, interval(a.revenue_per_user, fmtNum)),
+        h("td", { "data-metric": "bounce_rate" }, interval(a.bounce_rate, (x) => fmtPct(x))),
+        h("td", { "data-metric": "mean_dwell" }, interval(a.mean_dwell, fmtNum)))))));
     const ctrRows = arms.filter((a) => a.ctr && isNum(a.ctr.estimate))
       .map((a) => ({ label: a.arm, estimate: a.ctr.estimate, low: a.ctr.low, high: a.ctr.high }));
     const chart = ctrRows.length

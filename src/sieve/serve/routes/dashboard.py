@@ -47,9 +47,10 @@ from sieve.serve.auth import ReadAccess
 from sieve.serve.holder import NoModelError
 from sieve.serve.listing import Filters
 from sieve.serve.routes import AUTH_ERRORS, ServiceDep, UserId
+from sieve.serve.signals import read_signals, signal_series
 from sieve.settings import DEFAULT_SEMANTICS, EventSemantics, Settings
 from sieve.storage import CacheError
-from sieve.storage.base import WindowCounts
+from sieve.storage.base import SignalCounts, WindowCounts
 
 #: The folder of the page and its assets (package data).
 ASSETS = Path(__file__).resolve().parents[1] / "dashboard"
@@ -94,7 +95,14 @@ class DashboardMeta(BaseModel):
 
 
 class KpiBucket(BaseModel):
-    """Counts of one time bucket `[start, start + bucket_seconds)` (or of the window)."""
+    """Counts of one time bucket `[start, start + bucket_seconds)` (or of the window).
+
+    Sessions are those starting in the bucket (`semantics.session_gap_seconds`
+    of inactivity end one); `ended_sessions` those over by now, `bounces`
+    the ended ones that lasted at most `semantics.bounce_seconds`;
+    `bounce_rate` = bounces / ended sessions. Dwell: events of
+    `semantics.dwell_types` with a value, and their mean seconds.
+    """
 
     start: float
     impressions: int
@@ -103,6 +111,12 @@ class KpiBucket(BaseModel):
     ctr: float | None
     events: dict[str, int]
     users: int
+    sessions: int = 0
+    ended_sessions: int = 0
+    bounces: int = 0
+    bounce_rate: float | None = None
+    dwell_events: int = 0
+    mean_dwell_seconds: float | None = None
 
 
 class KpiReport(BaseModel):
@@ -333,6 +347,29 @@ def compute_kpis(
     return kpis_from_counts(counts, semantics)
 
 
+def with_signals(
+    totals: KpiBucket, series: list[KpiBucket], counts: SignalCounts
+) -> tuple[KpiBucket, list[KpiBucket]]:
+    """The KPIs with the sessions, bounces and dwell of `counts` (same buckets)."""
+    s = signal_series(counts)
+
+    def fill(bucket: KpiBucket, k: slice | int) -> KpiBucket:
+        ended, bounces = int(s["ended"][k].sum()), int(s["bounces"][k].sum())
+        dwells, seconds = int(s["dwell_events"][k].sum()), float(s["dwell_seconds"][k].sum())
+        return bucket.model_copy(
+            update={
+                "sessions": int(s["sessions"][k].sum()),
+                "ended_sessions": ended,
+                "bounces": bounces,
+                "bounce_rate": bounces / ended if ended else None,
+                "dwell_events": dwells,
+                "mean_dwell_seconds": seconds / dwells if dwells else None,
+            }
+        )
+
+    return fill(totals, slice(None)), [fill(b, k) for k, b in enumerate(series)]
+
+
 def _unprocessable(loc: list[str], msg: str) -> HTTPException:
     return HTTPException(422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
 
@@ -398,7 +435,9 @@ def router(settings: Settings) -> APIRouter:
         """KPIs over the last `minutes`, per bucket of `bucket_seconds` and in total:
         impressions (shown slots), requests (served lists), clicks (events of the
         settings' `semantics.click_types` citing a request), CTR, events by type,
-        distinct users. Aggregated in the database over the window only.
+        distinct users, sessions started, ended and bounced, bounce rate, dwell
+        events and mean dwell. Aggregated in the database over the window only
+        (sessions: one session gap before it too).
 
         Buckets are aligned to multiples of `bucket_seconds`; the last one holds
         now. At most 1440 buckets, and a bucket no wider than the window.
@@ -425,6 +464,9 @@ def router(settings: Settings) -> APIRouter:
         # the window's traffic, not the length of the log
         counts = service.store.window_counts(start, end, bucket_seconds)
         totals, series = kpis_from_counts(counts, semantics)
+        # sessions and dwell: the window's rows plus one session gap before it
+        signals = read_signals(service.store, start, end, bucket_seconds, semantics, now)
+        totals, series = with_signals(totals, series, signals)
         return KpiReport(
             start=start,
             end=end,
@@ -528,4 +570,12 @@ def router(settings: Settings) -> APIRouter:
     return r
 
 
-__all__ = ["compute_kpis", "frame_counts", "json_safe", "kpi_window", "kpis_from_counts", "router"]
+__all__ = [
+    "compute_kpis",
+    "frame_counts",
+    "json_safe",
+    "kpi_window",
+    "kpis_from_counts",
+    "router",
+    "with_signals",
+]

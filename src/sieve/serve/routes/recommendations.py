@@ -55,11 +55,15 @@ def _split(values: list[str] | None, what: str, longest: int) -> tuple[str, ...]
     return tuple(out)
 
 
-def _json(result: RecommendationList) -> Response:
+def _json(result: RecommendationList, explain: bool = False) -> Response:
     """The list serialised once: it was built from validated parts, so the
     response model's second validation (FastAPI's default for a returned
-    model) is skipped; the OpenAPI schema still names `RecommendationList`."""
-    body = result.model_dump_json(exclude=None if result.trace is not None else {"trace"})
+    model) is skipped; the OpenAPI schema still names `RecommendationList`.
+    Items carry `contributions` only when explained."""
+    exclude: dict[str, Any] = {} if explain else {"items": {"__all__": {"contributions"}}}
+    if result.trace is None:
+        exclude["trace"] = True
+    body = result.model_dump_json(exclude=exclude or None)
     return Response(
         body, media_type="application/json", headers={MODEL_HEADER: result.model_version}
     )
@@ -114,11 +118,19 @@ def router(settings: Settings) -> APIRouter:
                 "ranker's features (`trace`)"
             ),
         ] = False,
+        explain: Annotated[
+            bool,
+            Query(
+                description="answer live and give each ranked item the ranker's largest "
+                "feature contributions to its score (`contributions`)"
+            ),
+        ] = False,
     ) -> Response:
         """The top-n items for a user, each with its score, sources and a reason.
 
         Served from the batch precompute (`cached: true`) when it is current for
-        this user and the request has no filter or context; otherwise live.
+        this user and the request has no filter or context, and no explanation
+        is asked for; otherwise live.
         """
         filters = Filters(
             categories=_split(categories, "categories", MAX_LABEL),
@@ -130,14 +142,25 @@ def router(settings: Settings) -> APIRouter:
                 raise HTTPException(403, detail="trace needs a key with the 'admin' scope")
             found: dict[str, Any] = {}
             result = await run_in_threadpool(
-                service.recommend_user, user_id, n, filters, True, found
+                service.recommend_user, user_id, n, filters, True, found, explain
             )
-            return _json(result.model_copy(update={"trace": found}))
+            return _json(result.model_copy(update={"trace": found}), explain)
+        if explain:
+            return _json(
+                await run_in_threadpool(
+                    service.recommend_user, user_id, n, filters, True, None, True
+                ),
+                True,
+            )
         # a precomputed answer is one non-blocking cache read, on the event loop;
         # the live funnel (store reads, CPU work) goes to the thread pool
         cached = await service.cached_answer(user_id, n, filters)
         if cached is not None:
-            return _json(cached)
+            return Response(
+                cached.body(),
+                media_type="application/json",
+                headers={MODEL_HEADER: cached.model_version},
+            )
         return _json(await run_in_threadpool(service.recommend_user, user_id, n, filters))
 
     @r.post("/recommendations")
