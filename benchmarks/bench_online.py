@@ -131,7 +131,8 @@ class RecordingSimulator(Simulator):
         self._body: dict[str, Any] | None = None
         self._elapsed = 0.0
         self._posted: list[dict[str, Any]] = []
-        self.client.event_hooks = {"request": [self._on_request], "response": [self._on_response]}
+        hooks = {"request": [self._on_request], "response": [self._on_response]}
+        self.client.http.event_hooks = hooks
 
     def _on_request(self, request: httpx.Request) -> None:
         if request.method == "POST" and request.url.path == "/events":

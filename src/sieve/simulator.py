@@ -10,7 +10,8 @@ Each simulated request: a user drawn uniformly from the world's users asks
 1/log2(p + 2) (the position bias of DCG) and clicks an examined item with its
 true probability; a click turns into a purchase with `purchase_rate`, worth
 the item's price. The clicks and purchases go back as events citing the
-request id, through `POST /events`, exactly as a site would send them.
+request id, through `POST /events`, exactly as a site would send them —
+through `sieve.client.SieveClient`, as a site's Python code would.
 
 Bounded in both count (`requests`) and time (`seconds`), so a run always
 ends. The result counts requests, shown slots, clicks and the *true*
@@ -27,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import numpy as np
 
+from sieve.client import SieveClient, SieveError
 from sieve.data.synthetic import SyntheticWorld
 
 
@@ -129,8 +130,7 @@ class Simulator:
         self.n = n
         self.purchase_rate = purchase_rate
         self.rng = np.random.default_rng(seed)
-        headers = {"X-API-Key": api_key} if api_key else {}
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.client = SieveClient(base_url, api_key=api_key, timeout=timeout)
         self._item_index = {str(i): k for k, i in enumerate(world.item_ids)}
         count = len(world.user_ids) if users is None else min(users, len(world.user_ids))
         if count < 1:
@@ -170,28 +170,26 @@ class Simulator:
     def _one(self, result: SimulationResult) -> None:
         u = int(self.rng.choice(self._users))
         user_id = str(self.world.user_ids[u])
-        response = self.client.get(f"/recommendations/{user_id}", params={"n": self.n})
         result.requests += 1
-        if response.status_code != 200:
+        try:
+            body = self.client.recommend(user_id, n=self.n)
+        except SieveError as e:
             result.errors += 1
-            if response.status_code in (401, 403, 404, 422):
-                raise SimulationError(
-                    f"GET /recommendations/{user_id} → {response.status_code}: {response.text}"
-                )
+            if e.status in (401, 403, 404, 422):
+                raise SimulationError(str(e)) from None
             return
-        body = response.json()
-        keys = [f"{a['experiment']}/{a['arm']}" for a in body.get("experiments", [])] or ["default"]
+        keys = [f"{a.experiment}/{a.arm}" for a in body.experiments] or ["default"]
         tallies = [result.arms.setdefault(k, ArmTally()) for k in keys]
         events: list[dict[str, Any]] = []
-        for position, item in enumerate(body["items"]):
-            index = self._item_index.get(item["id"])
+        for position, item in enumerate(body.items):
+            index = self._item_index.get(item.id)
             p_true = (
                 0.0
                 if index is None
                 else float(self.world.click_probability(u, index)) * examination(position)
             )
             clicked = bool(self.rng.random() < p_true)
-            explore = item.get("slot") == "explore"
+            explore = item.slot == "explore"
             for t in tallies:
                 t.impressions += 1
                 t.expected_clicks += p_true
@@ -201,20 +199,19 @@ class Simulator:
                     t.explore_clicks += clicked
             if not clicked:
                 continue
-            events.append(self._event(user_id, item["id"], "click", body["request_id"]))
+            events.append(self._event(user_id, item.id, "click", body.request_id))
             if self.rng.random() < self.purchase_rate and index is not None:
                 price = float(self.world.item_price[index])
-                events.append(
-                    self._event(user_id, item["id"], "purchase", body["request_id"], price)
-                )
+                events.append(self._event(user_id, item.id, "purchase", body.request_id, price))
                 for t in tallies:
                     t.purchases += 1
         for t in tallies:
             t.requests += 1
         if events:
-            posted = self.client.post("/events", json={"events": events})
-            if posted.status_code != 200:
-                raise SimulationError(f"POST /events → {posted.status_code}: {posted.text}")
+            try:
+                self.client.send_events(events)
+            except SieveError as e:
+                raise SimulationError(str(e)) from None
 
     @staticmethod
     def _event(

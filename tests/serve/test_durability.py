@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sieve.client import SieveClient
 from sieve.data.records import Item
 from sieve.serve.launch import free_port, start_server, stop_server
 from sieve.storage import open_store
@@ -73,14 +74,11 @@ def test_kill_9_loses_no_acknowledged_event(store_url: str, tmp_path: Path) -> N
     try:
         # the client retries what was in flight when the server died: idempotent
         if in_flight:
-            body = {
-                "events": [
-                    {"id": i, "user_id": "u0", "item_id": "i0", "type": "click"}
-                    for i in in_flight[0]
-                ]
-            }
-            r = httpx.post(f"http://127.0.0.1:{port}/events", json=body, timeout=5)
-            assert r.status_code // 100 == 2, r.text
+            events = [
+                {"id": i, "user_id": "u0", "item_id": "i0", "type": "click"} for i in in_flight[0]
+            ]
+            with SieveClient(f"http://127.0.0.1:{port}", timeout=5) as client:
+                client.send_events(events)  # raises on any non-2xx answer
     finally:
         stop_server(server)
     with open_store(store_url) as store:

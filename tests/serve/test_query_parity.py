@@ -24,7 +24,8 @@ import httpx
 import numpy as np
 import pytest
 
-from serve.conftest import API_KEYS, Trained, bearer
+from serve.conftest import API_KEYS, KEYS, Trained, bearer
+from sieve.client import SieveClient
 from sieve.pipeline import Funnel, featurize
 from sieve.ranking.query import UserLog
 from sieve.realtime.counters import OnlineCounters
@@ -50,7 +51,7 @@ def _post_sessions(base: str) -> None:
     """Each user's session, one event per request (as a browsing user sends
     them), timestamped by the server, one second apart in order."""
     start = time.time() - 60
-    with httpx.Client(base_url=base, headers=bearer("write"), timeout=10) as client:
+    with SieveClient(base, api_key=KEYS["write"], timeout=10) as client:
         for user, events in SESSIONS.items():
             for k, (item, kind) in enumerate(events):
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + k))
@@ -61,8 +62,7 @@ def _post_sessions(base: str) -> None:
                     "type": kind,
                     "timestamp": stamp,
                 }
-                r = client.post("/events", json={"events": [event]})
-                assert r.status_code == 200, r.text
+                assert client.send_events([event]).inserted == 1
 
 
 def _wait_folded(counters: OnlineCounters, store_url: str, timeout: float = 60.0) -> None:

@@ -8,7 +8,7 @@ on `app` (from `common`) when imported: the import order below is the order of
 from sieve.cli.common import app
 
 # isort: off
-from sieve.cli import evaluate, service, store, keys, models, experiments  # noqa: F401
+from sieve.cli import evaluate, service, store, keys, models, experiments, ingest  # noqa: F401
 # isort: on
 
 __all__ = ["app"]

@@ -404,6 +404,7 @@ def simulate(
     import httpx
     from rich.table import Table
 
+    from sieve.client import SieveError
     from sieve.simulator import SimulationError, Simulator, world_from_spec
 
     with _clean_errors():
@@ -425,10 +426,10 @@ def simulate(
                 result = sim.run(requests, seconds, lambda done: bar.update(task, completed=done))
                 report = None
                 if experiment is not None:
-                    response = sim.client.get(f"/experiments/{experiment}/report")
-                    if response.status_code != 200:
-                        raise UsageError(f"report of {experiment!r}: {response.text}")
-                    report = response.json()
+                    try:
+                        report = sim.client.experiment_report(experiment)
+                    except SieveError as e:
+                        raise UsageError(f"report of {experiment!r}: {e.detail}") from None
         except httpx.HTTPError as e:
             raise UsageError(f"cannot reach the service at {url}: {e}") from None
         except SimulationError as e:

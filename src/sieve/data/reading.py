@@ -1,6 +1,7 @@
-"""Reading text tables into `_Rows`: files decoded as UTF-8 with a Latin-1
-fallback, lines split by Arrow string kernels, and the quoted CSV path (a
-quoted field may hold the separator, or span lines) where a file needs it.
+"""Reading tables into `_Rows`: text files decoded as UTF-8 with a Latin-1
+fallback, lines split by Arrow string kernels, the quoted CSV path (a quoted
+field may hold the separator, or span lines) where a file needs it, Parquet,
+and JSON Lines (`read_rows` picks one by format or suffix).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import io
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -243,3 +246,76 @@ def _check_header(path: Path, found: Sequence[str], expected: Sequence[str]) -> 
     missing = [c for c in expected if c not in found]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found columns {list(found)}")
+
+
+#: Table formats `read_rows` reads.
+TableFormat = Literal["csv", "parquet", "jsonl"]
+_SUFFIXES: dict[str, TableFormat] = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+
+
+def table_format(path: Path, format: str | None = None) -> TableFormat:
+    """The format named, or the one of the suffix (`.parquet`/`.pq`,
+    `.jsonl`/`.ndjson`; anything else is CSV)."""
+    if format is None:
+        return _SUFFIXES.get(path.suffix.lower(), "csv")
+    if format not in ("csv", "parquet", "jsonl"):
+        raise ValueError(f"unknown table format {format!r}; expected 'csv', 'parquet' or 'jsonl'")
+    return format  # type: ignore[return-value]
+
+
+def read_rows(path: Path, format: str | None = None, sep: str = ",") -> _Rows:
+    """A headed CSV, a Parquet file or a JSON Lines file as `_Rows`: CSV
+    cells are strings; Parquet and JSON values keep their types (a list of
+    categories stays a list). Parquet `line`s are 1-based row numbers."""
+    fmt = table_format(path, format)
+    _require_file(path)
+    if fmt == "parquet":
+        return _read_parquet(path)
+    if fmt == "jsonl":
+        return _read_jsonl(path)
+    return _read_csv(path, sep)
+
+
+def _read_parquet(path: Path) -> _Rows:
+    frame = pd.read_parquet(path)
+    columns = {str(c): frame[c].reset_index(drop=True) for c in frame.columns}
+    lines = np.arange(1, len(frame) + 1, dtype=np.int64)
+    return _Rows(path.name, columns, lines, [], len(frame))
+
+
+def _read_jsonl(path: Path) -> _Rows:
+    """One JSON object per line (blank lines skipped); a line that is not
+    one is reported with its number. Columns are the union of the keys."""
+    problems: list[ImportProblem] = []
+    records: list[dict[str, Any]] = []
+    lines: list[int] = []
+    n_rows = 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            n_rows += 1
+            try:
+                value = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                problems.append(ImportProblem(number, f"not valid JSON: {e}", path.name))
+                continue
+            if not isinstance(value, dict):
+                problems.append(
+                    ImportProblem(
+                        number, f"expected a JSON object, found {type(value).__name__}", path.name
+                    )
+                )
+                continue
+            records.append(value)
+            lines.append(number)
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    columns = {
+        str(k): pd.Series([r.get(k) for r in records], dtype=object, copy=False) for k in keys
+    }
+    return _Rows(path.name, columns, np.asarray(lines, dtype=np.int64), problems, n_rows)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from sieve.data.raw import ImportProblem
-from sieve.data.records import DEFAULT_MAX_FUTURE_SKEW_SECONDS
+from sieve.data.records import _CONTROL, DEFAULT_MAX_FUTURE_SKEW_SECONDS, MAX_ID_LENGTH
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 
 
@@ -70,8 +70,17 @@ class _Rows:
             self.fail(_blank(s), f"empty {what}")
         return s
 
+    def ident(self, col: str, what: str) -> pd.Series:
+        """An id column under the rules of `records.Id` (the API's): not blank,
+        at most `MAX_ID_LENGTH` characters, no control characters."""
+        s = self.text(col, what)
+        for mask, reason in id_problems(s):
+            self.fail(mask, f"{what} {{!r}} {reason}", s)
+        return s
+
     def number(self, col: str, what: str, *, required: bool = True) -> NDArray[np.float64]:
-        """A float column; non-numbers fail, empty values fail when `required`."""
+        """A finite float column; non-numbers (and infinities) fail, empty
+        values fail when `required`."""
         raw = self.columns[col]
         text = _as_str(raw)
         values = _to_float(text)
@@ -79,6 +88,10 @@ class _Rows:
         bad = np.isnan(values) & ~blank
         if bad.any():
             self.fail(bad, f"{what} {{!r}} is not a number", text)
+        infinite = np.isinf(values)
+        if infinite.any():
+            self.fail(infinite, f"{what} {{!r}} is not finite", text)
+            values = np.where(infinite, np.nan, values)
         if required:
             self.fail(blank, f"empty {what}")
         return values
@@ -94,6 +107,20 @@ class _Rows:
 
     def good(self) -> NDArray[np.bool_]:
         return ~self.bad
+
+
+def id_problems(ids: pd.Series) -> list[tuple[NDArray[np.bool_], str]]:
+    """(mask, reason) of the ids (stripped strings) that `records.Id` refuses
+    beyond blankness: too long, or holding a control character (vectorised:
+    the same rules as the API's, for files of millions of rows)."""
+    out: list[tuple[NDArray[np.bool_], str]] = []
+    long = (ids.str.len() > MAX_ID_LENGTH).to_numpy(dtype=bool)
+    if long.any():
+        out.append((long, f"is longer than {MAX_ID_LENGTH} characters"))
+    control = ids.str.contains(_CONTROL.pattern, regex=True).to_numpy(dtype=bool)
+    if control.any():
+        out.append((control, "contains a control character"))
+    return out
 
 
 def _to_float(text: pd.Series) -> NDArray[np.float64]:

@@ -1,9 +1,10 @@
-"""Any event table, CSV (with a header line) or Parquet, read through a
-`ColumnMapping` that names the columns holding the schema fields.
+"""Any event table, CSV (with a header line), Parquet or JSON Lines, read
+through a `ColumnMapping` that names the columns holding the schema fields.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from numpy.typing import NDArray
 
 from sieve.config import Config, ConfigError
 from sieve.data.raw import RawData
-from sieve.data.reading import _check_header, _read_csv, _require_file
+from sieve.data.reading import _check_header, read_rows, table_format
 from sieve.data.rows import (
     _as_str,
     _blank,
@@ -41,7 +42,8 @@ class ColumnMapping(Config):
     - `value`: numeric value column (a rating); None or absent: no values;
     - `timestamp`: time column, epoch numbers (in `time_unit`) or date strings
       (ISO 8601 unless `time_format`, a strftime pattern); None or absent: NaN;
-    - `event_id`: id column; None: ids are `file:line`;
+    - `event_id`: id column; None: ids are `file:line` (or, for `sieve import
+      events`, a hash of the row's content);
     - `default_type`: type of rows without one; None: "rating" when the table has
       a value column, else "click";
     - `sep`: CSV field separator;
@@ -75,35 +77,49 @@ def load_table(
     path: str | Path,
     mapping: ColumnMapping | None = None,
     *,
-    format: Literal["csv", "parquet"] | None = None,
+    format: Literal["csv", "parquet", "jsonl"] | None = None,
     event_types: Collection[str] | None = None,
     latest: float | None = None,
+    ids: Literal["line", "content"] = "line",
 ) -> RawData:
-    """Events from a CSV (with a header line) or Parquet table.
+    """Events from a CSV (with a header line), Parquet or JSON Lines table.
 
-    `format` defaults to the suffix (`.parquet`/`.pq` is Parquet, anything else
-    CSV). Rows whose type is not in `event_types` (default: the types of
-    `DEFAULT_EVENT_WEIGHTS`) are reported, and so are rows timestamped after
-    `latest` (epoch seconds; default now plus `DEFAULT_MAX_FUTURE_SKEW_SECONDS`).
-    For Parquet, problem `line`s are 1-based row numbers.
+    `format` defaults to the suffix (`.parquet`/`.pq` is Parquet,
+    `.jsonl`/`.ndjson` JSON Lines, anything else CSV). Rows whose type is not
+    in `event_types` (default: the types of `DEFAULT_EVENT_WEIGHTS`) are
+    reported, and so are rows timestamped after `latest` (epoch seconds;
+    default now plus `DEFAULT_MAX_FUTURE_SKEW_SECONDS`). Without an id column
+    events are named `file:line`, or with `ids="content"` by a hash of their
+    content (so the same event in another file is the same event). For
+    Parquet, problem `line`s are 1-based row numbers.
     """
     path = Path(path)
     mapping = mapping or ColumnMapping()
-    fmt = format or ("parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv")
-    if fmt == "parquet":
-        rows = _read_parquet(_require_file(path))
-    elif fmt == "csv":
-        rows = _read_csv(path, mapping.sep)
-    else:
-        raise ValueError(f"unknown table format {format!r}; expected 'csv' or 'parquet'")
+    rows = read_rows(path, table_format(path, format), mapping.sep)
+    events = events_from_rows(rows, mapping, event_types=event_types, latest=latest, ids=ids)
+    rows.check_all_bad(path, events=True)
+    return RawData(events.drop(columns="line"), problems=_sorted(rows.problems))
+
+
+def events_from_rows(
+    rows: _Rows,
+    mapping: ColumnMapping,
+    *,
+    event_types: Collection[str] | None = None,
+    latest: float | None = None,
+    ids: Literal["line", "content"] = "line",
+) -> pd.DataFrame:
+    """The schema events frame (plus `line`) of the good rows; every bad row
+    becomes a problem of `rows` (see `load_table`)."""
+    path = Path(rows.source)
     found = list(rows.columns)
     _check_header(path, found, [mapping.user, mapping.item])
     if mapping.event_id is not None:
         _check_header(path, found, [mapping.event_id])
     has = {c for c in (mapping.type, mapping.value, mapping.timestamp) if c in rows.columns}
 
-    user = rows.text(mapping.user, "user id")
-    item = rows.text(mapping.item, "item id")
+    user = rows.ident(mapping.user, "user id")
+    item = rows.ident(mapping.item, "item id")
     n = len(rows)
     default_type = mapping.default_type or ("rating" if mapping.value in has else "click")
     if mapping.type in has:
@@ -127,21 +143,45 @@ def load_table(
         timestamp = _parse_times(rows, mapping.timestamp, mapping)
         _fail_future(rows, timestamp, latest)
     if mapping.event_id is not None:
-        event_id = rows.text(mapping.event_id, "event id")
+        event_id = rows.ident(mapping.event_id, "event id")
         dup = event_id.duplicated().to_numpy(dtype=bool) & ~_blank(event_id)
         rows.fail(dup, "duplicate event id {!r}", event_id)
+    elif ids == "content":
+        event_id = content_ids(user, item, types, value, timestamp)
     else:
         event_id = _event_ids(rows)
-    rows.check_all_bad(path, events=True)
     events = _events_frame(rows, event_id, user, item, types, value, timestamp)
-    return RawData(events, problems=_sorted(rows.problems))
+    events["line"] = rows.line[rows.good()]
+    return events
 
 
-def _read_parquet(path: Path) -> _Rows:
-    frame = pd.read_parquet(path)
-    columns = {str(c): frame[c].reset_index(drop=True) for c in frame.columns}
-    lines = np.arange(1, len(frame) + 1, dtype=np.int64)
-    return _Rows(path.name, columns, lines, [], len(frame))
+def content_ids(
+    user: pd.Series,
+    item: pd.Series,
+    types: pd.Series,
+    value: NDArray[np.float64],
+    timestamp: NDArray[np.float64],
+) -> pd.Series:
+    """Event ids from the events' content: `h:` and a 128-bit BLAKE2b of user,
+    item, type, value and time (µs). The same event imported twice, from the
+    same file or another, gets the same id, so the store keeps it once; two
+    events equal in every field are one event."""
+    micros = np.where(np.isnan(timestamp), -(2**62), np.round(timestamp * 1e6)).astype(np.int64)
+    values = ["" if v != v else repr(v) for v in np.asarray(value, dtype=np.float64).tolist()]
+    digest = hashlib.blake2b
+    keys = zip(
+        user.astype("str").tolist(),
+        item.astype("str").tolist(),
+        types.astype("str").tolist(),
+        values,
+        micros.tolist(),
+        strict=True,
+    )
+    ids = [
+        "h:" + digest(f"{u}\x1f{i}\x1f{t}\x1f{v}\x1f{m}".encode(), digest_size=16).hexdigest()
+        for u, i, t, v, m in keys
+    ]
+    return pd.Series(ids, dtype="str", index=user.index)
 
 
 def _parse_times(rows: _Rows, col: str, mapping: ColumnMapping) -> NDArray[np.float64]:

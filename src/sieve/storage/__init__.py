@@ -15,12 +15,15 @@ from sieve.storage.cache import (
 )
 from sieve.storage.opening import open_store
 from sieve.storage.sql import SQLStore
+from sieve.storage.sql_bulk import EventColumns, ImportCheckpoint
 
 __all__ = [
     "AppendResult",
     "Cache",
     "CacheError",
     "CacheUnavailable",
+    "EventColumns",
+    "ImportCheckpoint",
     "MemoryCache",
     "RedisCache",
     "SQLStore",

@@ -238,6 +238,22 @@ def _v6_replicas(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v7_import_checkpoints(conn: Connection) -> None:
+    """Where each file import got to: the last line committed per source
+    (kind and file), with a fingerprint of the file's start, so an
+    interrupted `sieve import` resumes after it."""
+    md = MetaData()
+    Table(
+        "import_checkpoints",
+        md,
+        Column("source", String(1024), primary_key=True),
+        Column("line", BigInteger, nullable=False),
+        Column("fingerprint", String(64), nullable=False),
+        Column("updated_at_us", BigInteger, nullable=False),
+    )
+    md.create_all(conn)
+
+
 #: Every step in version order; the last one's version is the current schema version.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog: items and users", _v1_catalog),
@@ -254,6 +270,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _v5_analytics_indexes,
     ),
     Migration(6, "replicas: the catalog change sequence and leases", _v6_replicas),
+    Migration(7, "file imports: the last committed line per source", _v7_import_checkpoints),
 )
 
 

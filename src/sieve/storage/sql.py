@@ -32,6 +32,7 @@ from sieve.data.records import Event, Item, User
 from sieve.data.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 from sieve.storage.base import AppendResult
 from sieve.storage.migrations import MIGRATIONS, Migration, apply_migrations
+from sieve.storage.sql_bulk import SQLBulk
 from sieve.storage.sql_charts import SQLCharts
 from sieve.storage.sql_impressions import SQLImpressions
 from sieve.storage.sql_reports import SQLReports
@@ -78,7 +79,7 @@ _PG_APPEND = text(
 )
 
 
-class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts):
+class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts, SQLBulk):
     """The `Store` on an SQLAlchemy engine (SQLite or PostgreSQL); see the module doc.
 
     Thread-safe: every call checks a connection out of the engine's pool.

@@ -117,6 +117,14 @@ leases_table = Table(
     Column("holder", String(256), nullable=False),
     Column("expires_us", BigInteger, nullable=False),
 )
+import_checkpoints_table = Table(
+    "import_checkpoints",
+    _md,
+    Column("source", String(1024), primary_key=True),
+    Column("line", BigInteger, nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
 
 
 def _to_us(value: datetime) -> int:
