@@ -313,7 +313,9 @@ class Settings(BaseSettings):
       count at full weight in the decayed online counters until that date;
     - `leaderboards`: named non-personalised lists (`Leaderboard`; TOML
       tables `[leaderboards.NAME]`), recomputed by one process at most every
-      `leaderboard_refresh_seconds` and kept in the cache for all of them.
+      `leaderboard_refresh_seconds` and kept in the cache for all of them;
+    - `leaderboard_refresh_seconds`: how old a leaderboard may get before one
+      process recomputes it (the others serve the previous one meanwhile).
     """
 
     model_config = SettingsConfigDict(

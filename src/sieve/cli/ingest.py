@@ -35,7 +35,7 @@ MapOpt = Annotated[
         "--map",
         help="FIELD=COLUMN, repeatable: which column holds a field (events: user, item, "
         "type, value, timestamp, event_id; items: id, title, text, categories, "
-        "created_at, available, attributes; users: id, attributes)",
+        "created_at, available, attributes; users: id, attributes).",
     ),
 ]
 
@@ -141,41 +141,42 @@ def _latest(settings: Any) -> float:
 
 @app.command()
 def consume(
-    stream: Annotated[str, typer.Option("--stream", help="the Redis Stream's key")],
-    group: Annotated[str, typer.Option("--group", help="the consumer group (created if missing)")],
+    stream: Annotated[str, typer.Option("--stream", help="The Redis Stream's key.")],
+    group: Annotated[str, typer.Option("--group", help="The consumer group (created if missing).")],
     consumer: Annotated[
         str | None,
-        typer.Option("--consumer", help="this consumer's name in the group (default: host:pid)"),
+        typer.Option("--consumer", help="This consumer's name in the group (default: host:pid)."),
     ] = None,
     redis_url: Annotated[
         str | None,
-        typer.Option("--redis", help="Redis URL (default: the settings' cache_url, if redis://)"),
+        typer.Option("--redis", help="Redis URL (default: the settings' cache_url, if redis://)."),
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="entries per transaction")] = 500,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Entries per transaction.")] = 500,
     claim_idle: Annotated[
         float,
         typer.Option(
             "--claim-idle",
             min=0.0,
-            help="seconds after which another consumer's unacknowledged entries are claimed",
+            help="Seconds after which another consumer's unacknowledged entries are claimed.",
         ),
     ] = 60.0,
     idle_exit: Annotated[
         float | None,
-        typer.Option("--idle-exit", min=0.0, help="stop after this many seconds with no entry"),
+        typer.Option("--idle-exit", min=0.0, help="Stop after this many seconds with no entry."),
     ] = None,
     max_events: Annotated[
-        int | None, typer.Option("--max-events", min=1, help="stop after this many entries")
+        int | None, typer.Option("--max-events", min=1, help="Stop after this many entries.")
     ] = None,
     allow_unknown_items: Annotated[
         bool,
-        typer.Option("--allow-unknown-items", help="accept events of items not in the catalog"),
+        typer.Option("--allow-unknown-items", help="Accept events of items not in the catalog."),
     ] = False,
     config: ConfigOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Store the events of a Redis Stream as a consumer group member: each
-    batch is committed, then acknowledged, so a crash loses nothing (the
+    """Store the events of a Redis Stream, as a consumer group member.
+
+    Each batch is committed, then acknowledged, so a crash loses nothing (the
     entries stay pending and are delivered again) and duplicates nothing
     (events are stored once by id). Refused entries go to STREAM:rejected."""
     import os

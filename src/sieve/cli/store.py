@@ -90,7 +90,7 @@ def import_(
     config: ConfigOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Load data into the store, idempotently (a second run adds nothing twice).
+    """Load data into the store; a second run adds nothing twice.
 
     `sieve import items|users|events FILE`: one table, its columns named by
     `--map FIELD=COLUMN`; every rejected row is reported with its line and

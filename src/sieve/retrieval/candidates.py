@@ -80,17 +80,21 @@ class SourcesConfig(Config):
       `ContentIndex.top`): what bounds its cost on a big catalog.
     - `min_candidates`: popular items are added when the sources propose
       fewer than this many (cold start, narrow category filters).
-    - `continuation` (quota; 0: off): items of the user's session events
-      (the query's recent events) may come back, scored Σ weight(type) ·
-      `continuation_decay`^k over their events, k = 0 for the latest event;
-      `continuation_weights` gives each event type's weight (a type without
-      one brings nothing back), and an item with an event of a
-      `continuation_stop` type (bought) never comes back. Those items are
-      exempt from the seen filter.
-    - `user_to_user` (quota; 0: off): recent items of the
-      `user_neighbours` users whose ALS vectors are nearest the user's (each
-      user's `user_recent_items` latest items at training time), scored by
-      the summed similarity of the neighbours that hold them.
+    - `continuation`: quota of the continuation source (0: off): items of
+      the user's session events (the query's recent events) may come back,
+      scored Σ weight(type) · decay^k over their events, k = 0 for the latest
+      event; those items are exempt from the seen filter.
+    - `continuation_weights`: each event type's weight in the continuation
+      score (a type without one brings nothing back).
+    - `continuation_decay`: the decay per event back of the continuation score.
+    - `continuation_stop`: event types (bought) after which an item never
+      comes back.
+    - `user_to_user`: quota of the user-to-user source (0: off): recent items
+      of the users whose ALS vectors are nearest the user's, scored by the
+      summed similarity of the neighbours that hold them.
+    - `user_neighbours`: the nearest users the user-to-user source reads.
+    - `user_recent_items`: each user's latest items (at training time) that
+      the user-to-user source may propose.
     """
 
     ann: int = 100
