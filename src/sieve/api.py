@@ -40,6 +40,12 @@ MAX_FILTER = 1000
 Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL)]
 
 
+def _answer_config(example: Any) -> ConfigDict:
+    """An answer's config: unknown fields are ignored, so a client built
+    against this version still reads the answers of a newer server."""
+    return ConfigDict(extra="ignore", json_schema_extra={"examples": [example]})
+
+
 def _config(example: Any) -> ConfigDict:
     return ConfigDict(extra="forbid", json_schema_extra={"examples": [example]})
 
@@ -48,7 +54,7 @@ def _config(example: Any) -> ConfigDict:
 class ErrorBody(BaseModel):
     """Every error: `detail` is a sentence, or for 422 a list of `{loc, msg, type}`."""
 
-    model_config = _config({"detail": "unknown item id 'sku-404'"})
+    model_config = _answer_config({"detail": "unknown item id 'sku-404'"})
 
     detail: str | list[dict[str, Any]]
 
@@ -73,7 +79,7 @@ class UserBatch(BaseModel):
 class BulkResult(BaseModel):
     """How many distinct ids a bulk upsert wrote (the last of a repeated id wins)."""
 
-    model_config = _config({"upserted": 2})
+    model_config = _answer_config({"upserted": 2})
 
     upserted: int
 
@@ -133,7 +139,7 @@ class EventBatch(BaseModel):
 class EventsResult(BaseModel):
     """What `POST /events` stored: new events, and the ids already known (not stored again)."""
 
-    model_config = _config(
+    model_config = _answer_config(
         {"received": 2, "inserted": 1, "duplicates": 1, "duplicate_ids": ["evt-0001"]}
     )
 
@@ -199,7 +205,7 @@ class Contribution(BaseModel):
 class RecommendedItem(BaseModel):
     """One recommended item: score, the candidate sources that proposed it, a reason."""
 
-    model_config = _config(_REC_EXAMPLE)
+    model_config = _answer_config(_REC_EXAMPLE)
 
     id: str
     score: float | None
@@ -238,7 +244,7 @@ class RecommendationList(BaseModel):
     `cold_start` says the user was unknown and had no history (trending items).
     """
 
-    model_config = _config(
+    model_config = _answer_config(
         {
             "items": [_REC_EXAMPLE],
             "request_id": "6f1c0e9e2b9c4b7f8d2a1e3f4c5b6a79",
@@ -264,7 +270,7 @@ class RecommendationList(BaseModel):
 class SimilarItems(BaseModel):
     """Items similar to `item_id`, most similar first."""
 
-    model_config = _config(
+    model_config = _answer_config(
         {
             "item_id": "sku-1042",
             "items": [_REC_EXAMPLE],
@@ -280,7 +286,7 @@ class SimilarItems(BaseModel):
 class PopularItems(BaseModel):
     """The currently popular (trending) items, optionally of some categories."""
 
-    model_config = _config(
+    model_config = _answer_config(
         {
             "items": [_REC_EXAMPLE],
             "categories": ["shoes"],
@@ -296,7 +302,9 @@ class PopularItems(BaseModel):
 class PrecomputeResult(BaseModel):
     """What a batch precompute wrote to the cache."""
 
-    model_config = _config({"users": 6040, "n": 50, "model_version": "3f2a9c1e", "seconds": 12.5})
+    model_config = _answer_config(
+        {"users": 6040, "n": 50, "model_version": "3f2a9c1e", "seconds": 12.5}
+    )
 
     users: int
     n: int
@@ -308,7 +316,7 @@ class PrecomputeResult(BaseModel):
 class Health(BaseModel):
     """Liveness: the process answers."""
 
-    model_config = _config({"status": "ok"})
+    model_config = _answer_config({"status": "ok"})
 
     status: str
 
@@ -316,7 +324,7 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     """Readiness: the store answers and a model is loaded; `reason` says what is missing."""
 
-    model_config = _config(
+    model_config = _answer_config(
         {"ready": True, "store": "ok", "model_version": "3f2a9c1e", "reason": None}
     )
 
@@ -330,7 +338,7 @@ class VersionInfo(BaseModel):
     """The package version, the serving model's version (None before training)
     and which server process answered (`host:pid`, one of the replicas)."""
 
-    model_config = _config(
+    model_config = _answer_config(
         {
             "version": "0.1.0",
             "model_version": "3f2a9c1e",
@@ -348,7 +356,9 @@ class VersionInfo(BaseModel):
 class ReloadResult(BaseModel):
     """The model served after a reload."""
 
-    model_config = _config({"model_version": "3f2a9c1e", "model_path": "sieve-models/3f2a9c1e"})
+    model_config = _answer_config(
+        {"model_version": "3f2a9c1e", "model_path": "sieve-models/3f2a9c1e"}
+    )
 
     model_version: str | None
     model_path: str | None

@@ -71,6 +71,24 @@ def test_recommendations_are_the_api_models(serve: MakeClient) -> None:
     assert missing.value.status == 404
 
 
+def test_a_newer_servers_extra_fields_are_ignored(serve: MakeClient) -> None:
+    """A server one version ahead may add fields to its answers: this client
+    still reads them (request bodies stay strict)."""
+    real = serve()
+
+    def newer(request: httpx.Request) -> httpx.Response:
+        answer = real.request(request.method, str(request.url), headers=request.headers)
+        body = answer.json()
+        body["added_later"] = {"x": 1}
+        for item in body.get("items", []):
+            item["badge"] = "new"
+        return httpx.Response(answer.status_code, json=body)
+
+    http = httpx.Client(base_url="http://testserver", transport=httpx.MockTransport(newer))
+    listed = SieveClient("http://testserver", http=http).recommend("u001", n=3)
+    assert len(listed.items) == 3 and listed.user_id == "u001"
+
+
 def scripted(answers: list[Any]) -> tuple[httpx.MockTransport, list[str]]:
     """A transport answering from `answers` in turn (a status, (status,
     headers), or an exception to raise); records the paths asked."""
