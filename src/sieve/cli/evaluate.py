@@ -152,6 +152,22 @@ def evaluate(
             "every model without a cold-start path of its own, e.g. trending",
         ),
     ] = None,
+    isolate: Annotated[
+        bool,
+        typer.Option(
+            "--isolate/--in-process",
+            help="fit and list each model in a worker process, so a crash or an out-of-memory "
+            "kill fails that model only (default), or all in this process (faster start)",
+        ),
+    ] = True,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget",
+            help="memory a model's fit may plan to use, e.g. 8G (default: SIEVE_MEMORY_BUDGET, "
+            "else 80% of the memory available); a fit estimated over it is refused",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate models offline: metrics with 95% intervals and paired tests
     of every model against the first one listed, also for cold and warm test
@@ -159,10 +175,15 @@ def evaluate(
     from sieve.data.split import make_splits
     from sieve.evaluate.protocol import ModelSpec
     from sieve.evaluate.protocol import evaluate as run_evaluation
-    from sieve.evaluate.report import table, write_html, write_json
+    from sieve.evaluate.report import failures_table, table, write_html, write_json
     from sieve.models.base import model_class
+    from sieve.models.memory import parse_bytes
 
     with _clean_errors():
+        try:
+            budget = parse_bytes(memory_budget) if memory_budget else None
+        except ValueError as e:
+            raise UsageError(f"--memory-budget: {e}") from None
         names = _parse_models(models)
         for name in names:
             model_class(name)
@@ -196,6 +217,8 @@ def evaluate(
             "k": k,
             "min_rating": min_rating,
             "params": params,
+            "isolate": isolate,
+            "memory_budget": memory_budget,
             "version": __version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
@@ -210,6 +233,10 @@ def evaluate(
             def step(what: str) -> None:
                 progress.update(task, description=what, advance=1)
 
+            def partial(so_far: Any) -> None:
+                if json_path:  # each model's results on disk as soon as they are done
+                    write_json(so_far, json_path, status="running")
+
             result = run_evaluation(
                 ds,
                 splits,
@@ -219,8 +246,15 @@ def evaluate(
                 on_step=step,
                 settings=settings,
                 fallback=fallback_spec,
+                isolate=isolate,
+                memory_budget=budget,
+                on_result=partial,
             )
-        out.print(table(result))
+        if result.models:
+            out.print(table(result))
+        failed = failures_table(result)
+        if failed is not None:
+            out.print(failed)
         if json_path:
             console.print(f"wrote {write_json(result, json_path)}")
         if report:
