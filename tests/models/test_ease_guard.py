@@ -52,3 +52,18 @@ def test_in_place_solve_matches_the_closed_form() -> None:
         w = EASE(l2=7.0, precision=precision).fit(ds).state.weights
         assert w.flags.c_contiguous and w.dtype == np.float32
         np.testing.assert_allclose(w, b, atol=1e-4 if precision == "float32" else 1e-6)
+
+
+def test_sparse_ease_with_every_item_as_neighbour_is_ease() -> None:
+    """Regressing each item on all others (every pair co-occurs here) is
+    EASE's closed form; fewer neighbours give a sparse approximation."""
+    from sieve.models.sparse_ease import SparseEASE
+
+    ds = load_data("synthetic:users=150,items=25,seed=5").to_dataset()
+    x = (ds.matrix > 0).toarray()
+    assert ((x.T.astype(int) @ x.astype(int)) > 0).all()  # every pair co-occurs
+    full = EASE(l2=30.0).fit(ds).state.weights
+    sparse = SparseEASE(l2=30.0, neighbours=24, num_threads=1).fit(ds).state.weights.toarray()
+    np.testing.assert_allclose(sparse, full, atol=1e-5)
+    few = SparseEASE(l2=30.0, neighbours=5, num_threads=1).fit(ds).state.weights
+    assert (np.diff(few.tocsc().indptr) <= 5).all() and few.diagonal().sum() == 0

@@ -27,7 +27,13 @@ from sieve.models.memory import ModelNotice, memory_budget
 #: Seconds between liveness checks of a worker while waiting for its answer.
 _POLL_SECONDS = 0.5
 #: Modules the forkserver imports once, so each worker starts warm.
-_PRELOAD = ["sieve.evaluate.protocol", "sieve.models.base"]
+_PRELOAD = [
+    "sieve.evaluate.protocol",
+    "sieve.models.popularity",
+    "sieve.models.itemknn",
+    "sieve.models.ease",
+    "sieve.models.factorization",
+]
 
 
 @dataclass

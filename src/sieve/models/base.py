@@ -294,6 +294,7 @@ MODELS: dict[str, str] = {
     "trending": "sieve.models.popularity:Trending",
     "itemknn": "sieve.models.itemknn:ItemKNN",
     "ease": "sieve.models.ease:EASE",
+    "sparse-ease": "sieve.models.sparse_ease:SparseEASE",
     "als": "sieve.models.factorization:ALS",
     "bpr": "sieve.models.factorization:BPR",
     "content": "sieve.models.content:ContentTFIDF",
