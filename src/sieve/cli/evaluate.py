@@ -126,7 +126,12 @@ def evaluate(
     split: SplitOpt = "random:0.8",
     seed: SeedOpt = 42,
     models: Annotated[
-        str, typer.Option("--models", help="comma-separated models; the first is the baseline")
+        str,
+        typer.Option(
+            "--models",
+            help="comma-separated models; the first is the baseline; NAME:auto chooses the "
+            "model's parameters from the training data (shape rule + bounded search)",
+        ),
     ] = "popular,itemknn,ease,als,bpr",
     k: Annotated[int, typer.Option("--k", min=1, help="length of the evaluated lists")] = 10,
     json_path: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
@@ -160,6 +165,15 @@ def evaluate(
             "kill fails that model only (default), or all in this process (faster start)",
         ),
     ] = True,
+    auto_budget: Annotated[
+        float,
+        typer.Option(
+            "--auto-budget",
+            min=1.0,
+            help="seconds of parameter search per model:auto and split (on validation data "
+            "carved from the training part)",
+        ),
+    ] = 60.0,
     memory_budget: Annotated[
         str | None,
         typer.Option(
@@ -186,14 +200,17 @@ def evaluate(
             raise UsageError(f"--memory-budget: {e}") from None
         names = _parse_models(models)
         for name in names:
-            model_class(name)
+            base, _, mode = name.partition(":")
+            if mode not in ("", "auto"):
+                raise UsageError(f"--models: {name!r}: the only suffix is ':auto'")
+            model_class(base)
         if fallback is not None:
             try:
                 model_class(fallback)
             except KeyError as e:
                 raise UsageError(f"--fallback: {e.args[0]}") from None
         params = _model_params(config)
-        unknown = sorted(set(params) - set(names) - {fallback})
+        unknown = sorted(set(params) - {n.partition(":")[0] for n in names} - {fallback})
         if unknown:
             console.print(
                 f"[yellow]note:[/yellow] {config} has settings for models not evaluated: {unknown}"
@@ -204,7 +221,16 @@ def evaluate(
         )
         console.print(f"{ds}; split [bold]{split}[/bold], seed {seed}")
         splits = make_splits(ds, split, seed)
-        specs = [ModelSpec(n, n, params.get(n, {})) for n in names]
+        specs = [
+            ModelSpec(
+                n,
+                n.partition(":")[0],
+                params.get(n.partition(":")[0], {}),
+                auto=n.endswith(":auto"),
+                auto_budget_s=auto_budget,
+            )
+            for n in names
+        ]
         fallback_spec = (
             ModelSpec(fallback, fallback, params.get(fallback, {})) if fallback else None
         )
@@ -225,7 +251,7 @@ def evaluate(
         with _progress() as progress:
             steps = 3 + any(bool(s.holdout_users.any()) for s in splits)
             fallback_used = fallback is not None and any(
-                not model_class(n).serves_cold_start for n in names
+                not model_class(s.name).serves_cold_start for s in specs
             )
             total = len(splits) * (len(specs) * steps + fallback_used)
             task = progress.add_task("evaluating", total=total)

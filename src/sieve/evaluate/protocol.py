@@ -15,6 +15,7 @@ instead, the way a deployed system would, and the result says where it did.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,9 +28,11 @@ from numpy.typing import NDArray
 from sieve.data.dataset import Dataset
 from sieve.data.split import Split
 from sieve.evaluate import metrics as M
+from sieve.evaluate.auto import DEFAULT_BUDGET_S, auto_params
 from sieve.evaluate.isolate import run_guarded
 from sieve.evaluate.stats import Interval, PairedResult, compare_to_baseline, mean_ci
 from sieve.models.base import Recommender, create_model, model_class
+from sieve.models.memory import ModelNotice
 
 #: Cutoffs of the metric-against-K curves (those above the list length are dropped).
 CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50)
@@ -41,14 +44,29 @@ SEGMENTS = ("cold", "warm")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to evaluate: a label for the tables, a registry name, parameters."""
+    """A model to evaluate: a label for the tables, a registry name, parameters.
+
+    `auto`: choose the parameters from the training data first (`evaluate.auto`:
+    the shape rule, then a search on validation data of at most
+    `auto_budget_s` seconds); `params` still override what it chose."""
 
     label: str
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    auto: bool = False
+    auto_budget_s: float = DEFAULT_BUDGET_S
 
-    def build(self) -> Recommender[Any, Any]:
-        return create_model(self.name, self.params)
+    def build(self, chosen: dict[str, Any] | None = None) -> Recommender[Any, Any]:
+        return create_model(self.name, {**(chosen or {}), **self.params})
+
+    def build_for(self, train: Dataset) -> Recommender[Any, Any]:
+        """The model, its parameters chosen on `train` when `auto` (said in a
+        `ModelNotice`)."""
+        if not self.auto:
+            return self.build()
+        choice = auto_params(self.name, train, budget_s=self.auto_budget_s)
+        warnings.warn(choice.describe(self.name), ModelNotice, stacklevel=2)
+        return self.build(choice.params)
 
 
 @dataclass
@@ -238,8 +256,8 @@ def fit_and_rank(
 ) -> _Ranked:
     """Fit a model and list `depth` items for each user (the unit of work an
     evaluation runs guarded, possibly in a worker process)."""
-    model = spec.build()
-    with _timer() as fit_t:
+    with _timer() as fit_t:  # an `auto` model's search counts as fitting
+        model = spec.build_for(train)
         model.fit(train)
     items = np.full((len(users), depth), -1, dtype=np.int64)
     with _timer() as pred_t:
@@ -398,7 +416,7 @@ def _warm_reference(
     """NDCG of the test users when their fold-in events are part of training."""
     in_test = dataset.events["event_id"].isin(split.test.events["event_id"]).to_numpy()
     warm = dataset.subset(~in_test)
-    model = spec.build().fit(warm)
+    model = spec.build_for(warm).fit(warm)
     top = model.recommend_batch(ctx.users, warm.matrix[ctx.users], k)
     return M.ndcg_at_k(top.items, ctx.relevant, k)
 

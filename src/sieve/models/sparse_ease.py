@@ -141,9 +141,7 @@ class SparseEASE(Recommender[SparseEASEConfig, SparseEASEState]):
         return np.asarray(self.state.weights.toarray(), dtype=np.float32)
 
 
-def _neighbour_table(
-    knn: sp.csr_matrix, m: int
-) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+def _neighbour_table(knn: sp.csr_matrix, m: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """Per item: its m neighbours (−1 pads a short list) and G[N_j, j]."""
     n = knn.shape[0]
     neighbours = np.full((n, m), -1, dtype=np.int64)
@@ -190,7 +188,5 @@ def _gather_kernel(
 def _gather(gram: sp.csr_matrix, neighbours: NDArray[np.int64], n: int) -> NDArray[np.float64]:
     """A[b, p, q] = G[N_b[p], N_b[q]] from the sparse (kept) co-occurrences."""
     out = np.zeros((*neighbours.shape, neighbours.shape[1]), dtype=np.float64)
-    _gather_kernel(
-        gram.indptr.astype(np.int64), gram.indices, gram.data, neighbours, n, out
-    )
+    _gather_kernel(gram.indptr.astype(np.int64), gram.indices, gram.data, neighbours, n, out)
     return out

@@ -1,0 +1,210 @@
+"""Models that hold up on any data: scale, memory, adaptive defaults, library defaults.
+
+Sections (run one with its name, e.g. `python benchmarks/bench_models_robust.py scale`):
+
+- `ml100k`: EASE against sparse EASE (and its neighbour counts) on the core
+  protocol (MovieLens 100K, per-user random 75/25, seed 42).
+- `scale`: a synthetic catalogue of `--items` items: fit seconds, the fit's
+  peak extra memory and NDCG@10 of sparse EASE, item-kNN and ALS; EASE's
+  memory estimate there (it is refused, or would need the printed amount).
+- `ease16k`: EASE at the item count that crashed in OpenBLAS's threaded
+  Cholesky (~16K items), float32 under a 4 GiB budget: time and peak.
+- `defaults`: shipped defaults vs the shape rule vs `auto` (a bounded search
+  on validation data) per data set (see `sieve.evaluate.auto`).
+- `libs`: sieve's ALS/BPR defaults against `implicit`'s own defaults, used
+  directly, on the same split in one run.
+
+Each fit runs in a forked child process; its peak extra memory is the
+child's peak resident set minus its resident set when it started (the
+parent's data is shared, not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from sieve.data.dataset import Dataset
+from sieve.data.io import load_data
+from sieve.data.split import Split, make_splits
+from sieve.evaluate import metrics as M
+from sieve.evaluate.protocol import ModelSpec, evaluate, fit_and_rank
+from sieve.models.ease import EASE
+from sieve.models.memory import format_bytes
+
+ML100K = "movielens-100k:/work/shared/data/ml-100k"
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _child(conn: Any, fn: Callable[[], Any]) -> None:
+    start = _rss()
+    t = time.perf_counter()
+    try:
+        value = fn()
+        error = None
+    except Exception as e:  # reported, not raised: the benchmark goes on
+        value, error = None, f"{type(e).__name__}: {e}"
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    conn.send((value, error, seconds, max(peak - start, 0)))
+
+
+_JOB: Callable[[], Any] | None = None
+
+
+def _run_job(conn: Any) -> None:
+    assert _JOB is not None
+    _child(conn, _JOB)
+
+
+def measured(fn: Callable[[], Any]) -> tuple[Any, str | None, float, int]:
+    """fn() in a forked child: (value, error, seconds, peak extra bytes)."""
+    global _JOB
+    _JOB = fn
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_run_job, args=(child,))
+    proc.start()
+    child.close()
+    try:
+        out = parent.recv()
+    except EOFError:
+        out = (None, f"child died with exit code {proc.exitcode}", 0.0, 0)
+    proc.join()
+    return out
+
+
+def ndcg_of(split: Split, spec: ModelSpec, k: int = 10) -> tuple[float, float, float, int, str]:
+    """Fit + rank one model measured in a child; NDCG@k on the split."""
+    users = split.test_users
+    model_users = np.where(split.holdout_users[users], -1, users).astype(np.int64)
+    history = split.history[users].tocsr()
+    relevant = (split.test.matrix[users] > 0).astype(np.float64).tocsr()
+    ranked, error, _, peak = measured(
+        lambda: fit_and_rank(spec, split.train, model_users, history, k, None)
+    )
+    if error is not None:
+        return float("nan"), 0.0, 0.0, peak, error
+    ndcg = float(np.mean(M.ndcg_at_k(ranked.items, relevant, k)))
+    return ndcg, ranked.fit_seconds, ranked.predict_seconds, peak, ""
+
+
+def _table(rows: list[tuple[Any, ...]], head: tuple[str, ...]) -> None:
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in r) + " |")
+
+
+def bench_ml100k(args: argparse.Namespace) -> None:
+    ds = load_data(ML100K).to_dataset()
+    splits = make_splits(ds, "random:0.75", 42)
+    specs = [ModelSpec("ease", "ease")] + [
+        ModelSpec(f"sparse-ease m={m}", "sparse-ease", {"neighbours": m}) for m in (128, 256, 400)
+    ]
+    res = evaluate(ds, splits, specs)
+    ref = res.models[0].summary["ndcg@10"].mean
+    rows = []
+    for m in res.models:
+        iv = m.summary["ndcg@10"]
+        rows.append(
+            (
+                m.label,
+                f"{iv.mean:.4f} [{iv.low:.4f}, {iv.high:.4f}]",
+                f"{100 * (iv.mean / ref - 1):+.1f}%",
+                f"{m.summary['precision@10'].mean:.4f}",
+                f"{m.fit_seconds:.2f}",
+            )
+        )
+    _table(rows, ("model", "NDCG@10 [95% CI]", "vs EASE", "P@10", "fit s"))
+
+
+def _synthetic(items: int, users: int, events: float, seed: int = 1) -> Dataset:
+    spec = f"synthetic:users={users},items={items},events_per_user={events},seed={seed}"
+    t = time.perf_counter()
+    ds = load_data(spec).to_dataset()
+    print(f"{spec}: {ds} (generated in {time.perf_counter() - t:.0f} s)", flush=True)
+    return ds
+
+
+def bench_scale(args: argparse.Namespace) -> None:
+    ds = _synthetic(args.items, args.users, args.events)
+    (split,) = make_splits(ds, "random:0.8", 42)
+    n = split.train.n_items
+    f32 = EASE.peak_bytes(n, "float32")
+    print(
+        f"EASE at {n} items would need {format_bytes(f32)} (float32) / "
+        f"{format_bytes(EASE.peak_bytes(n, 'float64'))} (float64)"
+    )
+    specs = [
+        ModelSpec("sparse-ease", "sparse-ease"),
+        ModelSpec("itemknn", "itemknn"),
+        ModelSpec("als", "als"),
+        ModelSpec("ease (4 GiB budget)", "ease"),
+    ]
+    rows = []
+    for spec in specs:
+        from sieve.models.memory import memory_budget
+
+        with memory_budget(4 * 2**30):
+            ndcg, fit_s, pred_s, peak, error = ndcg_of(split, spec)
+        rows.append(
+            (
+                spec.label,
+                f"{ndcg:.4f}",
+                f"{fit_s:.1f}",
+                f"{pred_s:.1f}",
+                format_bytes(peak),
+                error[:140],
+            )
+        )
+        print(rows[-1], flush=True)
+    _table(rows, ("model", "NDCG@10", "fit s", "predict s", "peak extra memory", "error"))
+
+
+def bench_ease16k(args: argparse.Namespace) -> None:
+    ds = _synthetic(args.items, args.users, args.events)
+    n = ds.n_items
+    for precision in args.precision:
+        model = EASE(precision=precision)
+        _, error, seconds, peak = measured(lambda m=model: m.fit(ds) and None)
+        print(
+            f"| ease {precision} | {n} items | {seconds:.1f} s | {format_bytes(peak)} | "
+            f"estimate {format_bytes(EASE.peak_bytes(n, precision))} | {error or 'ok'} |",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="section", required=True)
+    sub.add_parser("ml100k")
+    sc = sub.add_parser("scale")
+    sc.add_argument("--items", type=int, default=40_000)
+    sc.add_argument("--users", type=int, default=30_000)
+    sc.add_argument("--events", type=float, default=30.0)
+    e16 = sub.add_parser("ease16k")
+    e16.add_argument("--items", type=int, default=16_000)
+    e16.add_argument("--users", type=int, default=12_000)
+    e16.add_argument("--events", type=float, default=30.0)
+    e16.add_argument("--precision", nargs="+", default=["float32"])
+    args = parser.parse_args()
+    {"ml100k": bench_ml100k, "scale": bench_scale, "ease16k": bench_ease16k}[args.section](args)
+
+
+if __name__ == "__main__":
+    main()
