@@ -189,6 +189,67 @@ def bench_ease16k(args: argparse.Namespace) -> None:
         )
 
 
+def _datasets(quick: bool) -> list[tuple[str, Dataset]]:
+    """MovieLens 100K, its sparsified and subsampled versions, and the
+    synthetic world at three densities."""
+    ml = load_data(ML100K).to_dataset()
+    rng = np.random.default_rng(0)
+    users = ml.events["user_id"].to_numpy()
+    kept_users = rng.random(ml.n_users) < 0.3
+    user_index = {u: i for i, u in enumerate(ml.user_ids)}
+    out = [
+        ("ml-100k", ml),
+        ("ml-100k, 25% of interactions", ml.subset(rng.random(len(ml.events)) < 0.25)),
+        ("ml-100k, 30% of users", ml.subset(kept_users[[user_index[u] for u in users]])),
+    ]
+    for label, spec in (
+        ("synthetic dense (80/user)", "users=2000,items=1000,events_per_user=80"),
+        ("synthetic mid (25/user)", "users=3000,items=1500,events_per_user=25"),
+        ("synthetic sparse (8/user)", "users=4000,items=2000,events_per_user=8"),
+    ):
+        out.append((label, load_data(f"synthetic:{spec},seed=3").to_dataset()))
+    return out[:2] if quick else out
+
+
+def bench_defaults(args: argparse.Namespace) -> None:
+    from sieve.evaluate.auto import DataShape, shape_params
+
+    rows = []
+    for label, ds in _datasets(args.quick):
+        (split,) = make_splits(ds, "random:0.75", 42)
+        shape = DataShape.of(split.train)
+        specs = []
+        for name in args.models:
+            specs.append(ModelSpec(f"{name}", name))
+            specs.append(ModelSpec(f"{name}:rule", name, shape_params(name, shape)))
+            specs.append(ModelSpec(f"{name}:auto", name, auto=True, auto_budget_s=args.budget))
+        t = time.perf_counter()
+        res = evaluate(ds, [split], specs)
+        by = {m.label: m for m in res.models}
+        for name in args.models:
+            cells = []
+            for variant in (name, f"{name}:rule", f"{name}:auto"):
+                m = by.get(variant)
+                cells.append("failed" if m is None else f"{m.summary['ndcg@10'].mean:.4f}")
+            auto = by.get(f"{name}:auto")
+            chosen = auto.notices[0].split(" chose ")[1].split(" (")[0] if auto else ""
+            rows.append(
+                (
+                    label,
+                    f"{shape.n_users}×{shape.n_items}, {shape.per_user:.0f}/user",
+                    name,
+                    *cells,
+                    chosen,
+                )
+            )
+            print(rows[-1], flush=True)
+        print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+    _table(
+        rows,
+        ("data", "shape", "model", "default", "rule", "auto", "auto chose"),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="section", required=True)
@@ -202,8 +263,18 @@ def main() -> None:
     e16.add_argument("--users", type=int, default=12_000)
     e16.add_argument("--events", type=float, default=30.0)
     e16.add_argument("--precision", nargs="+", default=["float32"])
+    de = sub.add_parser("defaults")
+    de.add_argument("--models", nargs="+", default=["ease", "als", "bpr"])
+    de.add_argument("--budget", type=float, default=45.0, help="auto search seconds")
+    de.add_argument("--quick", action="store_true", help="two data sets only")
     args = parser.parse_args()
-    {"ml100k": bench_ml100k, "scale": bench_scale, "ease16k": bench_ease16k}[args.section](args)
+    sections = {
+        "ml100k": bench_ml100k,
+        "scale": bench_scale,
+        "ease16k": bench_ease16k,
+        "defaults": bench_defaults,
+    }
+    sections[args.section](args)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,13 @@ def _load(
     columns: dict[str, str | None],
     sep: str,
 ) -> Any:
-    from sieve.data.io import ColumnMapping, load_data
     from sieve.data.schema import EventWeights
+
+    return _load_raw(data, columns, sep).to_dataset(EventWeights(min_rating=min_rating))
+
+
+def _load_raw(data: str, columns: dict[str, str | None], sep: str) -> Any:
+    from sieve.data.io import ColumnMapping, load_data
 
     mapping = None
     if data.startswith(("csv:", "parquet:")):
@@ -53,7 +58,7 @@ def _load(
         console.print(
             f"[yellow]… and {len(raw.problems) - 20} more malformed rows skipped[/yellow]"
         )
-    return raw.to_dataset(EventWeights(min_rating=min_rating))
+    return raw
 
 
 SplitOpt = Annotated[
@@ -157,6 +162,14 @@ def evaluate(
             "every model without a cold-start path of its own, e.g. trending",
         ),
     ] = None,
+    test_data: Annotated[
+        str | None,
+        typer.Option(
+            "--test-data",
+            help="a fixed test set (same format as --data, e.g. lists:test.txt with "
+            "--data lists:train.txt): evaluate on it instead of --split",
+        ),
+    ] = None,
     isolate: Annotated[
         bool,
         typer.Option(
@@ -216,11 +229,24 @@ def evaluate(
                 f"[yellow]note:[/yellow] {config} has settings for models not evaluated: {unknown}"
             )
         console.print(f"loading [bold]{data}[/bold]", soft_wrap=True)
-        ds = _load(
-            data, min_rating, _columns(user_col, item_col, value_col, time_col, type_col), sep
-        )
-        console.print(f"{ds}; split [bold]{split}[/bold], seed {seed}")
-        splits = make_splits(ds, split, seed)
+        cols = _columns(user_col, item_col, value_col, time_col, type_col)
+        if test_data is None:
+            ds = _load(data, min_rating, cols, sep)
+            console.print(f"{ds}; split [bold]{split}[/bold], seed {seed}")
+            splits = make_splits(ds, split, seed)
+        else:
+            from sieve.data.schema import EventWeights
+            from sieve.data.split import fixed_split
+
+            console.print(f"test set [bold]{test_data}[/bold] (--split is not used)")
+            ds, fixed = fixed_split(
+                _load_raw(data, cols, sep),
+                _load_raw(test_data, cols, sep),
+                EventWeights(min_rating=min_rating),
+            )
+            console.print(f"{ds}; {fixed}")
+            splits = [fixed]
+            split = fixed.name
         specs = [
             ModelSpec(
                 n,
@@ -236,6 +262,7 @@ def evaluate(
         )
         settings = {
             "data": data,
+            "test_data": test_data,
             "split": split,
             "seed": seed,
             "models": names,
