@@ -250,6 +250,62 @@ def bench_defaults(args: argparse.Namespace) -> None:
     )
 
 
+def _implicit_direct(kind: str, split: Split, k: int = 10) -> tuple[float, float]:
+    """`implicit`'s own model with its own defaults, used directly: NDCG@k, fit s."""
+    import scipy.sparse as sp
+    import threadpoolctl
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+    x = sp.csr_matrix(split.train.matrix, dtype=np.float32)
+    model = AlternatingLeastSquares() if kind == "als" else BayesianPersonalizedRanking()
+    users = split.test_users
+    t = time.perf_counter()
+    with threadpoolctl.threadpool_limits(1, "blas"):
+        model.fit(x, show_progress=False)
+    fit_s = time.perf_counter() - t
+    ids, _ = model.recommend(users, x[users], N=k, filter_already_liked_items=True)
+    relevant = (split.test.matrix[users] > 0).astype(np.float64).tocsr()
+    return float(np.mean(M.ndcg_at_k(np.asarray(ids, dtype=np.int64), relevant, k))), fit_s
+
+
+def bench_libs(args: argparse.Namespace) -> None:
+    rows = []
+    for label, ds in _datasets(quick=not args.all):
+        (split,) = make_splits(ds, "random:0.75", 42)
+        specs = [ModelSpec(n, n) for n in ("als", "bpr")]
+        specs += [
+            ModelSpec(f"{n}:auto", n, auto=True, auto_budget_s=args.budget) for n in ("als", "bpr")
+        ]
+        res = {m.label: m for m in evaluate(ds, [split], specs).models}
+        for kind in ("als", "bpr"):
+            ndcg, fit_s = _implicit_direct(kind, split)
+            ours = res[kind]
+            auto = res[f"{kind}:auto"]
+            rows.append(
+                (
+                    label,
+                    kind,
+                    f"{ours.summary['ndcg@10'].mean:.4f}",
+                    f"{ndcg:.4f}",
+                    f"{auto.summary['ndcg@10'].mean:.4f}",
+                    f"{ours.fit_seconds:.1f} / {fit_s:.1f}",
+                )
+            )
+            print(rows[-1], flush=True)
+    _table(
+        rows,
+        (
+            "data",
+            "model",
+            "sieve defaults",
+            "implicit defaults",
+            "sieve :auto",
+            "fit s (sieve / implicit)",
+        ),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="section", required=True)
@@ -267,8 +323,12 @@ def main() -> None:
     de.add_argument("--models", nargs="+", default=["ease", "als", "bpr"])
     de.add_argument("--budget", type=float, default=45.0, help="auto search seconds")
     de.add_argument("--quick", action="store_true", help="two data sets only")
+    li = sub.add_parser("libs")
+    li.add_argument("--all", action="store_true", help="all data sets (default: two)")
+    li.add_argument("--budget", type=float, default=40.0, help="auto search seconds")
     args = parser.parse_args()
     sections = {
+        "libs": bench_libs,
         "ml100k": bench_ml100k,
         "scale": bench_scale,
         "ease16k": bench_ease16k,
