@@ -20,8 +20,8 @@ def test_the_rule_follows_the_shape() -> None:
     assert shape_params("als", small_dense) == {"factors": 32, "alpha": 2.0}
     assert shape_params("als", big_sparse) == {"factors": 128, "alpha": 10.0}
     assert (
-        shape_params("bpr", big_sparse)["iterations"]
-        > shape_params("bpr", small_dense)["iterations"]
+        shape_params("bpr", big_sparse)["learning_rate"]
+        > shape_params("bpr", small_dense)["learning_rate"]
     )
     # the ridge penalty grows with the item counts on the Gram diagonal
     dense_l2 = shape_params("ease", small_dense)["l2"]

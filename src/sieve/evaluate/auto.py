@@ -78,9 +78,10 @@ def shape_params(model: str, shape: DataShape) -> dict[str, Any]:
         alpha = 2.0 if shape.per_user >= 50 else 5.0 if shape.per_user >= 15 else 10.0
         return {"factors": _factors(shape), "alpha": alpha}
     if model == "bpr":
-        # one epoch samples one triple per interaction: sparse data needs more epochs
-        iterations = 100 if shape.per_user >= 50 else 200
-        return {"factors": _factors(shape), "iterations": iterations}
+        # one epoch samples one triple per interaction: on sparse data the
+        # shipped step size leaves the factors under-trained
+        learning_rate = 0.005 if shape.per_user >= 50 else 0.01
+        return {"factors": _factors(shape), "learning_rate": learning_rate}
     if model in ("ease", "sparse-ease"):
         # λ on the Gram diagonal (item counts): grows with it, sub-linearly
         l2 = float(np.clip(50.0 * np.sqrt(max(shape.per_item, 1.0)), 20.0, 2000.0))
