@@ -114,7 +114,7 @@ def test_ease_refuses_with_estimate_and_budget_or_switches_to_float32() -> None:
     with memory_budget(f32 - 1), pytest.raises(MemoryBudgetError) as err:
         EASE().fit(ds)
     assert err.value.estimate == f32 and err.value.budget == f32 - 1
-    assert "gfcf" in str(err.value)
+    assert "sparse-ease" in str(err.value)
     with memory_budget(f64 - 1), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         low = EASE().fit(ds)

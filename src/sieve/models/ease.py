@@ -13,7 +13,7 @@ with `precision = "auto"` it solves in float64 when that fits the memory
 budget and in float32 (half the memory; rankings agree to within noise)
 otherwise, saying so with a `ModelNotice`; when neither fits it refuses with
 the estimate and the budget (`MemoryBudgetError`) before allocating — the
-`gfcf` model scales past that. The factorisation runs with the BLAS thread
+`sparse-ease` model scales past that. The factorisation runs with the BLAS thread
 pool bounded to one thread: OpenBLAS's threaded Cholesky (potrf's parallel
 path) has crashed the process with a segmentation fault on ~16K-item Gram
 matrices, and on a loaded machine one thread is not slower.
@@ -109,7 +109,7 @@ class EASE(Recommender[EASEConfig, EASEState]):
 
     def _memory_hint(self) -> str:
         return (
-            "the gfcf model scales to large catalogues; or raise the budget "
+            "the sparse-ease model scales to large catalogues; or raise the budget "
             "(SIEVE_MEMORY_BUDGET, --memory-budget)"
         )
 
