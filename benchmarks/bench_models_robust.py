@@ -13,6 +13,7 @@ Sections (run one with its name, e.g. `python benchmarks/bench_models_robust.py 
   on validation data) per data set (see `sieve.evaluate.auto`).
 - `libs`: sieve's ALS/BPR defaults against `implicit`'s own defaults, used
   directly, on the same split in one run.
+- `funnel`: the funnel's offline prediction against single models, profiled.
 
 Each fit runs in a forked child process; its peak extra memory is the
 child's peak resident set minus its resident set when it started (the
@@ -306,6 +307,31 @@ def bench_libs(args: argparse.Namespace) -> None:
     )
 
 
+def bench_funnel(args: argparse.Namespace) -> None:
+    """The funnel's offline prediction against single models, with a profile."""
+    import cProfile
+    import pstats
+
+    from sieve.models.base import create_model
+
+    ds = load_data(ML100K).to_dataset()
+    (split,) = make_splits(ds, "random:0.75", 42)
+    users = split.test_users
+    history = split.history[users].tocsr()
+    for name in ("ease", "itemknn", "als", "bpr", "funnel"):
+        model = create_model(name).fit(split.train)
+        profile = cProfile.Profile() if name == "funnel" else None
+        t = time.perf_counter()
+        if profile is not None:
+            profile.enable()
+        model.recommend_batch(users, history, 50)
+        if profile is not None:
+            profile.disable()
+        print(f"{name}: predict {time.perf_counter() - t:.2f} s for {len(users)} users")
+        if profile is not None:
+            pstats.Stats(profile).sort_stats("tottime").print_stats(12)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="section", required=True)
@@ -327,7 +353,9 @@ def main() -> None:
     li.add_argument("--all", action="store_true", help="all data sets (default: two)")
     li.add_argument("--budget", type=float, default=40.0, help="auto search seconds")
     args = parser.parse_args()
+    sub.add_parser("funnel")
     sections = {
+        "funnel": bench_funnel,
         "libs": bench_libs,
         "ml100k": bench_ml100k,
         "scale": bench_scale,
