@@ -32,6 +32,7 @@ TOY_PARAMS: dict[str, dict[str, Any]] = {
     "biasedmf": {"factors": 8, "epochs": 60, "learning_rate": 0.02, "learning_rate_bias": 0.01},
     "itemknn": {"k": 20},
     "ease": {"l2": 10.0},
+    "sparse-ease": {"l2": 10.0, "neighbours": 12, "num_threads": 1},
 }
 #: An invalid value per model, and the field the error must name.
 INVALID: dict[str, tuple[str, Any]] = {
@@ -40,6 +41,7 @@ INVALID: dict[str, tuple[str, Any]] = {
     "trending": ("half_life_days", 0.0),
     "itemknn": ("k", 0),
     "ease": ("l2", -1.0),
+    "sparse-ease": ("neighbours", 0),
     "als": ("factors", -4),
     "bpr": ("factors", -4),
     "content": ("min_df", 0),

@@ -49,8 +49,13 @@ def _load(
     columns: dict[str, str | None],
     sep: str,
 ) -> Any:
-    from sieve.data.io import ColumnMapping, load_data
     from sieve.data.schema import EventWeights
+
+    return _load_raw(data, columns, sep).to_dataset(EventWeights(min_rating=min_rating))
+
+
+def _load_raw(data: str, columns: dict[str, str | None], sep: str) -> Any:
+    from sieve.data.io import ColumnMapping, load_data
 
     mapping = None
     if data.startswith(("csv:", "parquet:")):
@@ -62,7 +67,7 @@ def _load(
         console.print(
             f"[yellow]… and {len(raw.problems) - 20} more malformed rows skipped[/yellow]"
         )
-    return raw.to_dataset(EventWeights(min_rating=min_rating))
+    return raw
 
 
 def _check_split(spec: str, flag: str) -> None:
@@ -148,7 +153,12 @@ def evaluate(
     split: SplitOpt = "random:0.8",
     seed: SeedOpt = 42,
     models: Annotated[
-        str, typer.Option("--models", help="Comma-separated models; the first is the baseline.")
+        str,
+        typer.Option(
+            "--models",
+            help="Comma-separated models; the first is the baseline; NAME:auto chooses the "
+            "model's parameters from the training data (a shape rule and a bounded search).",
+        ),
     ] = "popular,itemknn,ease,als,bpr",
     k: Annotated[int, typer.Option("--k", min=1, help="Length of the evaluated lists.")] = 10,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
@@ -200,6 +210,39 @@ def evaluate(
             "--max-requests", min=1, help="With logged data: read at most this many requests."
         ),
     ] = None,
+    test_data: Annotated[
+        str | None,
+        typer.Option(
+            "--test-data",
+            help="A fixed test set (same format as --data, e.g. lists:test.txt with "
+            "--data lists:train.txt): evaluate on it instead of --split.",
+        ),
+    ] = None,
+    isolate: Annotated[
+        bool,
+        typer.Option(
+            "--isolate/--in-process",
+            help="Fit and list each model in a worker process, so a crash or an out-of-memory "
+            "kill fails that model only (default), or all in this process (faster start).",
+        ),
+    ] = True,
+    auto_budget: Annotated[
+        float,
+        typer.Option(
+            "--auto-budget",
+            min=1.0,
+            help="Seconds of parameter search per model:auto and split (on validation data "
+            "carved from the training part).",
+        ),
+    ] = 60.0,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget",
+            help="Memory a model's fit may plan to use, e.g. 8G (default: SIEVE_MEMORY_BUDGET, "
+            "else 80% of the memory available); a fit estimated over it is refused.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate models offline with intervals and paired tests.
 
@@ -230,32 +273,62 @@ def evaluate(
     from sieve.data.split import make_splits
     from sieve.evaluate.protocol import ModelSpec
     from sieve.evaluate.protocol import evaluate as run_evaluation
-    from sieve.evaluate.report import table, write_html, write_json
+    from sieve.evaluate.report import failures_table, table, write_html, write_json
     from sieve.models.base import model_class
+    from sieve.models.memory import parse_bytes
 
     with _clean_errors():
         _check_split(split, "--split")  # fails before the data loads
+        try:
+            budget = parse_bytes(memory_budget) if memory_budget else None
+        except ValueError as e:
+            raise UsageError(f"--memory-budget: {e}") from None
         names = _parse_models(models)
         for name in names:
-            model_class(name)
+            base, _, mode = name.partition(":")
+            if mode not in ("", "auto"):
+                raise UsageError(f"--models: {name!r}: the only suffix is ':auto'")
+            model_class(base)
         if fallback is not None:
             try:
                 model_class(fallback)
             except KeyError as e:
                 raise UsageError(f"--fallback: {e.args[0]}") from None
         params = _model_params(config)
-        unknown = sorted(set(params) - set(names) - {fallback})
+        unknown = sorted(set(params) - {n.partition(":")[0] for n in names} - {fallback})
         if unknown:
             console.print(
                 f"[yellow]note:[/yellow] {config} has settings for models not evaluated: {unknown}"
             )
         console.print(f"loading [bold]{data}[/bold]", soft_wrap=True)
-        ds = _load(
-            data, min_rating, _columns(user_col, item_col, value_col, time_col, type_col), sep
-        )
-        console.print(f"{ds}; split [bold]{split}[/bold], seed {seed}")
-        splits = make_splits(ds, split, seed)
-        specs = [ModelSpec(n, n, params.get(n, {})) for n in names]
+        cols = _columns(user_col, item_col, value_col, time_col, type_col)
+        if test_data is None:
+            ds = _load(data, min_rating, cols, sep)
+            console.print(f"{ds}; split [bold]{split}[/bold], seed {seed}")
+            splits = make_splits(ds, split, seed)
+        else:
+            from sieve.data.schema import EventWeights
+            from sieve.data.split import fixed_split
+
+            console.print(f"test set [bold]{test_data}[/bold] (--split is not used)")
+            ds, fixed = fixed_split(
+                _load_raw(data, cols, sep),
+                _load_raw(test_data, cols, sep),
+                EventWeights(min_rating=min_rating),
+            )
+            console.print(f"{ds}; {fixed}")
+            splits = [fixed]
+            split = fixed.name
+        specs = [
+            ModelSpec(
+                n,
+                n.partition(":")[0],
+                params.get(n.partition(":")[0], {}),
+                auto=n.endswith(":auto"),
+                auto_budget_s=auto_budget,
+            )
+            for n in names
+        ]
         fallback_spec = (
             ModelSpec(fallback, fallback, params.get(fallback, {})) if fallback else None
         )
@@ -267,6 +340,7 @@ def evaluate(
         settings = {
             "data": data,
             **({"columns": columns, "sep": sep} if data.startswith(("csv:", "parquet:")) else {}),
+            "test_data": test_data,
             "split": split,
             "seed": seed,
             "models": names,
@@ -276,19 +350,25 @@ def evaluate(
             "group_by": group_by,
             "config": None if config is None else str(config),
             "params": params,
+            "isolate": isolate,
+            "memory_budget": memory_budget,
             "version": __version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         with _progress() as progress:
             steps = 3 + any(bool(s.holdout_users.any()) for s in splits)
             fallback_used = fallback is not None and any(
-                not model_class(n).serves_cold_start for n in names
+                not model_class(s.name).serves_cold_start for s in specs
             )
             total = len(splits) * (len(specs) * steps + fallback_used)
             task = progress.add_task("evaluating", total=total)
 
             def step(what: str) -> None:
                 progress.update(task, description=what, advance=1)
+
+            def partial(so_far: Any) -> None:
+                if json_path:  # each model's results on disk as soon as they are done
+                    write_json(so_far, json_path, status="running")
 
             result = run_evaluation(
                 ds,
@@ -299,8 +379,15 @@ def evaluate(
                 on_step=step,
                 settings=settings,
                 fallback=fallback_spec,
+                isolate=isolate,
+                memory_budget=budget,
+                on_result=partial,
             )
-        out.print(table(result))
+        if result.models:
+            out.print(table(result))
+        failed = failures_table(result)
+        if failed is not None:
+            out.print(failed)
         if json_path:
             console.print(f"wrote {write_json(result, json_path)}")
         if report:

@@ -41,7 +41,7 @@ _LOADERS = {
     "movielens-10m": load_movielens_10m,
     "movielens-latest": load_movielens_latest,
 }
-KNOWN_SCHEMES = [*_LOADERS, "csv", "parquet", "synthetic"]
+KNOWN_SCHEMES = [*_LOADERS, "csv", "parquet", "lists", "synthetic"]
 
 _SYNTHETIC_ALIASES = {
     "users": "n_users",
@@ -58,6 +58,7 @@ def load_data(
 
     `movielens-100k:PATH`, `movielens-1m:PATH`, `movielens-10m:PATH`,
     `movielens-latest:PATH`, `csv:PATH`, `parquet:PATH` (both with `mapping`),
+    `lists:PATH` (one user per line, then their items: `data.lists`),
     `synthetic` or `synthetic:key=value,...` (keys of `SyntheticConfig`, or
     `users`, `items`, `categories`, `factors`). Events timestamped after
     `latest` (default: now plus a few minutes) are reported as problems.
@@ -77,6 +78,10 @@ def load_data(
         raise ValueError(f"data spec {spec!r} needs a path: {scheme}:PATH")
     if scheme in _LOADERS:
         return _LOADERS[scheme](Path(rest).expanduser(), latest=latest)
+    if scheme == "lists":
+        from sieve.data.lists import load_lists
+
+        return load_lists(Path(rest).expanduser())
     fmt: Literal["csv", "parquet"] = "csv" if scheme == "csv" else "parquet"
     return load_table(Path(rest).expanduser(), mapping, format=fmt, latest=latest)
 

@@ -21,6 +21,8 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from sieve.data.dataset import Dataset
+from sieve.data.raw import RawData
+from sieve.data.schema import EventWeights
 
 __all__ = [
     "Split",
@@ -312,3 +314,21 @@ def make_splits(ds: Dataset, spec: str, seed: int) -> list[Split]:
     if kind == "temporal":
         return [temporal_split(ds, float(arg))]
     return [user_holdout_split(ds, float(arg), seed)]
+
+
+def fixed_split(
+    train: RawData, test: RawData, weights: EventWeights | None = None
+) -> tuple[Dataset, Split]:
+    """A data set that ships its own train/test pair: one snapshot of both
+    (shared vocabularies; a test item or user never seen in training is
+    still a column or row) and the split that keeps the test file's events
+    apart. Test event ids get a `test/` prefix, so the two files' ids never
+    collide."""
+    test_events = test.events.copy()
+    test_events["event_id"] = "test/" + test_events["event_id"].astype(str)
+    events = pd.concat([train.events, test_events], ignore_index=True)
+    items = pd.concat([train.items, test.items], ignore_index=True).drop_duplicates("item_id")
+    users = pd.concat([train.users, test.users], ignore_index=True).drop_duplicates("user_id")
+    ds = Dataset.from_frames(events, items, users, weights=weights)
+    is_test = ds.events["event_id"].astype(str).str.startswith("test/").to_numpy()
+    return ds, _build(ds, ~is_test, is_test, "fixed test set")

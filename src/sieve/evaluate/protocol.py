@@ -15,6 +15,7 @@ instead, the way a deployed system would, and the result says where it did.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,8 +28,11 @@ from numpy.typing import NDArray
 from sieve.data.dataset import Dataset
 from sieve.data.split import Split
 from sieve.evaluate import metrics as M
+from sieve.evaluate.auto import DEFAULT_BUDGET_S, auto_params
+from sieve.evaluate.isolate import run_guarded
 from sieve.evaluate.stats import Interval, PairedResult, compare_to_baseline, mean_ci
 from sieve.models.base import Recommender, create_model, model_class
+from sieve.models.memory import ModelNotice
 
 #: Cutoffs of the metric-against-K curves (those above the list length are dropped).
 CURVE_KS = (1, 2, 3, 5, 10, 15, 20, 30, 50)
@@ -40,14 +44,29 @@ SEGMENTS = ("cold", "warm")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to evaluate: a label for the tables, a registry name, parameters."""
+    """A model to evaluate: a label for the tables, a registry name, parameters.
+
+    `auto`: choose the parameters from the training data first (`evaluate.auto`:
+    the shape rule, then a search on validation data of at most
+    `auto_budget_s` seconds); `params` still override what it chose."""
 
     label: str
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    auto: bool = False
+    auto_budget_s: float = DEFAULT_BUDGET_S
 
-    def build(self) -> Recommender[Any, Any]:
-        return create_model(self.name, self.params)
+    def build(self, chosen: dict[str, Any] | None = None) -> Recommender[Any, Any]:
+        return create_model(self.name, {**(chosen or {}), **self.params})
+
+    def build_for(self, train: Dataset) -> Recommender[Any, Any]:
+        """The model, its parameters chosen on `train` when `auto` (said in a
+        `ModelNotice`)."""
+        if not self.auto:
+            return self.build()
+        choice = auto_params(self.name, train, budget_s=self.auto_budget_s)
+        warnings.warn(choice.describe(self.name), ModelNotice, stacklevel=2)
+        return self.build(choice.params)
 
 
 @dataclass
@@ -67,6 +86,8 @@ class ModelResult:
     segments: dict[str, dict[str, Interval]] = field(default_factory=dict)
     #: the model that answered the cold users instead of this one (None: itself)
     fallback: str | None = None
+    #: what the model said it did differently (e.g. a leaner variant to fit in memory)
+    notices: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -79,10 +100,14 @@ class EvaluationResult:
     n_test_users: int
     #: test users per segment ("cold", "warm"), pooled over folds
     n_segment_users: dict[str, int] = field(default_factory=dict)
+    #: models that failed (an exception, a memory refusal, a worker that died): the reason
+    failures: dict[str, str] = field(default_factory=dict)
+    #: notices of the failed models (those of the others are on their results)
+    notices: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def baseline(self) -> str:
-        return self.models[0].label
+        return self.models[0].label if self.models else ""
 
 
 def evaluate(
@@ -96,6 +121,9 @@ def evaluate(
     settings: dict[str, Any] | None = None,
     fold_in_reference: bool = True,
     fallback: ModelSpec | None = None,
+    isolate: bool = False,
+    memory_budget: int | None = None,
+    on_result: Callable[[EvaluationResult], None] | None = None,
 ) -> EvaluationResult:
     """Fit and score every model on every split; compare each to the first.
 
@@ -107,6 +135,12 @@ def evaluate(
     that lists for the cold test users of every model without a cold-start
     path of its own (`Recommender.serves_cold_start` False); its fit and
     recommend time count in those models' timings.
+
+    A model that fails on a split (an exception, a fit over the memory
+    budget `memory_budget`, or — with `isolate`, each model's fit and lists
+    made in a worker process — a worker that dies) is listed in `failures`
+    with its reason; the other models' results are kept. `on_result` gets
+    the result so far after each model of each split (to write it at once).
     """
     if not specs:
         raise ValueError("no models to evaluate")
@@ -126,8 +160,17 @@ def evaluate(
         s.label: fallback is not None and not model_class(s.name).serves_cold_start for s in specs
     }
     collected: dict[str, list[dict[str, Any]]] = {s.label: [] for s in specs}
+    failures: dict[str, str] = {}
+    notices: dict[str, list[str]] = {s.label: [] for s in specs}
     n_test_users = 0
     n_segment_users = dict.fromkeys(SEGMENTS, 0)
+
+    def assemble() -> EvaluationResult:
+        return _assemble(
+            collected, failures, notices, k, settings, n_test_users, n_segment_users,
+            fallback.label if fallback is not None else None, uses_fallback,
+        )  # fmt: skip
+
     for split in splits:
         ctx = _SplitContext.build(split)
         if len(ctx.users) == 0:
@@ -143,18 +186,32 @@ def evaluate(
         baseline_top = _popularity_top(split, ctx, depth)
         cold_top: _ColdLists | None = None
         for spec in specs:
+            if spec.label in failures:
+                continue
             step(f"{spec.label} on {split.name}: fit")
-            model = spec.build()
-            with _timer() as fit_t:
-                model.fit(split.train)
-            step(f"{spec.label} on {split.name}: recommend")
             use = uses_fallback[spec.label]
             rows = np.flatnonzero(~ctx.cold) if use else np.arange(len(ctx.users))
+            ratings = None
+            if model_class(spec.name).predicts_ratings and split.test.ratings is not None:
+                coo = split.test.ratings.tocoo()
+                ratings = (coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data)
+            outcome = run_guarded(
+                fit_and_rank,
+                spec, split.train, ctx.model_users[rows], ctx.history[rows], depth, ratings,
+                isolate=isolate, budget=memory_budget,
+            )  # fmt: skip
+            notices[spec.label].extend(n for n in outcome.notices if n not in notices[spec.label])
+            if not outcome.ok:
+                failures[spec.label] = f"{split.name}: {outcome.error}"
+                collected[spec.label] = []
+                step(f"{spec.label} on {split.name}: failed")
+                if on_result is not None:
+                    on_result(assemble())
+                continue
+            ranked: _Ranked = outcome.value
+            step(f"{spec.label} on {split.name}: recommend")
             items = np.full((len(ctx.users), depth), -1, dtype=np.int64)
-            with _timer() as pred_t:
-                if len(rows):
-                    top = model.recommend_batch(ctx.model_users[rows], ctx.history[rows], depth)
-                    items[rows] = top.items[:, :depth]
+            items[rows] = ranked.items
             extra = (0.0, 0.0)
             if use:
                 assert fallback is not None
@@ -165,31 +222,100 @@ def evaluate(
                 extra = (cold_top.fit_seconds, cold_top.predict_seconds)
             step(f"{spec.label} on {split.name}: metrics")
             part = _score_lists(items, ctx, split, k, baseline_top, item_features, groups)
-            part["fit_seconds"] = fit_t() + extra[0]
-            part["predict_seconds"] = pred_t() + extra[1]
-            if model.predicts_ratings and split.test.ratings is not None:
-                part["rating"] = _rating_errors(model, split, ctx)
+            part["fit_seconds"] = ranked.fit_seconds + extra[0]
+            part["predict_seconds"] = ranked.predict_seconds + extra[1]
+            if ranked.rating_errors is not None:
+                part["rating"] = ranked.rating_errors
             if fold_in_reference and split.holdout_users.any():
                 step(f"{spec.label} on {split.name}: warm reference")
-                part["per_user"][f"warm ndcg@{k}"] = _warm_reference(spec, dataset, split, ctx, k)
+                warm = run_guarded(
+                    _warm_reference, spec, dataset, split, ctx, k,
+                    isolate=isolate, budget=memory_budget,
+                )  # fmt: skip
+                if not warm.ok:
+                    failures[spec.label] = f"{split.name} (warm reference): {warm.error}"
+                    collected[spec.label] = []
+                    continue
+                part["per_user"][f"warm ndcg@{k}"] = warm.value
             collected[spec.label].append(part)
+            if on_result is not None:
+                on_result(assemble())
+    return assemble()
 
-    results = [_pool(label, parts, k) for label, parts in collected.items()]
+
+@dataclass(frozen=True)
+class _Ranked:
+    """One model's lists for one split's test users, with its timings."""
+
+    items: NDArray[np.int64]
+    fit_seconds: float
+    predict_seconds: float
+    rating_errors: NDArray[np.float64] | None
+
+
+def fit_and_rank(
+    spec: ModelSpec,
+    train: Dataset,
+    users: NDArray[np.int64],
+    history: sp.csr_matrix,
+    depth: int,
+    ratings: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[Any]] | None,
+) -> _Ranked:
+    """Fit a model and list `depth` items for each user (the unit of work an
+    evaluation runs guarded, possibly in a worker process)."""
+    with _timer() as fit_t:  # an `auto` model's search counts as fitting
+        model = spec.build_for(train)
+        model.fit(train)
+    items = np.full((len(users), depth), -1, dtype=np.int64)
+    with _timer() as pred_t:
+        if len(users):
+            items = np.ascontiguousarray(
+                model.recommend_batch(users, history, depth).items[:, :depth]
+            )
+    errors = None
+    if ratings is not None:
+        pred = model.predict(ratings[0], ratings[1])
+        errors = np.asarray(pred, dtype=np.float64) - ratings[2].astype(np.float64)
+    return _Ranked(items, fit_t(), pred_t(), errors)
+
+
+def _assemble(
+    collected: dict[str, list[dict[str, Any]]],
+    failures: dict[str, str],
+    notices: dict[str, list[str]],
+    k: int,
+    settings: dict[str, Any] | None,
+    n_test_users: int,
+    n_segment_users: dict[str, int],
+    fallback: str | None,
+    uses_fallback: dict[str, bool],
+) -> EvaluationResult:
+    """The result of the models done so far (failed ones listed apart); the
+    first model that did not fail is the baseline of the paired tests."""
+    results = [_pool(label, parts, k) for label, parts in collected.items() if parts]
     for r in results:
-        r.fallback = fallback.label if fallback is not None and uses_fallback[r.label] else None
-    per_user_metrics = [m for m in results[0].per_user if m.split("@")[0] in ACCURACY]
-    for metric in per_user_metrics:
-        comparison = compare_to_baseline(
-            {r.label: r.per_user[metric] for r in results}, results[0].label
-        )
-        for r in results[1:]:
-            r.vs_baseline[metric] = comparison[r.label]
+        r.fallback = fallback if uses_fallback[r.label] else None
+        r.notices = list(notices.get(r.label, []))
+    if results:
+        per_user_metrics = [m for m in results[0].per_user if m.split("@")[0] in ACCURACY]
+        for metric in per_user_metrics:
+            shared = [r for r in results if metric in r.per_user]
+            sizes = {len(r.per_user[metric]) for r in shared}
+            if len(sizes) != 1:  # a model still missing a fold: no paired test yet
+                continue
+            comparison = compare_to_baseline(
+                {r.label: r.per_user[metric] for r in shared}, results[0].label
+            )
+            for r in shared[1:]:
+                r.vs_baseline[metric] = comparison[r.label]
     return EvaluationResult(
         k=k,
         settings=dict(settings or {}),
         models=results,
         n_test_users=n_test_users,
-        n_segment_users=n_segment_users,
+        n_segment_users=dict(n_segment_users),
+        failures=dict(failures),
+        notices={label: list(v) for label, v in notices.items() if v and label in failures},
     )
 
 
@@ -297,7 +423,7 @@ def _warm_reference(
     """NDCG of the test users when their fold-in events are part of training."""
     in_test = dataset.events["event_id"].isin(split.test.events["event_id"]).to_numpy()
     warm = dataset.subset(~in_test)
-    model = spec.build().fit(warm)
+    model = spec.build_for(warm).fit(warm)
     top = model.recommend_batch(ctx.users, warm.matrix[ctx.users], k)
     return M.ndcg_at_k(top.items, ctx.relevant, k)
 

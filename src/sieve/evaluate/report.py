@@ -26,9 +26,11 @@ from sieve.evaluate.stats import PairedResult
 ALPHA = 0.05
 
 
-def to_json(result: EvaluationResult) -> dict[str, Any]:
+def to_json(result: EvaluationResult, status: str = "complete") -> dict[str, Any]:
     """Everything measured, per model: means with 95% intervals, list-level
-    values, curves, timings and the corrected tests against the baseline."""
+    values, curves, timings and the corrected tests against the baseline; a
+    failed model has `status: failed` and its `reason`. `status` says whether
+    the run is "complete" or still "running" (a file written as models finish)."""
     models: dict[str, Any] = {}
     for r in result.models:
         models[r.label] = {
@@ -40,6 +42,8 @@ def to_json(result: EvaluationResult) -> dict[str, Any]:
             "fit_seconds": r.fit_seconds,
             "predict_seconds": r.predict_seconds,
             "fallback": r.fallback,
+            "status": "ok",
+            "notices": r.notices,
             "segments": {
                 name: {
                     "n_users": result.n_segment_users.get(name, 0),
@@ -62,8 +66,15 @@ def to_json(result: EvaluationResult) -> dict[str, Any]:
                 for m, t in r.vs_baseline.items()
             },
         }
+    for label, reason in result.failures.items():
+        models[label] = {
+            "status": "failed",
+            "reason": reason,
+            "notices": result.notices.get(label, []),
+        }
     return {
         "settings": result.settings,
+        "status": status,
         "k": result.k,
         "baseline": result.baseline,
         "n_test_users": result.n_test_users,
@@ -73,10 +84,14 @@ def to_json(result: EvaluationResult) -> dict[str, Any]:
     }
 
 
-def write_json(result: EvaluationResult, path: str | Path) -> Path:
+def write_json(result: EvaluationResult, path: str | Path, status: str = "complete") -> Path:
+    """Write the JSON atomically (a reader never sees half a file, and a run
+    killed while writing keeps the previous one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(to_json(result)), indent=2))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_finite(to_json(result, status)), indent=2))
+    tmp.replace(path)
     return path
 
 
@@ -97,8 +112,7 @@ def _p(test: PairedResult) -> float:
 
 
 def _main_metrics(result: EvaluationResult) -> list[str]:
-    first = result.models[0]
-    return list(first.summary)
+    return list(result.models[0].summary) if result.models else []
 
 
 def _segment_metrics(result: EvaluationResult) -> list[str]:
@@ -122,7 +136,8 @@ def table(result: EvaluationResult) -> Table:
     half-width; ▲/▼ marks a significant difference from the baseline (first
     model) after Holm correction; the best mean of a row is green."""
     t = Table(
-        title=f"top-{result.k} · {_users_line(result)} · baseline: {result.baseline}",
+        title=f"top-{result.k} · {_users_line(result)} · baseline: {result.baseline}"
+        + (f" · FAILED: {', '.join(result.failures)}" if result.failures else ""),
         caption="mean ± 95% CI half-width; ▲/▼ significantly better/worse than the baseline "
         f"(paired t-test, Holm-corrected, α={ALPHA}); · cold / · warm: the test users with no "
         "interaction before the test / the others",
@@ -156,10 +171,24 @@ def table(result: EvaluationResult) -> Table:
                 cells.append("" if iv is None else f"{iv.mean:.4f} ± {iv.half_width:.4f}")
             if any(cells):
                 t.add_row(f"{m} · {segment}", *cells)
-    for m in result.models[0].scalars:
+    for m in result.models[0].scalars if result.models else []:
         t.add_row(escape(m), *[f"{r.scalars.get(m, float('nan')):.4f}" for r in result.models])
     t.add_row("fit seconds", *[f"{r.fit_seconds:.2f}" for r in result.models])
     t.add_row("predict seconds", *[f"{r.predict_seconds:.2f}" for r in result.models])
+    if any(r.notices for r in result.models):
+        t.add_row("notes", *[escape("; ".join(r.notices)) for r in result.models])
+    return t
+
+
+def failures_table(result: EvaluationResult) -> Table | None:
+    """The models that failed and why (None when none did)."""
+    if not result.failures:
+        return None
+    t = Table(title="models that failed (the others' results above are complete)")
+    t.add_column("model", style="bold red", no_wrap=True)
+    t.add_column("reason")
+    for label, reason in result.failures.items():
+        t.add_row(escape(label), escape(reason))
     return t
 
 
@@ -283,7 +312,7 @@ def write_html(result: EvaluationResult, path: str | Path) -> Path:
     metrics = _main_metrics(result)
     accuracy = [m for m in metrics if m.split("@")[0] in ACCURACY]
     beyond = [m for m in metrics if m not in accuracy]
-    scalars = list(result.models[0].scalars)
+    scalars = list(result.models[0].scalars) if result.models else []
     fairness = [m for m in scalars if _is_fairness(m)]
     lists = [m for m in scalars if not _is_fairness(m)]
     group_by = result.settings.get("group_by")
@@ -322,6 +351,23 @@ def write_html(result: EvaluationResult, path: str | Path) -> Path:
         for name, text in METRIC_DOCS.items()
     )
     settings = html.escape(json.dumps(result.settings, indent=1, default=str))
+    failed = (
+        "<h2>Models that failed</h2><ul id='failures'>"
+        + "".join(
+            f"<li><b>{html.escape(label)}</b>: {html.escape(reason)}</li>"
+            for label, reason in result.failures.items()
+        )
+        + "</ul>"
+        if result.failures
+        else ""
+    )
+    plots = (
+        f"""<h2>Metrics with intervals</h2><img alt="metrics with intervals" src="data:image/png;base64,{plot_metrics(result)}">
+<h2>Metrics against K</h2><img alt="metrics against K" src="data:image/png;base64,{plot_curves(result)}">
+<h2>Popularity bias</h2><img alt="popularity bias" src="data:image/png;base64,{plot_popularity_bias(result)}">"""
+        if result.models
+        else ""
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sieve evaluation</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -339,14 +385,13 @@ tests: <b>{html.escape(result.baseline)}</b>. Cells show the mean, its 95% confi
 the difference from the baseline with its Holm-corrected p-value (red: significant at α={ALPHA}).
 The settings that produced these numbers are at the end.</p>
 {tables}
+{failed}
 <h2>Cold and warm test users</h2>
 <p>Cold: no interaction before the test (an empty input row); warm: the others. A model marked
 "answered by" had its cold users' lists made by that fallback model.</p>
 <div class="scroll"><table id="segments"><tr><th>model</th><th>users</th><th>n</th>{seg_head}</tr>
 {"".join(seg_rows)}</table></div>
-<h2>Metrics with intervals</h2><img alt="metrics with intervals" src="data:image/png;base64,{plot_metrics(result)}">
-<h2>Metrics against K</h2><img alt="metrics against K" src="data:image/png;base64,{plot_curves(result)}">
-<h2>Popularity bias</h2><img alt="popularity bias" src="data:image/png;base64,{plot_popularity_bias(result)}">
+{plots}
 <h2>Definitions</h2><dl>{docs}</dl>
 <h2>Settings</h2><pre id="settings">{settings}</pre>
 <script type="application/json" id="data">{html.escape(json.dumps(_finite(data)))}</script>

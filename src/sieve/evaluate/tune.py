@@ -23,6 +23,7 @@ SearchSpace = Callable[[optuna.Trial], dict[str, Any]]
 #: Search spaces per model: ranges that cover each model's useful regime.
 SEARCH_SPACES: dict[str, SearchSpace] = {
     "ease": lambda t: {"l2": t.suggest_float("l2", 10.0, 5000.0, log=True)},
+    "sparse-ease": lambda t: {"l2": t.suggest_float("l2", 10.0, 5000.0, log=True)},
     "itemknn": lambda t: {
         "k": t.suggest_int("k", 10, 500, log=True),
         "shrinkage": t.suggest_float("shrinkage", 0.0, 100.0),
@@ -83,6 +84,29 @@ def tune(
     on_trial: Callable[[int, float], None] | None = None,
 ) -> TuneResult:
     """Search `model`'s hyperparameters to maximise `metric` on validation data."""
+    val = validation_split(split, validation, seed)
+    return search(
+        model, val, metric=metric, n_trials=n_trials, seed=seed, on_trial=on_trial,
+        validation=validation,
+    )  # fmt: skip
+
+
+def search(
+    model: str,
+    val: Split,
+    *,
+    metric: str = "ndcg@10",
+    n_trials: int = 30,
+    seed: int = 42,
+    on_trial: Callable[[int, float], None] | None = None,
+    validation: str = "random:0.8",
+    timeout: float | None = None,
+    first: list[dict[str, Any]] | None = None,
+) -> TuneResult:
+    """Optuna search on a validation split `val` (fit on `val.train`, scored on
+    `val.test`); `first`: parameter sets tried before the sampler's own
+    (e.g. the shipped defaults); `timeout`: seconds after which no new trial
+    starts."""
     model_class(model)  # raises with the list of known models
     if model not in SEARCH_SPACES:
         raise ValueError(f"no search space for {model!r}; tunable: {', '.join(SEARCH_SPACES)}")
@@ -92,7 +116,6 @@ def tune(
     k = int(k_text) if k_text else 10
     if n_trials < 1:
         raise ValueError(f"trials must be >= 1, got {n_trials}")
-    val = validation_split(split, validation, seed)
     users = val.test_users
     model_users = np.where(val.holdout_users[users], -1, users).astype(np.int64)
     history = val.history[users].tocsr()
@@ -127,12 +150,14 @@ def tune(
         direction="minimize" if name == "rmse" else "maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
     )
-    study.optimize(objective, n_trials=n_trials)
+    for params in first or []:
+        study.enqueue_trial(params, skip_if_exists=True)
+    study.optimize(objective, n_trials=n_trials, timeout=timeout)
     return TuneResult(
         model=model,
         metric=metric,
         best_value=float(study.best_value),
         best_params=dict(study.best_params),
-        n_trials=n_trials,
+        n_trials=len(study.trials),
         validation=validation,
     )

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from sieve.config import Config
 from sieve.data.dataset import Dataset
+from sieve.models.memory import ENV_VAR, MemoryBudgetError, current_budget
 from sieve.types import ItemList, TopN
 
 C = TypeVar("C", bound=Config)
@@ -60,9 +61,25 @@ class Recommender(ABC, Generic[C, S]):
 
     # ------------------------------------------------------------- training
     def fit(self, dataset: Dataset) -> Self:
-        """Learn from a snapshot; replaces any earlier state."""
+        """Learn from a snapshot; replaces any earlier state. A fit whose
+        estimated peak memory is over the budget (`models.memory`) raises
+        `MemoryBudgetError` before allocating anything."""
+        estimate = self.estimate_fit_bytes(dataset)
+        if estimate is not None:
+            budget = current_budget()
+            if estimate > budget:
+                raise MemoryBudgetError(self.name, estimate, budget, self._memory_hint())
         self._state = self._fit(dataset)
         return self
+
+    def estimate_fit_bytes(self, dataset: Dataset) -> int | None:
+        """Peak memory of `fit` on this snapshot, for models whose fit can
+        outgrow a machine; None: not estimated (it grows with the data)."""
+        return None
+
+    def _memory_hint(self) -> str:
+        """What to do when the fit is over the memory budget."""
+        return f"raise the budget ({ENV_VAR}, --memory-budget) or use a smaller catalogue"
 
     @abstractmethod
     def _fit(self, dataset: Dataset) -> S:
@@ -277,6 +294,7 @@ MODELS: dict[str, str] = {
     "trending": "sieve.models.popularity:Trending",
     "itemknn": "sieve.models.itemknn:ItemKNN",
     "ease": "sieve.models.ease:EASE",
+    "sparse-ease": "sieve.models.sparse_ease:SparseEASE",
     "als": "sieve.models.factorization:ALS",
     "bpr": "sieve.models.factorization:BPR",
     "content": "sieve.models.content:ContentTFIDF",

@@ -141,6 +141,13 @@ class _ImplicitMF(Recommender[CfgT, MFState]):
     def _new_model(self) -> Any:
         """A fresh, unfitted implicit model with this config."""
 
+    def estimate_fit_bytes(self, dataset: Dataset) -> int | None:
+        """Factors (users + items, float32, with implicit's working copies) and
+        the CSR matrix in both orientations."""
+        n_users, n_items = dataset.matrix.shape
+        width = int(getattr(self.config, "factors", 0)) + 1
+        return 3 * (n_users + n_items) * width * 4 + 2 * dataset.matrix.nnz * 12
+
     def _fit(self, dataset: Dataset) -> MFState:
         x = sp.csr_matrix(dataset.matrix, dtype=np.float32)
         # implicit's native code has its own threads; a multithreaded BLAS on
