@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(
@@ -27,7 +28,8 @@ class UsageError(Exception):
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/bold red] {message}")
+    # the message is plain text: brackets in it (`sieve[spark]`) are not markup
+    console.print(f"[bold red]error:[/bold red] {escape(message)}")
     raise typer.Exit(code=2)
 
 

@@ -39,7 +39,9 @@ LakeOpt = Annotated[
 ]
 ConfOpt = Annotated[
     list[str] | None,
-    typer.Option("--conf", help="a Spark setting KEY=VALUE (repeatable), e.g. spark.driver.memory=2g"),
+    typer.Option(
+        "--conf", help="a Spark setting KEY=VALUE (repeatable), e.g. spark.driver.memory=2g"
+    ),
 ]
 
 

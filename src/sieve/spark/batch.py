@@ -85,7 +85,9 @@ def batch_on_spark(
     registry = ModelRegistry(settings.model_dir)
     version = version or registry.current()
     if version is None:
-        raise ValueError(f"no model is serving in {settings.model_dir}: give --version or train one")
+        raise ValueError(
+            f"no model is serving in {settings.model_dir}: give --version or train one"
+        )
     funnel: Funnel = registry.load(version)  # type: ignore[assignment]
     engine = funnel.state.engine
     if engine.als is None:
@@ -146,7 +148,9 @@ def _write_user_factors(funnel: Funnel, folder: Path) -> Path:
         for start in range(0, len(ids), 100_000):
             block = np.ascontiguousarray(state.user_factors[start : start + 100_000], np.float32)
             values = pa.FixedSizeListArray.from_arrays(pa.array(block.ravel()), width)
-            writer.write_table(pa.table([pa.array(ids[start : start + 100_000]), values], schema=schema))
+            writer.write_table(
+                pa.table([pa.array(ids[start : start + 100_000]), values], schema=schema)
+            )
     return folder
 
 
@@ -162,7 +166,17 @@ def _score_partition(
     try:
         for frame in frames:
             for start in range(0, len(frame), _BLOCK):
-                yield _score_block(frame.iloc[start : start + _BLOCK], items, servable, lookup, n, shared, meta, client, prefix)
+                yield _score_block(
+                    frame.iloc[start : start + _BLOCK],
+                    items,
+                    servable,
+                    lookup,
+                    n,
+                    shared,
+                    meta,
+                    client,
+                    prefix,
+                )
     finally:
         if client is not None:
             client.close()
@@ -186,8 +200,12 @@ def _score_block(
         if seen is not None and len(seen):
             idx = [lookup[s] for s in seen if s in lookup]
             scores[row, idx] = -np.inf
-    evidence = users.any(axis=1)  # a zero vector scores every item 0: no order, no list
-    top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n > 0 else np.zeros((len(frame), 0), int)
+    evidence: NDArray[np.bool_] = np.asarray(
+        users.any(axis=1)
+    )  # a zero vector scores every item 0: no order, no list
+    top = (
+        np.argpartition(-scores, n - 1, axis=1)[:, :n] if n > 0 else np.zeros((len(frame), 0), int)
+    )
     top_scores = np.take_along_axis(scores, top, axis=1)
     order = np.argsort(-top_scores, axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)
@@ -197,7 +215,7 @@ def _score_block(
     cached: list[bool] = []
     pipe = client.pipeline(transaction=False) if client is not None else None
     for row, user_id in enumerate(frame["user_id"].tolist()):
-        keep = np.isfinite(top_scores[row]) if evidence[row] else np.zeros(n, bool)
+        keep: NDArray[np.bool_] = np.isfinite(top_scores[row]) & bool(evidence[row])
         picked, values = top[row][keep], top_scores[row][keep]
         out_ids.append([str(shared["ids"][i]) for i in picked])
         out_scores.append([float(s) for s in values])

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -53,9 +53,7 @@ class Indexed:
     snapshot_time: float
 
 
-def index_interactions(
-    spark: SparkSession, events: DataFrame, catalog_ids: list[str]
-) -> Indexed:
+def index_interactions(spark: SparkSession, events: DataFrame, catalog_ids: list[str]) -> Indexed:
     """Sum the weights of each (user, item) and give users and items the
     indices of the funnel's vocabularies: sorted ids, items being the union
     of the catalog and the events."""
@@ -89,14 +87,18 @@ def index_interactions(
 
 
 def fit_als(
-    pairs: DataFrame, n_users: int, n_items: int, config: ALSConfig
+    pairs: DataFrame, n_users: int, n_items: int, config: ALSConfig, *, rescale: bool = True
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """User and item factors of implicit ALS on Spark (rows of users/items
-    without interactions are zero, as `implicit` leaves them)."""
+    without interactions are zero, as `implicit` leaves them); `rescale`
+    divides λ by the mean interactions per user (see the module doc)."""
     from pyspark.ml.recommendation import ALS as SparkALS
 
-    stats = pairs.groupBy("u").count().agg({"count": "avg"}).collect()[0][0]
-    per_user = float(stats) if stats else 1.0
+    per_user = 1.0
+    if rescale:
+        stats = pairs.groupBy("u").count().agg({"count": "avg"}).collect()[0][0]
+        per_user = float(stats) if stats else 1.0
+    blocks = max(2, pairs.sparkSession.sparkContext.defaultParallelism)
     als = SparkALS(
         rank=config.factors,
         maxIter=config.iterations,
@@ -108,6 +110,8 @@ def fit_als(
         ratingCol="x",
         seed=config.random_state,
         coldStartStrategy="drop",
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
     )
     model = als.fit(pairs.select("u", "i", "x"))
     users = _factors(model.userFactors, n_users, config.factors)
@@ -115,9 +119,14 @@ def fit_als(
     return users, items
 
 
+def to_pandas(frame: DataFrame) -> pd.DataFrame:
+    """A Spark DataFrame's rows on the driver, as pandas (typed for mypy)."""
+    return cast(pd.DataFrame, frame.toPandas())
+
+
 def _factors(frame: DataFrame, rows: int, width: int) -> NDArray[np.float32]:
     out = np.zeros((rows, width), dtype=np.float32)
-    pdf = frame.toPandas()
+    pdf = to_pandas(frame)
     if len(pdf):
         out[pdf["id"].to_numpy(np.int64)] = np.stack(pdf["features"].to_numpy()).astype(np.float32)
     return out
@@ -196,7 +205,7 @@ def cooccurrence_topk(
     )
     best = Window.partitionBy("i").orderBy(F.desc("s"), F.asc("j"))
     top = sims.withColumn("r", F.row_number().over(best)).where(F.col("r") <= config.k)
-    pdf = top.select("i", "j", "s").toPandas()
+    pdf = to_pandas(top.select("i", "j", "s"))
     return sp.csr_matrix(
         (
             pdf["s"].to_numpy(np.float32),
@@ -214,7 +223,7 @@ def user_sums(pairs: DataFrame, n_users: int) -> tuple[NDArray[np.int64], NDArra
 
     count = np.zeros(n_users, np.int64)
     total = np.zeros(n_users, np.int64)
-    pdf = pairs.groupBy("u").agg(F.count("i").alias("c"), F.sum("i").alias("s")).toPandas()
+    pdf = to_pandas(pairs.groupBy("u").agg(F.count("i").alias("c"), F.sum("i").alias("s")))
     count[pdf["u"].to_numpy(np.int64)] = pdf["c"].to_numpy(np.int64)
     total[pdf["u"].to_numpy(np.int64)] = pdf["s"].to_numpy(np.int64)
     return count, total
@@ -257,5 +266,6 @@ __all__ = [
     "fit_als",
     "index_interactions",
     "item_frame",
+    "to_pandas",
     "user_sums",
 ]

@@ -34,6 +34,7 @@ import pandas as pd
 
 from sieve.pipeline.config import FunnelConfig
 from sieve.ranking.ltr import TrainingSet, collect
+from sieve.spark.models import to_pandas
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -52,7 +53,9 @@ def label_pairs(pairs: DataFrame, config: FunnelConfig) -> DataFrame:
     cfg = config.ranker
     counts = pairs.groupBy("u").agg(F.count("i").alias("n"))
     counts = counts.withColumn("n_label", F.floor(F.col("n") * cfg.holdout_fraction + 0.5))
-    eligible = counts.where((F.col("n") >= 2) & (F.col("n_label") >= 1) & (F.col("n_label") < F.col("n")))
+    eligible = counts.where(
+        (F.col("n") >= 2) & (F.col("n_label") >= 1) & (F.col("n_label") < F.col("n"))
+    )
     sampled = eligible.orderBy(F.rand(cfg.seed)).limit(cfg.max_users)
     order = F.desc("t") if cfg.holdout == "temporal" else F.rand(cfg.seed + 1)
     ranked = pairs.join(sampled, "u").withColumn(
@@ -77,7 +80,9 @@ def training_rows(
     engine_funnel.save(folder / "funnel")
     spark.sparkContext.addFile(str(folder / "funnel"), recursive=True)
     users = labels.select("user_id").distinct()
-    events = fit_events.join(users, "user_id").select("user_id", "item_id", "type", "timestamp", "seq")
+    events = fit_events.join(users, "user_id").select(
+        "user_id", "item_id", "type", "timestamp", "seq"
+    )
     schema = T.StructType(
         [
             T.StructField("user_id", T.StringType()),
@@ -92,8 +97,8 @@ def training_rows(
     def featurise(group: pd.DataFrame) -> pd.DataFrame:
         return _featurise_user(group, "funnel", temporal)
 
-    rows = events.groupBy("user_id").applyInPandas(featurise, schema).toPandas()
-    held = labels.select("user_id", "i").toPandas().groupby("user_id")["i"].apply(np.array)
+    rows = to_pandas(events.groupBy("user_id").applyInPandas(featurise, schema))
+    held = to_pandas(labels.select("user_id", "i")).groupby("user_id")["i"].apply(np.array)
     requests = []
     label_rows = []
     for r in rows.itertuples(index=False):

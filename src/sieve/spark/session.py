@@ -47,7 +47,9 @@ def session_conf(master: str, conf: Mapping[str, str] | None = None) -> dict[str
     Python workers (a real cluster installs sieve on its nodes instead), then
     the caller's `conf` over all of them."""
     if not (master.startswith("local") or master.startswith("spark://")):
-        raise ValueError(f"--master must be local[N], local[*] or spark://HOST:PORT, not {master!r}")
+        raise ValueError(
+            f"--master must be local[N], local[*] or spark://HOST:PORT, not {master!r}"
+        )
     src = str(Path(sieve.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
     out = {

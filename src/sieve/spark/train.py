@@ -29,6 +29,7 @@ from sieve.spark.models import (
     fit_als,
     index_interactions,
     item_frame,
+    to_pandas,
     user_sums,
 )
 from sieve.spark.session import recorded_conf
@@ -94,7 +95,9 @@ def fit_ranker(
     from sieve.spark.ranker import label_pairs, training_rows
 
     labels = label_pairs(pairs, config).cache()
-    fit_events = events.join(labels.select("user_id", "item_id"), ["user_id", "item_id"], "left_anti")
+    fit_events = events.join(
+        labels.select("user_id", "item_id"), ["user_id", "item_id"], "left_anti"
+    )
     parts, fit_pairs = fit_parts(spark, fit_events, catalog, config)
     # the same vocabularies as the full fit: every user and item keeps its index
     fit_funnel = assemble(parts, without_ranker(config), weights, None, exact_ann=True)
@@ -124,7 +127,7 @@ def train_on_spark(
     config = spark_config(new_funnel(settings).config)
     if not ranker or not config.ranker.enabled:
         config = without_ranker(config)
-    catalog = lake.items.toPandas()
+    catalog = to_pandas(lake.items)
     events = lake.events.cache()
     n_events = events.count()
     if n_events == 0:

@@ -132,7 +132,9 @@ def export_log(
             w.close()
     catalog = f"catalog/seq={upto:012d}"
     items = _export_items(store, root / catalog)
-    record = ExportRecord(start, max(cursor, start), count, sorted(files), catalog, items, time.time())
+    record = ExportRecord(
+        start, max(cursor, start), count, sorted(files), catalog, items, time.time()
+    )
     _write_manifest(root, [*records, record])
     return record
 
