@@ -9,6 +9,7 @@ from sieve.cli.common import app
 
 # isort: off
 from sieve.cli import evaluate, service, store, keys, models, experiments, ingest  # noqa: F401
+from sieve.cli import spark  # noqa: F401
 # isort: on
 
 __all__ = ["app"]

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(
@@ -28,8 +29,9 @@ class UsageError(Exception):
 
 
 def _fail(message: str) -> None:
-    # one logical line (the terminal wraps it), so a log keeps it whole
-    console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
+    # one logical line (the terminal wraps it), so a log keeps it whole; the
+    # message is plain text: brackets in it (`sieve[spark]`) are not markup
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 

@@ -85,6 +85,14 @@ class Recommender(ABC, Generic[C, S]):
     def _fit(self, dataset: Dataset) -> S:
         """Compute the learned state from a snapshot."""
 
+    @classmethod
+    def from_state(cls, config: C, state: S) -> Self:
+        """A model holding a state learned elsewhere (e.g. computed on Spark),
+        as if `fit` had produced it."""
+        model = cls(config)
+        model._state = state
+        return model
+
     @property
     def state(self) -> S:
         if self._state is None:
