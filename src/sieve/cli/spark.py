@@ -25,34 +25,34 @@ from sieve.cli.common import (
 )
 
 spark_app = typer.Typer(
-    help="Training and batch scoring on Apache Spark (needs the `spark` extra).",
+    help="Training and batch scoring on Apache Spark (the `spark` extra).",
     no_args_is_help=True,
 )
 app.add_typer(spark_app, name="spark")
 
 MasterOpt = Annotated[
     str,
-    typer.Option("--master", help="Spark master: local[N], local[*] or spark://HOST:PORT"),
+    typer.Option("--master", help="Spark master: local[N], local[*] or spark://HOST:PORT."),
 ]
 LakeOpt = Annotated[
-    Path, typer.Option("--data", help="the folder `sieve export --to` wrote (the data lake)")
+    Path, typer.Option("--data", help="The folder `sieve export --to` wrote (the data lake).")
 ]
 ConfOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--conf", help="a Spark setting KEY=VALUE (repeatable), e.g. spark.driver.memory=2g"
+        "--conf", help="A Spark setting KEY=VALUE (repeatable), e.g. spark.driver.memory=2g."
     ),
 ]
 
 
 @app.command()
 def export(
-    to: Annotated[Path, typer.Option("--to", help="the export folder (the data lake)")],
+    to: Annotated[Path, typer.Option("--to", help="The export folder (the data lake).")],
     since: Annotated[
         int | None,
-        typer.Option("--since", help="export events after this sequence number (default: resume)"),
+        typer.Option("--since", help="Export events after this sequence number (default: resume)."),
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", help="events read per page", min=1)] = 200_000,
+    batch: Annotated[int, typer.Option("--batch", help="Events read per page.", min=1)] = 200_000,
     config: ConfigOpt = None,
     store: StoreOpt = None,
 ) -> None:
@@ -92,13 +92,13 @@ def spark_train(
     conf: ConfOpt = None,
     model_dir: ModelDirOpt = None,
     funnel_config: Annotated[
-        Path | None, typer.Option("--funnel-config", help="TOML of the funnel's configuration")
+        Path | None, typer.Option("--funnel-config", help="TOML of the funnel's configuration.")
     ] = None,
     no_ranker: Annotated[
-        bool, typer.Option("--no-ranker", help="skip the ranker (its rows need a second fit)")
+        bool, typer.Option("--no-ranker", help="Skip the ranker (its rows need a second fit).")
     ] = False,
     no_promote: Annotated[
-        bool, typer.Option("--no-promote", help="register as a candidate; do not serve it")
+        bool, typer.Option("--no-promote", help="Register as a candidate; do not serve it.")
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -126,13 +126,13 @@ def spark_train(
 @spark_app.command("batch")
 def spark_batch(
     data: LakeOpt,
-    to: Annotated[Path, typer.Option("--to", help="folder of the Parquet lists")],
+    to: Annotated[Path, typer.Option("--to", help="Folder of the Parquet lists.")],
     master: MasterOpt = "local[2]",
     conf: ConfOpt = None,
     version: Annotated[
-        str | None, typer.Option("--version", help="model version (default: the current one)")
+        str | None, typer.Option("--version", help="Model version (default: the current one).")
     ] = None,
-    n: Annotated[int | None, typer.Option("--n", help="items per user (default: batch_n)")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Items per user (default: batch_n).")] = None,
     cache: CacheOpt = None,
     model_dir: ModelDirOpt = None,
     config: ConfigOpt = None,
