@@ -56,9 +56,11 @@ def export(
     config: ConfigOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Export the event log (by day, as Parquet) and a catalog snapshot to
-    --to, from --since or from where the last export there stopped; the
-    folder's _manifest.json records each export's sequence range."""
+    """Export the event log and the catalog as Parquet, day by day.
+
+    Writes to --to, from --since or from where the last export there
+    stopped; the folder's _manifest.json records each export's sequence
+    range."""
     from sieve.storage import open_store
     from sieve.training.export import export_log
 
@@ -102,9 +104,11 @@ def spark_train(
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Train a funnel version on Spark from an export (ALS, charts, item-to-item
-    similarities, the ranker's rows) and register it in MODEL_DIR like `sieve
-    train` does; promote it unless --no-promote."""
+    """Train a funnel version on Spark from an export.
+
+    ALS, the charts, the item-to-item similarities and the ranker's rows are
+    computed on Spark; the version is registered in MODEL_DIR as `sieve
+    train` does, and promoted unless --no-promote."""
     from sieve.spark import require_pyspark
 
     with _clean_errors():
@@ -137,8 +141,10 @@ def spark_batch(
     model_dir: ModelDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Every user's top-N from the version's factors (seen, unavailable and
-    blocked items left out), written to Parquet and, from the executors, to
+    """Precompute every user's top-N on Spark.
+
+    The lists come from the version's factors (seen, unavailable and blocked
+    items left out) and are written to Parquet and, from the executors, to
     the cache (a redis:// URL) as the precomputed lists the service serves."""
     from sieve.spark import require_pyspark
 
