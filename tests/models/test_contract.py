@@ -10,6 +10,7 @@ recommends a group-A user unseen group-A items.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,19 @@ TOY_PARAMS: dict[str, dict[str, Any]] = {
     "itemknn": {"k": 20},
     "ease": {"l2": 10.0},
     "sparse-ease": {"l2": 10.0, "neighbours": 12, "num_threads": 1},
+    "two-tower": {"dim": 16, "hidden": 16, "epochs": 15, "batch_size": 128, "learning_rate": 0.01},
+    "sasrec": {
+        "dim": 16,
+        "blocks": 1,
+        "max_len": 20,
+        "epochs": 30,
+        "batch_size": 40,
+        "learning_rate": 0.01,
+    },
 }
+#: Models of the `neural` extra: skipped without PyTorch.
+NEURAL = {"two-tower", "sasrec"}
+HAS_TORCH = importlib.util.find_spec("torch") is not None
 #: An invalid value per model, and the field the error must name.
 INVALID: dict[str, tuple[str, Any]] = {
     "popular": ("weighted", 1),
@@ -46,6 +59,8 @@ INVALID: dict[str, tuple[str, Any]] = {
     "bpr": ("factors", -4),
     "content": ("min_df", 0),
     "biasedmf": ("factors", -4),
+    "two-tower": ("temperature", 0.0),
+    "sasrec": ("heads", 3),
     # nested config: the value is the whole parameter table
     "funnel": ("num_leaves", {"ranker": {"num_leaves": 0}}),
 }
@@ -115,7 +130,17 @@ def _fitted(name: str) -> Recommender[Any, Any]:
     return _FITTED[name]
 
 
-names = pytest.mark.parametrize("name", sorted(MODELS))
+names = pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n, marks=pytest.mark.skipif(not HAS_TORCH, reason="needs the neural extra (PyTorch)")
+        )
+        if n in NEURAL
+        else n
+        for n in sorted(MODELS)
+    ],
+)
 
 
 @names

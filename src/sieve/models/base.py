@@ -36,6 +36,15 @@ class NotFittedError(RuntimeError):
     """A model used before `fit` (or `load`)."""
 
 
+class ArrayDict(dict[str, NDArray[Any]]):
+    """Named arrays as one state field (a network's weights by parameter
+    name); saved as one array each, like any other array field."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(v.nbytes) for v in self.values())
+
+
 class Recommender(ABC, Generic[C, S]):
     """Base class of all recommenders.
 
@@ -220,6 +229,10 @@ class Recommender(ABC, Generic[C, S]):
                 arrays[f"{f.name}__indices"] = csr.indices
                 arrays[f"{f.name}__indptr"] = csr.indptr
                 arrays[f"{f.name}__shape"] = np.array(csr.shape)
+            elif isinstance(value, ArrayDict):
+                for key, arr in value.items():
+                    arrays[f"{f.name}__param__{key}"] = arr
+                scalars[f.name] = {"__arrays__": list(value)}
             elif isinstance(value, np.ndarray):
                 if value.dtype == object:
                     scalars[f.name] = {"__strings__": [str(v) for v in value]}
@@ -253,6 +266,8 @@ class Recommender(ABC, Generic[C, S]):
                 v = meta["scalars"][f.name]
                 if isinstance(v, dict) and "__strings__" in v:
                     v = np.array(v["__strings__"], dtype=object)
+                elif isinstance(v, dict) and "__arrays__" in v:
+                    v = ArrayDict({k: npz[f"{f.name}__param__{k}"] for k in v["__arrays__"]})
                 values[f.name] = v
             elif f"{f.name}__indptr" in npz:
                 shape = tuple(int(x) for x in npz[f"{f.name}__shape"])
@@ -308,6 +323,9 @@ MODELS: dict[str, str] = {
     "content": "sieve.models.content:ContentTFIDF",
     "biasedmf": "sieve.models.biasedmf:BiasedMF",
     "funnel": "sieve.pipeline:Funnel",
+    # the `neural` extra (PyTorch, imported when one of them trains)
+    "two-tower": "sieve.models.neural.two_tower:TwoTower",
+    "sasrec": "sieve.models.neural.sasrec:SASRec",
 }
 
 

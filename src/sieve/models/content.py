@@ -11,6 +11,14 @@ the row alone.
 The state keeps the vocabulary and idf, not a fitted scikit-learn object, so it
 saves like any other model; `vectorize` rebuilds the same transform to embed
 the text of a new item after `load`.
+
+`encoder = "minilm"` replaces the TF-IDF rows by sentence embeddings of
+"title. text. Categories: …" (all-MiniLM-L6-v2 shipped in a package, the
+`neural` extra; `sieve.models.semantic`): the rows are then dense unit
+vectors, one column per dimension, and everything above works unchanged
+(profiles, cosines, the content index); texts that share meaning but no
+word now match. The funnel's content source reads `sources.content_terms`
+columns of a profile: raise it to 384 for this encoder.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ class ContentConfig(Config):
     - `ngram_max`: longest word n-gram used as a term (1 = single words).
     - `sublinear_tf`: use 1 + log(tf) instead of raw term counts.
     - `stop_words`: "english" removes common English words; "none" keeps all.
+    - `encoder`: "tfidf" (the terms above) or "minilm" (sentence embeddings,
+      needs the `neural` extra; the TF-IDF settings are then unused).
     """
 
     min_df: int = 1
@@ -49,6 +59,7 @@ class ContentConfig(Config):
     ngram_max: int = 1
     sublinear_tf: bool = True
     stop_words: Literal["english", "none"] = "english"
+    encoder: Literal["tfidf", "minilm"] = "tfidf"
 
     def validate(self) -> None:
         if self.min_df < 1:
@@ -95,6 +106,8 @@ class ContentTFIDF(Recommender[ContentConfig, ContentState]):
 
     def _fit(self, dataset: Dataset) -> ContentState:
         items = dataset.items
+        if self.config.encoder == "minilm":
+            return self._fit_semantic(dataset)
         docs = [
             item_document(t, x, c)
             for t, x, c in zip(
@@ -127,6 +140,26 @@ class ContentTFIDF(Recommender[ContentConfig, ContentState]):
         matrix = _tfidf(self._counter(terms), docs, idf, cfg.sublinear_tf)
         return ContentState(item_matrix=matrix, terms=terms, idf=idf)
 
+    def _fit_semantic(self, dataset: Dataset) -> ContentState:
+        from sieve.models.semantic import DIM, encode, semantic_document
+
+        items = dataset.items
+        docs = [
+            semantic_document(t, x, c)
+            for t, x, c in zip(
+                items["title"].fillna("").astype(str),
+                items["text"].fillna("").astype(str),
+                dataset.item_categories(),
+                strict=True,
+            )
+        ]
+        terms = np.array([f"dim{k}" for k in range(DIM)], dtype=object)
+        return ContentState(
+            item_matrix=sp.csr_matrix(encode(docs)),
+            terms=terms,
+            idf=np.ones(DIM, dtype=np.float64),
+        )
+
     def _counter(self, terms: NDArray[np.object_]) -> CountVectorizer | None:
         if len(terms) == 0:
             return None
@@ -139,8 +172,13 @@ class ContentTFIDF(Recommender[ContentConfig, ContentState]):
 
     def vectorize(self, texts: Sequence[str]) -> sp.csr_matrix:
         """TF-IDF rows (L2-normalised) of new documents in the fitted term
-        space; build each document with `item_document`."""
+        space; build each document with `item_document` (with the "minilm"
+        encoder: their sentence embeddings)."""
         state = self.state
+        if self.config.encoder == "minilm":
+            from sieve.models.semantic import encode
+
+            return sp.csr_matrix(encode([_semantic_text(t) for t in texts]))
         if self._counter_cache is None or self._counter_cache[0] is not state:
             self._counter_cache = (state, self._counter(state.terms))
         counter = self._counter_cache[1]
@@ -176,6 +214,12 @@ class ContentTFIDF(Recommender[ContentConfig, ContentState]):
         """Dense TF-IDF rows (items × terms): mind the memory on large
         vocabularies; `state.item_matrix` is the sparse form."""
         return np.asarray(self.state.item_matrix.toarray(), dtype=np.float32)
+
+
+def _semantic_text(document: str) -> str:
+    """An `item_document` made readable for the sentence encoder: category
+    tokens back to words ("cat_sci_fi" -> "sci fi")."""
+    return re.sub(r"\bcat_(\w+)", lambda m: m.group(1).replace("_", " "), document)
 
 
 def _stop_words(cfg: ContentConfig) -> str | None:

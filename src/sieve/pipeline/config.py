@@ -12,6 +12,7 @@ from sieve.models.content import ContentConfig
 from sieve.models.ease import EASEConfig
 from sieve.models.factorization import ALSConfig
 from sieve.models.itemknn import ItemKNNConfig
+from sieve.models.neural.two_tower import TwoTowerConfig
 from sieve.models.popularity import TrendingConfig
 from sieve.ranking.attributes import AttributesConfig
 from sieve.ranking.ltr import RankerConfig
@@ -65,6 +66,8 @@ class FunnelConfig(SectionedConfig):
     - `itemknn`: the item-kNN model behind the item-to-item source.
     - `ease`: the EASE model of the EASE source (small catalogs only).
     - `content`: the TF-IDF model of the content source (cold items).
+    - `two_tower`: the two-tower model behind the ANN source when
+      `sources.ann_model = "two-tower"`.
     - `trending`: time decay of the trending chart (`TrendingConfig`).
     - `ranker`: the LambdaMART ranker and how its labels are made
       (`RankerConfig`).
@@ -92,6 +95,7 @@ class FunnelConfig(SectionedConfig):
     query: QueryConfig = dataclasses.field(default_factory=QueryConfig)
     attributes: AttributesConfig = dataclasses.field(default_factory=AttributesConfig)
     linucb: ContextualConfig = dataclasses.field(default_factory=ContextualConfig)
+    two_tower: TwoTowerConfig = dataclasses.field(default_factory=TwoTowerConfig)
 
 
 def load_funnel_config(path: str | Path) -> FunnelConfig:

@@ -15,6 +15,7 @@ from sieve.models.content import ContentTFIDF
 from sieve.models.ease import EASE
 from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
+from sieve.models.neural.two_tower import TwoTower
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.training import FunnelState
 from sieve.ranking.attributes import AttributeFeatures
@@ -51,7 +52,7 @@ def save_funnel(
     }
     np.savez(path / "users.npz", **arrays)
     parts: dict[str, bool] = {}
-    for name in ("als", "itemknn", "ease"):
+    for name in ("als", "itemknn", "ease", "tower"):
         model = getattr(engine, name)
         parts[name] = model is not None
         if model is not None:
@@ -128,6 +129,7 @@ def load_funnel(
     als = ALS.load(path / "als") if parts["als"] else None
     itemknn = ItemKNN.load(path / "itemknn") if parts["itemknn"] else None
     ease = EASE.load(path / "ease") if parts["ease"] else None
+    tower = TwoTower.load(path / "tower") if parts.get("tower") else None
     content = None
     if parts["content"]:
         model = ContentTFIDF.load(path / "content")
@@ -142,6 +144,7 @@ def load_funnel(
         ann=AnnIndex.load(path / "ann") if parts["ann"] else None,
         itemknn=itemknn,  # type: ignore[arg-type]
         ease=ease,  # type: ignore[arg-type]
+        tower=tower,  # type: ignore[arg-type]
         content=content,
         user_train_count=users["train_count"].astype(np.int64),
         user_train_sum=users["train_sum"].astype(np.int64),

@@ -17,6 +17,7 @@ from sieve.models.content import ContentTFIDF
 from sieve.models.ease import EASE
 from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
+from sieve.models.neural.two_tower import TwoTower
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.features import featurize
 from sieve.ranking.attributes import AttributeFeatures
@@ -90,11 +91,15 @@ def build_engine(
     finite = times[np.isfinite(times)]
     snapshot = float(finite.max()) if len(finite) else 0.0
     catalog = Catalog.from_dataset(dataset, cfg.trending, snapshot)
-    als = ann = itemknn = ease = None
+    als = ann = itemknn = ease = tower = None
     if src.ann > 0 or src.user_to_user > 0:  # user-to-user reads ALS user vectors
         als = ALS(cfg.als).fit(dataset)
     if als is not None and src.ann > 0:
-        ann = AnnIndex.build(als.state.item_factors, cfg.ann, exact=True if exact_ann else None)
+        vectors = als.state.item_factors
+        if src.ann_model == "two-tower":
+            tower = TwoTower(cfg.two_tower).fit(dataset)
+            vectors = tower.item_vectors()
+        ann = AnnIndex.build(vectors, cfg.ann, exact=True if exact_ann else None)
     if src.item_to_item > 0:
         itemknn = ItemKNN(cfg.itemknn).fit(dataset)
     if src.ease > 0 and dataset.n_items <= src.ease_max_items:
@@ -123,6 +128,7 @@ def build_engine(
         ann=ann,
         itemknn=itemknn,
         ease=ease,
+        tower=tower,
         content=ContentIndex(content) if content is not None else None,
         user_train_count=np.diff(matrix.indptr).astype(np.int64),
         user_train_sum=np.rint(train_sum).astype(np.int64),

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -95,6 +95,11 @@ class SourcesConfig(Config):
     - `user_neighbours`: the nearest users the user-to-user source reads.
     - `user_recent_items`: each user's latest items (at training time) that
       the user-to-user source may propose.
+    - `ann_model`: whose vectors the `ann` source searches: "als" (item
+      factors, the user's factors or fold-in) or "two-tower" (the two-tower
+      model's item tower, the user tower over the request's interactions;
+      the `neural` extra to train). ALS is fitted either way: the ranker's
+      ALS features read it.
     """
 
     ann: int = 100
@@ -121,6 +126,7 @@ class SourcesConfig(Config):
     user_to_user: int = 0
     user_neighbours: int = 20
     user_recent_items: int = 20
+    ann_model: Literal["als", "two-tower"] = "als"
 
     def validate(self) -> None:
         for name in (*SOURCES, "ease_max_items", "max_recent", "max_history_anchors"):

@@ -17,6 +17,7 @@ from sieve.models.content import item_document
 from sieve.models.ease import EASE
 from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
+from sieve.models.neural.two_tower import TwoTower
 from sieve.retrieval.ann import AnnConfig, AnnIndex
 from sieve.retrieval.candidates import (
     SOURCES,
@@ -59,6 +60,7 @@ class CandidateEngine:
         ann: AnnIndex | None = None,
         itemknn: ItemKNN | None = None,
         ease: EASE | None = None,
+        tower: TwoTower | None = None,
         content: ContentIndex | None = None,
         user_train_count: NDArray[np.int64] | None = None,
         user_train_sum: NDArray[np.int64] | None = None,
@@ -74,6 +76,7 @@ class CandidateEngine:
         self.ann = ann
         self.itemknn = itemknn
         self.ease = ease
+        self.tower = tower
         self.content = content
         self.user_train_count = (
             np.empty(0, np.int64) if user_train_count is None else user_train_count
@@ -216,6 +219,28 @@ class CandidateEngine:
         req.cache["user_vector"] = vec
         return vec
 
+    def ann_vector(self, req: Request) -> NDArray[np.float32] | None:
+        """The query vector of the ANN source: the ALS user vector, or with
+        a two-tower model its user tower over the request's interactions
+        (and, for a user it knows, their attributes): a new user is folded
+        in by one forward pass."""
+        if self.tower is None:
+            return self.user_vector(req)
+        if "ann_vector" in req.cache:
+            return req.cache["ann_vector"]
+        vec: NDArray[np.float32] | None = None
+        items = req.interactions[req.interactions < self.tower.n_items]
+        if len(items):
+            row = sparse.csr_matrix(
+                (np.ones(len(items), np.float32), (np.zeros(len(items), np.int64), items)),
+                shape=(1, self.tower.n_items),
+            )
+            u = req.query.user
+            known = 0 <= u < self.tower.state.user_attributes.shape[0]
+            vec = self.tower.user_vectors(np.array([u if known else -1]), row)[0]
+        req.cache["ann_vector"] = vec
+        return vec
+
     def _fold_in(
         self, items: NDArray[np.int64], weights: NDArray[np.float64]
     ) -> NDArray[np.float32]:
@@ -321,7 +346,7 @@ class CandidateEngine:
         cfg = self.config
         out: list[Proposal] = []
         if cfg.ann and self.ann is not None:
-            vec = self.user_vector(req)
+            vec = self.ann_vector(req)
             if vec is not None:
                 skip = np.union1d(req.seen, req.exclude)
                 fetch = cfg.ann + cfg.ann // 2 + 10  # seen/excluded skipped in the index
