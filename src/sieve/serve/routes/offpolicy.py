@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sieve.serve.auth import AdminAccess, ReadAccess
 from sieve.serve.routes import AUTH_ERRORS, ServiceDep
@@ -36,6 +36,15 @@ MAX_MINUTES = 43_200
 
 class OffPolicyRequest(BaseModel):
     """Candidates to estimate on the last `minutes` of logged lists."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"candidates": ["ease", "current"], "minutes": 60, "slice": "auto"},
+            ]
+        },
+    )
 
     candidates: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         min_length=1,
