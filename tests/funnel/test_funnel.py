@@ -338,6 +338,10 @@ def test_batched_top_n_equals_one_query_per_user(
         assert (top.items[r, len(recs) :] == -1).all()
         backfilled += sum(rec.sources == {} for rec in recs)
     assert backfilled > 0  # the backfill path was compared too
+    if exclude_seen:  # the batch of full answers (precomputed lists) is the live one too
+        queries = [funnel._batch_query(int(u), rows, r, n) for r, u in enumerate(users)]
+        many = funnel.recommend_queries([*queries, Query(n=0)])
+        assert many[:-1] == [funnel.recommend_query(q) for q in queries] and many[-1] == []
 
 
 def test_similar_items_are_neighbours_not_the_item_itself() -> None:

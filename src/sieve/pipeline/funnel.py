@@ -140,6 +140,12 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         users without events alike."""
         return len(query.history) == 0 and len(query.recent) == 0
 
+    def recommend_queries(self, queries: Sequence[Query]) -> list[list[Recommended]]:
+        """Each query's `recommend_query` list, the queries ranked together
+        (`rank_queries`: one ranker call for all of them): for batch jobs
+        over many users (precomputed answers)."""
+        return self._recommend_many(list(queries), exclude_seen=True)
+
     def _recommend(
         self,
         query: Query,
@@ -148,37 +154,59 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         trace: dict[str, Any] | None = None,
         explain: bool = False,
     ) -> list[Recommended]:
-        if query.n <= 0:
-            return []
+        return self._recommend_many(
+            [query], exclude_seen=exclude_seen, trace=trace, explain=explain
+        )[0]
+
+    def _recommend_many(
+        self,
+        queries: list[Query],
+        *,
+        exclude_seen: bool,
+        trace: dict[str, Any] | None = None,
+        explain: bool = False,
+    ) -> list[list[Recommended]]:
+        """The lists of the queries through `rank_queries`, as served items
+        (`served_items`), short lists backfilled with popular items; `trace`
+        (for a single query) receives its candidates and features."""
+        out: list[list[Recommended]] = [[] for _ in queries]
+        asked = [k for k, q in enumerate(queries) if q.n > 0]
+        if not asked:
+            return out
         state = self.state
         engine = state.engine
-        (ranked,), blocked, rerank_s = rank_queries(
-            state, self.config, self.online, [query], exclude_seen=exclude_seen
+        block, blocked, rerank_s = rank_queries(
+            state, self.config, self.online, [queries[k] for k in asked], exclude_seen=exclude_seen
         )
-        req, cands, x = ranked.req, ranked.cands, ranked.x
         if trace is not None:
+            cands, x = block[0].cands, block[0].x
             trace["candidates"] = [str(engine.catalog.item_ids[i]) for i in cands.items]
             trace["features"] = None if x is None else x.tolist()
             trace["feature_names"] = list(feature_names(state.attributes))
         from sieve.monitoring.stages import observe_stage  # a no-op until an app listens
 
-        out: list[Recommended] = []
-        if len(cands):
-            t2 = time.perf_counter()
-            base_weight = self.config.ranker.base_weight
-            positions, scores = ranked.positions, ranked.scores
-            out.extend(served_items(state, base_weight, req, cands, x, positions, scores, explain))
+        base_weight = self.config.ranker.base_weight
+        t2 = time.perf_counter()
+        for k, ranked in zip(asked, block, strict=True):
+            if len(ranked.cands):
+                r = ranked
+                out[k] = served_items(
+                    state, base_weight, r.req, r.cands, r.x, r.positions, r.scores, explain
+                )
+        if any(len(r.cands) for r in block):
             observe_stage("rerank", rerank_s + time.perf_counter() - t2)  # with the explanations
-        if len(out) < query.n:
-            t3 = time.perf_counter()
-            taken = np.array([r.item for r in out], dtype=np.int64)
-            floor = min((r.score for r in out), default=0.0)
-            items = self._backfill(req, taken, query.n - len(out), blocked)
-            out.extend(
-                Recommended(int(i), float(floor - 1.0 - k), {}, POPULAR)
-                for k, i in enumerate(items)
-            )
-            observe_stage("backfill", time.perf_counter() - t3)
+        for k, ranked in zip(asked, block, strict=True):
+            listed, n = out[k], queries[k].n
+            if len(listed) < n:
+                t3 = time.perf_counter()
+                taken = np.array([r.item for r in listed], dtype=np.int64)
+                floor = min((r.score for r in listed), default=0.0)
+                items = self._backfill(ranked.req, taken, n - len(listed), blocked)
+                listed.extend(
+                    Recommended(int(i), float(floor - 1.0 - j), {}, POPULAR)
+                    for j, i in enumerate(items)
+                )
+                observe_stage("backfill", time.perf_counter() - t3)
         return out
 
     def relevance(
