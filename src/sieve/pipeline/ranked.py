@@ -116,24 +116,22 @@ def relevance_many(
     feature rows stacked into one ranker call, each base score computed
     among its own request's candidates."""
     ranker = state.ranker
-    out: list[NDArray[np.float64] | None] = [None] * len(rows)
-    stacked: list[int] = []
+    out: list[NDArray[np.float64]] = []
+    stacked: list[tuple[int, NDArray[np.float32]]] = []  # (row, its features)
     for k, (req, cands, x) in enumerate(rows):
         if ranker is not None and x is not None and req.has_signal:
-            stacked.append(k)
+            stacked.append((k, x))
+            out.append(np.empty(0, np.float64))
         else:
-            out[k] = _blend(config, cands)
+            out.append(_blend(config, cands))
     if ranker is not None and stacked:
-        xs = [rows[k][2] for k in stacked]
-        x_all = np.concatenate([x for x in xs if x is not None])
-        base = config.ranker.base_weight * np.concatenate(
-            [base_score(x) for x in xs if x is not None]
-        )
-        scores = ranker.predict(x_all, base)
-        bounds = np.cumsum([0, *(len(rows[k][2]) for k in stacked)])  # type: ignore[arg-type]
-        for j, k in enumerate(stacked):
+        xs = [x for _, x in stacked]
+        base = config.ranker.base_weight * np.concatenate([base_score(x) for x in xs])
+        scores = ranker.predict(np.concatenate(xs), base)
+        bounds = np.cumsum([0, *(len(x) for x in xs)])
+        for j, (k, _) in enumerate(stacked):
             out[k] = scores[bounds[j] : bounds[j + 1]]
-    return [o if o is not None else np.empty(0, np.float64) for o in out]
+    return out
 
 
 def _blend(config: FunnelConfig, cands: Candidates) -> NDArray[np.float64]:
