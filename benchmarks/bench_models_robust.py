@@ -352,8 +352,8 @@ def main() -> None:
     li = sub.add_parser("libs")
     li.add_argument("--all", action="store_true", help="all data sets (default: two)")
     li.add_argument("--budget", type=float, default=40.0, help="auto search seconds")
-    args = parser.parse_args()
     sub.add_parser("funnel")
+    args = parser.parse_args()
     sections = {
         "funnel": bench_funnel,
         "libs": bench_libs,

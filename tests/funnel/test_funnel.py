@@ -306,6 +306,44 @@ def test_recommend_batch_and_vocabulary() -> None:
         funnel.recommend_query(Query(history=np.array([10_000])))
 
 
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_batched_top_n_equals_one_query_per_user(
+    exclude_seen: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of users (one ranker call per block) give each user exactly
+    the list of their own request: same items, same scores, backfill
+    included, across block boundaries, for service-built queries, a
+    fold-in row, an unknown user and a user with an empty row."""
+    import scipy.sparse as sparse
+
+    from sieve.pipeline import funnel as funnel_module
+
+    funnel = fitted()
+    m = data().matrix
+    users = np.array([0, 1, 2, 3, 4, 5, -1, 7], dtype=np.int64)
+    rows = sparse.vstack(
+        [m[[0, 1, 2, 3]], m[[9]], m[[5]], m[[6]], sparse.csr_matrix((1, m.shape[1]))]
+    )
+    rows = sparse.csr_matrix(rows)
+    n = 120  # long enough that some lists are backfilled from the charts
+    monkeypatch.setattr(funnel_module, "BATCH_BLOCK", 3)
+    top = funnel.recommend_batch(users, rows, n, exclude_seen=exclude_seen)
+    backfilled = 0
+    for r, u in enumerate(users):
+        query = funnel._batch_query(int(u), rows, r, n)
+        recs = funnel._recommend(query, exclude_seen=exclude_seen)
+        assert top.items[r, : len(recs)].tolist() == [rec.item for rec in recs]
+        expected = np.array([rec.score for rec in recs], dtype=np.float32)
+        assert np.array_equal(top.scores[r, : len(recs)], expected)
+        assert (top.items[r, len(recs) :] == -1).all()
+        backfilled += sum(rec.sources == {} for rec in recs)
+    assert backfilled > 0  # the backfill path was compared too
+    if exclude_seen:  # the batch of full answers (precomputed lists) is the live one too
+        queries = [funnel._batch_query(int(u), rows, r, n) for r, u in enumerate(users)]
+        many = funnel.recommend_queries([*queries, Query(n=0)])
+        assert many[:-1] == [funnel.recommend_query(q) for q in queries] and many[-1] == []
+
+
 def test_similar_items_are_neighbours_not_the_item_itself() -> None:
     funnel = fitted()
     shares = []

@@ -275,3 +275,19 @@ def test_fresh_chart_leaves_out_items_not_released_yet() -> None:
     fresh = cat.fresh(np.empty(0, np.int64), now)
     assert fresh.tolist() == ranked[times <= now].tolist() and 0 < len(fresh) < len(ranked)
     assert len(cat.fresh(np.empty(0, np.int64), float(times.max()))) == len(ranked)
+
+
+def test_positions_same_by_lookup_table_and_by_search() -> None:
+    """`positions` answers the same whether it takes the lookup table (small
+    index range) or the sort-and-search path (large range, negative values)."""
+    from sieve.retrieval.candidates import positions
+
+    rng = np.random.default_rng(3)
+    items = rng.choice(500, 40, replace=False).astype(np.int64)
+    values = rng.integers(0, 600, 300).astype(np.int64)
+    expected = np.array([int(np.flatnonzero(items == v)[0]) if v in items else -1 for v in values])
+    assert (positions(values, items) == expected).all()  # table
+    far = values * 10_000_000  # a range the table does not take
+    assert (positions(far, items * 10_000_000) == expected).all()
+    assert (positions(np.append(values, -1), items)[-1]) == -1  # negative: searched
+    assert len(positions(np.empty(0, np.int64), items)) == 0

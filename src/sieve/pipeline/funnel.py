@@ -23,9 +23,9 @@ from sieve.data.dataset import Dataset
 from sieve.models.base import Recommender
 from sieve.models.content import ContentTFIDF
 from sieve.pipeline.config import FunnelConfig
-from sieve.pipeline.features import featurize
 from sieve.pipeline.persist import load_funnel, save_funnel
-from sieve.pipeline.served import rank_items, relevance, served_items
+from sieve.pipeline.ranked import rank_queries, relevance
+from sieve.pipeline.served import rank_items, served_items
 from sieve.pipeline.training import (
     FunnelState,
     build_engine,
@@ -40,8 +40,7 @@ from sieve.ranking.logged import LoggedData
 from sieve.ranking.query import UserEvent, UserLog, build_query
 from sieve.realtime.counters import OnlineCounters
 from sieve.rerank.explain import POPULAR
-from sieve.rerank.rules import blocked_items, violations
-from sieve.rerank.stages import rerank
+from sieve.rerank.rules import blocked_items
 from sieve.retrieval.candidates import Candidates, Request
 from sieve.types import Context, ItemList, Query, Recommended, TopN
 
@@ -141,6 +140,12 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         users without events alike."""
         return len(query.history) == 0 and len(query.recent) == 0
 
+    def recommend_queries(self, queries: Sequence[Query]) -> list[list[Recommended]]:
+        """Each query's `recommend_query` list, the queries ranked together
+        (`rank_queries`: one ranker call for all of them): for batch jobs
+        over many users (precomputed answers)."""
+        return self._recommend_many(list(queries), exclude_seen=True)
+
     def _recommend(
         self,
         query: Query,
@@ -149,52 +154,59 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         trace: dict[str, Any] | None = None,
         explain: bool = False,
     ) -> list[Recommended]:
+        return self._recommend_many(
+            [query], exclude_seen=exclude_seen, trace=trace, explain=explain
+        )[0]
+
+    def _recommend_many(
+        self,
+        queries: list[Query],
+        *,
+        exclude_seen: bool,
+        trace: dict[str, Any] | None = None,
+        explain: bool = False,
+    ) -> list[list[Recommended]]:
+        """The lists of the queries through `rank_queries`, as served items
+        (`served_items`), short lists backfilled with popular items; `trace`
+        (for a single query) receives its candidates and features."""
+        out: list[list[Recommended]] = [[] for _ in queries]
+        asked = [k for k, q in enumerate(queries) if q.n > 0]
+        if not asked:
+            return out
         state = self.state
         engine = state.engine
-        cfg = self.config
-        if query.n <= 0:
-            return []
-        from sieve.monitoring.stages import observe_stage  # a no-op until an app listens
-
-        t0 = time.perf_counter()
-        blocked = blocked_items(engine.catalog, cfg.rerank.rules)
-        ranker = state.ranker
-        req, cands, x = featurize(
-            engine,
-            query,
-            blocked,
-            exclude_seen=exclude_seen,
-            with_features=ranker is not None,
-            online=self.online,
-            attributes=state.attributes,
+        block, blocked, rerank_s = rank_queries(
+            state, self.config, self.online, [queries[k] for k in asked], exclude_seen=exclude_seen
         )
-        t1 = time.perf_counter()
-        observe_stage("retrieval", t1 - t0)  # candidates and their features
         if trace is not None:
+            cands, x = block[0].cands, block[0].x
             trace["candidates"] = [str(engine.catalog.item_ids[i]) for i in cands.items]
             trace["features"] = None if x is None else x.tolist()
             trace["feature_names"] = list(feature_names(state.attributes))
-        out: list[Recommended] = []
-        if len(cands):
-            relevance = self.relevance(req, cands, x)
-            t2 = time.perf_counter()
-            observe_stage("ranking", t2 - t1)
-            positions = rerank(engine, req, cands.items, relevance, query.n, cfg.rerank)
-            # the rules were applied when merging; this is the last line of defence
-            positions = positions[
-                ~violations(cands.items[positions], engine.catalog, blocked, req.exclude)
-            ]
-            scores = np.minimum.accumulate(relevance[positions])
-            out.extend(
-                served_items(
-                    state, cfg.ranker.base_weight, req, cands, x, positions, scores, explain
+        from sieve.monitoring.stages import observe_stage  # a no-op until an app listens
+
+        base_weight = self.config.ranker.base_weight
+        t2 = time.perf_counter()
+        for k, ranked in zip(asked, block, strict=True):
+            if len(ranked.cands):
+                r = ranked
+                out[k] = served_items(
+                    state, base_weight, r.req, r.cands, r.x, r.positions, r.scores, explain
                 )
-            )
-            observe_stage("rerank", time.perf_counter() - t2)  # with the explanations
-        if len(out) < query.n:
-            t3 = time.perf_counter()
-            out.extend(self._backfill(req, out, query.n - len(out), blocked))
-            observe_stage("backfill", time.perf_counter() - t3)
+        if any(len(r.cands) for r in block):
+            observe_stage("rerank", rerank_s + time.perf_counter() - t2)  # with the explanations
+        for k, ranked in zip(asked, block, strict=True):
+            listed, n = out[k], queries[k].n
+            if len(listed) < n:
+                t3 = time.perf_counter()
+                taken = np.array([r.item for r in listed], dtype=np.int64)
+                floor = min((r.score for r in listed), default=0.0)
+                items = self._backfill(ranked.req, taken, n - len(listed), blocked)
+                listed.extend(
+                    Recommended(int(i), float(floor - 1.0 - j), {}, POPULAR)
+                    for j, i in enumerate(items)
+                )
+                observe_stage("backfill", time.perf_counter() - t3)
         return out
 
     def relevance(
@@ -204,19 +216,18 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         return relevance(self.state, self.config, req, cands, x)
 
     def _backfill(
-        self, req: Request, listed: list[Recommended], need: int, blocked: NDArray[np.bool_] | None
-    ) -> list[Recommended]:
-        """Most popular allowed items not listed yet, to fill a short list."""
+        self,
+        req: Request,
+        taken: NDArray[np.int64],
+        need: int,
+        blocked: NDArray[np.bool_] | None,
+    ) -> NDArray[np.int64]:
+        """Most popular allowed items not listed (`taken`) yet, to fill a short list."""
         engine = self.state.engine
         cat = engine.catalog
         filt = req.category_filter if len(req.query.categories) else np.empty(0, np.int64)
         allowed = engine.allowed(req, blocked)
-        taken = np.array([r.item for r in listed], dtype=np.int64)
-        items = _first(cat.ranked("all", filt), lambda b: allowed(b) & ~np.isin(b, taken), need)
-        floor = min((r.score for r in listed), default=0.0)
-        return [
-            Recommended(int(i), float(floor - 1.0 - k), {}, POPULAR) for k, i in enumerate(items)
-        ]
+        return _first(cat.ranked("all", filt), lambda b: allowed(b) & ~np.isin(b, taken), need)
 
     def popular(
         self, n: int = 10, categories: tuple[str, ...] = (), now: float | None = None
@@ -306,8 +317,10 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         *,
         exclude_seen: bool = True,
     ) -> TopN:
-        """One `recommend_query` per user, its query built as the service
-        builds it (`_batch_query`). A user with an empty row (unknown, or
+        """Each user's `recommend_query` list (items and scores), its query
+        built as the service builds it (`_batch_query`), computed for blocks
+        of BATCH_BLOCK users through the same stages (`rank_queries`: one
+        ranker call per block) and the same backfill. A user with an empty row (unknown, or
         known with no training events: a cold test user) is asked the same
         query the service asks for a user without events, through the same
         function, so offline cold start is the served one."""
@@ -318,16 +331,24 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         self.state  # noqa: B018 - raises NotFittedError before any work
         out_items = np.full((len(users), n), -1, dtype=np.int64)
         out_scores = np.full((len(users), n), -np.inf, dtype=np.float32)
-        for r, u in enumerate(users):
-            query = self._batch_query(int(u), rows, r, n)
-            recs = (
-                self.recommend_query(query)
-                if exclude_seen
-                else self._recommend(query, exclude_seen=False)
+        if n <= 0:
+            return TopN(out_items, out_scores)
+        for start in range(0, len(users), BATCH_BLOCK):
+            stop = min(start + BATCH_BLOCK, len(users))
+            queries = [self._batch_query(int(users[r]), rows, r, n) for r in range(start, stop)]
+            block, blocked, _ = rank_queries(
+                self.state, self.config, self.online, queries, exclude_seen=exclude_seen
             )
-            for k, rec in enumerate(recs[:n]):
-                out_items[r, k] = rec.item
-                out_scores[r, k] = rec.score
+            for r, ranked in enumerate(block, start):
+                items = ranked.cands.items[ranked.positions][:n]
+                k = len(items)
+                out_items[r, :k] = items
+                out_scores[r, :k] = ranked.scores[:n]
+                if k < n:
+                    floor = float(ranked.scores[-1]) if k else 0.0
+                    fill = self._backfill(ranked.req, items, n - k, blocked)
+                    out_items[r, k : k + len(fill)] = fill
+                    out_scores[r, k : k + len(fill)] = floor - 1.0 - np.arange(len(fill))
         return TopN(out_items, out_scores)
 
     def score_batch(
@@ -521,6 +542,11 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
 
 
 # ======================================================================= helpers
+#: Users ranked together by `recommend_batch` (their feature rows go to the
+#: ranker in one call): bounds the block's feature matrices to a few MB.
+BATCH_BLOCK = 256
+
+
 def _first(
     ranked: NDArray[np.int64], ok: Callable[[NDArray[np.int64]], NDArray[np.bool_]], need: int
 ) -> NDArray[np.int64]:

@@ -14,29 +14,13 @@ from numpy.typing import NDArray
 
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.features import featurize
+from sieve.pipeline.ranked import relevance
 from sieve.pipeline.training import FunnelState
 from sieve.ranking.features import base_score
 from sieve.realtime.counters import OnlineCounters
 from sieve.rerank.explain import explain as explain_items
 from sieve.retrieval.candidates import SOURCES, Candidates, Request
 from sieve.types import Query, Recommended
-
-
-def relevance(
-    state: FunnelState,
-    config: FunnelConfig,
-    req: Request,
-    cands: Candidates,
-    x: NDArray[np.float32] | None,
-) -> NDArray[np.float64]:
-    """Ranker scores, or the source blend (ranker off, or nothing personal)."""
-    ranker = state.ranker
-    if ranker is not None and x is not None and req.has_signal:
-        return ranker.predict(x, config.ranker.base_weight * base_score(x))
-    blend = config.blend
-    weights = np.array([getattr(blend, s) for s in SOURCES])
-    fused = np.where(np.isnan(cands.ranks), 0.0, weights / (blend.k + cands.ranks))
-    return np.asarray(fused.sum(axis=1), dtype=np.float64)
 
 
 def served_items(

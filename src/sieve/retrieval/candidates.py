@@ -298,6 +298,14 @@ def merge(
 
 def positions(values: NDArray[np.int64], items: NDArray[np.int64]) -> NDArray[np.int64]:
     """For each value, its position in `items` (distinct), or -1."""
+    if len(values) and len(items):
+        lo = min(int(values.min()), int(items.min()))
+        size = max(int(values.max()), int(items.max())) + 1
+        if lo >= 0 and size <= 4 * (len(values) + len(items)) + 4096:
+            # small index range: a lookup table, not a sort and a search
+            table = np.full(size, -1, np.int64)
+            table[items] = np.arange(len(items), dtype=np.int64)
+            return table[values]
     order = np.argsort(items, kind="stable")
     sorted_items = items[order]
     pos = np.searchsorted(sorted_items, values)

@@ -414,13 +414,17 @@ class CandidateEngine:
         hit = pos >= 0
         if not hit.any():
             return out
-        contrib = knn.entry_sim[hit] * req.anchor_weights[knn.entry_anchor[hit]]
+        entry_anchor = knn.entry_anchor[hit]
+        contrib = knn.entry_sim[hit] * req.anchor_weights[entry_anchor]
         p = pos[hit]
-        order = np.lexsort((-contrib, p))
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = p[order][1:] != p[order][:-1]
-        best = order[first]
-        out[p[best]] = req.anchors[knn.entry_anchor[hit][best]]
+        # per item, its largest contribution, the first entry giving it on ties
+        top = np.full(len(items), -np.inf)
+        np.maximum.at(top, p, contrib)
+        ties = np.flatnonzero(contrib == top[p])
+        first = np.full(len(items), len(p), np.int64)
+        np.minimum.at(first, p[ties], ties)
+        got = first < len(p)
+        out[got] = req.anchors[entry_anchor[first[got]]]
         return out
 
     def candidates(self, req: Request, blocked: NDArray[np.bool_] | None = None) -> Candidates:

@@ -141,22 +141,26 @@ def precompute(
     cache: Cache,
     funnel: Funnel,
     users: Sequence[str],
-    answer: Callable[[str, float], list[RecommendedItem]],
+    answer: Callable[[list[str], float], list[list[RecommendedItem]]],
+    block: int = 256,
 ) -> int:
-    """Store `answer(user, computed_at)` for each user under `recs:{user}`;
-    returns how many were written."""
+    """Store each user's list under `recs:{user}`, `answer(users, computed_at)`
+    giving the lists of a block of users at once (the funnel ranks a block
+    together); returns how many were written."""
     version = str(funnel.version)
     computed_at = time.time()  # before reading: a later event invalidates the entry
     written = 0
-    for user_id in users:
-        items = answer(str(user_id), computed_at)
-        entry: dict[str, Any] = {
-            "items": [i.model_dump(exclude={"contributions"}) for i in items],
-            "model_version": version,
-            "computed_at": computed_at,
-        }
-        cache.set_json(recs_key(str(user_id)), entry)
-        written += 1
+    ids = [str(u) for u in users]
+    for start in range(0, len(ids), block):
+        chunk = ids[start : start + block]
+        for user_id, items in zip(chunk, answer(chunk, computed_at), strict=True):
+            entry: dict[str, Any] = {
+                "items": [i.model_dump(exclude={"contributions"}) for i in items],
+                "model_version": version,
+                "computed_at": computed_at,
+            }
+            cache.set_json(recs_key(user_id), entry)
+            written += 1
     return written
 
 

@@ -356,7 +356,8 @@ class Service:
     def precompute(self, n: int | None = None, users: Sequence[str] | None = None) -> int:
         """Store the top-n of every user the funnel knows (or of `users`) under
         `recs:{user}` (see `sieve.serve.answers`): each list is the live path's,
-        through the one query builder."""
+        through the one query builder, for blocks of users at once
+        (`Funnel.recommend_queries`)."""
         funnel = self.funnel
         n = n or self.settings.batch_n
         ids = [str(u) for u in (funnel.user_ids if users is None else users)]
@@ -367,17 +368,19 @@ class Service:
             frame = self.background_store.users_frame()
             attributes = dict(zip(frame["user_id"].astype(str), frame["attributes"], strict=True))
 
-        def answer(user_id: str, computed_at: float) -> list[RecommendedItem]:
-            events = history.events(user_id)
-            query = self.live.user_query(
-                funnel,
-                user_id,
-                n,
-                events=events,
-                now=computed_at,
-                user_attributes=attributes.get(user_id, {}),
-            )
-            return listed(funnel, funnel.recommend_query(query))
+        def answer(user_ids: list[str], computed_at: float) -> list[list[RecommendedItem]]:
+            queries = [
+                self.live.user_query(
+                    funnel,
+                    user_id,
+                    n,
+                    events=history.events(user_id),
+                    now=computed_at,
+                    user_attributes=attributes.get(user_id, {}),
+                )
+                for user_id in user_ids
+            ]
+            return [listed(funnel, recs) for recs in funnel.recommend_queries(queries)]
 
         return answers.precompute(self.cache, funnel, ids, answer)
 

@@ -1,0 +1,79 @@
+"""The funnel's offline prediction, batched, against the slowest single model.
+
+MovieLens 100K, the core split (per-user random 75/25, seed 42), top 50 for
+every test user, in one process: each single model's `recommend_batch`
+(EASE, item-kNN, ALS, BPR), the funnel's `recommend_batch` (blocks of users,
+one ranker call per block) and the funnel asked one `recommend_query` per
+user (the live path, as offline prediction ran before blocks), with the
+ratio of the batched funnel to the slowest single model. The two funnel
+answers are checked equal. `--profile` prints the batched run's profile.
+
+    python benchmarks/bench_funnel_batch.py [--profile] [--users N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from sieve.data.io import load_data
+from sieve.data.split import make_splits
+from sieve.models.base import create_model
+from sieve.pipeline.funnel import Funnel
+
+ML100K = "movielens-100k:/work/shared/data/ml-100k"
+DEPTH = 50
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", action="store_true", help="profile the batched funnel")
+    parser.add_argument("--users", type=int, default=0, help="first N test users (0: all)")
+    args = parser.parse_args()
+    ds = load_data(ML100K).to_dataset()
+    (split,) = make_splits(ds, "random:0.75", 42)
+    users = split.test_users[: args.users or None]
+    history = split.history[users].tocsr()
+    times: dict[str, float] = {}
+    for name in ("ease", "itemknn", "als", "bpr"):
+        model = create_model(name).fit(split.train)
+        t = time.perf_counter()
+        model.recommend_batch(users, history, DEPTH)
+        times[name] = time.perf_counter() - t
+        print(f"{name}: {times[name]:.2f} s", flush=True)
+    funnel = create_model("funnel").fit(split.train)
+    assert isinstance(funnel, Funnel)
+    profile = cProfile.Profile() if args.profile else None
+    t = time.perf_counter()
+    if profile is not None:
+        profile.enable()
+    top = funnel.recommend_batch(users, history, DEPTH)
+    if profile is not None:
+        profile.disable()
+    batched = time.perf_counter() - t
+    t = time.perf_counter()
+    items = np.full((len(users), DEPTH), -1, dtype=np.int64)
+    for r, u in enumerate(users):
+        query = funnel._batch_query(int(u), history, r, DEPTH)
+        for k, rec in enumerate(funnel.recommend_query(query)[:DEPTH]):
+            items[r, k] = rec.item
+    per_user = time.perf_counter() - t
+    slowest = max(times, key=times.__getitem__)
+    print(f"funnel, batched: {batched:.2f} s for {len(users)} users")
+    print(f"funnel, one query per user: {per_user:.2f} s")
+    print(f"same lists: {bool((items == top.items).all())}")
+    print(f"batched / slowest single model ({slowest}): {batched / times[slowest]:.1f}x")
+    if profile is not None:
+        pstats.Stats(profile).sort_stats("tottime").print_stats(20)
+
+
+if __name__ == "__main__":
+    main()
