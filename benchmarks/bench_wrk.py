@@ -145,7 +145,7 @@ def main() -> int:
         help="serve without `--precompute`: live answers only (default: with it, as the "
         "quickstart demo serves; with no writes every answer then comes from the cache)",
     )
-    ap.add_argument("--out", type=Path, default=Path("bench_wrk.json"))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_wrk.json"))
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         console.print(
