@@ -1,5 +1,9 @@
 """`sieve experiment` (create, list, stop and report online experiments) and
-`sieve simulate` (simulated experiments on a synthetic world)."""
+`sieve simulate` (simulated experiments on a synthetic world).
+
+Longer than most modules: two command groups (experiments and their simulation)
+that share their options and output.
+"""
 
 from __future__ import annotations
 

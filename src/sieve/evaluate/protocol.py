@@ -10,6 +10,9 @@ no training interactions and no fold-in events, as after a temporal cut for a
 user first seen later) and *warm* (the rest). A personal model has nothing
 to say to a cold user; a `fallback` model (e.g. trending) can answer them
 instead, the way a deployed system would, and the result says where it did.
+
+Longer than most modules: fit → rank → score with pooling, guarded models and
+incremental results is one flow.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ interval is over units:
 Size: every analysis the report runs per arm (z, Welch, delta method,
 bootstrap, SRM, CUPED, corrections) works on one per-unit frame and feeds one
 verdict; split, the verdict would import every piece back.
+
+Longer than most modules: every test behind one verdict (z, Welch, bootstrap, SRM,
+CUPED) and the verdict's wording are read together here.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 `Query` in, explained `Recommended` items out), with the offline batch API,
 the id vocabulary and catalog changes. `sieve.pipeline` describes the stages;
 fitting is in `pipeline.training`, saving and loading in `pipeline.persist`.
+
+Longer than most modules: the funnel's whole public surface (live path, batch
+API, vocabulary, catalog changes); each stage lives in a module of its own.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ own (`HINCRBYFLOAT`): one seq-ordered, fenced writer keeps it exact.
 Size: the write path (fold), the read path (features) and the log replay of
 training live in one class on purpose, so training and serving compute the
 features with the same code; the record stores are in `sieve.realtime.records`.
+
+Longer than most modules: update, fenced fold and read of the counters are one
+consistency unit.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ typed as `X-API-Key`.
 
 Size: one router for the page and its JSON endpoints, with the in-memory KPI
 reference that the windowed SQL is tested against.
+
+Longer than most modules: the dashboard's JSON endpoints, each small, kept with
+the page they feed.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the closure-local
