@@ -27,10 +27,17 @@ _sinks: tuple[StageSink, ...] = ()
 _lock = threading.Lock()
 
 
-def observe_stage(name: str, seconds: float) -> None:
-    """Report that stage `name` took `seconds` (a no-op without a sink)."""
+def observe_stage(name: str, seconds: float, answers: int = 1) -> None:
+    """Report that stage `name` took `seconds` for `answers` answers computed
+    together (a block of the offline or precompute path): each answer is one
+    observation of its share, so the histogram stays per answer (a no-op
+    without a sink)."""
+    if answers < 1:
+        return
+    share = seconds / answers
     for sink in _sinks:
-        sink(name, seconds)
+        for _ in range(answers):
+            sink(name, share)
 
 
 def add_stage_sink(sink: StageSink) -> Callable[[], None]:

@@ -196,8 +196,10 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
                 out[k] = served_items(
                     state, base_weight, r.req, r.cands, r.x, r.positions, r.scores, explain
                 )
-        if any(len(r.cands) for r in block):
-            observe_stage("rerank", rerank_s + time.perf_counter() - t2)  # with the explanations
+        # with the explanations; once per answer that had candidates
+        observe_stage(
+            "rerank", rerank_s + time.perf_counter() - t2, sum(len(r.cands) > 0 for r in block)
+        )
         for k, ranked in zip(asked, block, strict=True):
             listed, n = out[k], queries[k].n
             if len(listed) < n:

@@ -53,7 +53,7 @@ def rank_queries(
     items (for the caller's backfill) and the seconds spent re-ranking (the
     caller reports the "rerank" stage with its own part of it). The
     "retrieval" and "ranking" stages are reported to
-    `sieve.monitoring.stages` once per call."""
+    `sieve.monitoring.stages` once per answer (each its share of the block)."""
     from sieve.monitoring.stages import observe_stage  # a no-op until an app listens
 
     engine = state.engine
@@ -72,12 +72,11 @@ def rank_queries(
         for query in queries
     ]
     t1 = time.perf_counter()
-    observe_stage("retrieval", t1 - t0)  # candidates and their features
+    observe_stage("retrieval", t1 - t0, len(queries))  # candidates and their features
     scored = [len(cands) > 0 for _, cands, _ in rows]
     relevances = relevance_many(state, config, [r for r in rows if len(r[1])])
     t2 = time.perf_counter()
-    if any(scored):
-        observe_stage("ranking", t2 - t1)
+    observe_stage("ranking", t2 - t1, sum(scored))
     out: list[Ranked] = []
     rel_iter = iter(relevances)
     for (req, cands, x), query, ok in zip(rows, queries, scored, strict=True):
