@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sieve.cli import app
+from sieve.pipeline import Funnel
 from sieve.registry import CURRENT, ModelRegistry
 from sieve.serve.auth import hash_key
 from sieve.storage import open_cache
@@ -29,6 +30,24 @@ def test_train_saves_a_current_model(trained: Any, tmp_path: Path) -> None:
     assert name in result.output
     manifest = ModelRegistry(models).manifest(name)
     assert manifest.status == "promoted" and manifest.data["events"] > 0
+
+
+def test_train_with_an_auto_budget_records_the_chosen_als(trained: Any, tmp_path: Path) -> None:
+    db = tmp_path / "copy.db"
+    shutil.copy(trained.db, db)
+    models = tmp_path / "models"
+    args = ["train", "--store", f"sqlite:///{db}", "--model-dir", str(models)]
+    args += ["--funnel-config", str(trained.funnel_config), "--auto-budget", "3"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    registry = ModelRegistry(models)
+    name = str(registry.current())
+    chosen = registry.manifest(name).data["auto"]
+    assert chosen.startswith("als:auto chose ")
+    # the served funnel holds what was chosen
+    factors = int(chosen.split("factors=")[1].split(",")[0].split(" ")[0])
+    assert Funnel.load(registry.model_path(name)).config.als.factors == factors
+    assert runner.invoke(app, [*args[:-2], "--auto-budget", "-1"]).exit_code != 0
 
 
 def test_models_list_promote_rollback(trained: Any, tmp_path: Path) -> None:

@@ -48,6 +48,15 @@ def train(
             "(its holdout NDCG@10 is recorded); 0 fits on every event and records none.",
         ),
     ] = 0.1,
+    auto_budget: Annotated[
+        float,
+        typer.Option(
+            "--auto-budget",
+            min=0.0,
+            help="Seconds for choosing the funnel's ALS parameters from the data (a shape "
+            "rule, then a search on a validation split); 0 keeps the configured ones.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Train a funnel on the store's data and register it.
 
@@ -62,7 +71,9 @@ def train(
         )
         console.print(f"training on [bold]{settings.store_url}[/bold]", soft_wrap=True)
         start = time.perf_counter()
-        funnel, path = train_funnel(settings, promote=not no_promote, holdout=holdout)
+        funnel, path = train_funnel(
+            settings, promote=not no_promote, holdout=holdout, auto_budget=auto_budget
+        )
         console.print(f"trained in {time.perf_counter() - start:.1f}s")
         _say_metrics(settings.model_dir, str(funnel.version))
         state = "candidate" if no_promote else "current"

@@ -15,6 +15,7 @@ from sieve.training.holdout import holdout_ndcg, newest_held, scorable_users
 from sieve.training.snapshot import snapshot
 
 if TYPE_CHECKING:
+    from sieve.data.dataset import Dataset
     from sieve.pipeline import Funnel
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def train(
     promote: bool = True,
     holdout: float = 0.0,
     k: int = HOLDOUT_K,
+    auto_budget: float = 0.0,
 ) -> tuple[Funnel, Path]:
     """Snapshot the store, fit a funnel and register it in the model registry
     (`model_dir`), promoting it unless `promote=False`. Returns the funnel and
@@ -49,7 +51,13 @@ def train(
     manifest (`holdout ndcg@k`), as the retraining worker does; the service
     still reads those events as the users' live history. With no user on
     both sides of the cut the funnel is fitted on every event and no metric
-    is recorded (the manifest says why)."""
+    is recorded (the manifest says why).
+
+    `auto_budget` > 0: the funnel's ALS (its ANN source and the ranker's ALS
+    features) takes the parameters `als:auto` chooses on the fitted part
+    (`sieve.evaluate.auto`: the data-shape rule, then a search of at most
+    that many seconds on a validation split carved from it), recorded in
+    the manifest."""
     own = store is None
     store = store or open_store(settings.store_url)
     funnel = new_funnel(settings)
@@ -71,6 +79,9 @@ def train(
     finally:
         if own:
             store.close()
+    chosen = None
+    if auto_budget > 0:
+        funnel, chosen = _auto_als(funnel, fit_on, auto_budget)
     funnel = funnel.fit(fit_on)
     data: dict[str, Any] = {
         "events": len(fit_on.events),
@@ -80,6 +91,8 @@ def train(
         "interactions": int(fit_on.matrix.nnz),
         "store": redacted(settings.store_url),
     }
+    if chosen is not None:
+        data["auto"] = chosen
     metrics: dict[str, float] = {}
     if test is not None:
         metrics[f"holdout ndcg@{k}"] = holdout_ndcg(funnel, fit_on, test, k=k)
@@ -93,6 +106,25 @@ def train(
     saved = registry.model_path(str(funnel.version)).resolve()
     log.info("trained funnel %s on %s; saved to %s", funnel.version, fit_on, saved)
     return funnel, saved
+
+
+def _auto_als(funnel: Funnel, data: Dataset, budget_s: float) -> tuple[Funnel, str]:
+    """The funnel with `als:auto`'s parameters for `data` in its ALS config
+    (its logged data kept), and what was chosen, in words."""
+    import dataclasses
+
+    from sieve.evaluate.auto import auto_params
+    from sieve.pipeline import Funnel
+
+    choice = auto_params("als", data, budget_s=budget_s)
+    known = {f.name for f in dataclasses.fields(funnel.config.als)}
+    params = {k: v for k, v in choice.params.items() if k in known}
+    config = dataclasses.replace(
+        funnel.config, als=dataclasses.replace(funnel.config.als, **params)
+    )
+    tuned = Funnel(config)
+    tuned.logged = funnel.logged
+    return tuned, choice.describe("als")
 
 
 def redacted(url: str) -> str:
