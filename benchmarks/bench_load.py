@@ -83,7 +83,7 @@ def main() -> int:
         action="store_true",
         help="serve with `--precompute`, as the quickstart demo does (default: live answers)",
     )
-    ap.add_argument("--out", type=Path, default=Path("bench_load.json"))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_load.json"))
     args = ap.parse_args()
     stores = args.store or ["sqlite", "postgres"]
 
