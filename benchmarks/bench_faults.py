@@ -360,7 +360,7 @@ def main() -> int:
     ap.add_argument("--within-db", type=float, default=5.0, help="limit for DB endpoints, s")
     ap.add_argument("--no-precompute", dest="precompute", action="store_false")
     ap.add_argument("--data", default="synthetic", help="load_data spec of the demo data")
-    ap.add_argument("--out", type=Path, default=Path("bench_faults.json"))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_faults.json"))
     args = ap.parse_args()
     faults = args.fault or ["redis", "postgres"]
     if "redis" in faults and shutil.which("redis-server") is None:

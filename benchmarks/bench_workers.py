@@ -110,7 +110,7 @@ def main() -> int:
     ap.add_argument("--workers-list", default="1,2", help="numbers of processes to compare")
     ap.add_argument("--modes", default="cached,live", help="cached, live or both")
     ap.add_argument("--data", default="synthetic", help="load_data spec of the demo data")
-    ap.add_argument("--out", type=Path, default=Path("bench_workers.json"))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_workers.json"))
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         console.print("[red]wrk is not installed[/red]: `apt-get install -y wrk`, then again")
