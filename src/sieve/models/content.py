@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -93,6 +93,23 @@ def item_document(title: str, text: str, categories: Iterable[str] = ()) -> str:
     return " ".join(part for part in (str(title), str(text), cats) if part)
 
 
+def item_documents(
+    dataset: Dataset, document: Callable[[str, str, Iterable[str]], str] = item_document
+) -> list[str]:
+    """Every item of `dataset` as one text, in index order, made by `document`
+    from its title, body and categories (missing text reads as empty)."""
+    items = dataset.items
+    return [
+        document(t, x, c)
+        for t, x, c in zip(
+            items["title"].fillna("").astype(str),
+            items["text"].fillna("").astype(str),
+            dataset.item_categories(),
+            strict=True,
+        )
+    ]
+
+
 class ContentTFIDF(Recommender[ContentConfig, ContentState]):
     """TF-IDF content model: cosine between item text and the user's profile."""
 
@@ -105,15 +122,9 @@ class ContentTFIDF(Recommender[ContentConfig, ContentState]):
         self._counter_cache: tuple[ContentState, CountVectorizer | None] | None = None
 
     def _fit(self, dataset: Dataset) -> ContentState:
-        items = dataset.items
         if self.config.encoder == "minilm":
             return self._fit_semantic(dataset)
-        docs = [
-            item_document(t, x, c)
-            for t, x, c in zip(
-                items["title"], items["text"], dataset.item_categories(), strict=True
-            )
-        ]
+        docs = item_documents(dataset)
         cfg = self.config
         vectorizer = TfidfVectorizer(
             lowercase=True,
@@ -143,16 +154,7 @@ class ContentTFIDF(Recommender[ContentConfig, ContentState]):
     def _fit_semantic(self, dataset: Dataset) -> ContentState:
         from sieve.models.semantic import DIM, encode, semantic_document
 
-        items = dataset.items
-        docs = [
-            semantic_document(t, x, c)
-            for t, x, c in zip(
-                items["title"].fillna("").astype(str),
-                items["text"].fillna("").astype(str),
-                dataset.item_categories(),
-                strict=True,
-            )
-        ]
+        docs = item_documents(dataset, semantic_document)
         terms = np.array([f"dim{k}" for k in range(DIM)], dtype=object)
         return ContentState(
             item_matrix=sp.csr_matrix(encode(docs)),

@@ -40,7 +40,7 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sieve.config import Config, ConfigError
 from sieve.data.dataset import Dataset
 from sieve.models.base import ArrayDict, Recommender
-from sieve.models.content import item_document
+from sieve.models.content import item_documents
 from sieve.models.neural.common import to_arrays, torch_session
 
 #: The user tower's weights kept in the state (PyTorch parameter names).
@@ -199,16 +199,7 @@ def item_features(dataset: Dataset, max_features: int, min_df: int) -> sp.csr_ma
     n = dataset.n_items
     if max_features == 0 or n == 0:
         return sp.csr_matrix((n, 0), dtype=np.float32)
-    items = dataset.items
-    docs = [
-        item_document(t, x, c)
-        for t, x, c in zip(
-            items["title"].fillna("").astype(str),
-            items["text"].fillna("").astype(str),
-            dataset.item_categories(),
-            strict=True,
-        )
-    ]
+    docs = item_documents(dataset)
     vectorizer = CountVectorizer(
         binary=True,
         min_df=min(min_df, n),
