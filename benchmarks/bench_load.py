@@ -11,11 +11,16 @@ one is under load at a time). Each round puts on one version, for `--seconds`:
 - 2 client threads: `POST /events`, batches of 10 new events (random known
   users and items), so the event log grows by the same amount for both;
 
-both served without precomputed lists, so every recommendation is a live
-answer. (`--precompute` serves as the quickstart demo does: a user's list then
-comes from the cache until the user's next event, so the cached share — shown
-in the table — falls as the writers touch users, and it depends on how fast
-each version writes: a confound for the comparison and for round 3 vs round 1.)
+both served without precomputed lists. Each version serves with its own
+defaults: since `answer_ttl_seconds` exists, a plain request's live answer is
+kept until the user's next event, so a user asked for again before the writers
+touch them gets that kept answer (the `cached` column counts them);
+`--live-only` sets `SIEVE_ANSWER_TTL_SECONDS=0` so that every recommendation is
+a live answer (the serving core's own cost). (`--precompute` serves as the
+quickstart demo does: a user's list then comes from the cache until the user's
+next event, so the cached share — shown in the table — falls as the writers
+touch users, and it depends on how fast each version writes: a confound for
+the comparison and for round 3 vs round 1.)
 
 Versions alternate: baseline r1, candidate r1, baseline r2, … It reports per store,
 version and round the requests/s overall and per endpoint, p50/p99 per endpoint
@@ -83,6 +88,11 @@ def main() -> int:
         action="store_true",
         help="serve with `--precompute`, as the quickstart demo does (default: live answers)",
     )
+    ap.add_argument(
+        "--live-only",
+        action="store_true",
+        help="every recommendation live: no kept answers (SIEVE_ANSWER_TTL_SECONDS=0)",
+    )
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_load.json"))
     args = ap.parse_args()
     stores = args.store or ["sqlite", "postgres"]
@@ -114,6 +124,7 @@ def main() -> int:
                             workdir / "models",
                             cache=args.cache,
                             extra=["--precompute"] if args.precompute else [],
+                            env={"SIEVE_ANSWER_TTL_SECONDS": "0"} if args.live_only else None,
                         )
                     )
                     wait_for_model(bases[label], data.user_ids[0])
@@ -165,12 +176,18 @@ def summarize_runs(
             if not mine:
                 continue
             seconds = sum(r["seconds"] for r in mine)
-            recs = [s.ms for s in pooled[(store, label)] if s.endpoint == "recommendations"]
+            rec_samples = [s for s in pooled[(store, label)] if s.endpoint == "recommendations"]
+            recs = [s.ms for s in rec_samples]
             first, last = mine[0]["rps"], mine[-1]["rps"]
             entry[label] = {
                 "rps": sum(r["n"] for r in mine) / seconds,
                 "recommendations_p50_ms": percentile(recs, 50),
                 "recommendations_p99_ms": percentile(recs, 99),
+                "recommendations_cached_share": (
+                    sum(1 for s in rec_samples if s.cached) / len(rec_samples)
+                    if rec_samples
+                    else 0.0
+                ),
                 "errors": sum(r["errors"] for r in mine),
                 "last_round_over_first": last / first if len(mine) > 1 else None,
                 "last_round_within_10pct": abs(last / first - 1) <= 0.10 if len(mine) > 1 else None,
@@ -224,6 +241,7 @@ def print_tables(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> N
         "p99 ratio",
         "base last/first",
         "cand last/first",
+        "cand cached",
     ):
         table.add_column(col, justify="right")
     for s in summary:
@@ -245,6 +263,7 @@ def print_tables(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> N
             f"{s['p99_ratio']:.2f}×" if "p99_ratio" in s else "–",
             stability(b),
             stability(c),
+            f"{c.get('recommendations_cached_share', 0.0):.0%}",
         )
     console.print(table)
     for s in summary:

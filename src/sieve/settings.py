@@ -272,6 +272,11 @@ class Settings(BaseSettings):
     - `batch_n`: list length precomputed by `sieve batch`;
     - `precompute`: `sieve serve` runs the batch precompute at start-up
       (the way to use it with the per-process `memory://` cache);
+    - `answer_ttl_seconds`: a live answer to a plain request (no filter or
+      context, no experiment, no exploration slot, no trace) is kept in the
+      cache as the user's list for this long and served from there, as a
+      precomputed one is, until the user's next event, a model swap or one of
+      its items becoming unservable (0: every such request is answered live);
     - `model_poll_seconds`: how often a running service checks the model
       registry for a newly promoted version (0: only on `POST /admin/reload`);
     - `catalog_poll_seconds`: how often a server process reads the catalog
@@ -341,6 +346,7 @@ class Settings(BaseSettings):
     semantics: EventSemantics = Field(default_factory=EventSemantics)
     batch_n: int = Field(default=50, ge=1)
     precompute: bool = False
+    answer_ttl_seconds: float = Field(default=300.0, ge=0.0, le=86_400.0)
     model_poll_seconds: float = Field(default=2.0, ge=0.0)
     catalog_poll_seconds: float = Field(default=1.0, ge=0.0)
     workers: int = Field(default=1, ge=1, le=64)

@@ -45,8 +45,14 @@ def test_a_hanging_database_gives_503_and_spares_the_rest(
         import_data(store, trained.raw)
     schema = pg_url.rsplit("schema=", 1)[1]
     user = str(trained.raw.events["user_id"].iloc[0])
-    # the default limit: a loaded machine answers an unlocked read well within it
-    client = make_client(store_url=pg_url, model_dir=trained.model_dir, store_timeout_seconds=2.0)
+    # the default limit: a loaded machine answers an unlocked read well within it;
+    # no kept answers: the second request must read the locked database
+    client = make_client(
+        store_url=pg_url,
+        model_dir=trained.model_dir,
+        store_timeout_seconds=2.0,
+        answer_ttl_seconds=0,
+    )
     assert client.get(f"/recommendations/{user}").status_code == 200
     with psycopg.connect(libpq_url(POSTGRES_URL)) as locker:
         locker.execute(f"SET search_path TO {schema}")

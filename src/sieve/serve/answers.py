@@ -1,7 +1,10 @@
-"""Precomputed answers (hybrid serving).
+"""Precomputed answers (hybrid serving) and remembered live answers.
 
 `precompute` stores every known user's top-N under `recs:{user}` with the
-model version and the time it started. A request is answered from that entry
+model version and the time it started; a live answer to a plain request is
+stored the same way (`remember`, kept `answer_ttl_seconds`), so a user's
+repeated requests between their events cost one cache read, not a funnel
+run. A request is answered from that entry
 when the version is the serving one, the user has no event recorded after it
 (`last_event:{user}`, set at ingestion), the request has no filter or
 context that would change the answer, and the user is in no experiment;
@@ -55,6 +58,7 @@ class CachedAnswer:
     request_id: str
     model_version: str
     user_id: str
+    cold_start: bool = False
 
     def body(self) -> bytes:
         """The response, shaped as `RecommendationList` (no experiments, no trace)."""
@@ -65,7 +69,7 @@ class CachedAnswer:
                 "model_version": self.model_version,
                 "user_id": self.user_id,
                 "cached": True,
-                "cold_start": False,
+                "cold_start": self.cold_start,
                 "experiments": [],
             }
         )
@@ -96,9 +100,53 @@ class CachedAnswer:
         return build
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A stored answer's first `n` servable rows, and whether it was a cold start."""
+
+    rows: list[Row]
+    cold_start: bool = False
+
+
+def entry_body(
+    rows: Sequence[Row], version: str, computed_at: float, cold_start: bool = False
+) -> bytes:
+    """A user's stored answer: its rows (`RecommendedItem` fields, without
+    contributions), the model version and when its computation started (an
+    event of the user after that time makes it stale)."""
+    entry: dict[str, Any] = {"items": rows, "model_version": version, "computed_at": computed_at}
+    if cold_start:
+        entry["cold_start"] = True
+    return orjson.dumps(entry)
+
+
+def rows_of(items: Sequence[RecommendedItem]) -> list[Row]:
+    """Served items as stored rows."""
+    return [i.model_dump(exclude={"contributions"}) for i in items]
+
+
+def remember(
+    cache: Cache,
+    user_id: str,
+    items: Sequence[RecommendedItem],
+    version: str,
+    computed_at: float,
+    ttl: float,
+    cold_start: bool = False,
+) -> None:
+    """Keep a live answer as the user's stored list for `ttl` seconds. A
+    failing cache loses only the shortcut: the next request is live again."""
+    try:
+        cache.set(
+            recs_key(user_id), entry_body(rows_of(items), version, computed_at, cold_start), ttl
+        )
+    except CacheError:
+        log.warning("cache unavailable: live answer not kept", exc_info=True)
+
+
 def valid_entry(
     funnel: Funnel, raw: bytes | None, last: bytes | None, n: int, version: str
-) -> list[Row] | None:
+) -> Entry | None:
     """The first `n` servable rows of a stored entry if it is valid for this
     request (see the module doc). The stored rows are trusted (they were
     validated when written), so no per-item validation is repeated."""
@@ -121,13 +169,11 @@ def valid_entry(
         if servable:
             out.append(row)
             if len(out) == n:
-                return out
+                return Entry(out, bool(entry.get("cold_start", False)))
     return None
 
 
-async def lookup(
-    cache: Cache, funnel: Funnel, user_id: str, n: int, version: str
-) -> list[Row] | None:
+async def lookup(cache: Cache, funnel: Funnel, user_id: str, n: int, version: str) -> Entry | None:
     """The precomputed list for this request, or None (answer live)."""
     try:
         raw, last = await cache.aget_many([recs_key(user_id), last_event_key(user_id)])
@@ -154,14 +200,20 @@ def precompute(
     for start in range(0, len(ids), block):
         chunk = ids[start : start + block]
         for user_id, items in zip(chunk, answer(chunk, computed_at), strict=True):
-            entry: dict[str, Any] = {
-                "items": [i.model_dump(exclude={"contributions"}) for i in items],
-                "model_version": version,
-                "computed_at": computed_at,
-            }
-            cache.set_json(recs_key(user_id), entry)
+            cache.set(recs_key(user_id), entry_body(rows_of(items), version, computed_at))
             written += 1
     return written
 
 
-__all__ = ["CachedAnswer", "Row", "lookup", "precompute", "recs_key", "valid_entry"]
+__all__ = [
+    "CachedAnswer",
+    "Entry",
+    "Row",
+    "entry_body",
+    "lookup",
+    "precompute",
+    "recs_key",
+    "remember",
+    "rows_of",
+    "valid_entry",
+]

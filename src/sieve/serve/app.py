@@ -58,6 +58,7 @@ from sieve.monitoring.stages import add_stage_sink
 from sieve.serve.auth import KeyRing
 from sieve.serve.errors import InvalidInput, TooLarge
 from sieve.serve.holder import NoModelError, freeze_heap
+from sieve.serve.hotpath import StoredAnswers
 from sieve.serve.listing import MODEL_HEADER
 from sieve.serve.routes import (
     dashboard,
@@ -366,6 +367,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keyring = KeyRing(settings.api_keys)
+    # inner to the timing: stored answers are timed, logged and counted too
+    app.add_middleware(StoredAnswers)
     app.add_middleware(TimingMiddleware, max_body_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
     # routes are matched in order: the hottest path first (each miss on the

@@ -31,7 +31,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from sieve.settings import ApiKey, Scope, is_loopback
+from sieve.settings import ApiKey, Scope, Settings, is_loopback
 
 _HOW = "send an API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`"
 
@@ -107,6 +107,43 @@ def _forbidden(principal: Principal, scope: Scope) -> str:
     )
 
 
+def admit(
+    settings: Settings,
+    keyring: KeyRing,
+    presented: str | None,
+    authorization: str | None,
+    client: str,
+    scope: Scope,
+    identified: Callable[[str], None] | None = None,
+) -> Principal:
+    """Who a request is, if it may use an endpoint needing `scope` (see the
+    module doc); else the 401 or 403 `HTTPException` that says why.
+    `presented`: the key sent (bearer credentials or `X-API-Key`);
+    `authorization`: the raw `Authorization` header; `client`: its address;
+    `identified`: told the name of a known key, before its scope is checked."""
+    if not presented and authorization:
+        # HTTPBearer ignores a header without the scheme: say so rather
+        # than "missing", and never let it pass as an anonymous request
+        raise _unauthorized(
+            "the Authorization header does not start with 'Bearer ' "
+            "(write `Authorization: Bearer <key>`)"
+        )
+    if not presented:
+        if scope == "read" and settings.open_read:
+            return ANONYMOUS_READER
+        if scope in ("read", "write") and settings.open_write and is_loopback(client):
+            return LOCAL_WRITER
+        raise _unauthorized("missing API key")
+    principal = keyring.identify(presented)
+    if principal is None:
+        raise _unauthorized("invalid API key")
+    if identified is not None:
+        identified(principal.name)
+    if not principal.allows(scope):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=_forbidden(principal, scope))
+    return principal
+
+
 def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits a request holding `scope` (see the module doc).
 
@@ -118,30 +155,18 @@ def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
         header: Annotated[str | None, Depends(header_scheme)],
     ) -> Principal:
-        settings = request.app.state.settings
-        keyring: KeyRing = request.app.state.keyring
-        presented = bearer.credentials if bearer is not None else header
-        if not presented and request.headers.get("authorization"):
-            # HTTPBearer ignores a header without the scheme: say so rather
-            # than "missing", and never let it pass as an anonymous request
-            raise _unauthorized(
-                "the Authorization header does not start with 'Bearer ' "
-                "(write `Authorization: Bearer <key>`)"
-            )
-        if not presented:
-            if scope == "read" and settings.open_read:
-                return ANONYMOUS_READER
-            client = request.client.host if request.client else ""
-            if scope in ("read", "write") and settings.open_write and is_loopback(client):
-                return LOCAL_WRITER
-            raise _unauthorized("missing API key")
-        principal = keyring.identify(presented)
-        if principal is None:
-            raise _unauthorized("invalid API key")
-        request.state.principal = principal.name  # for the access log: the name, never the key
-        if not principal.allows(scope):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=_forbidden(principal, scope))
-        return principal
+        def identified(name: str) -> None:
+            request.state.principal = name  # for the access log: the name, never the key
+
+        return admit(
+            request.app.state.settings,
+            request.app.state.keyring,
+            bearer.credentials if bearer is not None else header,
+            request.headers.get("authorization"),
+            request.client.host if request.client else "",
+            scope,
+            identified,
+        )
 
     check.__name__ = f"require_{scope}"
     return check
@@ -158,6 +183,7 @@ __all__ = [
     "Principal",
     "ReadAccess",
     "WriteAccess",
+    "admit",
     "hash_key",
     "new_key",
     "require",

@@ -201,14 +201,17 @@ def build_impression(
 
 
 def impression_of(
-    result: RecommendationList, context: Mapping[str, Any], arms: Sequence[Arm] = ()
+    result: RecommendationList,
+    context: Mapping[str, Any],
+    arms: Sequence[Arm] = (),
+    served_at: datetime | None = None,
 ) -> Impression:
-    """The impression a served list logs."""
+    """The impression a served list logs (served now unless `served_at`)."""
     return build_impression(
         result.request_id,
         result.user_id,
         result.model_version,
-        datetime.now(UTC),
+        served_at if served_at is not None else datetime.now(UTC),
         context,
         arms,
         ((i.id, i.score, slot_sources(i), i.propensity) for i in result.items),

@@ -173,17 +173,22 @@ class EventIngestion:
             self._credit(new)
 
     def _note_last_events(self, new: Sequence[Event]) -> None:
-        """The users' last-event times (one cache round trip): a precomputed
-        list older than its user's last event is not served."""
-        if not new:
+        """The users' last-event times: a stored answer older than its user's
+        last event is not served."""
+        self.mark_changed([e.user_id for e in new])
+
+    def mark_changed(self, user_ids: Sequence[str]) -> None:
+        """Note that these users changed now (an event, new attributes), in
+        one cache round trip: their stored answers computed before are stale."""
+        if not user_ids:
             return
         stamp = repr(time.time()).encode()
         try:
-            self.cache.set_many({last_event_key(e.user_id): stamp for e in new})
+            self.cache.set_many({last_event_key(u): stamp for u in user_ids})
         except CacheError:
-            # the events are committed; the cached lists may be served stale
+            # the writes are committed; the stored answers may be served stale
             # until the cache is back (then answered live as they expire)
-            log.warning("cache unavailable: last-event times not updated", exc_info=True)
+            log.warning("cache unavailable: last-change times not updated", exc_info=True)
 
     # ------------------------------------------------------------ counters
     def nudge_counters(self) -> None:

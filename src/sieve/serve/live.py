@@ -5,7 +5,9 @@ version, or two versions interleaved by team draft, and the exploration
 slots; shadow arms are computed after the answer (`sieve.serve.shadows`).
 A request reads the snapshot once and ranks with it, even if a swap
 publishes another meanwhile. Its query comes from the one query builder
-(`Funnel.query`), from the user's latest stored events only.
+(`Funnel.query`), from the user's latest stored events only. A plain
+request's answer (no filter or context, no arm, no exploration slot, no
+trace) is kept in the cache as the user's list (`answers.remember`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sieve.experiments.online import Arm, ExperimentBook
 from sieve.explore.linear import ContextualConfig, item_contexts, request_context
 from sieve.explore.random_slice import RandomSlice
 from sieve.explore.slots import ExplorationSlots, linucb_key
+from sieve.serve import answers
 from sieve.serve.credit import ServedRequests
 from sieve.serve.errors import InvalidInput, field_error
 from sieve.serve.holder import ModelHolder, ServingSnapshot
@@ -31,7 +34,7 @@ from sieve.serve.planner import plan_request
 from sieve.serve.schemas import ExperimentArm, RecommendationList, RecommendedItem
 from sieve.serve.shadows import ShadowRunner
 from sieve.settings import Settings
-from sieve.storage import Store
+from sieve.storage import Cache, Store
 from sieve.types import ItemList, Query, Recommended
 
 if TYPE_CHECKING:
@@ -54,8 +57,11 @@ class LiveAnswers:
         shadows: ShadowRunner,
         log_impression: LogImpression,
         random_slice: RandomSlice | None = None,
+        cache: Cache | None = None,
     ) -> None:
         self.settings = settings
+        #: where plain requests' answers are kept (`answers.remember`); None: not kept
+        self.cache = cache
         #: which requests get a uniformly random list (`random_share`)
         self.random_slice = random_slice or RandomSlice(settings.random_share)
         self.store = store
@@ -139,6 +145,7 @@ class LiveAnswers:
         serves a list of the random slice instead."""
         if uniform:
             return self.random_list(user_id, n, filters, log)
+        started = time.time()  # before the read: a later event makes a kept answer stale
         snap = self.holder.snapshot
         events = self.user_events(snap.funnel, user_id)
         c = filters.context
@@ -216,6 +223,10 @@ class LiveAnswers:
         )
         if not log:
             return result
+        ttl = self.settings.answer_ttl_seconds
+        plain = trace is None and not explain and filters.empty and k == 0
+        if self.cache is not None and ttl > 0 and plain and not plan.arms and not plan.shadows:
+            answers.remember(self.cache, user_id, items, result.model_version, started, ttl, cold)
         if plan.arms or explored:
             self.served.remember(request_id, plan.arms, explored, linear)
         context = context_dict(filters)

@@ -35,7 +35,7 @@ from sieve.experiments.online import Arm, ExperimentBook, ExperimentRecord
 from sieve.experiments.report import experiment_report
 from sieve.explore.slots import ExplorationSlots
 from sieve.monitoring.drift import DriftMonitor
-from sieve.monitoring.metrics import ServingMetrics
+from sieve.monitoring.metrics import NONE, ServingMetrics
 from sieve.ranking.query import UserLog
 from sieve.realtime.counters import OnlineCounters
 from sieve.registry import ModelRegistry
@@ -130,6 +130,7 @@ class Service:
             self.served,
             self.shadows,
             self._log_impression,
+            cache=self.cache,
         )
         #: `POST /rank`: a caller's list ranked by the funnel's ranker
         self.ranking = CallerRanking(self.holder, self.live, self._log_impression)
@@ -224,6 +225,10 @@ class Service:
         """Deleted items: kept in the funnel as unavailable, so they are not served."""
         self.holder.apply_catalog(items_frame(items, available=False))
 
+    def users_changed(self, user_ids: Sequence[str]) -> None:
+        """Users written or deleted: their stored answers are not served any more."""
+        self.ingestion.mark_changed(list(user_ids))
+
     # ------------------------------------------------------------ events
     def check_events(self, events: Sequence[Event]) -> None:
         self.ingestion.check(events)
@@ -248,13 +253,15 @@ class Service:
         snap = self.holder.snapshot
         if self.experiments.in_experiment(user_id):
             return None  # the arm decides the list: answered live
-        rows = await answers.lookup(self.cache, snap.funnel, user_id, n, snap.version)
-        self.metrics.cache_lookup(hit=rows is not None)
-        if rows is None:
+        entry = await answers.lookup(self.cache, snap.funnel, user_id, n, snap.version)
+        self.metrics.cache_lookup(hit=entry is not None)
+        if entry is None:
             return None
-        hit = answers.CachedAnswer(rows, new_request_id(), snap.version, user_id)
+        hit = answers.CachedAnswer(
+            entry.rows, new_request_id(), snap.version, user_id, entry.cold_start
+        )
         self.impressions.log(hit.impression(datetime.now(UTC)))
-        self.metrics.served_list(hit.request_id, n=len(rows))
+        self.metrics.served_list(hit.request_id, n=len(entry.rows))
         return hit
 
     def recommend_user(
@@ -410,10 +417,12 @@ class Service:
         context: Mapping[str, Any],
         arms: Sequence[Arm] = (),
     ) -> None:
-        """Log a served list (off the request path; see `ImpressionLogger`)."""
-        impression = impression_of(result, context, arms)
-        self.impressions.log(impression)
-        self.metrics.served(impression)
+        """Log a served list: counted now, its impression built and written
+        by the impression logger's thread, off the request path."""
+        served_at = datetime.now(UTC)
+        self.impressions.log(lambda: impression_of(result, context, arms, served_at))
+        pairs = tuple((a.experiment.name, a.name) for a in arms) or ((NONE, NONE),)
+        self.metrics.served_list(result.request_id, pairs, n=len(result.items))
 
 
 __all__ = ["Filters", "NoModelError", "Service"]

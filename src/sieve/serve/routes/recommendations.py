@@ -16,12 +16,13 @@ cannot be excluded through the query string.
 import functools
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from sieve.data.records import MAX_ID_LENGTH
 from sieve.data.schema import UnknownIdError
 from sieve.serve.auth import ReadAccess
+from sieve.serve.hotpath import handed_over
 from sieve.serve.listing import MODEL_HEADER, Filters
 from sieve.serve.routes import AUTH_ERRORS, NO_MODEL, NOT_FOUND, ItemId, ServiceDep, UserId
 from sieve.serve.schemas import (
@@ -102,6 +103,7 @@ def router(settings: Settings) -> APIRouter:
 
     @r.get("/recommendations/{user_id}", response_model=RecommendationList)
     async def recommend_user(
+        request: Request,
         user_id: UserId,
         service: ServiceDep,
         principal: ReadAccess,
@@ -156,11 +158,15 @@ def router(settings: Settings) -> APIRouter:
                 True,
             )
         # a request of the random slice is drawn first: it skips the cache, so
-        # the slice is a share of all traffic, precomputed users included
-        uniform = service.in_random_slice()
-        # a precomputed answer is one non-blocking cache read, on the event loop;
+        # the slice is a share of all traffic, precomputed users included (a
+        # plain request was drawn and looked up already: `sieve.serve.hotpath`)
+        decided = handed_over(request.scope)
+        uniform = decided == "uniform" if decided else service.in_random_slice()
+        # a stored answer is one non-blocking cache read, on the event loop;
         # the live funnel (store reads, CPU work) goes to the thread pool
-        cached = None if uniform else await service.cached_answer(user_id, n, filters)
+        cached = None
+        if not uniform and decided != "miss":
+            cached = await service.cached_answer(user_id, n, filters)
         if cached is not None:
             return Response(
                 cached.body(),

@@ -36,6 +36,7 @@ def router(settings: Settings) -> APIRouter:
                 detail=f"user {user.id!r} exists already; PUT /users/{{id}} replaces it",
             )
         service.store.upsert_users([user])
+        service.users_changed([user.id])
         return user
 
     @r.get("")
@@ -61,7 +62,9 @@ def router(settings: Settings) -> APIRouter:
                 f"{len(batch.users)} users in one request; the limit is {settings.max_batch} "
                 "(max_batch): split the batch"
             )
-        return BulkResult(upserted=service.store.upsert_users(batch.users))
+        upserted = service.store.upsert_users(batch.users)
+        service.users_changed([u.id for u in batch.users])
+        return BulkResult(upserted=upserted)
 
     @r.get("/{user_id}", responses=NOT_FOUND)
     def get_user(user_id: UserId, service: ServiceDep, _: ReadAccess) -> User:
@@ -86,6 +89,7 @@ def router(settings: Settings) -> APIRouter:
                 ],
             )
         service.store.upsert_users([user])
+        service.users_changed([user_id])
         return user
 
     @r.patch("/{user_id}", responses=NOT_FOUND)
@@ -96,6 +100,7 @@ def router(settings: Settings) -> APIRouter:
             raise _missing(user_id)
         user = User(id=user_id, attributes={**current.attributes, **patch.attributes})
         service.store.upsert_users([user])
+        service.users_changed([user_id])
         return user
 
     @r.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
@@ -103,6 +108,7 @@ def router(settings: Settings) -> APIRouter:
         """Remove a user (their events stay in the log)."""
         if not service.store.delete_user(user_id):
             raise _missing(user_id)
+        service.users_changed([user_id])
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     return r
