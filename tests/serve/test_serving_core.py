@@ -481,7 +481,7 @@ def test_freeze_heap_collects_cycles_then_freezes() -> None:
     import gc
     import weakref
 
-    from sieve.serve.holder import freeze_heap
+    from sieve.serve.holder import GC_THRESHOLDS, freeze_heap
 
     class Node:
         other: object = None
@@ -490,9 +490,12 @@ def test_freeze_heap_collects_cycles_then_freezes() -> None:
     a.other, b.other = b, a
     gone = weakref.ref(a)
     del a, b
+    thresholds = gc.get_threshold()
     try:
         freeze_heap()
         assert gone() is None
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == GC_THRESHOLDS  # full collections are rare
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)

@@ -7,7 +7,9 @@ same body, headers, checks and metrics as the route."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -16,8 +18,11 @@ import redis
 from fastapi.testclient import TestClient
 
 from servers import REDIS_URL
+from sieve.serve.answers import CachedAnswer
+from sieve.serve.impressions import ImpressionLogger
 from sieve.serve.schemas import RecommendationList
 from sieve.serve.service import Service
+from sieve.storage import open_store
 
 MakeClient = Callable[..., TestClient]
 USER = "u001"
@@ -154,3 +159,42 @@ def test_the_random_slice_is_drawn_once(serve: MakeClient) -> None:
     # every request of a full random slice gets a random list, never a kept one
     assert all(b["cached"] is False for b in bodies)
     assert all(i["slot"] == "random" for b in bodies for i in b["items"])
+
+
+class _GatedStore:
+    """A real SQLite store whose impression writes wait for a gate."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def log_impressions(self, impressions: Any) -> int:
+        self.entered.set()
+        self.gate.wait(60)
+        written: int = self.store.log_impressions(impressions)
+        return written
+
+
+def test_the_impression_backlog_is_bounded(tmp_path: Any) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'log.db'}") as store:
+        gated = _GatedStore(store)
+        logger = ImpressionLogger(gated, flush_seconds=0.0, max_backlog=5)  # type: ignore[arg-type]
+        answers = [
+            CachedAnswer([{"id": "i1", "score": 1.0, "sources": {"ann": 1.0}}], f"r{k}", "v", "u")
+            for k in range(12)
+        ]
+        now = datetime.now(UTC)
+        logger.log(answers[0].impression(now))
+        assert gated.entered.wait(30)  # the writer holds the first list
+        for answer in answers[1:]:
+            logger.log(answer.impression(now))
+        # one in flight and four waiting: the other seven are dropped, counted
+        assert logger.dropped == 7
+        gated.gate.set()
+        logger.flush()
+        logged = [store.get_impression(f"r{k}") for k in range(12)]
+        assert [x is not None for x in logged] == [True] * 5 + [False] * 7
+        assert logged[0] is not None and logged[0].context == {"cached": True}
+        assert [i.item_id for i in logged[0].items] == ["i1"]
+        logger.close()

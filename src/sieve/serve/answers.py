@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -52,7 +53,7 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True)
 class CachedAnswer:
-    """A precomputed answer to one request: its stored rows and its encoded body."""
+    """A stored answer to one request: its rows and its encoded body."""
 
     rows: list[Row]
     request_id: str
@@ -60,6 +61,7 @@ class CachedAnswer:
     user_id: str
     cold_start: bool = False
 
+    @cached_property
     def body(self) -> bytes:
         """The response, shaped as `RecommendationList` (no experiments, no trace)."""
         return orjson.dumps(
@@ -75,29 +77,38 @@ class CachedAnswer:
         )
 
     def impression(self, served_at: datetime) -> Callable[[], Impression]:
-        """Its impression, to be built later (by the impression logger's
-        thread, off the request path) from the stored rows."""
+        """Its impression, to be built later by the impression logger's
+        thread, off the request path. What waits in its queue is the encoded
+        body (bytes, which the garbage collector never walks), not the rows:
+        under load thousands of lists can wait, and each full collection walks
+        every container object alive."""
+        return _impression_from(self.body, served_at)
 
-        def build() -> Impression:
-            return build_impression(
-                self.request_id,
-                self.user_id,
-                self.model_version,
-                served_at,
-                {"cached": True},
-                (),
+
+def _impression_from(body: bytes, served_at: datetime) -> Callable[[], Impression]:
+    """A function building the impression of a stored answer's response body."""
+
+    def build() -> Impression:
+        answer = orjson.loads(body)
+        return build_impression(
+            answer["request_id"],
+            answer["user_id"],
+            answer["model_version"],
+            served_at,
+            {"cached": True},
+            (),
+            (
                 (
-                    (
-                        row["id"],
-                        row["score"],
-                        logged_sources(row["sources"], row.get("slot", "ranked"), row.get("team")),
-                        row.get("propensity", 1.0),
-                    )
-                    for row in self.rows
-                ),
-            )
+                    row["id"],
+                    row["score"],
+                    logged_sources(row["sources"], row.get("slot", "ranked"), row.get("team")),
+                    row.get("propensity", 1.0),
+                )
+                for row in answer["items"]
+            ),
+        )
 
-        return build
+    return build
 
 
 @dataclass(frozen=True)

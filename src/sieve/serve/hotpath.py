@@ -104,7 +104,7 @@ class StoredAnswers:
         if hit is None:
             handover[HANDOVER] = "miss"
             return False
-        body = hit.body()
+        body = hit.body
         scope["route"] = _MATCHED  # the metrics label answers by route template
         await send(
             {

@@ -39,8 +39,13 @@ class ImpressionLogger:
         flush_seconds: float = 0.2,
         max_batch: int = 500,
         flush_timeout: float | None = None,
+        max_backlog: int = 100_000,
     ) -> None:
         self._store = store
+        #: lists waiting to be written beyond which new ones are dropped (and
+        #: counted in `dropped`): memory stays bounded when the store writes
+        #: slower than the service serves, for as long as that lasts
+        self._max_backlog = max_backlog
         self._flush_timeout = flush_timeout
         self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._flush_seconds = flush_seconds
@@ -60,8 +65,18 @@ class ImpressionLogger:
 
     def log(self, impression: Pending) -> None:
         """Queue one served list, or a function that builds it (never blocks
-        the request)."""
+        the request); dropped, counted and warned of once per thousand, when
+        `max_backlog` lists are waiting already."""
         with self._progress:
+            if self._queued - self._handled >= self._max_backlog:
+                self.dropped += 1
+                if self.dropped % 1000 == 1:
+                    log.warning(
+                        "impression log %d lists behind: %d impressions dropped so far",
+                        self._queued - self._handled,
+                        self.dropped,
+                    )
+                return
             self._queued += 1
         self._queue.put(impression)
 
@@ -112,8 +127,11 @@ class ImpressionLogger:
                 break
             # gather for up to `flush_seconds` (one commit for many lists, not
             # one each: the writes were ~5% of a loaded server's CPU), unless
-            # a flush is waiting for this batch
-            if not self._closed.is_set():
+            # a flush is waiting for this batch or a full batch is waiting
+            # already: under load the queue must not grow (every queued list
+            # is objects that each full garbage collection walks; a backlog
+            # of 10K lists made those collections pause the process ~1 s)
+            if not self._closed.is_set() and self._queue.qsize() < self._max_batch:
                 self._hurry.wait(self._flush_seconds)
             self._hurry.clear()
             batch: list[Pending] = [first]

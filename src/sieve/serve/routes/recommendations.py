@@ -169,7 +169,7 @@ def router(settings: Settings) -> APIRouter:
             cached = await service.cached_answer(user_id, n, filters)
         if cached is not None:
             return Response(
-                cached.body(),
+                cached.body,
                 media_type="application/json",
                 headers={MODEL_HEADER: cached.model_version},
             )
