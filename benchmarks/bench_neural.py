@@ -112,14 +112,12 @@ def funnel_sasrec(spec: str, split: str, seed: int, quota: int, holdout: str) ->
     same split, same run (see the module doc)."""
     from sieve.data.split import make_splits
     from sieve.evaluate.protocol import ModelSpec, evaluate
-    from sieve.ranking.ltr import RankerConfig
-    from sieve.retrieval.candidates import SourcesConfig
 
     ds = load_data(spec).to_dataset()
     specs = []
     for h in holdout.split(","):
-        ranker = {"ranker": RankerConfig(holdout=h)}  # type: ignore[arg-type]
-        sasrec = {**ranker, "sources": SourcesConfig(sasrec=quota)}
+        ranker = {"ranker": {"holdout": h}}
+        sasrec = {**ranker, "sources": {"sasrec": quota}}
         specs += [
             ModelSpec(f"funnel ({h} holdout)", "funnel", ranker),
             ModelSpec(f"funnel + sasrec ({h} holdout)", "funnel", sasrec),
