@@ -12,7 +12,9 @@ Sections (run one with its name, e.g. `python benchmarks/bench_models_robust.py 
 - `defaults`: shipped defaults vs the shape rule vs `auto` (a bounded search
   on validation data) per data set (see `sieve.evaluate.auto`).
 - `libs`: sieve's ALS/BPR defaults against `implicit`'s own defaults, used
-  directly, on the same split in one run.
+  directly, on the same split in one run (over `--seeds`).
+- `bpr`: BPR's shipped defaults (epochs chosen on validation) against the
+  same model trained a fixed 100 epochs, over seeds, on every data set.
 - `funnel`: the funnel's offline prediction against single models, profiled.
 
 Each fit runs in a forked child process; its peak extra memory is the
@@ -27,6 +29,7 @@ import multiprocessing as mp
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -251,15 +254,19 @@ def bench_defaults(args: argparse.Namespace) -> None:
     )
 
 
-def _implicit_direct(kind: str, split: Split, k: int = 10) -> tuple[float, float]:
-    """`implicit`'s own model with its own defaults, used directly: NDCG@k, fit s."""
+def _implicit_direct(kind: str, split: Split, seed: int = 42, k: int = 10) -> tuple[float, float]:
+    """`implicit`'s own model with its own defaults (seeded), used directly: NDCG@k, fit s."""
     import scipy.sparse as sp
     import threadpoolctl
     from implicit.cpu.als import AlternatingLeastSquares
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
     x = sp.csr_matrix(split.train.matrix, dtype=np.float32)
-    model = AlternatingLeastSquares() if kind == "als" else BayesianPersonalizedRanking()
+    model = (
+        AlternatingLeastSquares(random_state=seed)
+        if kind == "als"
+        else BayesianPersonalizedRanking(random_state=seed)
+    )
     users = split.test_users
     t = time.perf_counter()
     with threadpoolctl.threadpool_limits(1, "blas"):
@@ -270,30 +277,46 @@ def _implicit_direct(kind: str, split: Split, k: int = 10) -> tuple[float, float
     return float(np.mean(M.ndcg_at_k(np.asarray(ids, dtype=np.int64), relevant, k))), fit_s
 
 
+def _spread(values: list[float]) -> str:
+    """mean ± standard deviation (the value alone for one run)."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
 def bench_libs(args: argparse.Namespace) -> None:
+    """Each library's defaults on the same split, over `--seeds` (the
+    models' seeds; the split stays seed 42); `:auto` once, seed 42."""
+    seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for label, ds in _datasets(quick=not args.all):
         (split,) = make_splits(ds, "random:0.75", 42)
-        specs = [ModelSpec(n, n) for n in ("als", "bpr")]
+        specs = [
+            ModelSpec(f"{n} {s}", n, {"random_state": s}) for s in seeds for n in ("als", "bpr")
+        ]
         specs += [
             ModelSpec(f"{n}:auto", n, auto=True, auto_budget_s=args.budget) for n in ("als", "bpr")
         ]
         res = {m.label: m for m in evaluate(ds, [split], specs).models}
         for kind in ("als", "bpr"):
-            ndcg, fit_s = _implicit_direct(kind, split)
-            ours = res[kind]
+            theirs = [_implicit_direct(kind, split, s) for s in seeds]
+            ours = [res[f"{kind} {s}"] for s in seeds]
             auto = res[f"{kind}:auto"]
+            chosen = [n.split(" chose ")[-1] for n in auto.notices if " chose " in n]
             rows.append(
                 (
                     label,
                     kind,
-                    f"{ours.summary['ndcg@10'].mean:.4f}",
-                    f"{ndcg:.4f}",
+                    _spread([m.summary["ndcg@10"].mean for m in ours]),
+                    _spread([t[0] for t in theirs]),
                     f"{auto.summary['ndcg@10'].mean:.4f}",
-                    f"{ours.fit_seconds:.1f} / {fit_s:.1f}",
+                    f"{np.mean([m.fit_seconds for m in ours]):.1f} / "
+                    f"{np.mean([t[1] for t in theirs]):.1f}",
                 )
             )
-            print(rows[-1], flush=True)
+            print(rows[-1], *chosen, flush=True)
+            for m in ours:
+                print("   ", m.label, *m.notices, flush=True)
     _table(
         rows,
         (
@@ -305,6 +328,48 @@ def bench_libs(args: argparse.Namespace) -> None:
             "fit s (sieve / implicit)",
         ),
     )
+
+
+def bench_bpr(args: argparse.Namespace) -> None:
+    """BPR with its epochs chosen on validation (the shipped defaults)
+    against a fixed 100 epochs, one thread, over `--seeds`."""
+    from sieve.models.factorization import BPR
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = {"validation": {}, "100 epochs": {"validation_share": 0.0, "iterations": 100}}
+    rows = []
+    for label, ds in _datasets(quick=False):
+        (split,) = make_splits(ds, "random:0.75", 42)
+        users = split.test_users
+        history = split.history[users].tocsr()
+        relevant = (split.test.matrix[users] > 0).astype(np.float64).tocsr()
+        cells: list[str] = []
+        epochs: list[int] = []
+        fit_s: list[float] = []
+        for params in variants.values():
+            values = []
+            for seed in seeds:
+                t = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = BPR(**params, random_state=seed).fit(split.train)
+                fit_s.append(time.perf_counter() - t)
+                top = model.recommend_batch(users, history, 10)
+                values.append(float(np.mean(M.ndcg_at_k(top.items, relevant, 10))))
+                if not params:
+                    epochs.append(int(model.fit_iterations or 0))
+            cells.append(_spread(values))
+        n = len(seeds)
+        rows.append(
+            (
+                label,
+                *cells,
+                ", ".join(map(str, epochs)),
+                f"{np.mean(fit_s[:n]):.1f} / {np.mean(fit_s[n:]):.1f}",
+            )
+        )
+        print(rows[-1], flush=True)
+    _table(rows, ("data", "validation (shipped)", "100 epochs", "epochs chosen", "fit s"))
 
 
 def bench_funnel(args: argparse.Namespace) -> None:
@@ -352,11 +417,15 @@ def main() -> None:
     li = sub.add_parser("libs")
     li.add_argument("--all", action="store_true", help="all data sets (default: two)")
     li.add_argument("--budget", type=float, default=40.0, help="auto search seconds")
+    li.add_argument("--seeds", default="42", help="comma-separated model seeds")
+    bp = sub.add_parser("bpr")
+    bp.add_argument("--seeds", default="42,1,2", help="comma-separated model seeds")
     sub.add_parser("funnel")
     args = parser.parse_args()
     sections = {
         "funnel": bench_funnel,
         "libs": bench_libs,
+        "bpr": bench_bpr,
         "ml100k": bench_ml100k,
         "scale": bench_scale,
         "ease16k": bench_ease16k,

@@ -13,6 +13,13 @@ recall is given for reference.
     python benchmarks/bench_neural.py --data movielens-100k:../shared/data/ml-100k
     python benchmarks/bench_neural.py --data synthetic:users=1000,items=500,seed=1
 
+`--funnel-sasrec DATA` evaluates the funnel with and without its SASRec
+session source (`sources.sasrec`) in one run on `--split` (default
+leave-last:1): NDCG@10 and recall@10 with 95% intervals and the paired
+difference, as the table below prints it.
+
+    python benchmarks/bench_neural.py --funnel-sasrec movielens-100k:../shared/data/ml-100k
+
 The neural models against EASE, ALS and item-kNN are measured with
 `sieve evaluate --json FILE` (BENCHMARKS.md lists the commands); `--table
 FILE` prints that file as the markdown table BENCHMARKS.md shows.
@@ -100,6 +107,43 @@ def run(spec: str, share: float, seed: int) -> None:
     )
 
 
+def funnel_sasrec(spec: str, split: str, seed: int, quota: int, holdout: str) -> None:
+    """The funnel against the same funnel with the SASRec session source,
+    same split, same run (see the module doc)."""
+    from sieve.data.split import make_splits
+    from sieve.evaluate.protocol import ModelSpec, evaluate
+
+    ds = load_data(spec).to_dataset()
+    specs = []
+    for h in holdout.split(","):
+        ranker = {"ranker": {"holdout": h}}
+        sasrec = {**ranker, "sources": {"sasrec": quota}}
+        specs += [
+            ModelSpec(f"funnel ({h} holdout)", "funnel", ranker),
+            ModelSpec(f"funnel + sasrec ({h} holdout)", "funnel", sasrec),
+        ]
+    t = time.perf_counter()
+    res = evaluate(ds, make_splits(ds, split, seed), specs, on_step=print)
+    print(
+        f"{spec}, {split}, seed {seed}: "
+        f"{res.n_test_users} test users ({time.perf_counter() - t:.0f} s)"
+    )
+    print(
+        "| model | NDCG@10 [95% CI] | Recall@10 [95% CI] | NDCG@10 − without [95% CI] (p) | fit s |"
+    )
+    print("|---|---|---|---|---|")
+    for k, m in enumerate(res.models):
+        cells = [
+            f"{m.summary[key].mean:.4f} [{m.summary[key].low:.4f}, {m.summary[key].high:.4f}]"
+            for key in ("ndcg@10", "recall@10")
+        ]
+        diff = "—"
+        if k % 2:  # with SASRec: paired against the funnel before it (same ranker holdout)
+            d = paired_test(m.per_user["ndcg@10"], res.models[k - 1].per_user["ndcg@10"])
+            diff = f"{d.mean_diff:+.4f} [{d.ci_low:+.4f}, {d.ci_high:+.4f}] (p={d.p_value:.2g})"
+        print(f"| {m.label} | {cells[0]} | {cells[1]} | {diff} | {m.fit_seconds:.1f} |")
+
+
 def table(path: str) -> None:
     """A `sieve evaluate --json` file as a markdown table: NDCG@10 and
     recall@10 with 95% intervals, the paired difference to the first model
@@ -124,9 +168,17 @@ def main() -> None:
     parser.add_argument("--table", help="print a `sieve evaluate --json` file as markdown")
     parser.add_argument("--new-share", type=float, default=0.2, help="share of items held out")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--funnel-sasrec", help="a data spec: the funnel with and without SASRec")
+    parser.add_argument("--split", default="leave-last:1", help="with --funnel-sasrec")
+    parser.add_argument("--quota", type=int, default=100, help="the SASRec source's quota")
+    parser.add_argument(
+        "--holdout", default="random", help="the rankers' holdouts, e.g. random,temporal"
+    )
     args = parser.parse_args()
     if args.table:
         table(args.table)
+    elif args.funnel_sasrec:
+        funnel_sasrec(args.funnel_sasrec, args.split, args.seed, args.quota, args.holdout)
     elif args.data:
         run(args.data, args.new_share, args.seed)
     else:

@@ -282,3 +282,50 @@ def test_bpr_item_vectors_drop_the_bias_column() -> None:
     assert model.state.item_factors.shape == (ds.n_items, 5)
     assert model.item_vectors().shape == (ds.n_items, 4)
     np.testing.assert_array_equal(model.state.user_factors[:, -1], 1.0)
+
+
+def test_bpr_holdout_keeps_a_part_of_every_user() -> None:
+    from sieve.models.factorization import _holdout
+
+    x = sp.csr_matrix(_blocks().matrix)
+    fit, held = _holdout(x, 0.2, 0)
+    assert (fit + held - x).nnz == 0 and fit.multiply(held).nnz == 0  # a partition
+    counts = np.diff(x.indptr)
+    np.testing.assert_array_equal(held.getnnz(axis=1), np.rint(counts * 0.2))
+    assert (fit.getnnz(axis=1) >= 1).all()
+    one = sp.csr_matrix(np.array([[1.0, 0, 0], [1.0, 1.0, 0]]))
+    assert _holdout(one, 0.9, 0)[1].getnnz(axis=1).tolist() == [0, 1]  # one kept to fit on
+
+
+def test_bpr_validation_ndcg_is_the_evaluation_ndcg() -> None:
+    from sieve.evaluate.metrics import ndcg_at_k
+    from sieve.models.factorization import _ndcg10
+
+    rng = np.random.default_rng(0)
+    users, items = rng.normal(size=(30, 5)).astype(np.float32), rng.normal(size=(40, 5))
+    seen = sp.random(30, 40, density=0.2, random_state=1, format="csr")
+    held = sp.random(30, 40, density=0.1, random_state=2, format="csr")
+    held = sp.csr_matrix((held - held.multiply(seen > 0)) > 0, dtype=np.float64)
+    keep = held.getnnz(axis=1) > 0
+    users, seen, held = users[keep], seen[keep], held[keep]
+    scores = users @ items.T.astype(np.float32)
+    scores[seen.nonzero()] = -np.inf
+    top, _ = top_k(scores, 10)
+    expected = float(np.mean(ndcg_at_k(top, held, 10)))
+    assert _ndcg10(users, items.astype(np.float32), seen, held) == pytest.approx(expected)
+
+
+def test_bpr_chooses_its_epochs_on_validation_reproducibly() -> None:
+    ds = _blocks()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = BPR(factors=4, iterations=60, check_every=10, min_iterations=30).fit(ds)
+    assert a.fit_iterations is not None and a.fit_iterations % 10 == 0
+    assert 10 <= a.fit_iterations <= 60
+    assert any(
+        f"{a.fit_iterations} epochs, chosen on a validation" in str(w.message) for w in caught
+    )
+    b = BPR(factors=4, iterations=60, check_every=10, min_iterations=30).fit(ds)
+    np.testing.assert_array_equal(a.state.item_factors, b.state.item_factors)
+    fixed = BPR(factors=4, iterations=60, validation_share=0).fit(ds)
+    assert fixed.fit_iterations == 60

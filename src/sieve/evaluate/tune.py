@@ -40,6 +40,7 @@ SEARCH_SPACES: dict[str, SearchSpace] = {
         "learning_rate": t.suggest_float("learning_rate", 1e-3, 0.2, log=True),
         "regularization": t.suggest_float("regularization", 1e-5, 0.1, log=True),
         "iterations": t.suggest_int("iterations", 20, 300, log=True),
+        "validation_share": 0.0,  # the search chooses the epochs: trained as given
     },
     "trending": lambda t: {
         "half_life_days": t.suggest_float("half_life_days", 0.5, 365.0, log=True)

@@ -12,6 +12,7 @@ from sieve.models.content import ContentConfig
 from sieve.models.ease import EASEConfig
 from sieve.models.factorization import ALSConfig
 from sieve.models.itemknn import ItemKNNConfig
+from sieve.models.neural.sasrec import SASRecConfig
 from sieve.models.neural.two_tower import TwoTowerConfig
 from sieve.models.popularity import TrendingConfig
 from sieve.ranking.attributes import AttributesConfig
@@ -29,7 +30,8 @@ class BlendConfig(Config):
 
     - `k`: the fusion constant (larger flattens the rank differences).
     - `ann`, `item_to_item`, `content`, `ease`, `popular`, `trending`,
-      `fresh`, `continuation`, `user_to_user`: the weight of each source.
+      `fresh`, `continuation`, `user_to_user`, `sasrec`: the weight of each
+      source.
     """
 
     k: float = 60.0
@@ -42,6 +44,7 @@ class BlendConfig(Config):
     fresh: float = 0.2
     continuation: float = 1.0
     user_to_user: float = 0.5
+    sasrec: float = 1.0
 
     def validate(self) -> None:
         if self.k <= 0:
@@ -68,6 +71,8 @@ class FunnelConfig(SectionedConfig):
     - `content`: the TF-IDF model of the content source (cold items).
     - `two_tower`: the two-tower model behind the ANN source when
       `sources.ann_model = "two-tower"`.
+    - `sasrec`: the SASRec model of the session source (`sources.sasrec`
+      > 0; the `neural` extra, `pip install 'sieve[neural]'`).
     - `trending`: time decay of the trending chart (`TrendingConfig`).
     - `ranker`: the LambdaMART ranker and how its labels are made
       (`RankerConfig`).
@@ -96,6 +101,7 @@ class FunnelConfig(SectionedConfig):
     attributes: AttributesConfig = dataclasses.field(default_factory=AttributesConfig)
     linucb: ContextualConfig = dataclasses.field(default_factory=ContextualConfig)
     two_tower: TwoTowerConfig = dataclasses.field(default_factory=TwoTowerConfig)
+    sasrec: SASRecConfig = dataclasses.field(default_factory=SASRecConfig)
 
 
 def load_funnel_config(path: str | Path) -> FunnelConfig:

@@ -15,6 +15,8 @@ from sieve.models.content import ContentTFIDF
 from sieve.models.ease import EASE
 from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
+from sieve.models.neural.common import torch_module
+from sieve.models.neural.sasrec import SASRec
 from sieve.models.neural.two_tower import TwoTower
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.training import FunnelState
@@ -27,8 +29,9 @@ from sieve.retrieval.content import ContentIndex
 from sieve.retrieval.sources import CandidateEngine
 from sieve.storage.cache import MemoryCache
 
-#: 2: the continuation and user-to-user sources and attribute features (new ranker inputs)
-_FORMAT = 2
+#: 2: the continuation and user-to-user sources and attribute features (new ranker inputs);
+#: 3: the SASRec session source (its rank and score are ranker inputs)
+_FORMAT = 3
 
 
 def save_funnel(
@@ -52,7 +55,7 @@ def save_funnel(
     }
     np.savez(path / "users.npz", **arrays)
     parts: dict[str, bool] = {}
-    for name in ("als", "itemknn", "ease", "tower"):
+    for name in ("als", "itemknn", "ease", "tower", "sasrec"):
         model = getattr(engine, name)
         parts[name] = model is not None
         if model is not None:
@@ -130,6 +133,10 @@ def load_funnel(
     itemknn = ItemKNN.load(path / "itemknn") if parts["itemknn"] else None
     ease = EASE.load(path / "ease") if parts["ease"] else None
     tower = TwoTower.load(path / "tower") if parts.get("tower") else None
+    sasrec = None
+    if parts.get("sasrec"):
+        torch_module()  # the session source runs the network on every request
+        sasrec = SASRec.load(path / "sasrec")
     content = None
     if parts["content"]:
         model = ContentTFIDF.load(path / "content")
@@ -145,6 +152,7 @@ def load_funnel(
         itemknn=itemknn,  # type: ignore[arg-type]
         ease=ease,  # type: ignore[arg-type]
         tower=tower,  # type: ignore[arg-type]
+        sasrec=sasrec,  # type: ignore[arg-type]
         content=content,
         user_train_count=users["train_count"].astype(np.int64),
         user_train_sum=users["train_sum"].astype(np.int64),

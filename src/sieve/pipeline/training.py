@@ -17,6 +17,8 @@ from sieve.models.content import ContentTFIDF
 from sieve.models.ease import EASE
 from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
+from sieve.models.neural.common import torch_module
+from sieve.models.neural.sasrec import SASRec
 from sieve.models.neural.two_tower import TwoTower
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.features import featurize
@@ -87,6 +89,8 @@ def build_engine(
     """Fit the candidate models of a snapshot (content is fitted once, on
     item text only, and shared)."""
     src = cfg.sources
+    if src.sasrec > 0:
+        torch_module()  # before any fit: without PyTorch, say how to install it
     times = dataset.events["timestamp"].to_numpy(np.float64)
     finite = times[np.isfinite(times)]
     snapshot = float(finite.max()) if len(finite) else 0.0
@@ -104,6 +108,7 @@ def build_engine(
         itemknn = ItemKNN(cfg.itemknn).fit(dataset)
     if src.ease > 0 and dataset.n_items <= src.ease_max_items:
         ease = EASE(cfg.ease).fit(dataset)
+    sasrec = SASRec(cfg.sasrec).fit(dataset) if src.sasrec > 0 else None
     matrix = dataset.matrix
     user_recent = None
     if src.user_to_user > 0 and als is not None:
@@ -129,6 +134,7 @@ def build_engine(
         itemknn=itemknn,
         ease=ease,
         tower=tower,
+        sasrec=sasrec,
         content=ContentIndex(content) if content is not None else None,
         user_train_count=np.diff(matrix.indptr).astype(np.int64),
         user_train_sum=np.rint(train_sum).astype(np.int64),

@@ -11,7 +11,8 @@ Features, one column each (NaN = missing, which LightGBM routes on its own):
 - per source: its rank among its proposals (missing when it did not propose
   the item), and `n_sources`, how many sources proposed it;
 - the source models' scores, computed for every candidate (ALS inner
-  product, item-kNN score, content cosine, EASE score), each as a z-score
+  product, item-kNN score, content cosine, EASE score, SASRec's next-item
+  score after the session when the funnel has one), each as a z-score
   and a rank percentile among the request's candidates, plus the raw
   content cosine;
 - similarity to the anchors (the session's recent items, then the history):
@@ -58,7 +59,7 @@ DEVICES: tuple[str, ...] = ("desktop", "mobile", "tablet", "tv", "app")
 MAX_EMBEDDING_ANCHORS = 20
 
 #: Model scores computed for every candidate (per-request normalised features).
-MODEL_SCORES: tuple[str, ...] = ("als", "knn", "content", "ease")
+MODEL_SCORES: tuple[str, ...] = ("als", "knn", "content", "ease", "sasrec")
 #: Counter windows the online features read (`sieve.realtime.counters.WINDOWS`).
 ONLINE_WINDOWS: tuple[str, ...] = ("1h", "1d", "7d")
 #: Features read from the online counters (counts are log1p, hours log1p).
@@ -167,6 +168,11 @@ def _base_features(
     ease = engine.ease_scores(req)
     if ease is not None:
         _put_normalised(x, "ease", trained, ease[tr_items])
+
+    sasrec = engine.sasrec_scores(req)
+    if sasrec is not None:
+        known = items < len(sasrec)
+        _put_normalised(x, "sasrec", known, sasrec[items[known]])
 
     cat = engine.catalog
     x[:, _COLUMN["popularity_pct"]] = cat.percentile("popular")[items]

@@ -34,6 +34,7 @@ VERBS: dict[str, str] = {
 POPULAR = "popular right now"
 SIMILAR_TASTE = "people with similar taste liked it"
 SIMILAR_USERS = "people like you chose it recently"
+NEXT_IN_SESSION = "often chosen next after your latest picks"
 #: Why an item came back, by the strongest event type the user left it at.
 COMEBACK: dict[str, str] = {"cart": "still in your cart", "bookmark": "you bookmarked it"}
 LEFT_OFF = "pick up where you left off"
@@ -57,6 +58,8 @@ def explain(
             out.append(SIMILAR_USERS)
         elif proposed[col["item_to_item"]] and anchor >= 0:
             out.append(_similar_to(engine, req, anchor, recent))
+        elif proposed[col["sasrec"]]:
+            out.append(NEXT_IN_SESSION)
         elif proposed[col["ann"]] or proposed[col["ease"]]:
             out.append(SIMILAR_TASTE)
         elif proposed[col["content"]]:

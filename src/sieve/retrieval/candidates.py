@@ -23,7 +23,9 @@ Sources, in the column order of `SOURCES`:
   buy, brought back (exempt from the seen filter) with a per-type weight
   decayed by how far back the event is (`sieve.retrieval.personal`);
 - `user_to_user`: the recent items of the users nearest to the user's ALS
-  vector (`sieve.retrieval.personal`).
+  vector (`sieve.retrieval.personal`);
+- `sasrec`: the next items a SASRec model predicts after the session's
+  items in their order (`Query.recent`; the `neural` extra).
 
 Model outputs that both sources and ranking features need (the user vector,
 item-kNN scores, content scores, EASE scores) are computed once per request
@@ -53,6 +55,7 @@ SOURCES: tuple[str, ...] = (
     "fresh",
     "continuation",
     "user_to_user",
+    "sasrec",
 )
 
 
@@ -100,6 +103,11 @@ class SourcesConfig(Config):
       model's item tower, the user tower over the request's interactions;
       the `neural` extra to train). ALS is fitted either way: the ranker's
       ALS features read it.
+    - `sasrec`: quota of the session source (0: off): the items a SASRec
+      model (the funnel's `[sasrec]` table) predicts next after the
+      session's items, oldest to latest; its score is also a ranking
+      feature. Needs PyTorch to train and to serve: install the neural
+      extra, `pip install 'sieve[neural]'`.
     """
 
     ann: int = 100
@@ -127,6 +135,7 @@ class SourcesConfig(Config):
     user_neighbours: int = 20
     user_recent_items: int = 20
     ann_model: Literal["als", "two-tower"] = "als"
+    sasrec: int = 0
 
     def validate(self) -> None:
         for name in (*SOURCES, "ease_max_items", "max_recent", "max_history_anchors"):

@@ -1,4 +1,4 @@
-"""Two candidate sources read from the user's own and similar users' activity.
+"""Candidate sources read from the user's own and similar users' activity.
 
 - Continuation (`comeback`): the items of the user's session events (the
   query's recent events, latest first) that may come back — a cart left
@@ -14,6 +14,8 @@
   neighbours holding it. Its cost is one index search of `neighbours` users
   and at most `neighbours × recent_items` entries: bounded per request
   whatever the log's length.
+- Session order (`session_sequence`): the session as the sequence a
+  sequential model (SASRec) reads, oldest to latest.
 """
 
 from __future__ import annotations
@@ -51,6 +53,28 @@ def comeback(
     unique, score = unique[keep], score[keep]
     order = np.lexsort((unique, -score))
     return unique[order], score[order].astype(np.float32)
+
+
+def session_sequence(
+    recent: NDArray[np.int64],
+    types: Sequence[str],
+    weights: Mapping[str, float],
+    n_items: int,
+) -> NDArray[np.int64]:
+    """The session's items oldest to latest, each at its latest event, as a
+    sequential model was trained on them: events of a type without a
+    positive weight (as in the query's history) and items outside the
+    model's `n_items` are left out; an event without a type counts. `recent` is latest first."""
+    keep = np.array(
+        [
+            k >= len(types) or not types[k] or weights.get(types[k], 0.0) > 0
+            for k in range(len(recent))
+        ],
+        dtype=bool,
+    )
+    items = recent[keep & (recent < n_items)] if len(recent) else recent
+    _, first = np.unique(items, return_index=True)  # latest occurrence: first in `recent`
+    return items[np.sort(first)][::-1].astype(np.int64)
 
 
 def recent_items(

@@ -17,6 +17,7 @@ from sieve.models.content import item_document
 from sieve.models.ease import EASE
 from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
+from sieve.models.neural.sasrec import SASRec
 from sieve.models.neural.two_tower import TwoTower
 from sieve.retrieval.ann import AnnConfig, AnnIndex
 from sieve.retrieval.candidates import (
@@ -31,7 +32,7 @@ from sieve.retrieval.candidates import (
 )
 from sieve.retrieval.catalog import Catalog, _categories
 from sieve.retrieval.content import ContentIndex
-from sieve.retrieval.personal import UserNeighbours, comeback
+from sieve.retrieval.personal import UserNeighbours, comeback, session_sequence
 from sieve.sparse import gather_rows, row_sums
 from sieve.types import Query
 
@@ -61,6 +62,7 @@ class CandidateEngine:
         itemknn: ItemKNN | None = None,
         ease: EASE | None = None,
         tower: TwoTower | None = None,
+        sasrec: SASRec | None = None,
         content: ContentIndex | None = None,
         user_train_count: NDArray[np.int64] | None = None,
         user_train_sum: NDArray[np.int64] | None = None,
@@ -77,6 +79,7 @@ class CandidateEngine:
         self.itemknn = itemknn
         self.ease = ease
         self.tower = tower
+        self.sasrec = sasrec
         self.content = content
         self.user_train_count = (
             np.empty(0, np.int64) if user_train_count is None else user_train_count
@@ -326,6 +329,22 @@ class CandidateEngine:
         req.cache["ease"] = out
         return out
 
+    def sasrec_scores(self, req: Request) -> NDArray[np.float32] | None:
+        """SASRec's next-item scores over its items after the session
+        (`session_sequence`); None without a model or a session."""
+        if "sasrec" in req.cache:
+            return req.cache["sasrec"]
+        out: NDArray[np.float32] | None = None
+        if self.sasrec is not None:
+            recent = np.asarray(req.query.recent, dtype=np.int64)
+            seq = session_sequence(
+                recent, req.query.recent_types, self.event_weights, self.sasrec.n_items
+            )
+            if len(seq):
+                out = self.sasrec.sequence_scores([seq])[0]
+        req.cache["sasrec"] = out
+        return out
+
     # --------------------------------------------------------------- sources
     def _fetch(self, req: Request, quota: int) -> int:
         """How many proposals to fetch so that `quota` survive the filters."""
@@ -380,6 +399,11 @@ class CandidateEngine:
                     vec, req.query.user, cfg.user_neighbours, fetch
                 )
                 out.append(Proposal("user_to_user", items, scores))
+        if cfg.sasrec:
+            ss = self.sasrec_scores(req)
+            if ss is not None:
+                items, scores = _top(ss, self._fetch(req, cfg.sasrec), positive=False)
+                out.append(Proposal("sasrec", items, scores))
         return out
 
     def _charts(self, req: Request) -> list[Proposal]:
