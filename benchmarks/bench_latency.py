@@ -159,6 +159,9 @@ def main() -> int:
                             errors.append(f"{path}: {r.status_code}")
                         elif kind == "cached" and not r.json().get("cached"):
                             errors.append(f"{path}: expected a cached answer")
+                        elif kind == "live" and r.json().get("cached"):
+                            # each live request is a different user: none has a kept answer
+                            errors.append(f"{path}: expected a live answer")
                         results[kind].append((wall, float(m.group(1)) if m else float("nan")))
 
         threads = [
