@@ -117,7 +117,7 @@ def test_ranker_rows_and_counters_equal_the_single_process_ones(
         spark, events, pairs, catalog, config, weights
     )
     rows = featurised_rows(spark, fit_events, labels, funnel).set_index("user_id")
-    frame = to_pandas(fit_events).drop(columns=["weight"])
+    frame = to_pandas(fit_events).drop(columns=["weight"]).assign(value=np.nan)
     for cached in (pairs, fit_pairs, labels, events):
         cached.unpersist()
 
