@@ -6,6 +6,7 @@ batch's lists served by the service as its precomputed answers."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,28 @@ def test_charts_and_neighbours_equal_the_single_process_models(
     np.testing.assert_allclose(ours.toarray(), theirs.toarray(), atol=1e-5)
 
 
+def test_neighbours_by_several_blocks_equal_itemknn(
+    spark: Any, lake: tuple[str, Path], trained: tuple[Settings, Funnel]
+) -> None:
+    """The co-occurrence top-k computed by many small item blocks (several
+    tasks, several chunks per block) is ItemKNN's, as with one block."""
+    from sieve.spark.lake import read_lake
+    from sieve.spark.models import cooccurrence_topk, index_interactions, to_pandas
+
+    settings, funnel = trained
+    data = read_lake(spark, lake[1], dict(settings.event_weights))
+    ids = to_pandas(data.items)["item_id"].astype(str).tolist()
+    indexed = index_interactions(spark, data.events, ids)
+    config = dataclasses.replace(funnel.config.itemknn, k=5, binary=False, shrinkage=1.0)
+    ours = cooccurrence_topk(indexed.pairs, len(indexed.item_ids), config, block_items=16)
+    indexed.pairs.unpersist()
+    with open_store(settings.store_url) as store:
+        dataset = snapshot(store, settings.event_weights)
+    theirs = ItemKNN(config).fit(dataset).state.similarity
+    assert ours.nnz == theirs.nnz > 2 * dataset.n_items
+    np.testing.assert_allclose(ours.toarray(), theirs.toarray(), atol=1e-5)
+
+
 def test_ranker_rows_and_counters_equal_the_single_process_ones(
     spark: Any, lake: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -95,8 +118,6 @@ def test_ranker_rows_and_counters_equal_the_single_process_ones(
     engine and temporal cuts (one per user), the rows Spark featurises equal
     `sieve.pipeline.training.training_rows`' with its log replay, the
     online-counter columns included."""
-    import dataclasses
-
     from sieve.spark.assemble import spark_config
     from sieve.spark.lake import read_lake
     from sieve.spark.models import index_interactions, item_frame, to_pandas
