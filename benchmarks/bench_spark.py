@@ -15,7 +15,9 @@ one run; Spark ALS is also shown without the λ rescaling.
 `sieve spark batch` into Redis, and the single-process funnel fit on the
 same events; wall time and peak resident memory (driver JVM, executor JVMs,
 Python workers, sampled every 0.25 s). Spark memory is bounded by the
-session settings (driver and executors 2 GiB each).
+session settings (driver and executors 2 GiB each unless --driver-memory,
+--executor-memory or --conf say otherwise; the settings used are in the
+output).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class PeakMemory:
 
     def __init__(self) -> None:
         self.peak: dict[str, float] = {"driver": 0.0, "executor": 0.0, "python_workers": 0.0}
+        self.loads: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -55,6 +58,13 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    @property
+    def load(self) -> dict[str, float]:
+        """The machine's 1-minute load average over the samples: mean and max."""
+        if not self.loads:
+            return {}
+        return {"mean": round(sum(self.loads) / len(self.loads), 1), "max": max(self.loads)}
 
     def _run(self) -> None:
         me = os.getpid()
@@ -79,6 +89,7 @@ class PeakMemory:
                     totals["driver"] += rss / 1024
             for k, v in totals.items():
                 self.peak[k] = max(self.peak[k], v)
+            self.loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
             self._stop.wait(0.25)
 
 
@@ -234,13 +245,22 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
     funnel_toml = work / "funnel.toml"
     funnel_toml.write_text("[als]\nfactors = 32\niterations = 10\n[ranker]\nmax_users = 1000\n")
     out: dict[str, Any] = {"data": shape, "master": args.master}
-    conf = {"spark.sql.shuffle.partitions": str(args.partitions)}
+    conf = {
+        "spark.sql.shuffle.partitions": str(args.partitions),
+        "spark.driver.memory": args.driver_memory,
+        "spark.executor.memory": args.executor_memory,
+        **dict(kv.split("=", 1) for kv in args.conf),
+    }
+    out["conf"] = conf
     settings = Settings(
         model_dir=work / f"models-{args.events}",
         funnel_config=funnel_toml,
         cache_url=f"redis://127.0.0.1:6379/15?prefix=bench_spark_{os.getpid()}:",
         event_weights={"view": 1.0, "click": 2.0, "purchase": 8.0},
     )
+    if args.single_only:
+        out["single_process"] = single_process(lake, settings, args.ranker)
+        return out
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         with spark_session(args.master, conf) as spark:
@@ -253,6 +273,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
         out["batch_cached"] = result.cached
         out["batch_users_per_s"] = round(result.users / out["batch_s"], 1)
     out["spark_peak_mib"] = {k: round(v) for k, v in mem.peak.items()}
+    out["load_average"] = mem.load
     manifest = json.loads((settings.model_dir / funnel.version / "manifest.json").read_text())
     out["train_timings"] = manifest["data"].get("timings")
     _clear_redis(settings.cache_url)
@@ -297,6 +318,7 @@ def single_process(lake: Path, settings: Any, ranker: bool) -> dict[str, Any]:
         "load_s": round(load_s, 1),
         "fit_s": round(fit_s, 1),
         "peak_mib": round(mem.peak["driver"]),
+        "load_average": mem.load,
     }
 
 
@@ -323,8 +345,20 @@ def main() -> None:
     s.add_argument("--master", default="local[2]")
     s.add_argument("--partitions", type=int, default=8)
     s.add_argument("--work", default="/tmp/sieve-bench-spark")
+    s.add_argument("--driver-memory", default="2g", help="spark.driver.memory")
+    s.add_argument(
+        "--executor-memory", default="2g", help="spark.executor.memory (≤ the worker's memory)"
+    )
+    s.add_argument(
+        "--conf", action="append", default=[], metavar="KEY=VALUE", help="other Spark settings"
+    )
     s.add_argument("--ranker", action="store_true", help="also train the ranker on Spark")
     s.add_argument("--single", action="store_true", help="also fit the single-process funnel")
+    s.add_argument(
+        "--single-only",
+        action="store_true",
+        help="fit the single-process funnel only (its own process: no Spark heap in its RSS)",
+    )
     args = parser.parse_args()
     result = parity(args.ml100k, args.seed) if args.what == "parity" else scale(args)
     print(json.dumps(result, indent=1, default=str))

@@ -1,10 +1,12 @@
 """`sieve spark train` and `sieve spark batch` in local mode: the registered
 version (engine, data range, Spark settings), its charts and neighbours
-against the single-process models on the same data, and the batch's lists
-served by the service as its precomputed answers."""
+against the single-process models on the same data, the ranker's training
+rows (online counters included) against the single process's, and the
+batch's lists served by the service as its precomputed answers."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from servers import REDIS_URL, redis_problem
+from sieve.data.dataset import Dataset
+from sieve.data.schema import EventWeights
 from sieve.models.itemknn import ItemKNN
 from sieve.models.popularity import Trending
 from sieve.pipeline import Funnel
+from sieve.pipeline.training import categories_of, training_rows
+from sieve.ranking.features import FEATURE_NAMES, ONLINE_FEATURES
+from sieve.realtime.counters import Replay
 from sieve.registry import ModelRegistry
 from sieve.serve.app import create_app
 from sieve.settings import Settings
@@ -80,6 +87,85 @@ def test_charts_and_neighbours_equal_the_single_process_models(
     theirs = ItemKNN(funnel.config.itemknn).fit(dataset).state.similarity
     assert ours.nnz == theirs.nnz
     np.testing.assert_allclose(ours.toarray(), theirs.toarray(), atol=1e-5)
+
+
+def test_neighbours_by_several_blocks_equal_itemknn(
+    spark: Any, lake: tuple[str, Path], trained: tuple[Settings, Funnel]
+) -> None:
+    """The co-occurrence top-k computed by many small item blocks (several
+    tasks, several chunks per block) is ItemKNN's, as with one block."""
+    from sieve.spark.lake import read_lake
+    from sieve.spark.models import cooccurrence_topk, index_interactions, to_pandas
+
+    settings, funnel = trained
+    data = read_lake(spark, lake[1], dict(settings.event_weights))
+    ids = to_pandas(data.items)["item_id"].astype(str).tolist()
+    indexed = index_interactions(spark, data.events, ids)
+    config = dataclasses.replace(funnel.config.itemknn, k=5, binary=False, shrinkage=1.0)
+    ours = cooccurrence_topk(indexed.pairs, len(indexed.item_ids), config, block_items=16)
+    indexed.pairs.unpersist()
+    with open_store(settings.store_url) as store:
+        dataset = snapshot(store, settings.event_weights)
+    theirs = ItemKNN(config).fit(dataset).state.similarity
+    assert ours.nnz == theirs.nnz > 2 * dataset.n_items
+    np.testing.assert_allclose(ours.toarray(), theirs.toarray(), atol=1e-5)
+
+
+def test_ranker_rows_and_counters_equal_the_single_process_ones(
+    spark: Any, lake: tuple[str, Path], tmp_path: Path
+) -> None:
+    """On the same fit part (the events without the held-out labels), fitted
+    engine and temporal cuts (one per user), the rows Spark featurises equal
+    `sieve.pipeline.training.training_rows`' with its log replay, the
+    online-counter columns included."""
+    from sieve.spark.assemble import spark_config
+    from sieve.spark.lake import read_lake
+    from sieve.spark.models import index_interactions, item_frame, to_pandas
+    from sieve.spark.ranker import featurised_rows
+    from sieve.spark.train import EVENT_COLUMNS, ranker_fit_part
+    from sieve.training.train import new_funnel
+
+    (tmp_path / "funnel.toml").write_text(FUNNEL_TOML.replace("max_users = 40", "max_users = 12"))
+    settings = Settings(model_dir=tmp_path / "models", funnel_config=tmp_path / "funnel.toml")
+    weights = EventWeights(weights=dict(settings.event_weights))
+    config = spark_config(new_funnel(settings).config)
+    config = config.replace(ranker=dataclasses.replace(config.ranker, holdout="temporal"))
+    data = read_lake(spark, lake[1], weights.weights)
+    catalog = to_pandas(data.items)
+    events = data.events.select(*EVENT_COLUMNS).cache()
+    pairs = index_interactions(spark, events, catalog["item_id"].astype(str).tolist()).pairs
+    labels, fit_events, funnel, fit_pairs = ranker_fit_part(
+        spark, events, pairs, catalog, config, weights
+    )
+    rows = featurised_rows(spark, fit_events, labels, funnel).set_index("user_id")
+    frame = to_pandas(fit_events).drop(columns=["weight"]).assign(value=np.nan)
+    for cached in (pairs, fit_pairs, labels, events):
+        cached.unpersist()
+
+    # the single process on the same fit part, engine and cuts
+    fit_part = Dataset.from_frames(
+        frame,
+        item_frame(catalog, funnel.item_ids),
+        weights=weights,
+        user_ids=funnel.user_ids,
+        item_ids=funnel.item_ids,
+    )
+    user_ids = sorted(rows.index)
+    users = np.array([funnel.user_index(u) for u in user_ids], dtype=np.int64)
+    replay = Replay(fit_part.events, categories_of(fit_part))
+    expected = training_rows(funnel.config, funnel.state.engine, users, fit_part, replay)
+    assert len(user_ids) == 12
+    online = [FEATURE_NAMES.index(name) for name in ONLINE_FEATURES]
+    filled = np.zeros(len(online), bool)
+    for user_id, (items, x, base) in zip(user_ids, expected, strict=True):
+        row = rows.loc[user_id]
+        got = np.asarray(row["x"], np.float32).reshape(len(row["items"]), int(row["width"]))
+        np.testing.assert_array_equal(np.asarray(row["items"]), items)
+        np.testing.assert_allclose(got[:, online], x[:, online], rtol=1e-5, equal_nan=True)
+        np.testing.assert_allclose(got, x, rtol=1e-5, atol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(np.asarray(row["base"]), base, rtol=1e-5, atol=1e-6)
+        filled |= np.isfinite(got[:, online]).any(axis=0)
+    assert filled.all()  # every counter column has values, not only missing ones
 
 
 def test_batch_lists_are_what_the_service_serves(

@@ -9,7 +9,7 @@ item or user):
 - `fit_als`: `pyspark.ml.recommendation.ALS` with `implicitPrefs`;
 - `charts`: popularity (distinct users) and time-decayed trending, in Spark SQL;
 - `cooccurrence_topk`: item-to-item cosine over co-occurrences, top-k per
-  item chosen by a window on the executors;
+  item, by blocks of items on the executors (sparse products);
 - `user_sums`: the per-user counts the candidate engine keeps.
 
 ALS's confidence differs from `implicit`'s: Spark weights an observed cell by
@@ -80,6 +80,7 @@ def index_interactions(spark: SparkSession, events: DataFrame, catalog_ids: list
         .select("u", "i", "x", "t", "user_id", "item_id")
         .cache()
     )
+    pairs.count()  # materialised from `summed` before it is dropped, not recomputed later
     finite = events.where(~F.isnan("timestamp") & F.col("timestamp").isNotNull())
     last = finite.agg(F.max("timestamp")).collect()[0][0]
     summed.unpersist()
@@ -163,16 +164,34 @@ def charts(
     return popularity, trending
 
 
+#: Similarity rows per task of `cooccurrence_topk` (items of a block), and per
+#: sparse product inside it (bounds a Python worker's memory: a chunk's dot
+#: products are at most CHUNK_ITEMS × items).
+BLOCK_ITEMS = 4096
+CHUNK_ITEMS = 256
+
+
 def cooccurrence_topk(
-    pairs: DataFrame, n_items: int, config: ItemKNNConfig, max_user_items: int = 500
+    pairs: DataFrame,
+    n_items: int,
+    config: ItemKNNConfig,
+    max_user_items: int = 500,
+    block_items: int = BLOCK_ITEMS,
 ) -> sp.csr_matrix:
     """Item i's `config.k` most similar items j ≠ i, s_ij = x_i·x_j /
     (‖x_i‖‖x_j‖ + shrinkage) over the user columns (0/1 when `binary`), as
-    `ItemKNN`'s cosine. The pairs come from a self-join on users, so a user
-    with n items makes n² of them: each user's `max_user_items` strongest
-    items take part (a cap ItemKNN does not have; it only binds users
-    with more items than that). The top-k is chosen per item by a window on
-    the executors; only those k rows per item reach the driver."""
+    `ItemKNN`'s cosine.
+
+    The rows of XᵀX are computed by blocks of `block_items` items, a task
+    each: it receives the rows of the users who have an item in its block
+    (their item lists) and multiplies them with scipy's sparse product,
+    keeping each item's top k (by a chunk of rows at a time); only those k
+    per item reach the driver. Each user takes part with their
+    `max_user_items` strongest items (a cap ItemKNN does not have; it only
+    binds users with more items than that). A self-join of the
+    interactions on users would instead emit a row per co-occurring pair —
+    Σ n_u² rows, nearly all distinct, which Spark's aggregation cannot
+    reduce and spills to disk (BENCHMARKS.md: ~450M rows at 10M events)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -184,28 +203,30 @@ def cooccurrence_topk(
     w = F.lit(1.0) if config.binary else F.col("x")
     strongest = Window.partitionBy("u").orderBy(F.desc("x"), F.asc("i"))
     cells = (
-        pairs.withColumn("w", w)
+        pairs.withColumn("w", w.cast("double"))
         .withColumn("r", F.row_number().over(strongest))
         .where(F.col("r") <= max_user_items)
         .select("u", "i", "w")
     )
-    norms = pairs.withColumn("w", w).groupBy("i").agg(F.sqrt(F.sum(F.col("w") ** 2)).alias("n"))
-    a, b = cells.alias("a"), cells.alias("b")
-    dots = (
-        a.join(b, (F.col("a.u") == F.col("b.u")) & (F.col("a.i") != F.col("b.i")))
-        .groupBy(F.col("a.i").alias("i"), F.col("b.i").alias("j"))
-        .agg(F.sum(F.col("a.w") * F.col("b.w")).alias("dot"))
+    found = to_pandas(
+        pairs.withColumn("w", w).groupBy("i").agg(F.sqrt(F.sum(F.col("w") ** 2)).alias("n"))
     )
-    ni, nj = norms.alias("ni"), norms.withColumnRenamed("i", "j").withColumnRenamed("n", "m")
-    sims = (
-        dots.join(F.broadcast(ni), "i")
-        .join(F.broadcast(nj), "j")
-        .withColumn("s", F.col("dot") / (F.col("n") * F.col("m") + F.lit(config.shrinkage)))
-        .where(F.col("s") > 0)
+    norms = np.zeros(n_items)
+    norms[found["i"].to_numpy(np.int64)] = found["n"].to_numpy(np.float64)
+    rows = (
+        cells.groupBy("u")
+        .agg(F.collect_list(F.struct("i", "w")).alias("c"))
+        .select("u", F.col("c.i").alias("items"), F.col("c.w").alias("ws"))
     )
-    best = Window.partitionBy("i").orderBy(F.desc("s"), F.asc("j"))
-    top = sims.withColumn("r", F.row_number().over(best)).where(F.col("r") <= config.k)
-    pdf = to_pandas(top.select("i", "j", "s"))
+    block = F.floor(F.col("i") / F.lit(block_items)).cast("int").alias("b")
+    shipped = rows.join(cells.select("u", block).distinct(), "u")
+    k, shrinkage = config.k, config.shrinkage
+
+    def topk(frame: pd.DataFrame) -> pd.DataFrame:
+        return _block_topk(frame, norms, block_items, k, shrinkage)
+
+    top = shipped.groupBy("b").applyInPandas(topk, "i long, j long, s double")
+    pdf = to_pandas(top)
     return sp.csr_matrix(
         (
             pdf["s"].to_numpy(np.float32),
@@ -214,6 +235,47 @@ def cooccurrence_topk(
         shape=(n_items, n_items),
         dtype=np.float32,
     )
+
+
+def _block_topk(
+    frame: pd.DataFrame,
+    norms: NDArray[np.float64],
+    block_items: int,
+    k: int,
+    shrinkage: float,
+) -> pd.DataFrame:
+    """One block's similarity rows, on an executor: `frame` holds the users
+    with an item in block `b` (their items and weights); returns each block
+    item's top k (i, j, s), s > 0, ties by j."""
+    out: dict[str, list[NDArray[Any]]] = {"i": [], "j": [], "s": []}
+    if frame.empty:
+        return pd.DataFrame({"i": [], "j": [], "s": []})
+    n_items = len(norms)
+    lengths = frame["items"].map(len).to_numpy(np.int64)
+    x = sp.csr_matrix(
+        (
+            np.concatenate(frame["ws"].to_numpy()).astype(np.float64),
+            np.concatenate(frame["items"].to_numpy()).astype(np.int64),
+            np.concatenate([[0], np.cumsum(lengths)]),
+        ),
+        shape=(len(frame), n_items),
+    )
+    columns = x.tocsc()
+    lo = int(frame["b"].iloc[0]) * block_items
+    for start in range(lo, min(lo + block_items, n_items), CHUNK_ITEMS):
+        stop = min(start + CHUNK_ITEMS, lo + block_items, n_items)
+        dots = (columns[:, start:stop].T @ x).tocoo()
+        i, j = dots.row.astype(np.int64) + start, dots.col.astype(np.int64)
+        s = dots.data / (norms[i] * norms[j] + shrinkage)
+        keep = (i != j) & (s > 0)
+        i, j, s = i[keep], j[keep], s[keep]
+        order = np.lexsort((j, -s, i))
+        i, j, s = i[order], j[order], s[order]
+        best = np.arange(len(i)) - np.searchsorted(i, i) < k
+        out["i"].append(i[best])
+        out["j"].append(j[best])
+        out["s"].append(s[best])
+    return pd.DataFrame({name: np.concatenate(parts) for name, parts in out.items()})
 
 
 def user_sums(pairs: DataFrame, n_users: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

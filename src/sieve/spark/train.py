@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The event columns training reads (the rest of the export is not cached).
+EVENT_COLUMNS = ("user_id", "item_id", "type", "timestamp", "seq", "weight")
+
 
 def fit_parts(
     spark: SparkSession,
@@ -82,6 +85,29 @@ def fit_parts(
     return parts, indexed.pairs
 
 
+def ranker_fit_part(
+    spark: SparkSession,
+    events: DataFrame,
+    pairs: DataFrame,
+    catalog: pd.DataFrame,
+    config: FunnelConfig,
+    weights: EventWeights,
+) -> tuple[DataFrame, DataFrame, Funnel, DataFrame]:
+    """The ranker's held-out labels (cached), the events without them, the
+    funnel fitted on those (the full fit's vocabularies: every user and item
+    keeps its index) and its indexed interactions (cached); the caller
+    unpersists the cached ones."""
+    from sieve.spark.ranker import label_pairs
+
+    labels = label_pairs(pairs, config).cache()
+    fit_events = events.join(
+        labels.select("user_id", "item_id"), ["user_id", "item_id"], "left_anti"
+    )
+    parts, fit_pairs = fit_parts(spark, fit_events, catalog, config)
+    fit_funnel = assemble(parts, without_ranker(config), weights, None, exact_ann=True)
+    return labels, fit_events, fit_funnel, fit_pairs
+
+
 def fit_ranker(
     spark: SparkSession,
     events: DataFrame,
@@ -92,15 +118,11 @@ def fit_ranker(
 ) -> LTRRanker | None:
     """LightGBM on the rows of the held-out users, featurised on Spark with
     models fitted without their labels (see `sieve.spark.ranker`)."""
-    from sieve.spark.ranker import label_pairs, training_rows
+    from sieve.spark.ranker import training_rows
 
-    labels = label_pairs(pairs, config).cache()
-    fit_events = events.join(
-        labels.select("user_id", "item_id"), ["user_id", "item_id"], "left_anti"
+    labels, fit_events, fit_funnel, fit_pairs = ranker_fit_part(
+        spark, events, pairs, catalog, config, weights
     )
-    parts, fit_pairs = fit_parts(spark, fit_events, catalog, config)
-    # the same vocabularies as the full fit: every user and item keeps its index
-    fit_funnel = assemble(parts, without_ranker(config), weights, None, exact_ann=True)
     data = training_rows(spark, fit_events, labels, fit_funnel)
     fit_pairs.unpersist()
     labels.unpersist()
@@ -128,7 +150,7 @@ def train_on_spark(
     if not ranker or not config.ranker.enabled:
         config = without_ranker(config)
     catalog = to_pandas(lake.items)
-    events = lake.events.cache()
+    events = lake.events.select(*EVENT_COLUMNS).cache()
     n_events = events.count()
     if n_events == 0:
         raise ValueError(f"the export at {data} has no events of the configured types")
@@ -166,4 +188,4 @@ def train_on_spark(
     return funnel, saved
 
 
-__all__ = ["fit_parts", "fit_ranker", "train_on_spark"]
+__all__ = ["fit_parts", "fit_ranker", "ranker_fit_part", "train_on_spark"]
