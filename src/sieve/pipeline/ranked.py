@@ -19,12 +19,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sieve.pipeline.config import FunnelConfig
-from sieve.pipeline.features import featurize
+from sieve.pipeline.features import featurize_many
 from sieve.pipeline.training import FunnelState
 from sieve.ranking.features import base_score
 from sieve.realtime.counters import OnlineCounters
 from sieve.rerank.rules import blocked_items, violations
-from sieve.rerank.stages import rerank
+from sieve.rerank.stages import rerank_many
 from sieve.retrieval.candidates import SOURCES, Candidates, Request
 from sieve.types import Query
 
@@ -59,33 +59,38 @@ def rank_queries(
     engine = state.engine
     t0 = time.perf_counter()
     blocked = blocked_items(engine.catalog, config.rerank.rules)
-    rows = [
-        featurize(
-            engine,
-            query,
-            blocked,
-            exclude_seen=exclude_seen,
-            with_features=state.ranker is not None,
-            online=online,
-            attributes=state.attributes,
-        )
-        for query in queries
-    ]
+    rows = featurize_many(
+        engine,
+        queries,
+        blocked,
+        exclude_seen=exclude_seen,
+        with_features=state.ranker is not None,
+        online=online,
+        attributes=state.attributes,
+    )
     t1 = time.perf_counter()
     observe_stage("retrieval", t1 - t0, len(queries))  # candidates and their features
     scored = [len(cands) > 0 for _, cands, _ in rows]
     relevances = relevance_many(state, config, [r for r in rows if len(r[1])])
     t2 = time.perf_counter()
     observe_stage("ranking", t2 - t1, sum(scored))
+    kept = [k for k, ok in enumerate(scored) if ok]
+    chosen = rerank_many(
+        engine,
+        [rows[k][0] for k in kept],
+        [rows[k][1].items for k in kept],
+        relevances,
+        [queries[k].n for k in kept],
+        config.rerank,
+    )
     out: list[Ranked] = []
-    rel_iter = iter(relevances)
-    for (req, cands, x), query, ok in zip(rows, queries, scored, strict=True):
+    done = iter(zip(relevances, chosen, strict=True))
+    for (req, cands, x), ok in zip(rows, scored, strict=True):
         if not ok:
             empty = np.empty(0, np.int64)
             out.append(Ranked(req, cands, x, empty, np.empty(0, np.float64)))
             continue
-        rel = next(rel_iter)
-        positions = rerank(engine, req, cands.items, rel, query.n, config.rerank)
+        rel, positions = next(done)
         # the rules were applied when merging; this is the last line of defence
         positions = positions[
             ~violations(cands.items[positions], engine.catalog, blocked, req.exclude)

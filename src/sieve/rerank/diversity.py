@@ -101,8 +101,11 @@ def mmr_objective(
 def over_cap(
     categories: NDArray[np.float64], block_counts: NDArray[np.float64], config: CategoryCapConfig
 ) -> NDArray[np.bool_]:
-    """True for items with a category already at the cap in this block."""
+    """True for items with a category already at the cap in this block:
+    `categories` (requests × items × categories, non-negative) against each
+    request's `block_counts` (requests × categories)."""
     full = block_counts >= config.max_per_category
     if not full.any():
-        return np.zeros(len(categories), dtype=bool)
-    return np.asarray((categories[:, full] > 0).any(axis=1), dtype=bool)
+        return np.zeros(categories.shape[:2], dtype=bool)
+    # how many of each item's categories are full: a count, exact in any order
+    return np.matmul(categories, full[:, :, None].astype(np.float64))[:, :, 0] > 0

@@ -6,7 +6,7 @@ itself are in `sieve.retrieval.candidates`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -426,6 +426,12 @@ class CandidateEngine:
         got = first < len(p)
         out[got] = req.anchors[entry_anchor[first[got]]]
         return out
+
+    def candidates_many(
+        self, reqs: Sequence[Request], blocked: NDArray[np.bool_] | None = None
+    ) -> list[Candidates]:
+        """`candidates` of each request of a block."""
+        return [self.candidates(req, blocked) for req in reqs]
 
     def candidates(self, req: Request, blocked: NDArray[np.bool_] | None = None) -> Candidates:
         """All sources, merged under their quotas, topped up with popular
