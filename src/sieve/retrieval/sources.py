@@ -27,6 +27,7 @@ from sieve.retrieval.candidates import (
     Request,
     SourcesConfig,
     merge,
+    merge_many,
     positions,
 )
 from sieve.retrieval.catalog import Catalog, _categories
@@ -173,19 +174,51 @@ class CandidateEngine:
         self, req: Request, blocked: NDArray[np.bool_] | None = None
     ) -> Callable[[NDArray[np.int64]], NDArray[np.bool_]]:
         """The merge filter of a request: available, not seen, not excluded,
-        not blocked, and in the requested categories."""
-        cat = self.catalog
-        members = cat.members(req.category_filter) if len(req.query.categories) else None
+        not blocked, and in the requested categories (the block of one of
+        `allowed_many`)."""
+        ok = self.allowed_many([req], blocked)
+        return lambda items: ok(items, np.zeros(len(items), np.int64))
 
-        def ok(items: NDArray[np.int64]) -> NDArray[np.bool_]:
+    def allowed_many(
+        self, reqs: Sequence[Request], blocked: NDArray[np.bool_] | None = None
+    ) -> Callable[[NDArray[np.int64], NDArray[np.int64]], NDArray[np.bool_]]:
+        """The merge filter of a block of requests: `ok(items, requests)`
+        tells, for each item, whether the request at that position in the
+        block may list it (see `allowed`). Each request's item sets become
+        (request, item) keys, so one sorted search covers the block."""
+        cat = self.catalog
+        width = cat.n_items
+
+        def keys(sets: list[NDArray[np.int64]]) -> NDArray[np.int64]:
+            return np.concatenate(
+                [np.empty(0, np.int64), *(b * width + s for b, s in enumerate(sets) if len(s))]
+            )
+
+        seen = keys([req.seen for req in reqs])
+        excluded = keys([req.exclude for req in reqs])
+        filtered = np.array([len(req.query.categories) > 0 for req in reqs])
+        members = (
+            keys(
+                [
+                    cat.members(req.category_filter) if f else np.empty(0, np.int64)
+                    for req, f in zip(reqs, filtered, strict=True)
+                ]
+            )
+            if filtered.any()
+            else None
+        )
+
+        def ok(items: NDArray[np.int64], requests: NDArray[np.int64]) -> NDArray[np.bool_]:
             mask = cat.available[items].copy()
             if blocked is not None:
                 mask &= ~blocked[items]
-            for sorted_set in (req.seen, req.exclude):
+            at = requests * width + items
+            for sorted_set in (seen, excluded):
                 if len(sorted_set):
-                    mask &= ~_in_sorted(items, sorted_set)
+                    mask &= ~_in_sorted(at, sorted_set)
             if members is not None:
-                mask &= _in_sorted(items, members)
+                inside = filtered[requests]
+                mask[inside] &= _in_sorted(at[inside], members)
             return mask
 
         return ok
@@ -430,19 +463,22 @@ class CandidateEngine:
     def candidates_many(
         self, reqs: Sequence[Request], blocked: NDArray[np.bool_] | None = None
     ) -> list[Candidates]:
-        """`candidates` of each request of a block."""
-        return [self.candidates(req, blocked) for req in reqs]
+        """`candidates` of each request of a block: each request's proposals,
+        merged for the whole block at once (`merge_many`)."""
+        cfg = self.config
+        quotas = {s: cfg.quota(s) for s in SOURCES}
+        ok = self.allowed_many(reqs, blocked)
+        cands = merge_many([self.propose(req) for req in reqs], quotas, ok)
+        for k, (req, found) in enumerate(zip(reqs, cands, strict=True)):
+            if len(found) < cfg.min_candidates:
+                cands[k] = self._top_up(req, found, self.allowed(req, blocked), quotas)
+        return cands
 
     def candidates(self, req: Request, blocked: NDArray[np.bool_] | None = None) -> Candidates:
         """All sources, merged under their quotas, topped up with popular
-        items when fewer than `min_candidates` survive."""
-        cfg = self.config
-        quotas = {s: cfg.quota(s) for s in SOURCES}
-        ok = self.allowed(req, blocked)
-        cands = merge(self.propose(req), quotas, ok)
-        if len(cands) < cfg.min_candidates:
-            cands = self._top_up(req, cands, ok, quotas)
-        return cands
+        items when fewer than `min_candidates` survive (the block of one of
+        `candidates_many`)."""
+        return self.candidates_many([req], blocked)[0]
 
     def _top_up(
         self,
