@@ -183,13 +183,7 @@ def _base_features(
         if not np.isnan(values).all():
             x[:, _COLUMN[name]] = values[group]
     if online is not None:
-        for req, lo, hi in zip(reqs, bounds[:-1], bounds[1:], strict=True):
-            if hi == lo:
-                continue
-            try:
-                _put_online(x[lo:hi], engine, req, items[lo:hi], online)
-            except CacheError:  # a dead cache leaves them missing, as for a new item
-                log.warning("online counters unreadable: their features are missing")
+        _put_online(x, engine, reqs, items, bounds, online)
     return x
 
 
@@ -265,14 +259,24 @@ def _context(req: Request, name: str) -> float:
 def _put_online(
     x: NDArray[np.float32],
     engine: CandidateEngine,
-    req: Request,
+    reqs: Sequence[Request],
     items: NDArray[np.int64],
+    bounds: NDArray[np.int64],
     online: OnlineCounters,
 ) -> None:
-    """The online-counter columns of the candidates, as of the request time
-    (user columns stay missing for anonymous requests and unknown users)."""
+    """The online-counter columns of a block's candidates (request b's rows
+    `bounds[b]:bounds[b + 1]`), each as of its request's time: the items'
+    counters in one read for the block, each user's in one read; user
+    columns stay missing for anonymous requests and unknown users. A cache
+    that cannot be read leaves them missing, as for a new item."""
     cat = engine.catalog
-    f = online.item_features([str(i) for i in cat.item_ids[items]], req.now)
+    lens = np.diff(bounds)
+    now = np.repeat(np.array([req.now for req in reqs], dtype=np.float64), lens)
+    try:
+        f = online.item_features([str(i) for i in cat.item_ids[items]], now)
+    except CacheError:
+        log.warning("online counters unreadable: their features are missing")
+        return
     for w in ONLINE_WINDOWS:
         if f"view@{w}" not in f:
             continue
@@ -281,18 +285,30 @@ def _put_online(
         x[:, _COLUMN[f"item_clicks_{w}"]] = np.log1p(clicks)
         x[:, _COLUMN[f"item_ctr_{w}"]] = f[f"ctr@{w}"]
     x[:, _COLUMN["item_hours_since_event"]] = _log_hours(f["recency_hours"])
-    user_id = req.query.user_id
-    if user_id is None:
-        return
-    u = online.user_features(user_id, req.now)
-    if u["events"] <= 0:
-        return
-    x[:, _COLUMN["user_hours_since_event"]] = _log_hours(np.array([u["recency_hours"]]))[0]
-    if cat.n_categories:
-        aff = np.array([u.get(f"affinity:{c}", 0.0) for c in cat.category_names])
-        total, top = _category_sum_max(engine, items, aff)
-        x[:, _COLUMN["user_affinity_7d"]] = total
-        x[:, _COLUMN["user_affinity_7d_max"]] = top
+    affinities: list[NDArray[np.float64]] = []
+    counts: list[int] = []
+    known = np.zeros(len(items), dtype=bool)
+    for req, lo, hi in zip(reqs, bounds[:-1], bounds[1:], strict=True):
+        user_id = req.query.user_id
+        if user_id is None or hi == lo:
+            continue
+        try:
+            u = online.user_features(user_id, req.now)
+        except CacheError:
+            log.warning("online counters unreadable: their features are missing")
+            continue
+        if u["events"] <= 0:
+            continue
+        x[lo:hi, _COLUMN["user_hours_since_event"]] = _log_hours(np.array([u["recency_hours"]]))[0]
+        if cat.n_categories:
+            known[lo:hi] = True
+            counts.append(hi - lo)
+            affinities.append(np.array([u.get(f"affinity:{c}", 0.0) for c in cat.category_names]))
+    if affinities:
+        rows = np.repeat(np.arange(len(affinities)), counts)
+        total, top = _category_sum_max(engine, items[known], np.stack(affinities), rows)
+        x[known, _COLUMN["user_affinity_7d"]] = total
+        x[known, _COLUMN["user_affinity_7d_max"]] = top
 
 
 def _category_sum_max(
