@@ -203,7 +203,10 @@ def _put_models(
     knn_sims: list[NDArray[np.float32]] = []
     knn_requests = np.zeros(len(items), dtype=bool)
     n_anchors = np.ones(len(items), dtype=np.float64)
-    for req, lo, hi in zip(reqs, bounds[:-1], bounds[1:], strict=True):
+    contents = engine.content_cosines_many(
+        reqs, [items[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+    )
+    for req, lo, hi, content in zip(reqs, bounds[:-1], bounds[1:], contents, strict=True):
         if hi == lo:
             continue
         view = x[lo:hi]
@@ -228,7 +231,6 @@ def _put_models(
                 cos = unit[tr_items] @ unit[anchors].T
                 view[tr, _COLUMN["emb_max_cos"]] = cos.max(axis=1)
                 view[tr, _COLUMN["emb_mean_cos"]] = cos.mean(axis=1)
-        content = engine.content_cosines(req, its)
         if content is not None:
             _put_normalised(view, "content", np.ones(hi - lo, bool), content)
             view[:, _COLUMN["content_cos"]] = content

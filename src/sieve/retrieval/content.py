@@ -4,6 +4,8 @@ posting lists, with a small delta block for items added after training.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -150,23 +152,52 @@ class ContentIndex:
         n_items: int,
     ) -> NDArray[np.float64]:
         """Exact cosine of each of `items` with the profile (the rows of those
-        items only: what the ranker's content features need)."""
-        profile = np.zeros(self.base.shape[1], dtype=np.float64)
-        profile[terms] = weights
-        pos = self.delta_position(n_items)[items]
-        out = np.zeros(len(items), dtype=np.float64)
-        in_base = (pos < 0) & (items < self.n_base)
-        which, cols, vals = gather_rows(self.base, items[in_base])
-        out[in_base] = np.bincount(
-            which, weights=vals * profile[cols], minlength=int(in_base.sum())
+        items only: what the ranker's content features need); the block of
+        one of `cosines_many`."""
+        return self.cosines_many([items], [(terms, weights)], n_items)[0]
+
+    def cosines_many(
+        self,
+        items: Sequence[NDArray[np.int64]],
+        profiles: Sequence[tuple[NDArray[np.int64], NDArray[np.float64]]],
+        n_items: int,
+    ) -> list[NDArray[np.float64]]:
+        """`cosines` of each (items, profile) of a block: the block's rows
+        gathered at once, each entry's profile weight found among its own
+        profile's (request, term) keys."""
+        lens = [len(i) for i in items]
+        flat = np.concatenate([np.empty(0, np.int64), *items])
+        group = np.repeat(np.arange(len(items)), lens)
+        width = int(self.base.shape[1])
+        keys = np.concatenate(
+            [np.empty(0, np.int64), *(b * width + t for b, (t, _) in enumerate(profiles))]
         )
-        in_delta = pos >= 0
-        if in_delta.any():
-            which, cols, vals = gather_rows(self.delta, pos[in_delta])
-            out[in_delta] = np.bincount(
-                which, weights=vals * profile[cols], minlength=int(in_delta.sum())
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        values = np.concatenate([np.empty(0), *(w for _, w in profiles)])[order]
+
+        def weight(rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.float64]:
+            if len(keys) == 0:
+                return np.zeros(len(cols))
+            at = rows * width + cols
+            k = np.minimum(np.searchsorted(keys, at), len(keys) - 1)
+            return np.where(keys[k] == at, values[k], 0.0)
+
+        pos = self.delta_position(n_items)[flat]
+        out = np.zeros(len(flat), dtype=np.float64)
+        for part, rows in (
+            (self.base, (pos < 0) & (flat < self.n_base)),
+            (self.delta, pos >= 0),
+        ):
+            if not rows.any():
+                continue
+            which, cols, vals = gather_rows(part, flat[rows] if part is self.base else pos[rows])
+            owner = group[rows][which]
+            out[rows] = np.bincount(
+                which, weights=vals * weight(owner, cols), minlength=int(rows.sum())
             )
-        return out
+        bounds = np.cumsum([0, *lens])
+        return [out[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
     def _delta_scores(
         self, terms: NDArray[np.int64], weights: NDArray[np.float64]

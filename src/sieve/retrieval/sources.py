@@ -365,11 +365,28 @@ class CandidateEngine:
         return out
 
     def content_cosines(self, req: Request, items: NDArray[np.int64]) -> NDArray[np.float64] | None:
-        """TF-IDF cosine of `items` with the request's profile."""
-        profile = self.content_profile(req)
-        if profile is None or self.content is None:
-            return None
-        return self.content.cosines(items, *profile, self.catalog.n_items)
+        """TF-IDF cosine of `items` with the request's profile (the block of
+        one of `content_cosines_many`)."""
+        return self.content_cosines_many([req], [items])[0]
+
+    def content_cosines_many(
+        self, reqs: Sequence[Request], items: Sequence[NDArray[np.int64]]
+    ) -> list[NDArray[np.float64] | None]:
+        """`content_cosines` of each (request, items) of a block (None for a
+        request without a profile), computed for the block at once."""
+        profiles = [self.content_profile(req) for req in reqs]
+        out: list[NDArray[np.float64] | None] = [None] * len(reqs)
+        if self.content is None:
+            return out
+        has = [k for k, p in enumerate(profiles) if p is not None]
+        found = self.content.cosines_many(
+            [items[k] for k in has],
+            [p for p in profiles if p is not None],
+            self.catalog.n_items,
+        )
+        for k, cos in zip(has, found, strict=True):
+            out[k] = cos
+        return out
 
     def ease_scores(self, req: Request) -> NDArray[np.float32] | None:
         """EASE scores x_u · B over the training items."""
