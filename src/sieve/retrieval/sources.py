@@ -134,13 +134,17 @@ class CandidateEngine:
         # anchors: the session (latest first), then the strongest history items
         order = np.argsort(-hw, kind="stable")[: cfg.max_history_anchors]
         hist_anchor = history[order]
-        keep_hist = ~np.isin(hist_anchor, recent)
-        hist_anchor = hist_anchor[keep_hist]
-        _, first = np.unique(recent, return_index=True)
-        first = np.sort(first)
+        if len(recent):  # (the set operations' fixed costs only where there is a session)
+            unique_recent, first = np.unique(recent, return_index=True)
+            hist_anchor = hist_anchor[~_in_sorted(hist_anchor, unique_recent)]
+            first = np.sort(first)
+        else:
+            first = np.empty(0, np.int64)
         anchors = np.concatenate([recent[first], hist_anchor])
         anchor_w = np.concatenate([cfg.session_weight * rw[first], np.ones(len(hist_anchor))])
-        seen = np.union1d(interactions, all_recent) if exclude_seen else np.empty(0, np.int64)
+        seen = interactions if exclude_seen else np.empty(0, np.int64)
+        if exclude_seen and len(all_recent):
+            seen = np.union1d(interactions, all_recent)
         back = None
         if cfg.continuation > 0:
             back = comeback(
@@ -151,7 +155,9 @@ class CandidateEngine:
                 cfg.continuation_stop,
             )
             seen = np.setdiff1d(seen, back[0])  # they may come back: not filtered as seen
-        exclude = np.unique(np.fromiter(query.exclude, dtype=np.int64, count=len(query.exclude)))
+        exclude = np.empty(0, np.int64)
+        if query.exclude:
+            exclude = np.unique(np.fromiter(query.exclude, np.int64, count=len(query.exclude)))
         affinity = np.zeros(self.catalog.n_categories)
         if len(interactions):
             affinity = row_sums(
@@ -442,7 +448,7 @@ class CandidateEngine:
         if cfg.ann and self.ann is not None:
             vec = self.ann_vector(req)
             if vec is not None:
-                skip = np.union1d(req.seen, req.exclude)
+                skip = np.union1d(req.seen, req.exclude) if len(req.exclude) else req.seen
                 fetch = cfg.ann + cfg.ann // 2 + 10  # seen/excluded skipped in the index
                 ids, scores = self.ann.search(vec, fetch, exclude=skip[skip < self.ann.n_items])
                 keep = ids[0] >= 0
