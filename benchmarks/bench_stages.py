@@ -48,12 +48,15 @@ STAGES: list[tuple[Any, str, str]] = [
     (Funnel, "query", "query builder"),
     (CandidateEngine, "request", "request normalisation"),
     (CandidateEngine, "candidates", "candidates (all sources + merge)"),
+    (CandidateEngine, "candidates_many", "candidates (all sources + merge)"),
     (AnnIndex, "search", "  ANN search"),
     (ContentIndex, "top", "  content search"),
     (CandidateEngine, "_charts", "  charts"),
     (CandidateEngine, "knn", "  item-to-item scores"),
     (CandidateEngine, "best_anchors", "  item-to-item anchors"),
+    (CandidateEngine, "best_anchors_many", "  item-to-item anchors"),
     (sources, "merge", "  merge"),
+    (sources, "merge_many", "  merge"),
     (ranking_features, "_base_features", "ranking features"),
     (ranking_features, "_put_online", "  online-counter features"),
     (ranked, "relevance_many", "ranker (LightGBM)"),
@@ -119,7 +122,7 @@ def main() -> int:
     table.add_column("stage")
     table.add_column("ms per answer", justify="right")
     table.add_column("calls per answer", justify="right")
-    for _, _, label in STAGES:
+    for label in dict.fromkeys(label for _, _, label in STAGES):  # a label per stage, once
         table.add_row(label, f"{TOTAL[label] / n * 1000:.3f}", f"{CALLS[label] / n:.1f}")
     console.print(table)
     return 0

@@ -1,13 +1,16 @@
 """Queries → ranked, re-ranked candidate positions: the one path of every
 funnel list, for one live request or a block of offline users.
 
-`rank_queries` runs the funnel's stages for a list of queries: each query's
-candidates and features through `featurize` (the same function as the
-ranker's training set), the ranker's scores for all the queries' candidates
-stacked into ONE LightGBM call (predictions are per row, so stacking changes
-no score), then each query's re-ranking and the rules' last check. A live
-request is a list of one; offline top-N (`Funnel.recommend_batch`) passes
-blocks of users, which removes the per-call overhead of the ranker.
+`rank_queries` runs the funnel's stages for a list of queries, each stage
+over the whole block: the candidates and features through `featurize_many`
+(the same code as the ranker's training set; sources' model outputs, the
+merge and the feature columns computed for the block's requests together),
+the ranker's scores for all the queries' candidates stacked into ONE
+LightGBM call (predictions are per row, so stacking changes no score), the
+greedy re-ranking as one slot loop over the block (`rerank_many`), then the
+rules' last check. A live request is a block of one; offline top-N
+(`Funnel.recommend_batch`) passes blocks of users. Every per-request number
+is computed as for the request alone, so a list does not depend on its block.
 """
 
 from __future__ import annotations

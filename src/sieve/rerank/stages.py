@@ -257,6 +257,7 @@ def _greedy(
             for t in targets
         ]
     )
+    calibrating = bool(calibrate.any())
     cap = config.category_cap.enabled
     tail = config.long_tail.enabled and config.long_tail.min_tail > 0
     rel = np.zeros((b_n, m_max))
@@ -294,8 +295,9 @@ def _greedy(
                 list_mass[c, :w], slot, distribution[c, :m, :w], targets[c], config.calibration
             )
         allowed = free.copy()
-        if cap:
-            capped = allowed & ~over_cap(present, block_counts, config.category_cap)
+        over = over_cap(present, block_counts, config.category_cap) if cap else None
+        if over is not None:
+            capped = allowed & ~over
             allowed = np.where(capped.any(axis=1, keepdims=True), capped, allowed)
         if tail:
             must = must_take_tail(in_block, tails_in_block, window, config.long_tail)
@@ -310,9 +312,12 @@ def _greedy(
         j = np.argmax(objective, axis=1)
         out[:, slot] = j
         free[rows, j] = False
-        block_counts += member[rows, j]
-        list_mass += distribution[rows, j]
-        tails_in_block += is_tail[rows, j]
+        if cap:
+            block_counts += member[rows, j]
+        if calibrating:
+            list_mass += distribution[rows, j]
+        if tail:
+            tails_in_block += is_tail[rows, j]
         if sim is not None:
             if config.mmr.penalty == "max":
                 np.maximum(list_sim, sim[rows, :, j], out=list_sim)

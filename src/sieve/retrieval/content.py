@@ -15,6 +15,10 @@ from numpy.typing import NDArray
 from sieve.models.content import ContentTFIDF
 from sieve.sparse import gather_rows, row_sums
 
+#: Cells of the dense (profiles × vocabulary) matrix `cosines_many` looks
+#: weights up in; past it, a sorted search of (profile, term) keys.
+_DENSE_PROFILES = 1 << 22
+
 
 class ContentIndex:
     """TF-IDF rows of every catalog item, searchable by term posting lists.
@@ -169,19 +173,29 @@ class ContentIndex:
         flat = np.concatenate([np.empty(0, np.int64), *items])
         group = np.repeat(np.arange(len(items)), lens)
         width = int(self.base.shape[1])
-        keys = np.concatenate(
-            [np.empty(0, np.int64), *(b * width + t for b, (t, _) in enumerate(profiles))]
-        )
-        order = np.argsort(keys, kind="stable")
-        keys = keys[order]
-        values = np.concatenate([np.empty(0), *(w for _, w in profiles)])[order]
+        if len(profiles) * width <= _DENSE_PROFILES:
+            dense = np.zeros((len(profiles), width))
+            for b, (t, w) in enumerate(profiles):
+                dense[b, t] = w
+            flat_profiles = dense.ravel()
 
-        def weight(rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.float64]:
-            if len(keys) == 0:
-                return np.zeros(len(cols))
-            at = rows * width + cols
-            k = np.minimum(np.searchsorted(keys, at), len(keys) - 1)
-            return np.where(keys[k] == at, values[k], 0.0)
+            def weight(rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.float64]:
+                return flat_profiles[cols if len(profiles) == 1 else rows * width + cols]
+
+        else:  # many profiles over a wide vocabulary: a search of (request, term) keys
+            keys = np.concatenate(
+                [np.empty(0, np.int64), *(b * width + t for b, (t, _) in enumerate(profiles))]
+            )
+            order = np.argsort(keys, kind="stable")
+            keys = keys[order]
+            values = np.concatenate([np.empty(0), *(w for _, w in profiles)])[order]
+
+            def weight(rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.float64]:
+                if len(keys) == 0:
+                    return np.zeros(len(cols))
+                at = rows * width + cols
+                k = np.minimum(np.searchsorted(keys, at), len(keys) - 1)
+                return np.where(keys[k] == at, values[k], 0.0)
 
         pos = self.delta_position(n_items)[flat]
         out = np.zeros(len(flat), dtype=np.float64)
@@ -192,7 +206,7 @@ class ContentIndex:
             if not rows.any():
                 continue
             which, cols, vals = gather_rows(part, flat[rows] if part is self.base else pos[rows])
-            owner = group[rows][which]
+            owner = group[rows][which] if len(profiles) > 1 else which
             out[rows] = np.bincount(
                 which, weights=vals * weight(owner, cols), minlength=int(rows.sum())
             )
