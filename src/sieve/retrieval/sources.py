@@ -6,8 +6,6 @@ itself are in `sieve.retrieval.candidates`.
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -39,8 +37,6 @@ from sieve.sparse import gather_rows, row_sums
 from sieve.types import Query
 
 _DAY = 86_400.0
-#: Cells (float64) of the item-kNN score block `knn_many` fills at once.
-_KNN_CELLS = 1 << 22
 
 
 class CandidateEngine:
@@ -314,45 +310,24 @@ class CandidateEngine:
         return self._unit_factors
 
     def knn(self, req: Request) -> KnnScores | None:
-        """Item-kNN scores of the request's anchors over the training items
-        (the block of one of `knn_many`)."""
-        if "knn" not in req.cache:
-            self.knn_many([req])
-        return req.cache["knn"]
-
-    def knn_many(self, reqs: Sequence[Request]) -> None:
-        """`knn` of each request of a block, cached on the requests: one
-        gather of the block's anchor rows and one bincount of (request,
-        item) keys per chunk of requests (each item's sum runs over its
-        request's anchors in the same order as for the request alone)."""
-        todo = [req for req in reqs if "knn" not in req.cache]
-        for req in todo:
-            req.cache["knn"] = None
-        if self.itemknn is None:
-            return
-        sim = self.itemknn.state.similarity
-        n_train = sim.shape[0]
-        valid = [np.flatnonzero(req.anchors < n_train) for req in todo]
-        todo_valid = [(req, v) for req, v in zip(todo, valid, strict=True) if len(v)]
-        chunk = max(1, _KNN_CELLS // max(n_train, 1))
-        for start in range(0, len(todo_valid), chunk):
-            part = todo_valid[start : start + chunk]
-            anchors = np.concatenate([req.anchors[v] for req, v in part])
-            weights = np.concatenate([req.anchor_weights[v] for req, v in part])
-            owner = np.repeat(np.arange(len(part)), [len(v) for _, v in part])
-            which, entry_item, entry_sim = gather_rows(sim, anchors)
-            entry_req = owner[which]
-            entry_anchor = np.concatenate([v for _, v in part])[which]
-            contrib = entry_sim * weights[which]
-            score = np.bincount(
-                entry_req * n_train + entry_item, weights=contrib, minlength=len(part) * n_train
-            ).reshape(len(part), n_train)
-            bounds = np.searchsorted(entry_req, np.arange(len(part) + 1))
-            for k, (req, _) in enumerate(part):
-                lo, hi = bounds[k], bounds[k + 1]
-                req.cache["knn"] = KnnScores(
-                    score[k], entry_item[lo:hi], entry_anchor[lo:hi], entry_sim[lo:hi]
+        """Item-kNN scores of the request's anchors over the training items."""
+        if "knn" in req.cache:
+            return req.cache["knn"]
+        out: KnnScores | None = None
+        if self.itemknn is not None and len(req.anchors):
+            sim = self.itemknn.state.similarity
+            n_train = sim.shape[0]
+            valid = np.flatnonzero(req.anchors < n_train)
+            if len(valid):
+                which, entry_item, entry_sim = gather_rows(sim, req.anchors[valid])
+                entry_anchor = valid[which]
+                contrib = entry_sim * req.anchor_weights[entry_anchor]
+                score = np.bincount(entry_item, weights=contrib, minlength=n_train).astype(
+                    np.float64
                 )
+                out = KnnScores(score, entry_item, entry_anchor, entry_sim)
+        req.cache["knn"] = out
+        return out
 
     def content_profile(self, req: Request) -> tuple[NDArray[np.int64], NDArray[np.float64]] | None:
         """The request's TF-IDF profile as (terms, weights), its
@@ -413,32 +388,13 @@ class CandidateEngine:
         return quota + len(req.seen) + len(req.exclude) + quota // 2 + 10
 
     def propose(self, req: Request) -> list[Proposal]:
-        """Every enabled source's proposal for the request (the block of one
-        of `propose_many`). Without any interaction (an unknown user, or a
-        known one with no events: the cold start) only the charts propose,
-        whoever the user is."""
-        return self.propose_many([req])[0]
-
-    def propose_many(self, reqs: Sequence[Request]) -> list[list[Proposal]]:
-        """`propose` of each request of a block: the item-to-item scores
-        and their anchors computed for the block at once."""
-        self.knn_many([req for req in reqs if req.has_signal])  # the sources' and features'
-        out: list[list[Proposal]] = []
-        for req in reqs:
-            found = self._personal(req) if req.has_signal else []
-            out.append([*found, *self._charts(req)])
-        # the item-to-item proposals' anchors, for the whole block
-        i2i = [
-            (b, k)
-            for b, props in enumerate(out)
-            for k, p in enumerate(props)
-            if p.source == "item_to_item"
-        ]
-        anchors = self.best_anchors_many(
-            [reqs[b] for b, _ in i2i], [out[b][k].items for b, k in i2i]
-        )
-        for (b, k), a in zip(i2i, anchors, strict=True):
-            out[b][k] = dataclasses.replace(out[b][k], anchors=a)
+        """Every enabled source's proposal for the request. Without any
+        interaction (an unknown user, or a known one with no events: the
+        cold start) only the charts propose, whoever the user is."""
+        out: list[Proposal] = []
+        if req.has_signal:
+            out.extend(self._personal(req))
+        out.extend(self._charts(req))
         return out
 
     def _personal(self, req: Request) -> list[Proposal]:
@@ -457,7 +413,7 @@ class CandidateEngine:
             knn = self.knn(req)
             if knn is not None:
                 items, scores = _top(knn.score, self._fetch(req, cfg.item_to_item))
-                out.append(Proposal("item_to_item", items, scores))  # anchors: propose_many
+                out.append(Proposal("item_to_item", items, scores, self.best_anchors(req, items)))
         if cfg.content and self.content is not None:
             profile = self.content_profile(req)
             if profile is not None:
@@ -505,44 +461,27 @@ class CandidateEngine:
 
     def best_anchors(self, req: Request, items: NDArray[np.int64]) -> NDArray[np.int64]:
         """For each item, the anchor item contributing most to its kNN score
-        (-1 where no anchor reaches it); the block of one of `best_anchors_many`."""
-        return self.best_anchors_many([req], [items])[0]
-
-    def best_anchors_many(
-        self, reqs: Sequence[Request], items: Sequence[NDArray[np.int64]]
-    ) -> list[NDArray[np.int64]]:
-        """`best_anchors` of each (request, items) of a block, found for the
-        whole block at once over (request, item) keys."""
-        lens = np.array([len(i) for i in items], dtype=np.int64)
-        out = np.full(int(lens.sum()), -1, np.int64)
-        bounds = np.concatenate([[0], np.cumsum(lens)])
-        found = [
-            (b, knn)
-            for b, req in enumerate(reqs)
-            if lens[b] and (knn := self.knn(req)) is not None and len(knn.entry_item)
-        ]
-        if found:
-            width = max(int(i.max()) for i in items if len(i)) + 1
-            width = max(width, *(int(knn.entry_item.max()) + 1 for _, knn in found))
-            group = np.repeat(np.arange(len(reqs)), lens)
-            keys = group * width + np.concatenate(items)
-            entry_keys = np.concatenate([b * width + knn.entry_item for b, knn in found])
-            pos = positions(entry_keys, keys)
-            hit = pos >= 0
-            contrib = np.concatenate(
-                [knn.entry_sim * reqs[b].anchor_weights[knn.entry_anchor] for b, knn in found]
-            )[hit]
-            anchor = np.concatenate([reqs[b].anchors[knn.entry_anchor] for b, knn in found])[hit]
-            p = pos[hit]
-            # per item, its largest contribution, the first entry giving it on ties
-            top = np.full(len(out), -np.inf)
-            np.maximum.at(top, p, contrib)
-            ties = np.flatnonzero(contrib == top[p])
-            first = np.full(len(out), len(p), np.int64)
-            np.minimum.at(first, p[ties], ties)
-            got = first < len(p)
-            out[got] = anchor[first[got]]
-        return [out[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+        (-1 where no anchor reaches it)."""
+        knn = self.knn(req)
+        out = np.full(len(items), -1, np.int64)
+        if knn is None or len(items) == 0:
+            return out
+        pos = positions(knn.entry_item, items)
+        hit = pos >= 0
+        if not hit.any():
+            return out
+        entry_anchor = knn.entry_anchor[hit]
+        contrib = knn.entry_sim[hit] * req.anchor_weights[entry_anchor]
+        p = pos[hit]
+        # per item, its largest contribution, the first entry giving it on ties
+        top = np.full(len(items), -np.inf)
+        np.maximum.at(top, p, contrib)
+        ties = np.flatnonzero(contrib == top[p])
+        first = np.full(len(items), len(p), np.int64)
+        np.minimum.at(first, p[ties], ties)
+        got = first < len(p)
+        out[got] = req.anchors[entry_anchor[first[got]]]
+        return out
 
     def candidates_many(
         self, reqs: Sequence[Request], blocked: NDArray[np.bool_] | None = None
@@ -552,7 +491,7 @@ class CandidateEngine:
         cfg = self.config
         quotas = {s: cfg.quota(s) for s in SOURCES}
         ok = self.allowed_many(reqs, blocked)
-        cands = merge_many(self.propose_many(reqs), quotas, ok)
+        cands = merge_many([self.propose(req) for req in reqs], quotas, ok)
         for k, (req, found) in enumerate(zip(reqs, cands, strict=True)):
             if len(found) < cfg.min_candidates:
                 cands[k] = self._top_up(req, found, self.allowed(req, blocked), quotas)
