@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
@@ -171,3 +172,39 @@ def test_blocked_categories_are_never_served() -> None:
         assert not any("horror" in funnel.item_categories(r.item) for r in funnel.popular(30))
     finally:
         funnel.config = config
+
+
+def test_a_block_of_requests_gets_each_requests_own_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The greedy slot loop over a block (every stage on, lists of
+    different lengths) gives each request the list it gets alone, with the
+    dense category columns and with each request's own columns."""
+    from sieve.rerank import stages
+
+    config = RerankConfig.from_dict(
+        {
+            "calibration": {"enabled": True, "weight": 0.5},
+            "freshness": {"enabled": True, "boost": 0.2},
+            "category_cap": {"enabled": True, "max_per_category": 3},
+            "long_tail": {"enabled": True, "min_tail": 2, "tolerance": 0.3},
+        }
+    )
+    rows = [ranked(u) for u in USERS]
+    engine = rows[0][0]
+    ns = [5 + 3 * (k % 7) for k in range(len(rows))]
+    alone = [
+        rerank(engine, req, cands.items, rel, n, config)
+        for (_, req, cands, rel), n in zip(rows, ns, strict=True)
+    ]
+    for dense in (256, 0):  # 0: every catalog counts as wide, columns per request
+        monkeypatch.setattr(stages, "_DENSE_CATEGORIES", dense)
+        block = stages.rerank_many(
+            engine,
+            [req for _, req, _, _ in rows],
+            [cands.items for _, _, cands, _ in rows],
+            [rel for _, _, _, rel in rows],
+            ns,
+            config,
+        )
+        assert len(block) == len(alone)
+        for got, want in zip(block, alone, strict=True):
+            np.testing.assert_array_equal(got, want)

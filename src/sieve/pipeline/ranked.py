@@ -1,13 +1,16 @@
 """Queries → ranked, re-ranked candidate positions: the one path of every
 funnel list, for one live request or a block of offline users.
 
-`rank_queries` runs the funnel's stages for a list of queries: each query's
-candidates and features through `featurize` (the same function as the
-ranker's training set), the ranker's scores for all the queries' candidates
-stacked into ONE LightGBM call (predictions are per row, so stacking changes
-no score), then each query's re-ranking and the rules' last check. A live
-request is a list of one; offline top-N (`Funnel.recommend_batch`) passes
-blocks of users, which removes the per-call overhead of the ranker.
+`rank_queries` runs the funnel's stages for a list of queries, each stage
+over the whole block: the candidates and features through `featurize_many`
+(the same code as the ranker's training set; sources' model outputs, the
+merge and the feature columns computed for the block's requests together),
+the ranker's scores for all the queries' candidates stacked into ONE
+LightGBM call (predictions are per row, so stacking changes no score), the
+greedy re-ranking as one slot loop over the block (`rerank_many`), then the
+rules' last check. A live request is a block of one; offline top-N
+(`Funnel.recommend_batch`) passes blocks of users. Every per-request number
+is computed as for the request alone, so a list does not depend on its block.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sieve.pipeline.config import FunnelConfig
-from sieve.pipeline.features import featurize
+from sieve.pipeline.features import featurize_many
 from sieve.pipeline.training import FunnelState
 from sieve.ranking.features import base_score
 from sieve.realtime.counters import OnlineCounters
 from sieve.rerank.rules import blocked_items, violations
-from sieve.rerank.stages import rerank
+from sieve.rerank.stages import rerank_many
 from sieve.retrieval.candidates import SOURCES, Candidates, Request
 from sieve.types import Query
 
@@ -59,33 +62,38 @@ def rank_queries(
     engine = state.engine
     t0 = time.perf_counter()
     blocked = blocked_items(engine.catalog, config.rerank.rules)
-    rows = [
-        featurize(
-            engine,
-            query,
-            blocked,
-            exclude_seen=exclude_seen,
-            with_features=state.ranker is not None,
-            online=online,
-            attributes=state.attributes,
-        )
-        for query in queries
-    ]
+    rows = featurize_many(
+        engine,
+        queries,
+        blocked,
+        exclude_seen=exclude_seen,
+        with_features=state.ranker is not None,
+        online=online,
+        attributes=state.attributes,
+    )
     t1 = time.perf_counter()
     observe_stage("retrieval", t1 - t0, len(queries))  # candidates and their features
     scored = [len(cands) > 0 for _, cands, _ in rows]
     relevances = relevance_many(state, config, [r for r in rows if len(r[1])])
     t2 = time.perf_counter()
     observe_stage("ranking", t2 - t1, sum(scored))
+    kept = [k for k, ok in enumerate(scored) if ok]
+    chosen = rerank_many(
+        engine,
+        [rows[k][0] for k in kept],
+        [rows[k][1].items for k in kept],
+        relevances,
+        [queries[k].n for k in kept],
+        config.rerank,
+    )
     out: list[Ranked] = []
-    rel_iter = iter(relevances)
-    for (req, cands, x), query, ok in zip(rows, queries, scored, strict=True):
+    done = iter(zip(relevances, chosen, strict=True))
+    for (req, cands, x), ok in zip(rows, scored, strict=True):
         if not ok:
             empty = np.empty(0, np.int64)
             out.append(Ranked(req, cands, x, empty, np.empty(0, np.float64)))
             continue
-        rel = next(rel_iter)
-        positions = rerank(engine, req, cands.items, rel, query.n, config.rerank)
+        rel, positions = next(done)
         # the rules were applied when merging; this is the last line of defence
         positions = positions[
             ~violations(cands.items[positions], engine.catalog, blocked, req.exclude)

@@ -39,7 +39,9 @@ Features, one column each (NaN = missing, which LightGBM routes on its own):
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -110,107 +112,178 @@ def candidate_features(
     """The feature matrix (len(cands) × len(feature_names(attributes))) of a
     request's candidates; used unchanged offline (training set) and online.
     `online`: the counters to read the online features from (as of
-    `req.now`); `attributes`: the declared attribute features."""
-    x = _base_features(engine, req, cands, online)
-    if attributes is None:
-        return x
-    extra = attributes.matrix(
-        engine.catalog, cands.items, req.query.user_attributes, req.query.item_fields
-    )
-    return np.hstack([x, extra])
+    `req.now`); `attributes`: the declared attribute features. A block of
+    one of `candidate_features_many`."""
+    return candidate_features_many(engine, [req], [cands], online, attributes)[0]
+
+
+def candidate_features_many(
+    engine: CandidateEngine,
+    reqs: Sequence[Request],
+    cands: Sequence[Candidates],
+    online: OnlineCounters | None = None,
+    attributes: AttributeFeatures | None = None,
+) -> list[NDArray[np.float32]]:
+    """`candidate_features` of each (request, candidates) of a block, as row
+    ranges of one matrix: the columns that are look-ups or element-wise are
+    computed over all the block's rows at once; the per-request statistics
+    (z-scores, the models' dot products) per request, by the same calls a
+    block of one makes, so a request's rows do not depend on its block."""
+    x = _base_features(engine, reqs, cands, online)
+    if attributes is not None:
+        extra = [
+            attributes.matrix(engine.catalog, c.items, r.query.user_attributes, r.query.item_fields)
+            for r, c in zip(reqs, cands, strict=True)
+        ]
+        x = np.hstack([x, np.vstack(extra)]) if extra else x
+    bounds = np.cumsum([0, *(len(c) for c in cands)])
+    return [x[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
 
 def _base_features(
-    engine: CandidateEngine, req: Request, cands: Candidates, online: OnlineCounters | None
+    engine: CandidateEngine,
+    reqs: Sequence[Request],
+    cands: Sequence[Candidates],
+    online: OnlineCounters | None,
 ) -> NDArray[np.float32]:
-    """The FEATURE_NAMES columns (see `candidate_features`)."""
-    n = len(cands)
-    x = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
-    if n == 0:
+    """The FEATURE_NAMES columns of a block's candidates, stacked (see
+    `candidate_features`)."""
+    lens = np.array([len(c) for c in cands], dtype=np.int64)
+    bounds = np.concatenate([[0], np.cumsum(lens)])
+    total = int(bounds[-1])
+    x = np.full((total, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
+    if total == 0:
         return x
-    items = cands.items
+    group = np.repeat(np.arange(len(reqs)), lens)
+    items = np.concatenate([c.items for c in cands])
+    ranks = np.concatenate([c.ranks for c in cands])
     n_src = len(SOURCES)
-    x[:, :n_src] = cands.ranks
-    x[:, _COLUMN["n_sources"]] = cands.n_sources
+    x[:, :n_src] = ranks
+    x[:, _COLUMN["n_sources"]] = (~np.isnan(ranks)).sum(axis=1).astype(np.float32)
     n_train = engine.n_train_items
     trained = items < n_train
-    tr_items = items[trained]
-
-    vec = engine.user_vector(req)
-    if vec is not None and engine.als is not None:
-        _put_normalised(x, "als", trained, engine.als.state.item_factors[tr_items] @ vec)
-
-    knn = engine.knn(req)
-    if knn is not None:
-        _put_normalised(x, "knn", trained, knn.score[tr_items])
-        pos = positions(knn.entry_item, items)
-        hit = pos >= 0
-        max_sim = np.zeros(n, np.float32)
-        np.maximum.at(max_sim, pos[hit], knn.entry_sim[hit])
-        sum_sim = np.bincount(pos[hit], weights=knn.entry_sim[hit], minlength=n)
-        n_anchors = max(int((req.anchors < n_train).sum()), 1)
-        x[:, _COLUMN["knn_max_sim"]] = max_sim
-        x[:, _COLUMN["knn_mean_sim"]] = sum_sim / n_anchors
-
-    unit = engine.unit_factors
-    if unit is not None:
-        anchors = req.anchors[req.anchors < n_train][:MAX_EMBEDDING_ANCHORS]
-        if len(anchors) and len(tr_items):
-            cos = unit[tr_items] @ unit[anchors].T
-            x[trained, _COLUMN["emb_max_cos"]] = cos.max(axis=1)
-            x[trained, _COLUMN["emb_mean_cos"]] = cos.mean(axis=1)
-
-    content = engine.content_cosines(req, items)
-    if content is not None:
-        _put_normalised(x, "content", np.ones(n, bool), content)
-        x[:, _COLUMN["content_cos"]] = content
-
-    ease = engine.ease_scores(req)
-    if ease is not None:
-        _put_normalised(x, "ease", trained, ease[tr_items])
-
-    sasrec = engine.sasrec_scores(req)
-    if sasrec is not None:
-        known = items < len(sasrec)
-        _put_normalised(x, "sasrec", known, sasrec[items[known]])
+    _put_models(x, engine, reqs, items, trained, bounds)
 
     cat = engine.catalog
     x[:, _COLUMN["popularity_pct"]] = cat.percentile("popular")[items]
     x[:, _COLUMN["trending_pct"]] = cat.percentile("trending")[items]
-    x[:, _COLUMN["age_days"]] = (req.now - cat.created_at[items]) / 86_400.0
-    x[:, _COLUMN["history_size"]] = np.log1p(len(req.interactions))
-    if len(req.interactions) and cat.n_categories:
-        total, top = _category_sum_max(engine, items, req.affinity)
-        x[:, _COLUMN["category_affinity"]] = total
-        x[:, _COLUMN["category_affinity_max"]] = top
+    now = np.array([req.now for req in reqs], dtype=np.float64)
+    x[:, _COLUMN["age_days"]] = (now[group] - cat.created_at[items]) / 86_400.0
+    size = np.array([np.log1p(len(req.interactions)) for req in reqs], dtype=np.float64)
+    x[:, _COLUMN["history_size"]] = size[group]
+    if cat.n_categories:
+        personal = np.array([len(req.interactions) > 0 for req in reqs])[group]
+        if personal.any():
+            affinity = np.stack([req.affinity for req in reqs])
+            total_, top = _category_sum_max(engine, items[personal], affinity, group[personal])
+            x[personal, _COLUMN["category_affinity"]] = total_
+            x[personal, _COLUMN["category_affinity_max"]] = top
 
-    ctx = req.query.context
-    if ctx.hour is not None:
-        x[:, _COLUMN["hour"]] = ctx.hour
-    if ctx.weekday is not None:
-        x[:, _COLUMN["weekday"]] = ctx.weekday
-    if ctx.device is not None:
-        code = DEVICES.index(ctx.device) if ctx.device in DEVICES else len(DEVICES)
-        x[:, _COLUMN["device"]] = code
+    for name in ("hour", "weekday", "device"):
+        values = np.array([_context(req, name) for req in reqs], dtype=np.float64)
+        if not np.isnan(values).all():
+            x[:, _COLUMN[name]] = values[group]
     if online is not None:
-        try:
-            _put_online(x, engine, req, items, online)
-        except CacheError:  # a dead cache leaves them missing, as for a new item
-            log.warning("online counters unreadable: their features are missing")
+        _put_online(x, engine, reqs, items, bounds, online)
     return x
+
+
+def _put_models(
+    x: NDArray[np.float32],
+    engine: CandidateEngine,
+    reqs: Sequence[Request],
+    items: NDArray[np.int64],
+    trained: NDArray[np.bool_],
+    bounds: NDArray[np.int64],
+) -> None:
+    """The source models' columns (ALS, item-kNN, content, EASE scores and the
+    anchor similarities) of each request's rows `bounds[b]:bounds[b + 1]`."""
+    n_train = engine.n_train_items
+    unit = engine.unit_factors
+    knn_rows: list[NDArray[np.int64]] = []
+    knn_sims: list[NDArray[np.float32]] = []
+    knn_requests = np.zeros(len(items), dtype=bool)
+    n_anchors = np.ones(len(items), dtype=np.float64)
+    contents = engine.content_cosines_many(
+        reqs, [items[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+    )
+    for req, lo, hi, content in zip(reqs, bounds[:-1], bounds[1:], contents, strict=True):
+        if hi == lo:
+            continue
+        view = x[lo:hi]
+        its = items[lo:hi]
+        tr = trained[lo:hi]
+        tr_items = its[tr]
+        vec = engine.user_vector(req)
+        if vec is not None and engine.als is not None:
+            _put_normalised(view, "als", tr, engine.als.state.item_factors[tr_items] @ vec)
+        knn = engine.knn(req)
+        if knn is not None:
+            _put_normalised(view, "knn", tr, knn.score[tr_items])
+            pos = positions(knn.entry_item, its)
+            hit = pos >= 0
+            knn_rows.append(pos[hit] + lo)
+            knn_sims.append(knn.entry_sim[hit])
+            knn_requests[lo:hi] = True
+            n_anchors[lo:hi] = max(int((req.anchors < n_train).sum()), 1)
+        if unit is not None:
+            anchors = req.anchors[req.anchors < n_train][:MAX_EMBEDDING_ANCHORS]
+            if len(anchors) and len(tr_items):
+                cos = unit[tr_items] @ unit[anchors].T
+                view[tr, _COLUMN["emb_max_cos"]] = cos.max(axis=1)
+                view[tr, _COLUMN["emb_mean_cos"]] = cos.mean(axis=1)
+        if content is not None:
+            _put_normalised(view, "content", np.ones(hi - lo, bool), content)
+            view[:, _COLUMN["content_cos"]] = content
+        ease = engine.ease_scores(req)
+        if ease is not None:
+            _put_normalised(view, "ease", tr, ease[tr_items])
+        sasrec = engine.sasrec_scores(req)
+        if sasrec is not None:
+            known = its < len(sasrec)
+            _put_normalised(view, "sasrec", known, sasrec[its[known]])
+    if knn_rows:
+        rows = np.concatenate(knn_rows)
+        sims = np.concatenate(knn_sims)
+        max_sim = np.zeros(len(items), np.float32)
+        np.maximum.at(max_sim, rows, sims)
+        sum_sim = np.bincount(rows, weights=sims, minlength=len(items))
+        x[knn_requests, _COLUMN["knn_max_sim"]] = max_sim[knn_requests]
+        x[knn_requests, _COLUMN["knn_mean_sim"]] = (sum_sim / n_anchors)[knn_requests]
+
+
+def _context(req: Request, name: str) -> float:
+    """A request context's hour, weekday or device code (NaN: not given)."""
+    ctx = req.query.context
+    if name == "device":
+        if ctx.device is None:
+            return np.nan
+        return DEVICES.index(ctx.device) if ctx.device in DEVICES else len(DEVICES)
+    value = ctx.hour if name == "hour" else ctx.weekday
+    return np.nan if value is None else value
 
 
 def _put_online(
     x: NDArray[np.float32],
     engine: CandidateEngine,
-    req: Request,
+    reqs: Sequence[Request],
     items: NDArray[np.int64],
+    bounds: NDArray[np.int64],
     online: OnlineCounters,
 ) -> None:
-    """The online-counter columns of the candidates, as of the request time
-    (user columns stay missing for anonymous requests and unknown users)."""
+    """The online-counter columns of a block's candidates (request b's rows
+    `bounds[b]:bounds[b + 1]`), each as of its request's time: the items'
+    counters in one read for the block, each user's in one read; user
+    columns stay missing for anonymous requests and unknown users. A cache
+    that cannot be read leaves them missing, as for a new item."""
     cat = engine.catalog
-    f = online.item_features([str(i) for i in cat.item_ids[items]], req.now)
+    lens = np.diff(bounds)
+    now = np.repeat(np.array([req.now for req in reqs], dtype=np.float64), lens)
+    try:
+        f = online.item_features([str(i) for i in cat.item_ids[items]], now)
+    except CacheError:
+        log.warning("online counters unreadable: their features are missing")
+        return
     for w in ONLINE_WINDOWS:
         if f"view@{w}" not in f:
             continue
@@ -219,27 +292,43 @@ def _put_online(
         x[:, _COLUMN[f"item_clicks_{w}"]] = np.log1p(clicks)
         x[:, _COLUMN[f"item_ctr_{w}"]] = f[f"ctr@{w}"]
     x[:, _COLUMN["item_hours_since_event"]] = _log_hours(f["recency_hours"])
-    user_id = req.query.user_id
-    if user_id is None:
-        return
-    u = online.user_features(user_id, req.now)
-    if u["events"] <= 0:
-        return
-    x[:, _COLUMN["user_hours_since_event"]] = _log_hours(np.array([u["recency_hours"]]))[0]
-    if cat.n_categories:
-        aff = np.array([u.get(f"affinity:{c}", 0.0) for c in cat.category_names])
-        total, top = _category_sum_max(engine, items, aff)
-        x[:, _COLUMN["user_affinity_7d"]] = total
-        x[:, _COLUMN["user_affinity_7d_max"]] = top
+    affinities: list[NDArray[np.float64]] = []
+    counts: list[int] = []
+    known = np.zeros(len(items), dtype=bool)
+    for req, lo, hi in zip(reqs, bounds[:-1], bounds[1:], strict=True):
+        user_id = req.query.user_id
+        if user_id is None or hi == lo:
+            continue
+        try:
+            u = online.user_features(user_id, req.now)
+        except CacheError:
+            log.warning("online counters unreadable: their features are missing")
+            continue
+        if u["events"] <= 0:
+            continue
+        x[lo:hi, _COLUMN["user_hours_since_event"]] = _log_hours(np.array([u["recency_hours"]]))[0]
+        if cat.n_categories:
+            known[lo:hi] = True
+            counts.append(hi - lo)
+            affinities.append(np.array([u.get(f"affinity:{c}", 0.0) for c in cat.category_names]))
+    if affinities:
+        rows = np.repeat(np.arange(len(affinities)), counts)
+        total, top = _category_sum_max(engine, items[known], np.stack(affinities), rows)
+        x[known, _COLUMN["user_affinity_7d"]] = total
+        x[known, _COLUMN["user_affinity_7d_max"]] = top
 
 
 def _category_sum_max(
-    engine: CandidateEngine, items: NDArray[np.int64], affinity: NDArray[np.float64]
+    engine: CandidateEngine,
+    items: NDArray[np.int64],
+    affinity: NDArray[np.float64],
+    rows: NDArray[np.int64] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Σ and max of a non-negative per-category affinity over each item's
-    categories (0 for an item without any)."""
+    categories (0 for an item without any); `affinity` is one vector, or
+    with `rows` one row per request and each item's request."""
     which, cols, member = gather_rows(engine.catalog.item_categories, items)
-    share = member * affinity[cols]
+    share = member * (affinity[cols] if rows is None else affinity[rows[which], cols])
     top = np.zeros(len(items))
     np.maximum.at(top, which, share)
     total = np.bincount(which, weights=share, minlength=len(items)).astype(np.float64)

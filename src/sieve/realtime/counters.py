@@ -405,11 +405,14 @@ class OnlineCounters:
             total = total + counts[f"{t}@{window}"]
         return total
 
-    def item_features(self, item_ids: Sequence[str], now: float) -> dict[str, NDArray[np.float64]]:
+    def item_features(
+        self, item_ids: Sequence[str], now: float | NDArray[np.float64]
+    ) -> dict[str, NDArray[np.float64]]:
         """Per item: `<type>@<window>` counts, `clicks@<window>` (events of the
         semantics' click types), `ctr@<window>` (smoothed clicks / views, a
         click implying a view) and `recency_hours` (since the item's last
-        counted event) as of `now`; zeros, the prior CTR and inf for unseen items."""
+        counted event) as of `now` (one time, or one per item); zeros, the prior
+        CTR and inf for unseen items."""
         keys = [self._item_key(i) for i in item_ids]
         state, present = self._records.read(keys, self._item_width)
         dt = np.where(present, np.maximum(0.0, now - state[:, 0]), 0.0)

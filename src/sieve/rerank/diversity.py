@@ -100,9 +100,13 @@ def mmr_objective(
 
 def over_cap(
     categories: NDArray[np.float64], block_counts: NDArray[np.float64], config: CategoryCapConfig
-) -> NDArray[np.bool_]:
-    """True for items with a category already at the cap in this block."""
+) -> NDArray[np.bool_] | None:
+    """True for items with a category already at the cap in this block:
+    `categories` (requests × items × categories, non-negative) against each
+    request's `block_counts` (requests × categories); None when no category
+    is at the cap."""
     full = block_counts >= config.max_per_category
     if not full.any():
-        return np.zeros(len(categories), dtype=bool)
-    return np.asarray((categories[:, full] > 0).any(axis=1), dtype=bool)
+        return None
+    # how many of each item's categories are full: a count, exact in any order
+    return np.matmul(categories, full[:, :, None].astype(np.float64))[:, :, 0] > 0

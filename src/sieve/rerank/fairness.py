@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+from numpy.typing import NDArray
+
 from sieve.config import Config, ConfigError
 
 
@@ -44,8 +47,9 @@ class LongTailConfig(Config):
 
 
 def must_take_tail(
-    position_in_block: int, tails_in_block: int, window: int, config: LongTailConfig
-) -> bool:
-    """True when this slot has to hold a tail item to meet the block's minimum."""
+    position_in_block: int, tails_in_block: NDArray[np.int64], window: int, config: LongTailConfig
+) -> NDArray[np.bool_]:
+    """For each request (its tail items so far in this block), True when this
+    slot has to hold a tail item to meet the block's minimum."""
     missing = min(config.min_tail, window) - tails_in_block
-    return config.enabled and missing > 0 and missing >= window - position_in_block
+    return np.asarray(config.enabled & (missing > 0) & (missing >= window - position_in_block))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Sequence
 from typing import Any, Self
 
 import numpy as np
@@ -42,9 +43,13 @@ from sieve.rerank.freshness import FreshnessConfig, freshness_bonus
 from sieve.rerank.rules import RulesConfig
 from sieve.retrieval.candidates import Request
 from sieve.retrieval.sources import CandidateEngine
+from sieve.sparse import gather_rows
 
 #: Above this many categories, only the columns a request touches are densified.
 _DENSE_CATEGORIES = 256
+#: Array cells (float64) each of the greedy loop's block arrays may hold: bounds
+#: how many requests `rerank_many` runs through one slot loop together.
+_GREEDY_CELLS = 1 << 21
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,112 +158,209 @@ def rerank(
     n: int,
     config: RerankConfig,
 ) -> NDArray[np.int64]:
-    """Positions (into `items`) of the served list of up to n items."""
-    m = len(items)
-    if m == 0 or n <= 0:
-        return np.empty(0, np.int64)
+    """Positions (into `items`) of the served list of up to n items: the
+    block of one of `rerank_many`."""
+    return rerank_many(engine, [req], [items], [relevance], [n], config)[0]
+
+
+def rerank_many(
+    engine: CandidateEngine,
+    reqs: Sequence[Request],
+    items: Sequence[NDArray[np.int64]],
+    relevance: Sequence[NDArray[np.floating]],
+    ns: Sequence[int],
+    config: RerankConfig,
+) -> list[NDArray[np.int64]]:
+    """Each request's served positions (into its `items`), of up to its n
+    items; the greedy slot loop runs over the block's requests at once
+    (`_greedy`: one pass per slot, not per request and slot)."""
     cat = engine.catalog
-    rel = normalised(relevance)
-    if config.freshness.enabled:
-        rel = rel + freshness_bonus((req.now - cat.created_at[items]) / 86_400.0, config.freshness)
-    order = np.argsort(-rel, kind="stable")
-    pool = order[: config.pool]
+    out: list[NDArray[np.int64]] = [np.empty(0, np.int64)] * len(reqs)
     stages_on = (
         config.mmr.enabled
         or config.category_cap.enabled
         or config.calibration.enabled
         or (config.long_tail.enabled and config.long_tail.min_tail > 0)
     )
-    if not stages_on:
-        return order[:n].astype(np.int64)
-    chosen = _greedy(engine, req, items[pool], rel[pool], min(n, len(pool)), config)
-    picked = pool[chosen]
-    if len(picked) >= n:
-        return picked[:n].astype(np.int64)
-    rest = order[~np.isin(order, picked)]
-    return np.concatenate([picked, rest])[:n].astype(np.int64)
+    greedy: list[tuple[int, NDArray[np.int64], NDArray[np.float64], NDArray[np.int64]]] = []
+    for k, (req, its, relevance_k, n) in enumerate(zip(reqs, items, relevance, ns, strict=True)):
+        if len(its) == 0 or n <= 0:
+            continue
+        rel = normalised(relevance_k)
+        if config.freshness.enabled:
+            age = (req.now - cat.created_at[its]) / 86_400.0
+            rel = rel + freshness_bonus(age, config.freshness)
+        order = np.argsort(-rel, kind="stable")
+        if not stages_on:
+            out[k] = order[:n].astype(np.int64)
+            continue
+        greedy.append((k, order, rel, np.asarray(its, dtype=np.int64)))
+    width = min(cat.n_categories, _DENSE_CATEGORIES)
+    block = max(1, _GREEDY_CELLS // (config.pool * max(config.pool, width, 1)))
+    for start in range(0, len(greedy), block):
+        part = greedy[start : start + block]
+        pools = [order[: config.pool] for _, order, _, _ in part]
+        chosen = _greedy(
+            engine,
+            [reqs[k] for k, _, _, _ in part],
+            [its[pool] for (_, _, _, its), pool in zip(part, pools, strict=True)],
+            [rel[pool] for (_, _, rel, _), pool in zip(part, pools, strict=True)],
+            [min(ns[k], len(pool)) for (k, _, _, _), pool in zip(part, pools, strict=True)],
+            config,
+        )
+        for (k, order, _, _), pool, picks in zip(part, pools, chosen, strict=True):
+            picked = pool[picks]
+            n = ns[k]
+            if len(picked) >= n:
+                out[k] = picked[:n].astype(np.int64)
+            else:
+                rest = order[~np.isin(order, picked)]
+                out[k] = np.concatenate([picked, rest])[:n].astype(np.int64)
+    return out
 
 
 def _greedy(
     engine: CandidateEngine,
-    req: Request,
-    items: NDArray[np.int64],
-    rel: NDArray[np.float64],
-    n: int,
+    reqs: Sequence[Request],
+    items: Sequence[NDArray[np.int64]],
+    rels: Sequence[NDArray[np.float64]],
+    ns: Sequence[int],
     config: RerankConfig,
-) -> NDArray[np.int64]:
-    """Slot-by-slot selection of n of the pool's items (positions)."""
+) -> list[NDArray[np.int64]]:
+    """Slot-by-slot selection of each request's n pool items (positions),
+    for a block of requests at once: row b of every (B × pool) array is
+    request b, padded past its pool with items that are never free. Each
+    row's numbers are those a block of one computes (element-wise steps,
+    its similarities and calibration from its own matrices), so a request's
+    list does not depend on the block it is in."""
     cat = engine.catalog
-    m = len(items)
-    sub = cat.item_categories[items]
-    target = req.affinity
-    if cat.n_categories > _DENSE_CATEGORIES:
-        cols = np.union1d(sub.indices, np.flatnonzero(target)).astype(np.int64)
-        sub = sub[:, cols]
-        target = target[cols]
-    member = np.asarray(sub.toarray(), dtype=np.float64)
-    counts = member.sum(axis=1, keepdims=True)
-    distribution = member / np.where(counts > 0, counts, 1.0)
-
+    b_n = len(reqs)
+    m_max = max(len(i) for i in items)
+    rows = np.arange(b_n)
+    member, distribution, targets, widths = _categories(engine, reqs, items, m_max)
     mmr = config.mmr.enabled and config.mmr.trade_off < 1
     sim: NDArray[np.float64] | None = None
     if mmr:
-        if config.mmr.similarity == "embedding" and engine.unit_factors is not None:
-            vecs = np.zeros((m, engine.unit_factors.shape[1]))
-            known = items < engine.n_train_items
-            vecs[known] = engine.unit_factors[items[known]]
-            sim = vecs @ vecs.T
-        else:
-            sim = cosine_matrix(member)
-    calibrate = config.calibration.enabled and config.calibration.weight > 0 and target.sum() > 0
+        sim = np.zeros((b_n, m_max, m_max))
+        for b, its in enumerate(items):
+            m = len(its)
+            if config.mmr.similarity == "embedding" and engine.unit_factors is not None:
+                vecs = np.zeros((m, engine.unit_factors.shape[1]))
+                known = its < engine.n_train_items
+                vecs[known] = engine.unit_factors[its[known]]
+                sim[b, :m, :m] = vecs @ vecs.T
+            else:
+                sim[b, :m, :m] = cosine_matrix(member[b, :m, : widths[b]])
+    calibrate = np.array(
+        [
+            config.calibration.enabled and config.calibration.weight > 0 and t.sum() > 0
+            for t in targets
+        ]
+    )
+    calibrating = bool(calibrate.any())
     cap = config.category_cap.enabled
     tail = config.long_tail.enabled and config.long_tail.min_tail > 0
-    is_tail = ~cat.head(config.long_tail.head_share)[items] if tail else np.zeros(m, bool)
+    rel = np.zeros((b_n, m_max))
+    free = np.zeros((b_n, m_max), dtype=bool)
+    is_tail = np.zeros((b_n, m_max), dtype=bool)
+    head = cat.head(config.long_tail.head_share) if tail else None
+    for b, (its, r) in enumerate(zip(items, rels, strict=True)):
+        rel[b, : len(its)] = r
+        free[b, : len(its)] = True
+        if head is not None:
+            is_tail[b, : len(its)] = ~head[its]
+    present = (member > 0).astype(np.float64) if cap else member
 
     window = config.window
-    free = np.ones(m, dtype=bool)
-    list_sim = np.zeros(m)  # similarity of each item to the list (mean or max)
-    sum_sim = np.zeros(m)
-    block_counts = np.zeros(member.shape[1])
-    list_mass = np.zeros(member.shape[1])
-    tails_in_block = 0
-    out = np.empty(n, dtype=np.int64)
-    for slot in range(n):
+    list_sim = np.zeros((b_n, m_max))  # similarity of each item to the list (mean or max)
+    sum_sim = np.zeros((b_n, m_max))
+    block_counts = np.zeros((b_n, member.shape[2]))
+    list_mass = np.zeros((b_n, member.shape[2]))
+    tails_in_block = np.zeros(b_n, np.int64)
+    n_slots = max(ns)
+    out = np.zeros((b_n, n_slots), dtype=np.int64)
+    for slot in range(n_slots):
         in_block = slot % window
         if in_block == 0:
             block_counts[:] = 0.0
-            tails_in_block = 0
+            tails_in_block[:] = 0
         if mmr:
             lam = mmr_trade_off(in_block, window, config.mmr)
             objective = mmr_objective(rel, list_sim, lam)
         else:
             objective = rel.copy()
-        if calibrate:
-            objective -= config.calibration.weight * kl_if_added(
-                list_mass, slot, distribution, target, config.calibration
+        for c in np.flatnonzero(calibrate).tolist():
+            m, w = len(items[c]), widths[c]
+            objective[c, :m] -= config.calibration.weight * kl_if_added(
+                list_mass[c, :w], slot, distribution[c, :m, :w], targets[c], config.calibration
             )
         allowed = free.copy()
-        if cap:
-            capped = allowed & ~over_cap(member, block_counts, config.category_cap)
-            if capped.any():
-                allowed = capped
-        if tail and must_take_tail(in_block, tails_in_block, window, config.long_tail):
-            tails = allowed & is_tail
-            # only a tail item nearly as relevant as the best allowed one
-            close = tails & (rel >= rel[allowed].max() - config.long_tail.tolerance)
-            if close.any():
-                allowed = close
+        over = over_cap(present, block_counts, config.category_cap) if cap else None
+        if over is not None:
+            capped = allowed & ~over
+            allowed = np.where(capped.any(axis=1, keepdims=True), capped, allowed)
+        if tail:
+            must = must_take_tail(in_block, tails_in_block, window, config.long_tail)
+            if must.any():
+                tails = allowed & is_tail
+                best = np.where(allowed, rel, -np.inf).max(axis=1)
+                # only a tail item nearly as relevant as the best allowed one
+                close = tails & (rel >= (best - config.long_tail.tolerance)[:, None])
+                take = must & close.any(axis=1)
+                allowed = np.where(take[:, None], close, allowed)
         objective[~allowed] = -np.inf
-        j = int(np.argmax(objective))
-        out[slot] = j
-        free[j] = False
-        block_counts += member[j]
-        list_mass += distribution[j]
-        tails_in_block += int(is_tail[j])
+        j = np.argmax(objective, axis=1)
+        out[:, slot] = j
+        free[rows, j] = False
+        if cap:
+            block_counts += member[rows, j]
+        if calibrating:
+            list_mass += distribution[rows, j]
+        if tail:
+            tails_in_block += is_tail[rows, j]
         if sim is not None:
             if config.mmr.penalty == "max":
-                np.maximum(list_sim, sim[:, j], out=list_sim)
+                np.maximum(list_sim, sim[rows, :, j], out=list_sim)
             else:
-                sum_sim += sim[:, j]
+                sum_sim += sim[rows, :, j]
                 list_sim = sum_sim / (slot + 1)
-    return out
+    return [out[b, :n] for b, n in enumerate(ns)]
+
+
+def _categories(
+    engine: CandidateEngine,
+    reqs: Sequence[Request],
+    items: Sequence[NDArray[np.int64]],
+    m_max: int,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], list[NDArray[np.float64]], list[int]]:
+    """Each request's pool items' category memberships and distributions
+    (B × pool × columns, padded with zeros), its category shares over the
+    same columns and its column count. Up to _DENSE_CATEGORIES categories
+    the columns are all of them; past it, each request's own: the
+    categories its pool items or its shares touch."""
+    cat = engine.catalog
+    b_n = len(reqs)
+    lens = np.array([len(i) for i in items], np.int64)
+    flat = np.concatenate(items) if b_n else np.empty(0, np.int64)
+    which, cols, vals = gather_rows(cat.item_categories, flat)
+    row_of = np.repeat(np.arange(b_n), lens)[which]
+    slot_of = (np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens))[which]
+    targets: list[NDArray[np.float64]] = []
+    widths: list[int] = []
+    if cat.n_categories > _DENSE_CATEGORIES:
+        local = np.empty(len(cols), np.int64)
+        for b, req in enumerate(reqs):
+            mine = row_of == b
+            used = np.union1d(cols[mine], np.flatnonzero(req.affinity)).astype(np.int64)
+            local[mine] = np.searchsorted(used, cols[mine])
+            targets.append(req.affinity[used])
+            widths.append(len(used))
+        cols = local
+    else:
+        targets = [req.affinity for req in reqs]
+        widths = [cat.n_categories] * b_n
+    member = np.zeros((b_n, m_max, max(widths, default=0)))
+    member[row_of, slot_of, cols] = vals
+    counts = member.sum(axis=2, keepdims=True)
+    distribution = member / np.where(counts > 0, counts, 1.0)
+    return member, distribution, targets, widths

@@ -35,6 +35,7 @@ and cached on the `Request`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -264,45 +265,64 @@ def merge(
     allowed: Callable[[NDArray[np.int64]], NDArray[np.bool_]],
 ) -> Candidates:
     """Filter each proposal with `allowed`, keep its first `quota` survivors,
-    and deduplicate, keeping every proposing source's score and rank."""
-    proposals = [p for p in proposals if len(p.items) and quotas.get(p.source, 0) > 0]
-    if not proposals:
-        return Candidates.empty()
-    items = np.concatenate([p.items for p in proposals])
-    ok = allowed(items)
-    kept_items: list[NDArray[np.int64]] = []
-    kept_scores: list[NDArray[np.float32]] = []
-    kept_ranks: list[NDArray[np.float32]] = []
-    kept_cols: list[NDArray[np.int64]] = []
-    kept_anchors: list[NDArray[np.int64]] = []
-    start = 0
-    for p in proposals:
-        stop = start + len(p.items)
-        mask = ok[start:stop]
-        rank = np.cumsum(mask)
-        keep = mask & (rank <= quotas[p.source])
-        kept_items.append(p.items[keep])
-        kept_scores.append(p.scores[keep].astype(np.float32))
-        kept_ranks.append(rank[keep].astype(np.float32))
-        kept_cols.append(np.full(int(keep.sum()), SOURCES.index(p.source), np.int64))
-        anchors = (
-            p.anchors[keep] if p.anchors is not None else np.full(int(keep.sum()), -1, np.int64)
-        )
-        kept_anchors.append(anchors)
-        start = stop
-    all_items = np.concatenate(kept_items)
-    unique, inverse = np.unique(all_items, return_inverse=True)
+    and deduplicate, keeping every proposing source's score and rank (the
+    block of one of `merge_many`)."""
+    return merge_many([proposals], quotas, lambda items, _: allowed(items))[0]
+
+
+def merge_many(
+    proposals: Sequence[Sequence[Proposal]],
+    quotas: dict[str, int],
+    allowed: Callable[[NDArray[np.int64], NDArray[np.int64]], NDArray[np.bool_]],
+) -> list[Candidates]:
+    """`merge` of each request's proposals, for a block of requests at once:
+    `allowed(items, requests)` filters items proposed to the requests at
+    those positions in the block; every proposal's survivors are counted
+    in its own segment and each request's candidates deduplicated among its
+    own (one sort of (request, item) keys for the block)."""
+    parts = [
+        (b, p)
+        for b, props in enumerate(proposals)
+        for p in props
+        if len(p.items) and quotas.get(p.source, 0) > 0
+    ]
+    if not parts:
+        return [Candidates.empty() for _ in proposals]
+    lens = np.array([len(p.items) for _, p in parts], dtype=np.int64)
+    items = np.concatenate([p.items for _, p in parts]).astype(np.int64, copy=False)
+    group = np.repeat(np.array([b for b, _ in parts], dtype=np.int64), lens)
+    ok = allowed(items, group)
+    # each survivor's rank among its proposal's survivors
+    survivors = np.cumsum(ok)
+    starts = np.cumsum(lens) - lens
+    before = np.concatenate([[0], survivors])[starts]
+    rank = survivors - np.repeat(before, lens)
+    quota = np.repeat(np.array([quotas[p.source] for _, p in parts], dtype=np.int64), lens)
+    keep = ok & (rank <= quota)
+    kept_items = items[keep]
+    kept_group = group[keep]
+    scores_all = np.concatenate([p.scores.astype(np.float32, copy=False) for _, p in parts])
+    cols = np.repeat(np.array([SOURCES.index(p.source) for _, p in parts], np.int64), lens)[keep]
+    no_anchor = np.full(int(lens.max()), -1, np.int64)
+    anchors_all = np.concatenate(
+        [no_anchor[: len(p.items)] if p.anchors is None else p.anchors for _, p in parts]
+    )[keep]
+    width = int(kept_items.max(initial=0)) + 1
+    unique, inverse = np.unique(kept_group * width + kept_items, return_inverse=True)
     n = len(unique)
     scores = np.full((n, len(SOURCES)), np.nan, np.float32)
     ranks = np.full((n, len(SOURCES)), np.nan, np.float32)
-    cols = np.concatenate(kept_cols)
-    scores[inverse, cols] = np.concatenate(kept_scores)
-    ranks[inverse, cols] = np.concatenate(kept_ranks)
-    anchors_all = np.concatenate(kept_anchors)
+    scores[inverse, cols] = scores_all[keep]
+    ranks[inverse, cols] = rank[keep].astype(np.float32)
     anchors = np.full(n, -1, np.int64)
     has = anchors_all >= 0
     anchors[inverse[has]] = anchors_all[has]
-    return Candidates(unique.astype(np.int64), scores, ranks, anchors)
+    bounds = np.searchsorted(unique // width, np.arange(len(proposals) + 1))
+    out_items = unique % width
+    return [
+        Candidates(out_items[lo:hi], scores[lo:hi], ranks[lo:hi], anchors[lo:hi])
+        for lo, hi in itertools.pairwise(bounds)
+    ]
 
 
 def positions(values: NDArray[np.int64], items: NDArray[np.int64]) -> NDArray[np.int64]:

@@ -4,6 +4,8 @@ posting lists, with a small delta block for items added after training.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,10 @@ from numpy.typing import NDArray
 
 from sieve.models.content import ContentTFIDF
 from sieve.sparse import gather_rows, row_sums
+
+#: Cells of the dense (profiles × vocabulary) matrix `cosines_many` looks
+#: weights up in; past it, a sorted search of (profile, term) keys.
+_DENSE_PROFILES = 1 << 22
 
 
 class ContentIndex:
@@ -150,23 +156,62 @@ class ContentIndex:
         n_items: int,
     ) -> NDArray[np.float64]:
         """Exact cosine of each of `items` with the profile (the rows of those
-        items only: what the ranker's content features need)."""
-        profile = np.zeros(self.base.shape[1], dtype=np.float64)
-        profile[terms] = weights
-        pos = self.delta_position(n_items)[items]
-        out = np.zeros(len(items), dtype=np.float64)
-        in_base = (pos < 0) & (items < self.n_base)
-        which, cols, vals = gather_rows(self.base, items[in_base])
-        out[in_base] = np.bincount(
-            which, weights=vals * profile[cols], minlength=int(in_base.sum())
-        )
-        in_delta = pos >= 0
-        if in_delta.any():
-            which, cols, vals = gather_rows(self.delta, pos[in_delta])
-            out[in_delta] = np.bincount(
-                which, weights=vals * profile[cols], minlength=int(in_delta.sum())
+        items only: what the ranker's content features need); the block of
+        one of `cosines_many`."""
+        return self.cosines_many([items], [(terms, weights)], n_items)[0]
+
+    def cosines_many(
+        self,
+        items: Sequence[NDArray[np.int64]],
+        profiles: Sequence[tuple[NDArray[np.int64], NDArray[np.float64]]],
+        n_items: int,
+    ) -> list[NDArray[np.float64]]:
+        """`cosines` of each (items, profile) of a block: the block's rows
+        gathered at once, each entry's profile weight found among its own
+        profile's (request, term) keys."""
+        lens = [len(i) for i in items]
+        flat = np.concatenate([np.empty(0, np.int64), *items])
+        group = np.repeat(np.arange(len(items)), lens)
+        width = int(self.base.shape[1])
+        if len(profiles) * width <= _DENSE_PROFILES:
+            dense = np.zeros((len(profiles), width))
+            for b, (t, w) in enumerate(profiles):
+                dense[b, t] = w
+            flat_profiles = dense.ravel()
+
+            def weight(rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.float64]:
+                return flat_profiles[cols if len(profiles) == 1 else rows * width + cols]
+
+        else:  # many profiles over a wide vocabulary: a search of (request, term) keys
+            keys = np.concatenate(
+                [np.empty(0, np.int64), *(b * width + t for b, (t, _) in enumerate(profiles))]
             )
-        return out
+            order = np.argsort(keys, kind="stable")
+            keys = keys[order]
+            values = np.concatenate([np.empty(0), *(w for _, w in profiles)])[order]
+
+            def weight(rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.float64]:
+                if len(keys) == 0:
+                    return np.zeros(len(cols))
+                at = rows * width + cols
+                k = np.minimum(np.searchsorted(keys, at), len(keys) - 1)
+                return np.where(keys[k] == at, values[k], 0.0)
+
+        pos = self.delta_position(n_items)[flat]
+        out = np.zeros(len(flat), dtype=np.float64)
+        for part, rows in (
+            (self.base, (pos < 0) & (flat < self.n_base)),
+            (self.delta, pos >= 0),
+        ):
+            if not rows.any():
+                continue
+            which, cols, vals = gather_rows(part, flat[rows] if part is self.base else pos[rows])
+            owner = group[rows][which] if len(profiles) > 1 else which
+            out[rows] = np.bincount(
+                which, weights=vals * weight(owner, cols), minlength=int(rows.sum())
+            )
+        bounds = np.cumsum([0, *lens])
+        return [out[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
     def _delta_scores(
         self, terms: NDArray[np.int64], weights: NDArray[np.float64]

@@ -6,7 +6,7 @@ itself are in `sieve.retrieval.candidates`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,7 @@ from sieve.retrieval.candidates import (
     Request,
     SourcesConfig,
     merge,
+    merge_many,
     positions,
 )
 from sieve.retrieval.catalog import Catalog, _categories
@@ -132,13 +133,17 @@ class CandidateEngine:
         # anchors: the session (latest first), then the strongest history items
         order = np.argsort(-hw, kind="stable")[: cfg.max_history_anchors]
         hist_anchor = history[order]
-        keep_hist = ~np.isin(hist_anchor, recent)
-        hist_anchor = hist_anchor[keep_hist]
-        _, first = np.unique(recent, return_index=True)
-        first = np.sort(first)
+        if len(recent):  # (the set operations' fixed costs only where there is a session)
+            unique_recent, first = np.unique(recent, return_index=True)
+            hist_anchor = hist_anchor[~_in_sorted(hist_anchor, unique_recent)]
+            first = np.sort(first)
+        else:
+            first = np.empty(0, np.int64)
         anchors = np.concatenate([recent[first], hist_anchor])
         anchor_w = np.concatenate([cfg.session_weight * rw[first], np.ones(len(hist_anchor))])
-        seen = np.union1d(interactions, all_recent) if exclude_seen else np.empty(0, np.int64)
+        seen = interactions if exclude_seen else np.empty(0, np.int64)
+        if exclude_seen and len(all_recent):
+            seen = np.union1d(interactions, all_recent)
         back = None
         if cfg.continuation > 0:
             back = comeback(
@@ -149,7 +154,9 @@ class CandidateEngine:
                 cfg.continuation_stop,
             )
             seen = np.setdiff1d(seen, back[0])  # they may come back: not filtered as seen
-        exclude = np.unique(np.fromiter(query.exclude, dtype=np.int64, count=len(query.exclude)))
+        exclude = np.empty(0, np.int64)
+        if query.exclude:
+            exclude = np.unique(np.fromiter(query.exclude, np.int64, count=len(query.exclude)))
         affinity = np.zeros(self.catalog.n_categories)
         if len(interactions):
             affinity = row_sums(
@@ -176,19 +183,51 @@ class CandidateEngine:
         self, req: Request, blocked: NDArray[np.bool_] | None = None
     ) -> Callable[[NDArray[np.int64]], NDArray[np.bool_]]:
         """The merge filter of a request: available, not seen, not excluded,
-        not blocked, and in the requested categories."""
-        cat = self.catalog
-        members = cat.members(req.category_filter) if len(req.query.categories) else None
+        not blocked, and in the requested categories (the block of one of
+        `allowed_many`)."""
+        ok = self.allowed_many([req], blocked)
+        return lambda items: ok(items, np.zeros(len(items), np.int64))
 
-        def ok(items: NDArray[np.int64]) -> NDArray[np.bool_]:
+    def allowed_many(
+        self, reqs: Sequence[Request], blocked: NDArray[np.bool_] | None = None
+    ) -> Callable[[NDArray[np.int64], NDArray[np.int64]], NDArray[np.bool_]]:
+        """The merge filter of a block of requests: `ok(items, requests)`
+        tells, for each item, whether the request at that position in the
+        block may list it (see `allowed`). Each request's item sets become
+        (request, item) keys, so one sorted search covers the block."""
+        cat = self.catalog
+        width = cat.n_items
+
+        def keys(sets: list[NDArray[np.int64]]) -> NDArray[np.int64]:
+            return np.concatenate(
+                [np.empty(0, np.int64), *(b * width + s for b, s in enumerate(sets) if len(s))]
+            )
+
+        seen = keys([req.seen for req in reqs])
+        excluded = keys([req.exclude for req in reqs])
+        filtered = np.array([len(req.query.categories) > 0 for req in reqs])
+        members = (
+            keys(
+                [
+                    cat.members(req.category_filter) if f else np.empty(0, np.int64)
+                    for req, f in zip(reqs, filtered, strict=True)
+                ]
+            )
+            if filtered.any()
+            else None
+        )
+
+        def ok(items: NDArray[np.int64], requests: NDArray[np.int64]) -> NDArray[np.bool_]:
             mask = cat.available[items].copy()
             if blocked is not None:
                 mask &= ~blocked[items]
-            for sorted_set in (req.seen, req.exclude):
+            at = requests * width + items
+            for sorted_set in (seen, excluded):
                 if len(sorted_set):
-                    mask &= ~_in_sorted(items, sorted_set)
+                    mask &= ~_in_sorted(at, sorted_set)
             if members is not None:
-                mask &= _in_sorted(items, members)
+                inside = filtered[requests]
+                mask[inside] &= _in_sorted(at[inside], members)
             return mask
 
         return ok
@@ -310,11 +349,28 @@ class CandidateEngine:
         return out
 
     def content_cosines(self, req: Request, items: NDArray[np.int64]) -> NDArray[np.float64] | None:
-        """TF-IDF cosine of `items` with the request's profile."""
-        profile = self.content_profile(req)
-        if profile is None or self.content is None:
-            return None
-        return self.content.cosines(items, *profile, self.catalog.n_items)
+        """TF-IDF cosine of `items` with the request's profile (the block of
+        one of `content_cosines_many`)."""
+        return self.content_cosines_many([req], [items])[0]
+
+    def content_cosines_many(
+        self, reqs: Sequence[Request], items: Sequence[NDArray[np.int64]]
+    ) -> list[NDArray[np.float64] | None]:
+        """`content_cosines` of each (request, items) of a block (None for a
+        request without a profile), computed for the block at once."""
+        profiles = [self.content_profile(req) for req in reqs]
+        out: list[NDArray[np.float64] | None] = [None] * len(reqs)
+        if self.content is None:
+            return out
+        has = [k for k, p in enumerate(profiles) if p is not None]
+        found = self.content.cosines_many(
+            [items[k] for k in has],
+            [p for p in profiles if p is not None],
+            self.catalog.n_items,
+        )
+        for k, cos in zip(has, found, strict=True):
+            out[k] = cos
+        return out
 
     def ease_scores(self, req: Request) -> NDArray[np.float32] | None:
         """EASE scores x_u · B over the training items."""
@@ -367,7 +423,7 @@ class CandidateEngine:
         if cfg.ann and self.ann is not None:
             vec = self.ann_vector(req)
             if vec is not None:
-                skip = np.union1d(req.seen, req.exclude)
+                skip = np.union1d(req.seen, req.exclude) if len(req.exclude) else req.seen
                 fetch = cfg.ann + cfg.ann // 2 + 10  # seen/excluded skipped in the index
                 ids, scores = self.ann.search(vec, fetch, exclude=skip[skip < self.ann.n_items])
                 keep = ids[0] >= 0
@@ -451,16 +507,25 @@ class CandidateEngine:
         out[got] = req.anchors[entry_anchor[first[got]]]
         return out
 
-    def candidates(self, req: Request, blocked: NDArray[np.bool_] | None = None) -> Candidates:
-        """All sources, merged under their quotas, topped up with popular
-        items when fewer than `min_candidates` survive."""
+    def candidates_many(
+        self, reqs: Sequence[Request], blocked: NDArray[np.bool_] | None = None
+    ) -> list[Candidates]:
+        """`candidates` of each request of a block: each request's proposals,
+        merged for the whole block at once (`merge_many`)."""
         cfg = self.config
         quotas = {s: cfg.quota(s) for s in SOURCES}
-        ok = self.allowed(req, blocked)
-        cands = merge(self.propose(req), quotas, ok)
-        if len(cands) < cfg.min_candidates:
-            cands = self._top_up(req, cands, ok, quotas)
+        ok = self.allowed_many(reqs, blocked)
+        cands = merge_many([self.propose(req) for req in reqs], quotas, ok)
+        for k, (req, found) in enumerate(zip(reqs, cands, strict=True)):
+            if len(found) < cfg.min_candidates:
+                cands[k] = self._top_up(req, found, self.allowed(req, blocked), quotas)
         return cands
+
+    def candidates(self, req: Request, blocked: NDArray[np.bool_] | None = None) -> Candidates:
+        """All sources, merged under their quotas, topped up with popular
+        items when fewer than `min_candidates` survive (the block of one of
+        `candidates_many`)."""
+        return self.candidates_many([req], blocked)[0]
 
     def _top_up(
         self,
