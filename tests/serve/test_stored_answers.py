@@ -135,6 +135,11 @@ def test_the_hot_path_checks_what_the_route_checks(
         assert response.json()["detail"][0]["loc"] == ["query", "n"]
     too_long = client.get(f"/recommendations/{'x' * 300}")
     assert too_long.status_code == 422
+    # the impression log's drops are exported as they stand at each scrape
+    assert "sieve_impression_log_dropped 0.0" in client.get("/metrics").text
+    _engine(client).impressions.dropped = 3
+    assert "sieve_impression_log_dropped 3.0" in client.get("/metrics").text
+    _engine(client).impressions.dropped = 0
     # the answers it gives are counted under the route, as the route's are
     before = _served_ok(client)
     assert [_get(client)["cached"] for _ in range(3)] == [True, True, True]

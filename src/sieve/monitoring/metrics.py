@@ -275,6 +275,12 @@ class ServingMetrics:
             ["result"],
             registry=r,
         )
+        self.impressions_dropped = Gauge(
+            "sieve_impression_log_dropped",
+            "Served lists whose impression was dropped since the start: the "
+            "impression log was max_backlog lists behind",
+            registry=r,
+        )
         self._hit = self.cache_lookups.labels("hit")
         self._miss = self.cache_lookups.labels("miss")
         self.model = Info("sieve_model", "The serving model's version", registry=r)
@@ -353,6 +359,10 @@ class ServingMetrics:
         if child is None:
             child = self._stage_children[name] = self.stage_seconds.labels(name)
         child.observe(seconds)
+
+    def watch_impression_drops(self, read: Callable[[], float]) -> None:
+        """Report what `read` says of the impression log's drops at each scrape."""
+        self.impressions_dropped.set_function(read)
 
     def cache_lookup(self, hit: bool) -> None:
         """One lookup of the precomputed-list cache."""

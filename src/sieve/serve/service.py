@@ -90,6 +90,7 @@ class Service:
         #: affinity), folded from the stored log by `ingestion`
         self.counters = OnlineCounters(cache, semantics=settings.semantics)
         self.metrics = ServingMetrics.for_settings(settings, self.store)
+        self.metrics.watch_impression_drops(lambda: self.impressions.dropped)
         #: named non-personalised lists, computed periodically into the cache
         self.leaderboards = Leaderboards(settings, self.store, cache)
         # the last hour's sessions and dwell for /metrics (a bounded read, cached)
