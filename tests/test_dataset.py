@@ -103,3 +103,30 @@ def test_subset_keeps_vocabularies(ds: Dataset) -> None:
 def test_ids_are_read_only(ds: Dataset) -> None:
     with pytest.raises(ValueError):
         ds.user_ids[0] = "other"
+
+
+def test_items_gone_from_the_catalog_are_kept_unavailable() -> None:
+    """Events of items no longer in the catalog still train (one row each,
+    unavailable, without content); `sieve train` and Spark share this."""
+    import numpy as np
+    import pandas as pd
+
+    from sieve.training.snapshot import with_unlisted_items
+
+    items = pd.DataFrame(
+        {
+            "item_id": ["a"],
+            "title": ["A"],
+            "text": [""],
+            "categories": [["x"]],
+            "created_at": [1.0],
+            "attributes": [{}],
+            "available": [True],
+        }
+    )
+    assert with_unlisted_items(items, ["a", "a"]) is items
+    out = with_unlisted_items(items, ["c", "a", "b"])
+    assert list(out["item_id"]) == ["a", "b", "c"]
+    assert list(out["available"]) == [True, False, False]
+    assert list(out["categories"]) == [["x"], [], []]
+    assert np.isnan(out["created_at"].iloc[1]) and out["title"].iloc[2] == ""

@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from sieve.models.factorization import ALSConfig
 from sieve.models.itemknn import ItemKNNConfig
 from sieve.models.popularity import TrendingConfig
+from sieve.training.snapshot import with_unlisted_items
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -308,17 +309,7 @@ def item_frame(items: pd.DataFrame, item_ids: NDArray[np.object_]) -> pd.DataFra
             "available": items["available"].astype(bool),
         }
     )
-    gone = sorted(set(item_ids.tolist()) - set(frame["item_id"]))
-    extra: dict[str, Any] = {
-        "item_id": gone,
-        "title": "",
-        "text": "",
-        "categories": [[] for _ in gone],
-        "created_at": np.nan,
-        "attributes": [{} for _ in gone],
-        "available": False,
-    }
-    return pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
+    return with_unlisted_items(frame, item_ids.tolist())
 
 
 __all__ = [

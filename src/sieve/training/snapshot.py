@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,27 @@ from sieve.data.schema import EVENT_COLUMNS, EventWeights
 from sieve.storage import EventColumns, SQLStore, Store
 
 log = logging.getLogger(__name__)
+
+
+def with_unlisted_items(items: pd.DataFrame, item_ids: Iterable[str]) -> pd.DataFrame:
+    """The items frame with a row for each of `item_ids` it lacks (events of
+    items gone from the catalog): unavailable and without content, so their
+    events still teach a model but they are never served."""
+    gone = sorted(set(item_ids) - set(items["item_id"]))
+    if not gone:
+        return items
+    extra = pd.DataFrame(
+        {
+            "item_id": gone,
+            "title": "",
+            "text": "",
+            "categories": [[] for _ in gone],
+            "created_at": np.nan,
+            "attributes": [{} for _ in gone],
+            "available": False,
+        }
+    )
+    return pd.concat([items, extra], ignore_index=True)
 
 
 def snapshot(store: Store, weights: Mapping[str, float], until: float | None = None) -> Dataset:
@@ -46,20 +67,7 @@ def snapshot(store: Store, weights: Mapping[str, float], until: float | None = N
             f"the store at {store.url} has no events to train on: "
             "POST /events (or import data) first"
         )
-    gone = sorted(set(events["item_id"]) - set(items["item_id"]))
-    if gone:
-        extra = pd.DataFrame(
-            {
-                "item_id": gone,
-                "title": "",
-                "text": "",
-                "categories": [[] for _ in gone],
-                "created_at": np.nan,
-                "attributes": [{} for _ in gone],
-                "available": False,
-            }
-        )
-        items = pd.concat([items, extra], ignore_index=True)
+    items = with_unlisted_items(items, events["item_id"])
     return Dataset.from_frames(
         events[[*EVENT_COLUMNS, "seq"]].reset_index(drop=True),  # seq: what a model saw
         items.reset_index(drop=True),
