@@ -277,6 +277,13 @@ class Settings(BaseSettings):
       cache as the user's list for this long and served from there, as a
       precomputed one is, until the user's next event, a model swap or one of
       its items becoming unservable (0: every such request is answered live);
+    - `live_concurrency`: live computations (a user's or a session's list,
+      similar items, `POST /rank`) that one server process runs at once; the
+      others wait their turn (`sieve.serve.lane`: Python threads computing
+      together only take turns on the interpreter lock, so above 1 they add
+      switching, not speed; more processes, `workers`, add speed);
+    - `live_wait_seconds`: the longest a request waits for its turn before it
+      gets a 503 with `Retry-After` (the server is overloaded; 0: no limit);
     - `model_poll_seconds`: how often a running service checks the model
       registry for a newly promoted version (0: only on `POST /admin/reload`);
     - `catalog_poll_seconds`: how often a server process reads the catalog
@@ -347,6 +354,8 @@ class Settings(BaseSettings):
     batch_n: int = Field(default=50, ge=1)
     precompute: bool = False
     answer_ttl_seconds: float = Field(default=300.0, ge=0.0, le=86_400.0)
+    live_concurrency: int = Field(default=1, ge=1, le=64)
+    live_wait_seconds: float = Field(default=10.0, ge=0.0, le=600.0)
     model_poll_seconds: float = Field(default=2.0, ge=0.0)
     catalog_poll_seconds: float = Field(default=1.0, ge=0.0)
     workers: int = Field(default=1, ge=1, le=64)

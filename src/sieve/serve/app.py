@@ -25,7 +25,9 @@ Cross-cutting behaviour lives here:
   every `drift_check_seconds` (`sieve.monitoring.drift`);
 - errors as `{"detail": ...}`: 422 lists `{loc, msg, type}` without echoing
   the input; store/cache outages and store calls past `store_timeout_seconds`
-  → 503 with `Retry-After`; data the database refuses → 422;
+  → 503 with `Retry-After`, as is a live request that waited
+  `live_wait_seconds` for its turn (`sieve.serve.lane`); data the database
+  refuses → 422;
   anything else → 500 with a generic message (the traceback goes to the log).
 """
 
@@ -59,6 +61,7 @@ from sieve.serve.auth import KeyRing
 from sieve.serve.errors import InvalidInput, TooLarge
 from sieve.serve.holder import NoModelError, freeze_heap
 from sieve.serve.hotpath import StoredAnswers
+from sieve.serve.lane import Busy
 from sieve.serve.listing import MODEL_HEADER
 from sieve.serve.routes import (
     dashboard,
@@ -296,6 +299,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             503, "the cache is unavailable; retry later", headers={"Retry-After": RETRY_AFTER}
         )
 
+    async def busy(_: Request, e: Exception) -> JSONResponse:
+        log.warning("%s", e)
+        return _error(503, str(e), headers={"Retry-After": RETRY_AFTER})
+
     async def bad_text(_: Request, e: Exception) -> JSONResponse:
         return _error(422, f"text that cannot be stored (not valid Unicode): {e}")
 
@@ -317,6 +324,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnknownIdError, unknown_id)
     app.add_exception_handler(StoreError, store_error)
     app.add_exception_handler(CacheError, cache_error)
+    app.add_exception_handler(Busy, busy)
     app.add_exception_handler(UnicodeError, bad_text)
     app.add_exception_handler(Exception, internal)
 

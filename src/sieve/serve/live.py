@@ -29,6 +29,7 @@ from sieve.serve import answers
 from sieve.serve.credit import ServedRequests
 from sieve.serve.errors import InvalidInput, field_error
 from sieve.serve.holder import ModelHolder, ServingSnapshot
+from sieve.serve.lane import Lane
 from sieve.serve.listing import Filters, context_dict, listed, new_request_id
 from sieve.serve.planner import plan_request
 from sieve.serve.schemas import ExperimentArm, RecommendationList, RecommendedItem
@@ -60,6 +61,8 @@ class LiveAnswers:
         cache: Cache | None = None,
     ) -> None:
         self.settings = settings
+        #: where the funnel's computations take turns (`sieve.serve.lane`)
+        self.lane = Lane(settings.live_concurrency, settings.live_wait_seconds or None)
         #: where plain requests' answers are kept (`answers.remember`); None: not kept
         self.cache = cache
         #: which requests get a uniformly random list (`random_share`)
@@ -298,7 +301,9 @@ class LiveAnswers:
             request_id=request_id,
             user_attributes=user_attributes,
         )
-        recs = funnel.recommend_query(query, trace=trace, explain=explain)
+        with self.lane.held():
+            recs = funnel.recommend_query(query, trace=trace, explain=explain)
+            found = listed(funnel, recs, explain)
         if trace is not None:
             trace["query"] = {
                 "user": query.user,
@@ -308,7 +313,7 @@ class LiveAnswers:
                 "recent_types": list(query.recent_types),
                 "now": query.now,
             }
-        return listed(funnel, recs, explain), funnel.is_cold(query)
+        return found, funnel.is_cold(query)
 
     def _plan_funnels(
         self, snap: ServingSnapshot, version: str | None, interleave: Arm | None
@@ -393,8 +398,10 @@ class LiveAnswers:
             now=time.time(),
             request_id=new_request_id(),
         )
+        with self.lane.held():
+            items = listed(funnel, funnel.recommend_query(query))
         result = RecommendationList(
-            items=listed(funnel, funnel.recommend_query(query)),
+            items=items,
             request_id=query.request_id,
             model_version=str(funnel.version),
             user_id=None,
@@ -408,7 +415,8 @@ class LiveAnswers:
         """Items like `item_id` (`UnknownIdError` if the funnel does not know it)."""
         funnel = self.funnel
         index = int(funnel.item_index(item_id))
-        found: ItemList = funnel.similar_items(index, n)
+        with self.lane.held():
+            found: ItemList = funnel.similar_items(index, n)
         title = str(funnel.item_title(index))
         recs = [
             Recommended(

@@ -86,8 +86,11 @@ class CallerRanking:
             user_attributes=attrs,
             item_fields=fields,
         )
-        recs = funnel.rank_items(query, np.array(ranked_at, dtype=np.int64), explain=body.explain)
-        items = listed(funnel, recs, body.explain)
+        with self.live.lane.held():
+            recs = funnel.rank_items(
+                query, np.array(ranked_at, dtype=np.int64), explain=body.explain
+            )
+            items = listed(funnel, recs, body.explain)
         served = RecommendationList(
             items=items,
             request_id=request_id,
