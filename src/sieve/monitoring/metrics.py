@@ -281,6 +281,16 @@ class ServingMetrics:
             "impression log was max_backlog lists behind",
             registry=r,
         )
+        self.lane_waiting = Gauge(
+            "sieve_live_lane_waiting",
+            "Requests waiting for their turn to compute a live answer (live_concurrency)",
+            registry=r,
+        )
+        self.lane_refused = Gauge(
+            "sieve_live_lane_refused",
+            "Requests answered 503 since the start: they waited live_wait_seconds for their turn",
+            registry=r,
+        )
         self._hit = self.cache_lookups.labels("hit")
         self._miss = self.cache_lookups.labels("miss")
         self.model = Info("sieve_model", "The serving model's version", registry=r)
@@ -363,6 +373,11 @@ class ServingMetrics:
     def watch_impression_drops(self, read: Callable[[], float]) -> None:
         """Report what `read` says of the impression log's drops at each scrape."""
         self.impressions_dropped.set_function(read)
+
+    def watch_lane(self, waiting: Callable[[], float], refused: Callable[[], float]) -> None:
+        """Report the live lane's queue and refusals (`sieve.serve.lane`) at each scrape."""
+        self.lane_waiting.set_function(waiting)
+        self.lane_refused.set_function(refused)
 
     def cache_lookup(self, hit: bool) -> None:
         """One lookup of the precomputed-list cache."""

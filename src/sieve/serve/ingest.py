@@ -56,6 +56,7 @@ class EventIngestion:
         credit: Callable[[Sequence[Event]], None],
         background_store: Store | None = None,
         fold_interval: float = 0.5,
+        served_items: Callable[[Sequence[str]], set[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -64,6 +65,9 @@ class EventIngestion:
         self.metrics = metrics
         self.counters = counters
         self._credit = credit
+        #: which of these ids the serving catalog holds as servable items (a
+        #: memory lookup); only the others are looked up in the store
+        self._served_items = served_items
         # the counters fold the log off the request path: no time limit there
         self._fold_store = background_store if background_store is not None else store
         self._weights = dict(settings.event_weights)
@@ -117,7 +121,7 @@ class EventIngestion:
                         f"`value` (a number >= 0), got {e.value!r}",
                     )
                 )
-        known = set(self.store.item_categories({e.item_id for e in events}))  # a light read
+        known = self._known_items({e.item_id for e in events})
         for i, e in enumerate(events):
             if e.item_id not in known:
                 errors.append(
@@ -129,6 +133,17 @@ class EventIngestion:
                 )
         if errors:
             raise InvalidInput(errors[:50])
+
+    def _known_items(self, ids: set[str]) -> set[str]:
+        """The ids of items in the catalog: the servable ones the serving
+        model's catalog holds (kept in step with the store's catalog changes,
+        `catalog_poll_seconds` behind another process's), the rest as the
+        store says (one light read, none when all are served)."""
+        known = self._served_items(list(ids)) if self._served_items is not None else set()
+        rest = ids - known
+        if rest:
+            known |= set(self.store.item_categories(rest))
+        return known
 
     # -------------------------------------------------------------- record
     def record(self, events: Sequence[Event]) -> tuple[int, list[str]]:

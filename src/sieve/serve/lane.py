@@ -9,9 +9,10 @@ switching threads, and the live throughput was 0.6× that of one thread at a
 time). The lane lets `width` computations run; the others wait on a
 semaphore, which costs no CPU, and take their turn in arrival order.
 
-Only the computation holds the lane: store and cache reads (a request's
-events and attributes) happen before, in the request's own thread, so a
-slow database never holds it. A request that waited `wait_seconds` for it
+Only the computation holds the lane: the store reads (a request's events
+and attributes) happen before, in the request's own thread, so a slow
+database never holds it; the online counters' cache reads happen inside,
+each within the cache's own time limit. A request that waited `wait_seconds` for it
 is answered 503 with `Retry-After` (`Busy`) rather than queued without end.
 """
 

@@ -109,6 +109,7 @@ class Service:
             self.counters,
             self._credit_clicks,
             background_store=store,
+            served_items=self._served_items,
         )
         self.drift = DriftMonitor(
             settings,
@@ -135,6 +136,8 @@ class Service:
         )
         #: `POST /rank`: a caller's list ranked by the funnel's ranker
         self.ranking = CallerRanking(self.holder, self.live, self._log_impression)
+        lane = self.live.lane
+        self.metrics.watch_lane(lambda: lane.waiting, lambda: lane.refused)
         #: reads the shared stores on a short poll (model, catalog, experiments)
         self.follower = Follower(
             settings,
@@ -391,6 +394,15 @@ class Service:
             return [listed(funnel, recs) for recs in funnel.recommend_queries(queries)]
 
         return answers.precompute(self.cache, funnel, ids, answer)
+
+    def _served_items(self, item_ids: Sequence[str]) -> set[str]:
+        """Which of these ids the serving funnel's catalog holds as servable
+        (none without a model)."""
+        if not self.holder.loaded:
+            return set()
+        catalog = self.holder.snapshot.funnel.state.engine.catalog
+        found = [(i, catalog.find(i)) for i in item_ids]
+        return {i for i, k in found if k >= 0 and catalog.available[k]}
 
     # ------------------------------------------------------------- health
     def readiness(self) -> tuple[bool, str, str | None]:
