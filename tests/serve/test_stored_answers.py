@@ -83,6 +83,30 @@ def test_a_live_answer_is_kept_until_the_user_changes(
     assert _get(client)["cached"] is False
 
 
+def test_a_kept_answer_showing_an_edited_item_is_answered_live(serve: MakeClient) -> None:
+    client = serve()
+    live = _get(client)
+    assert _get(client)["cached"] is True
+    # an item the list does not show changes nothing
+    shown = set(_ids(live))
+    other = next(
+        i["id"]
+        for i in client.get("/items", params={"limit": 100}).json()["items"]
+        if i["id"] not in shown
+    )
+    assert client.patch(f"/items/{other}", json={"title": "elsewhere"}).status_code == 200
+    assert _get(client)["cached"] is True
+    # a shown item's new title: the kept list would show the old one
+    item = _ids(live)[3]
+    assert client.patch(f"/items/{item}", json={"title": "A new title"}).status_code == 200
+    after = _get(client)
+    assert after["cached"] is False
+    titles = {i["id"]: i["title"] for i in after["items"]}
+    assert titles.get(item, "A new title") == "A new title"
+    kept = _get(client)  # the new answer is kept in its turn
+    assert kept["cached"] is True and _ids(kept) == _ids(after)
+
+
 def test_only_plain_requests_keep_their_answer(serve: MakeClient) -> None:
     client = serve()
     # filters, context or an explanation change the answer: neither kept nor served kept

@@ -485,6 +485,13 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             out.append(idx >= 0 and bool(available[idx]))
         return out
 
+    def changed_since(self, item_ids: Sequence[str], since: float) -> bool:
+        """Whether a known item among these had its shown fields (title,
+        categories) changed after `since`: a list stored then shows them stale."""
+        catalog = self.state.engine.catalog
+        changed = catalog.changed_at
+        return any(changed[k] > since for k in map(catalog.find, item_ids) if k >= 0)
+
     # ========================================================= catalog
     def with_items(self, items: pd.DataFrame) -> Funnel:
         """A new funnel that shares this one's fitted models and differs only in

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +61,10 @@ class Catalog:
             if attributes is None
             else [dict(a) if isinstance(a, dict) else {} for a in attributes]
         )
+        #: when each item's shown fields (title, categories) last changed
+        #: while serving (0: not since loading; not saved): a stored answer
+        #: computed before that shows stale fields and is not served
+        self.changed_at = np.zeros(len(self.item_ids))
         self._lookup: dict[str, int] | None = None
         self._reset()
 
@@ -121,7 +126,15 @@ class Catalog:
         """A copy whose `append`/`update` leave this catalog untouched (the
         serving snapshot a reader holds is never changed under it)."""
         out = copy.copy(self)
-        for name in ("item_ids", "titles", "created_at", "available", "popularity", "trending"):
+        for name in (
+            "item_ids",
+            "titles",
+            "created_at",
+            "available",
+            "popularity",
+            "trending",
+            "changed_at",
+        ):
             setattr(out, name, getattr(self, name).copy())
         out.item_categories = self.item_categories.copy()
         out.category_names = list(self.category_names)
@@ -295,14 +308,21 @@ class Catalog:
         zeros = np.zeros(len(frame))
         self.popularity = np.concatenate([self.popularity, zeros])
         self.trending = np.concatenate([self.trending, zeros])
+        self.changed_at = np.concatenate([self.changed_at, zeros])
         self.attributes += _attributes(frame)
         self._reset()
         return np.arange(start, self.n_items, dtype=np.int64)
 
-    def update(self, items: NDArray[np.int64], frame: pd.DataFrame) -> None:
+    def update(
+        self, items: NDArray[np.int64], frame: pd.DataFrame, at: float | None = None
+    ) -> None:
         """Update the metadata of known items from the frame's given columns.
         Titles and availability are read per request (nothing to rebuild);
-        release times invalidate the fresh chart, categories everything."""
+        release times invalidate the fresh chart, categories everything. A
+        new title or categories stamp the items' `changed_at` with `at`
+        (default: now)."""
+        if "title" in frame or "categories" in frame:
+            self.changed_at[items] = time.time() if at is None else at
         if "title" in frame:
             self.titles[items] = frame["title"].fillna("").astype(str).to_numpy(object)
         if "available" in frame:

@@ -10,7 +10,8 @@ when the version is the serving one, the user has no event recorded after it
 context that would change the answer, and the user is in no experiment;
 otherwise the live funnel answers. A cached list is re-checked against the
 serving catalog (unavailable or deleted items are dropped; too few left →
-live). The lookup is one cache round trip, made without blocking the event
+live; an item whose title or categories this process's catalog changed after
+the list was computed → live, as the list shows them stale). The lookup is one cache round trip, made without blocking the event
 loop.
 
 A hit is served from the stored rows as they are: they were validated when
@@ -170,7 +171,8 @@ def valid_entry(
         return None
     if not isinstance(entry, dict) or entry.get("model_version") != version:
         return None
-    if last is not None and float(last) >= float(entry.get("computed_at", 0.0)):
+    computed_at = float(entry.get("computed_at", 0.0))
+    if last is not None and float(last) >= computed_at:
         return None
     stored = entry.get("items", [])
     if len(stored) < n:
@@ -180,6 +182,9 @@ def valid_entry(
         if servable:
             out.append(row)
             if len(out) == n:
+                # an item's title or categories edited since: its row is stale
+                if funnel.changed_since([r["id"] for r in out], computed_at):
+                    return None
                 return Entry(out, bool(entry.get("cold_start", False)))
     return None
 

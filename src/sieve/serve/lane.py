@@ -54,7 +54,8 @@ class Lane:
             with self._lock:
                 self.waiting += 1
             try:
-                got = self._slots.acquire(timeout=self.wait_seconds)
+                wait = -1 if self.wait_seconds is None else self.wait_seconds  # -1: no limit
+                got = self._slots.acquire(timeout=wait)
             finally:
                 with self._lock:
                     self.waiting -= 1
