@@ -54,8 +54,10 @@ class Lane:
             with self._lock:
                 self.waiting += 1
             try:
-                wait = -1 if self.wait_seconds is None else self.wait_seconds  # -1: no limit
-                got = self._slots.acquire(timeout=wait)
+                if self.wait_seconds is None:
+                    got = self._slots.acquire()
+                else:
+                    got = self._slots.acquire(timeout=self.wait_seconds)
             finally:
                 with self._lock:
                     self.waiting -= 1
