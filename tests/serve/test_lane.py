@@ -26,11 +26,12 @@ def test_no_more_than_width_blocks_run_at_once(width: int) -> None:
     lane = Lane(width, wait_seconds=None)
     inside = 0
     most = 0
+    done = 0
     guard = threading.Lock()
     go = threading.Barrier(8)
 
     def work() -> None:
-        nonlocal inside, most
+        nonlocal inside, most, done
         go.wait()
         for _ in range(50):
             with lane.held():
@@ -39,6 +40,7 @@ def test_no_more_than_width_blocks_run_at_once(width: int) -> None:
                     most = max(most, inside)
                 with guard:
                     inside -= 1
+                    done += 1
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for t in threads:
@@ -46,6 +48,7 @@ def test_no_more_than_width_blocks_run_at_once(width: int) -> None:
     for t in threads:
         t.join()
     assert 1 <= most <= width
+    assert done == 8 * 50  # every waiter got its turn: none gave up
     assert lane.waiting == 0 and lane.refused == 0
 
 
