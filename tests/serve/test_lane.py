@@ -54,10 +54,8 @@ def test_no_more_than_width_blocks_run_at_once(width: int) -> None:
 
 def test_a_waiter_gives_up_after_the_wait_and_the_slot_is_free_again() -> None:
     lane = Lane(1, wait_seconds=0.01)
-    with lane.held():
-        with pytest.raises(Busy, match="live_concurrency"):
-            with lane.held():
-                pass  # pragma: no cover - never entered
+    with lane.held(), pytest.raises(Busy, match="live_concurrency"), lane.held():
+        pass  # pragma: no cover - never entered
     assert lane.refused == 1
     with lane.held():  # released: the next request gets it at once
         pass
@@ -92,3 +90,113 @@ def test_a_request_that_waits_too_long_gets_503_with_retry_after(serve: MakeClie
     # the lane is free again: the same requests are answered
     assert client.get("/recommendations/u001", params={"n": 5}).status_code == 200
     assert client.get(f"/items/{item}/similar", params={"n": 5}).status_code == 200
+
+
+def _waiting_for(lane: Lane, count: int) -> None:
+    """Block until `count` submitters wait for the lane's slot (its counter,
+    polled: the lane sets no event for it); fails after 10,000 polls."""
+    pause = threading.Event()
+    for _ in range(10_000):
+        if lane.waiting >= count:
+            return
+        pause.wait(0.001)
+    raise AssertionError(f"{lane.waiting} submitters waiting, expected {count}")
+
+
+def test_waiting_requests_are_computed_as_one_block_each_getting_its_own_result() -> None:
+    lane = Lane(1, wait_seconds=None)
+    blocks: list[list[int]] = []
+
+    def square(items: list[int]) -> list[int]:
+        blocks.append(list(items))
+        return [i * i for i in items]
+
+    got: dict[int, int] = {}
+
+    def ask(i: int) -> None:
+        got[i] = lane.submit("f", i, square)
+
+    with lane.held():  # a computation in progress: the others queue behind it
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        _waiting_for(lane, 6)
+    for t in threads:
+        t.join()
+    assert got == {i: i * i for i in range(6)}
+    assert sorted(i for b in blocks for i in b) == list(range(6))  # each computed once
+    assert len(blocks) < 6 and lane.answered == 6 and lane.blocks == len(blocks)
+
+
+def test_a_failing_request_fails_alone_and_keys_are_not_mixed() -> None:
+    lane = Lane(1, wait_seconds=None)
+    seen: list[tuple[str, list[int]]] = []
+
+    def compute(key: str) -> Callable[[list[int]], list[int]]:
+        def run(items: list[int]) -> list[int]:
+            seen.append((key, list(items)))
+            if 13 in items:
+                raise ValueError("unlucky")
+            return [i + 1 for i in items]
+
+        return run
+
+    got: dict[tuple[str, int], object] = {}
+
+    def ask(key: str, i: int) -> None:
+        try:
+            got[key, i] = lane.submit(key, i, compute(key))
+        except ValueError as e:
+            got[key, i] = e
+
+    with lane.held():
+        asks = [("a", 1), ("a", 13), ("a", 3), ("b", 4)]
+        threads = [threading.Thread(target=ask, args=a) for a in asks]
+        for t in threads:
+            t.start()
+        _waiting_for(lane, len(asks))
+    for t in threads:
+        t.join()
+    assert got["a", 1] == 2 and got["a", 3] == 4 and got["b", 4] == 5
+    assert isinstance(got["a", 13], ValueError)
+    assert all(len({k for k, _ in seen if k == key}) == 1 for key in "ab")
+    assert not any(key == "a" and 4 in items for key, items in seen)  # b's item never in a's
+
+
+def test_a_submitter_that_times_out_is_not_computed_later() -> None:
+    lane = Lane(1, wait_seconds=0.01)
+    calls: list[list[int]] = []
+
+    def compute(items: list[int]) -> list[int]:
+        calls.append(items)
+        return items
+
+    with lane.held(), pytest.raises(Busy):
+        lane.submit("k", 7, compute)
+    assert lane.submit("k", 8, compute) == 8
+    assert calls == [[8]] and lane.refused == 1
+
+
+def test_concurrent_live_answers_in_one_block_equal_the_answers_alone(
+    serve: MakeClient,
+) -> None:
+    client = serve(answer_ttl_seconds=0)
+    service = _service(client)
+    users = [f"u{k:03d}" for k in range(1, 9)]
+    alone = {u: [i.id for i in service.recommend_user(u, 10, log=False).items] for u in users}
+    together: dict[str, list[str]] = {}
+
+    def ask(user: str) -> None:
+        together[user] = [i.id for i in service.recommend_user(user, 10, log=False).items]
+
+    lane = service.live.lane
+    before = lane.blocks
+    with lane.held():
+        threads = [threading.Thread(target=ask, args=(u,)) for u in users]
+        for t in threads:
+            t.start()
+        _waiting_for(lane, len(users))
+    for t in threads:
+        t.join()
+    assert together == alone
+    assert lane.blocks - before < len(users)  # some were answered together

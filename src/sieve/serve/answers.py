@@ -11,8 +11,8 @@ context that would change the answer, and the user is in no experiment;
 otherwise the live funnel answers. A cached list is re-checked against the
 serving catalog (unavailable or deleted items are dropped; too few left →
 live; an item whose title or categories this process's catalog changed after
-the list was computed → live, as the list shows them stale). The lookup is one cache round trip, made without blocking the event
-loop.
+the list was computed → live, as the list shows them stale). The lookup is
+one cache round trip, made without blocking the event loop.
 
 A hit is served from the stored rows as they are: they were validated when
 written, so no model object is built per item and the response is encoded

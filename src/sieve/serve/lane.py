@@ -14,17 +14,53 @@ and attributes) happen before, in the request's own thread, so a slow
 database never holds it; the online counters' cache reads happen inside,
 each within the cache's own time limit. A request that waited `wait_seconds` for it
 is answered 503 with `Retry-After` (`Busy`) rather than queued without end.
+
+Waiting requests are also answered together (`submit`): the one that gets a
+slot computes, as one block, every waiting request of the same kind (the
+same funnel), up to `BLOCK` of them, through the funnel's block path
+(`Funnel.recommend_queries`: one ranker call, each stage over the block, a
+list the same as the request's alone). Most of a small live answer's CPU is
+a fixed cost per stage, so under load a block costs little more than one
+answer; with no one waiting a block is one request and nothing changes.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: The most waiting requests one computation answers together: bounds the
+#: wait of the block's first request behind the others.
+BLOCK = 32
 
 
 class Busy(RuntimeError):
     """Every lane slot stayed taken for the longest allowed wait (HTTP 503)."""
+
+
+@dataclass(eq=False)
+class _Job(Generic[T, R]):
+    """One request submitted to the lane: its input, then its result or error."""
+
+    key: Hashable
+    item: T
+    done: threading.Event = field(default_factory=threading.Event)
+    result: R | None = None
+    error: BaseException | None = None
+    #: a computation has taken it (it is no longer waiting)
+    taken: bool = False
+
+    def outcome(self) -> R:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
 
 
 class Lane:
@@ -42,37 +78,104 @@ class Lane:
             threading.Lock() if width == 1 else threading.BoundedSemaphore(width)
         )
         self._lock = threading.Lock()
+        self._pending: list[_Job[object, object]] = []
         #: requests waiting for a slot now, and requests turned away so far
         self.waiting = 0
         self.refused = 0
+        #: computations run, and the requests they answered (their ratio is
+        #: the mean block)
+        self.blocks = 0
+        self.answered = 0
+
+    def _acquire(self) -> bool:
+        """Take a slot, waiting at most `wait_seconds`; False if none freed up."""
+        if self._slots.acquire(blocking=False):  # the common case costs no lock dance
+            return True
+        with self._lock:
+            self.waiting += 1
+        try:
+            if self.wait_seconds is None:
+                return self._slots.acquire()
+            return self._slots.acquire(timeout=self.wait_seconds)
+        finally:
+            with self._lock:
+                self.waiting -= 1
+
+    def _busy(self) -> Busy:
+        self.refused += 1  # under self._lock
+        return Busy(
+            f"the server is busy: {self.width} live computation(s) at a time "
+            f"(live_concurrency) and none freed up within {self.wait_seconds:g} s "
+            "(live_wait_seconds); retry later"
+        )
 
     @contextmanager
     def held(self) -> Iterator[None]:
         """Run the block in one of the lane's slots (`Busy` when none frees
-        up within `wait_seconds`)."""
-        if not self._slots.acquire(blocking=False):  # the common case costs no lock dance
+        up within `wait_seconds`): for a computation that is not submitted."""
+        if not self._acquire():
             with self._lock:
-                self.waiting += 1
-            try:
-                if self.wait_seconds is None:
-                    got = self._slots.acquire()
-                else:
-                    got = self._slots.acquire(timeout=self.wait_seconds)
-            finally:
-                with self._lock:
-                    self.waiting -= 1
-            if not got:
-                with self._lock:
-                    self.refused += 1
-                raise Busy(
-                    f"the server is busy: {self.width} live computation(s) at a time "
-                    f"(live_concurrency) and none freed up within {self.wait_seconds:g} s "
-                    "(live_wait_seconds); retry later"
-                )
+                raise self._busy()
         try:
             yield
         finally:
             self._slots.release()
 
+    def submit(self, key: Hashable, item: T, compute: Callable[[list[T]], Sequence[R]]) -> R:
+        """`compute([item])[0]`, computed in a slot, together with the other
+        waiting items of the same `key` (`compute` maps a block of items to
+        their results, each as if alone). If a block fails, each of its items
+        is computed alone, so one bad request fails no other. `Busy` when no
+        slot freed up within `wait_seconds` and no block took the item."""
+        job: _Job[T, R] = _Job(key, item)
+        with self._lock:
+            self._pending.append(job)  # type: ignore[arg-type]
+        if not self._acquire():
+            with self._lock:
+                if not job.taken:
+                    self._pending.remove(job)  # type: ignore[arg-type]
+                    raise self._busy()
+            return job.outcome()  # a block that took it is computing it now
+        try:
+            if not job.taken:  # no block took it while this request waited: lead one
+                with self._lock:
+                    block: list[_Job[T, R]] = [job]
+                    for other in self._pending:
+                        if len(block) == BLOCK:
+                            break
+                        if other is not job and other.key == key:
+                            block.append(other)  # type: ignore[arg-type]
+                    for j in block:
+                        j.taken = True
+                        self._pending.remove(j)  # type: ignore[arg-type]
+                    self.blocks += 1
+                    self.answered += len(block)
+                _run(block, compute)
+        finally:
+            self._slots.release()
+        return job.outcome()
 
-__all__ = ["Busy", "Lane"]
+
+def _run(block: list[_Job[T, R]], compute: Callable[[list[T]], Sequence[R]]) -> None:
+    """Compute a block's results; if it fails, each item alone."""
+    try:
+        try:
+            for j, r in zip(block, compute([j.item for j in block]), strict=True):
+                j.result = r
+        except Exception as e:
+            if len(block) == 1:
+                block[0].error = e
+            else:  # one bad request must not fail the others
+                for j in block:
+                    try:
+                        j.result = compute([j.item])[0]
+                    except Exception as alone:
+                        j.error = alone
+    finally:
+        for j in block:
+            if j.result is None and j.error is None:
+                j.error = RuntimeError("the computation of this request was interrupted")
+            j.done.set()
+
+
+__all__ = ["BLOCK", "Busy", "Lane"]

@@ -301,9 +301,12 @@ class LiveAnswers:
             request_id=request_id,
             user_attributes=user_attributes,
         )
-        with self.lane.held():
-            recs = funnel.recommend_query(query, trace=trace, explain=explain)
-            found = listed(funnel, recs, explain)
+        if trace is None and not explain:  # waiting plain computations go as one block
+            recs = self.lane.submit(id(funnel), query, funnel.recommend_queries)
+        else:
+            with self.lane.held():
+                recs = funnel.recommend_query(query, trace=trace, explain=explain)
+        found = listed(funnel, recs, explain)
         if trace is not None:
             trace["query"] = {
                 "user": query.user,
@@ -398,8 +401,7 @@ class LiveAnswers:
             now=time.time(),
             request_id=new_request_id(),
         )
-        with self.lane.held():
-            items = listed(funnel, funnel.recommend_query(query))
+        items = listed(funnel, self.lane.submit(id(funnel), query, funnel.recommend_queries))
         result = RecommendationList(
             items=items,
             request_id=query.request_id,
