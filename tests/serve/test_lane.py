@@ -200,3 +200,6 @@ def test_concurrent_live_answers_in_one_block_equal_the_answers_alone(
         t.join()
     assert together == alone
     assert lane.blocks - before < len(users)  # some were answered together
+    scraped = client.get("/metrics").text
+    assert f"sieve_live_lane_computations {float(lane.blocks)}" in scraped
+    assert f"sieve_live_lane_answered {float(lane.answered)}" in scraped

@@ -291,6 +291,16 @@ class ServingMetrics:
             "Requests answered 503 since the start: they waited live_wait_seconds for their turn",
             registry=r,
         )
+        self.lane_computations = Gauge(
+            "sieve_live_lane_computations",
+            "Live computations run since the start (each answers a block of waiting requests)",
+            registry=r,
+        )
+        self.lane_answered = Gauge(
+            "sieve_live_lane_answered",
+            "Requests answered by those computations (over computations: the mean block)",
+            registry=r,
+        )
         self._hit = self.cache_lookups.labels("hit")
         self._miss = self.cache_lookups.labels("miss")
         self.model = Info("sieve_model", "The serving model's version", registry=r)
@@ -374,10 +384,19 @@ class ServingMetrics:
         """Report what `read` says of the impression log's drops at each scrape."""
         self.impressions_dropped.set_function(read)
 
-    def watch_lane(self, waiting: Callable[[], float], refused: Callable[[], float]) -> None:
-        """Report the live lane's queue and refusals (`sieve.serve.lane`) at each scrape."""
+    def watch_lane(
+        self,
+        waiting: Callable[[], float],
+        refused: Callable[[], float],
+        computations: Callable[[], float],
+        answered: Callable[[], float],
+    ) -> None:
+        """Report the live lane's queue, refusals and blocks (`sieve.serve.lane`)
+        at each scrape."""
         self.lane_waiting.set_function(waiting)
         self.lane_refused.set_function(refused)
+        self.lane_computations.set_function(computations)
+        self.lane_answered.set_function(answered)
 
     def cache_lookup(self, hit: bool) -> None:
         """One lookup of the precomputed-list cache."""

@@ -137,7 +137,9 @@ class Service:
         #: `POST /rank`: a caller's list ranked by the funnel's ranker
         self.ranking = CallerRanking(self.holder, self.live, self._log_impression)
         lane = self.live.lane
-        self.metrics.watch_lane(lambda: lane.waiting, lambda: lane.refused)
+        self.metrics.watch_lane(
+            lambda: lane.waiting, lambda: lane.refused, lambda: lane.blocks, lambda: lane.answered
+        )
         #: reads the shared stores on a short poll (model, catalog, experiments)
         self.follower = Follower(
             settings,
