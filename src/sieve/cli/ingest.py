@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -73,7 +73,12 @@ def import_file_command(
         raise UsageError(f"unknown import kind {kind!r}; expected one of {', '.join(KINDS)}")
     mapping = mapping_for(kind, pairs, **options)
     console.print(f"importing {kind} from [bold]{file}[/bold] into {settings.store_url}")
-    with _store_errors(), open_store(settings.store_url) as opened, _progress() as bar:
+    with (
+        _store_errors(),
+        open_store(settings.store_url) as opened,
+        _change_stamps(settings) as stamp,
+        _progress() as bar,
+    ):
         task = bar.add_task(f"{kind}", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -91,6 +96,7 @@ def import_file_command(
             known_items=not allow_unknown_items,
             restart=restart,
             progress=progress,
+            on_users=stamp,
         )
     if report.restarted_changed_file:
         console.print(
@@ -115,6 +121,28 @@ def import_file_command(
     else:
         summary = f"{report.written} {kind} written"
     out.print(f"{summary}, {len(problems)} rejected, {report.rows} rows read", soft_wrap=True)
+
+
+@contextmanager
+def _change_stamps(settings: Any) -> Iterator[Callable[[Iterable[str]], None] | None]:
+    """What stamps users changed in the servers' shared cache, retiring their
+    stored answers (`sieve.storage.changes`); None with a per-process
+    (`memory://`) cache, which no server shares with this command."""
+    from sieve.storage import open_cache
+    from sieve.storage.changes import mark_users_changed
+
+    if not str(settings.cache_url).startswith(("redis://", "rediss://", "unix://")):
+        yield None
+        return
+    cache = open_cache(settings.cache_url)
+
+    def stamp(users: Iterable[str]) -> None:
+        mark_users_changed(cache, users)
+
+    try:
+        yield stamp
+    finally:
+        cache.close()
 
 
 @contextmanager
@@ -194,7 +222,11 @@ def consume(
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        with _store_errors(), open_store(settings.store_url) as opened:
+        with (
+            _store_errors(),
+            open_store(settings.store_url) as opened,
+            _change_stamps(settings) as stamp,
+        ):
             worker = StreamConsumer.from_url(
                 url,
                 opened,
@@ -206,6 +238,9 @@ def consume(
                 event_types=list(settings.event_weights),
                 max_future_skew_seconds=settings.max_future_skew_seconds,
                 known_items=not allow_unknown_items,
+                on_stored=None
+                if stamp is None
+                else lambda events: stamp(e.user_id for e in events),
             )
             console.print(f"consuming {stream} as {group}/{name} into {settings.store_url}")
             try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -102,11 +102,14 @@ def import_file(
     known_items: bool = True,
     restart: bool = False,
     progress: Progress | None = None,
+    on_users: Callable[[Sequence[str]], None] | None = None,
 ) -> ImportReport:
     """Import one file of `kind` into `store` (see the module doc).
 
     `known_items`: refuse events whose item is not in the catalog, as
-    `POST /events` does. `progress(done, total)` is called after each batch.
+    `POST /events` does. `progress(done, total)` is called after each batch;
+    `on_users(user_ids)` after each committed batch of events or users with
+    their ids (the CLI stamps them changed: `sieve.storage.changes`).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown import kind {kind!r}; expected one of {list(KINDS)}")
@@ -138,7 +141,7 @@ def import_file(
             first = min(rows.problems, key=lambda p: p.line)
             raise ValueError(f"{path}: no valid row; first problem: {first}")
         frame = frame[frame["line"].to_numpy() > after]
-        _write_events(store, frame, source, print_, last_line, batch, report, progress)
+        _write_events(store, frame, source, print_, last_line, batch, report, progress, on_users)
     else:
         records = (
             items_from_rows(rows, mapping) if kind == "items" else users_from_rows(rows, mapping)
@@ -148,7 +151,9 @@ def import_file(
             raise ValueError(f"{path}: no valid row; first problem: {first}")
         todo = [r for line, r in records if line > after]
         lines = [line for line, _ in records if line > after]
-        _write_catalog(store, kind, todo, lines, source, print_, last_line, batch, report, progress)
+        _write_catalog(
+            store, kind, todo, lines, source, print_, last_line, batch, report, progress, on_users
+        )
     report.problems = [p for p in _sorted(rows.problems) if p.line > after]
     return report
 
@@ -180,6 +185,7 @@ def _write_events(
     batch: int,
     report: ImportReport,
     progress: Progress | None,
+    on_users: Callable[[Sequence[str]], None] | None = None,
 ) -> None:
     total = len(frame)
     micros = np.round(frame["timestamp"].to_numpy(dtype=np.float64) * 1e6)
@@ -200,6 +206,8 @@ def _write_events(
             timestamp_us=[None if math.isnan(t) else int(t) for t in micros[start:stop].tolist()],
         )
         inserted = store.append_columns(part, checkpoint=ImportCheckpoint(source, line, print_))
+        if on_users is not None and inserted:
+            on_users(part.user_id)
         report.written += inserted
         report.duplicates += (stop - start) - inserted
         if progress is not None:
@@ -217,6 +225,7 @@ def _write_catalog(
     batch: int,
     report: ImportReport,
     progress: Progress | None,
+    on_users: Callable[[Sequence[str]], None] | None = None,
 ) -> None:
     total = len(records)
     for start in range(0, max(total, 1), batch):
@@ -225,6 +234,8 @@ def _write_catalog(
         if part:
             write = store.upsert_items if kind == "items" else store.upsert_users
             report.written += write(part)
+            if kind == "users" and on_users is not None:
+                on_users([str(r.id) for r in part])  # the ranker may read attributes
         # upserts may run again: the checkpoint follows in its own transaction
         line = last_line if stop == total else lines[stop - 1]
         store.save_import_checkpoint(ImportCheckpoint(source, line, print_))

@@ -77,11 +77,15 @@ class StreamConsumer:
         max_future_skew_seconds: float = DEFAULT_MAX_FUTURE_SKEW_SECONDS,
         known_items: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_stored: Callable[[Sequence[Event]], None] | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         self.client = client
         self.store = store
+        #: told each committed batch's events (before the acknowledgement): the
+        #: CLI stamps their users changed, retiring their stored answers
+        self.on_stored = on_stored
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -173,6 +177,8 @@ class StreamConsumer:
                 inserted = self.store.append_events(events, create_users=True).inserted
             totals.inserted = inserted
             totals.duplicates = len(events) - inserted
+            if self.on_stored is not None and inserted:
+                self.on_stored(events)
         if refused:
             pipe = self.client.pipeline(transaction=False)
             for entry_id, fields, reason in refused:

@@ -34,9 +34,9 @@ import orjson
 
 from sieve.data.records import Impression
 from sieve.serve.impressions import build_impression, logged_sources
-from sieve.serve.ingest import last_event_key
 from sieve.serve.schemas import RecommendedItem
 from sieve.storage import Cache, CacheError
+from sieve.storage.changes import last_change_key
 
 if TYPE_CHECKING:
     from sieve.pipeline import Funnel
@@ -192,7 +192,7 @@ def valid_entry(
 async def lookup(cache: Cache, funnel: Funnel, user_id: str, n: int, version: str) -> Entry | None:
     """The precomputed list for this request, or None (answer live)."""
     try:
-        raw, last = await cache.aget_many([recs_key(user_id), last_event_key(user_id)])
+        raw, last = await cache.aget_many([recs_key(user_id), last_change_key(user_id)])
     except CacheError:
         log.warning("cache unreadable: answering live", exc_info=True)
         return None

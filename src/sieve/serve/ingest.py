@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -34,12 +33,9 @@ from sieve.serve.errors import InvalidInput, TooLarge, field_error
 from sieve.serve.impressions import ImpressionLogger
 from sieve.settings import Settings
 from sieve.storage import Cache, CacheError, Store, StoreError
+from sieve.storage.changes import mark_users_changed
 
 log = logging.getLogger("sieve.serve")
-
-
-def last_event_key(user_id: str) -> str:
-    return f"last_event:{user_id}"
 
 
 class EventIngestion:
@@ -194,16 +190,9 @@ class EventIngestion:
 
     def mark_changed(self, user_ids: Sequence[str]) -> None:
         """Note that these users changed now (an event, new attributes), in
-        one cache round trip: their stored answers computed before are stale."""
-        if not user_ids:
-            return
-        stamp = repr(time.time()).encode()
-        try:
-            self.cache.set_many({last_event_key(u): stamp for u in user_ids})
-        except CacheError:
-            # the writes are committed; the stored answers may be served stale
-            # until the cache is back (then answered live as they expire)
-            log.warning("cache unavailable: last-change times not updated", exc_info=True)
+        one cache round trip: their stored answers computed before are stale
+        (`sieve.storage.changes`)."""
+        mark_users_changed(self.cache, user_ids)
 
     # ------------------------------------------------------------ counters
     def nudge_counters(self) -> None:
@@ -238,4 +227,4 @@ class EventIngestion:
         self._fold()
 
 
-__all__ = ["EventIngestion", "last_event_key"]
+__all__ = ["EventIngestion"]
