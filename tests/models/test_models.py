@@ -297,6 +297,31 @@ def test_bpr_holdout_keeps_a_part_of_every_user() -> None:
     assert _holdout(one, 0.9, 0)[1].getnnz(axis=1).tolist() == [0, 1]  # one kept to fit on
 
 
+def test_bpr_holdout_parts_are_disjoint_and_leave_one_to_fit_on() -> None:
+    from sieve.models.factorization import _holdout
+
+    x = sp.csr_matrix(_blocks().matrix)
+    a_fit, a = _holdout(x, 0.1, 0, part=0, parts=2)
+    b_fit, b = _holdout(x, 0.1, 0, part=1, parts=2)
+    assert a.nnz > 0 and a.multiply(b).nnz == 0  # disjoint parts
+    np.testing.assert_array_equal(a.getnnz(axis=1), b.getnnz(axis=1))
+    assert (a_fit + a - x).nnz == 0 and (b_fit + b - x).nnz == 0
+    np.testing.assert_array_equal(a.getnnz(axis=1), np.rint(np.diff(x.indptr) * 0.1))
+    # 3 interactions, 2 parts of 40%: each part holds 1, so at least 1 is left to fit on
+    three = sp.csr_matrix(np.array([[1.0, 1.0, 1.0]]))
+    held = [_holdout(three, 0.4, 0, part=p, parts=2)[1] for p in (0, 1)]
+    assert [h.nnz for h in held] == [1, 1] and held[0].multiply(held[1]).nnz == 0
+    four = sp.csr_matrix(np.array([[1.0, 1.0, 0.0, 0.0]]))
+    assert _holdout(four, 0.5, 0, part=1, parts=2)[1].nnz == 0  # (2 − 1) // 2 = 0
+
+
+def test_bpr_validation_parts_must_leave_data_to_fit_on() -> None:
+    from sieve.config import ConfigError
+
+    with pytest.raises(ConfigError, match="validation_parts"):
+        BPR(validation_share=0.5, validation_parts=2)
+
+
 def test_bpr_validation_ndcg_is_the_evaluation_ndcg() -> None:
     from sieve.evaluate.metrics import ndcg_at_k
     from sieve.models.factorization import _ndcg10
