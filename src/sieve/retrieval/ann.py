@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,66 @@ class AnnIndex:
         ids = ids.astype(np.int64)
         scores = scores.astype(np.float32)
         scores[ids < 0] = -np.inf
+        return ids, scores
+
+    def search_many(
+        self,
+        queries: NDArray[np.floating],
+        k: int,
+        exclude: Sequence[NDArray[np.int64]],
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """`search` of each query row (q × d) with its own excluded items
+        (`exclude[r]`, distinct), as (ids, scores), each q × k.
+
+        Exact index: the block's rows go to FAISS together, each searched
+        `k` + its excluded items deep and those dropped, which leaves the
+        items and scores `search` finds skipping them inside: a small block
+        of queries is searched query by query (its inner products are those
+        of one query) and results fall by score, then id. Rows are grouped
+        by depth (a power of two), so a long history does not deepen the
+        others' searches. HNSW: one `search` per row (the graph's walk
+        depends on what it skips)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if len(exclude) != len(q):
+            raise ValueError(f"{len(exclude)} exclusion sets for {len(q)} queries")
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
+        n = self.n_items
+        k = max(1, min(k, n)) if n else 0
+        ids = np.full((len(q), k), -1, np.int64)
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        if k == 0 or len(q) == 0:
+            return ids, scores
+        if not self.exact:
+            for r, row in enumerate(q):
+                ids[r], scores[r] = (a[0] for a in self.search(row, k, exclude[r]))
+            return ids, scores
+        if faiss.omp_get_max_threads() != self.config.search_threads:
+            faiss.omp_set_num_threads(self.config.search_threads)
+        need = np.array([k + len(e) for e in exclude], dtype=np.int64)
+        depth = np.minimum(1 << np.ceil(np.log2(need)).astype(np.int64), n)
+        step = max(1, int(faiss.cvar.distance_compute_blas_threshold) - 1)  # below: no BLAS
+        for d in np.unique(depth):
+            rows = np.flatnonzero(depth == d)
+            for lo in range(0, len(rows), step):
+                chunk = rows[lo : lo + step]
+                found_scores, found = self.index.search(q[chunk], int(d))
+                # each row's excluded items as sorted (row, item) keys: one search for the chunk
+                skip = np.concatenate(
+                    [np.empty(0, np.int64), *(j * n + exclude[r] for j, r in enumerate(chunk))]
+                )
+                if len(skip) > 1 and not (skip[1:] > skip[:-1]).all():
+                    skip = np.unique(skip)
+                keys = np.arange(len(chunk))[:, None] * n + found
+                keep = found >= 0
+                if len(skip):
+                    at = np.minimum(np.searchsorted(skip, keys), len(skip) - 1)
+                    keep &= skip[at] != keys
+                rank = np.cumsum(keep, axis=1) - 1
+                keep &= rank < k
+                which, _ = np.nonzero(keep)
+                ids[chunk[which], rank[keep]] = found[keep]
+                scores[chunk[which], rank[keep]] = found_scores[keep]
         return ids, scores
 
     # ---------------------------------------------------------- persistence

@@ -60,6 +60,12 @@ SOURCES: tuple[str, ...] = (
 )
 
 
+#: Requests whose dense per-request arrays (kNN entries and scores, content
+#: scores) are computed together: enough to share the calls' fixed costs,
+#: few enough for the arrays to stay in the processor's cache.
+SUB_BLOCK = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class SourcesConfig(Config):
     """Candidate sources and their quotas.
