@@ -195,14 +195,15 @@ class ContentIndex:
             weights = np.concatenate([profiles[b][1] for b in chunk])
             owner = np.repeat(np.arange(len(chunk)), [len(profiles[b][0]) for b in chunk])
             which, items, vals = gather_rows(csc, terms)
-            dense = np.bincount(
+            sums = np.bincount(
                 owner[which] * n_items + items,
                 weights=vals * weights[which],
                 minlength=len(chunk) * n_items,
-            ).reshape(len(chunk), n_items)
+            )
+            scores = sums.astype(np.float64, copy=False).reshape(len(chunk), n_items)
             for j, b in enumerate(chunk):
-                found = np.flatnonzero(dense[j] > 0)
-                out[b] = self._best(dense[j], found, *profiles[b], ks[b])
+                found = np.flatnonzero(scores[j] > 0)
+                out[b] = self._best(scores[j], found, *profiles[b], ks[b])
         return out
 
     def _best(

@@ -202,13 +202,12 @@ class CandidateEngine:
         )
         weights = np.concatenate([req.weights for req in reqs])
         owner = np.repeat(np.arange(len(reqs)), lens)[which]
-        sums = np.bincount(
-            owner * n_cat + cols, weights=vals * weights[which], minlength=len(reqs) * n_cat
-        )
-        sums = sums.astype(np.float64).reshape(len(reqs), n_cat)
+        keys = owner * n_cat + cols
+        sums = np.bincount(keys, weights=vals * weights[which], minlength=len(reqs) * n_cat)
+        by_request = sums.astype(np.float64, copy=False).reshape(len(reqs), n_cat)
         for k, n in enumerate(lens):
             if n:
-                affinity = sums[k].copy()
+                affinity = by_request[k].copy()
                 total = affinity.sum()
                 if total > 0:
                     affinity /= total
@@ -407,8 +406,8 @@ class CandidateEngine:
         owner = np.repeat(np.arange(len(got)), [len(valid[k]) for k in got])[which]
         contrib = entry_sim * weights[which]
         keys = owner * n_train + entry_item
-        score = np.bincount(keys, weights=contrib, minlength=len(got) * n_train)
-        score = score.astype(np.float64).reshape(len(got), n_train)
+        sums = np.bincount(keys, weights=contrib, minlength=len(got) * n_train)
+        score = sums.astype(np.float64, copy=False).reshape(len(got), n_train)
         bounds = np.searchsorted(owner, np.arange(len(got) + 1))
         for j, k in enumerate(got):
             lo, hi = bounds[j], bounds[j + 1]
@@ -546,8 +545,8 @@ class CandidateEngine:
         cfg = self.config
         out: list[list[Proposal]] = [[] for _ in reqs]
         if cfg.ann and self.ann is not None:
-            vecs = self.ann_vectors(reqs)
-            got = [k for k, vec in enumerate(vecs) if vec is not None]
+            vecs = [(k, vec) for k, vec in enumerate(self.ann_vectors(reqs)) if vec is not None]
+            got = [k for k, _ in vecs]
             if got:
                 n_index = self.ann.n_items
                 skips = []
@@ -556,7 +555,7 @@ class CandidateEngine:
                     skip = np.union1d(req.seen, req.exclude) if len(req.exclude) else req.seen
                     skips.append(skip[skip < n_index])
                 fetch = cfg.ann + cfg.ann // 2 + 10  # seen/excluded skipped in the index
-                ids, scores = self.ann.search_many(np.stack([vecs[k] for k in got]), fetch, skips)
+                ids, scores = self.ann.search_many(np.stack([v for _, v in vecs]), fetch, skips)
                 for j, k in enumerate(got):
                     keep = ids[j] >= 0
                     out[k].append(Proposal("ann", ids[j][keep], scores[j][keep]))
