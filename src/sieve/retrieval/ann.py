@@ -150,11 +150,15 @@ class AnnIndex:
         history does not deepen the others' searches. That answer is the
         one-row search's wherever the row's first k + 1 kept scores are
         distinct; a row with a tie among them (which tied item FAISS keeps
-        depends on how deep it searches) gets its own `search`. HNSW: one
-        `search` per row (the graph's walk depends on what it skips)."""
+        depends on how deep it searches) gets its own `search`, as do a
+        block of one row and rows with more than k exclusions (a deep search
+        costs more than the index skipping them), and every row of an HNSW
+        index (the graph's walk depends on what it skips)."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if len(exclude) != len(q):
             raise ValueError(f"{len(exclude)} exclusion sets for {len(q)} queries")
+        if len(q) == 1:
+            return self.search(q, k, exclude=exclude[0])
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
         n = self.n_items
@@ -163,21 +167,20 @@ class AnnIndex:
         scores = np.full((len(q), k), -np.inf, np.float32)
         if k == 0 or len(q) == 0:
             return ids, scores
-        alone: list[int] = []  # rows searched one by one
-        if self.exact:
+        alone = [r for r, e in enumerate(exclude) if not self.exact or len(e) > k]
+        shared = np.setdiff1d(np.arange(len(q)), alone)
+        if len(shared):
             if faiss.omp_get_max_threads() != self.config.search_threads:
                 faiss.omp_set_num_threads(self.config.search_threads)
-            need = np.array([k + 1 + len(e) for e in exclude], dtype=np.int64)
+            need = np.array([k + 1 + len(exclude[r]) for r in shared], dtype=np.int64)
             depth = np.minimum(1 << np.ceil(np.log2(need)).astype(np.int64), n)
             step = max(1, int(faiss.cvar.distance_compute_blas_threshold) - 1)
             for d in np.unique(depth):
-                rows = np.flatnonzero(depth == d)
+                rows = shared[depth == d]
                 for lo in range(0, len(rows), step):
                     alone.extend(
                         self._search_block(q, rows[lo : lo + step], int(d), k, exclude, ids, scores)
                     )
-        else:
-            alone = list(range(len(q)))
         for r in alone:
             one_ids, one_scores = self.search(q[r], k, exclude=exclude[r])
             ids[r], scores[r] = one_ids[0], one_scores[0]

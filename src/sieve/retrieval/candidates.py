@@ -66,6 +66,12 @@ SOURCES: tuple[str, ...] = (
 SUB_BLOCK = 16
 
 
+def joined(parts: Sequence[NDArray[Any]]) -> NDArray[Any]:
+    """The arrays end to end; a single one as it is (a block of one copies
+    nothing)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class SourcesConfig(Config):
     """Candidate sources and their quotas.

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from sieve.models.content import ContentTFIDF
-from sieve.retrieval.candidates import SUB_BLOCK
+from sieve.retrieval.candidates import SUB_BLOCK, joined
 from sieve.sparse import gather_rows, row_sums
 
 #: Cells of the dense (profiles × vocabulary) matrix `cosines_many` looks
@@ -94,8 +94,8 @@ class ContentIndex:
         lens = np.array([len(i) for i in items], dtype=np.int64)
         if int(lens.sum()) == 0:
             return out
-        flat = np.concatenate(items).astype(np.int64, copy=False)
-        w = np.concatenate(weights)
+        flat = joined(items).astype(np.int64, copy=False)
+        w = joined(weights)
         owner = np.repeat(np.arange(len(items), dtype=np.int64), lens)
         pos = self.delta_position(n_items)[flat]
         in_delta = pos >= 0
@@ -108,7 +108,9 @@ class ContentIndex:
             vals = np.concatenate([vals, d_vals * w[in_delta][d_which]])
             owners = np.concatenate([owners, owner[in_delta][d_which]])
         width = int(self.base.shape[1])
-        keys, inverse = np.unique(owners * width + cols, return_inverse=True)
+        keys, inverse = np.unique(
+            cols if len(items) == 1 else owners * width + cols, return_inverse=True
+        )
         values = np.bincount(inverse, weights=vals, minlength=len(keys))
         nonzero = values != 0
         keys, values = keys[nonzero], values[nonzero]

@@ -28,6 +28,7 @@ from sieve.retrieval.candidates import (
     Proposal,
     Request,
     SourcesConfig,
+    joined,
     merge,
     merge_many,
     positions,
@@ -198,11 +199,12 @@ class CandidateEngine:
         if sum(lens) == 0:
             return out
         which, cols, vals = gather_rows(
-            self.catalog.category_distribution, np.concatenate([req.interactions for req in reqs])
+            self.catalog.category_distribution, joined([req.interactions for req in reqs])
         )
-        weights = np.concatenate([req.weights for req in reqs])
-        owner = np.repeat(np.arange(len(reqs)), lens)[which]
-        keys = owner * n_cat + cols
+        weights = joined([req.weights for req in reqs])
+        keys = (
+            cols if len(reqs) == 1 else np.repeat(np.arange(len(reqs)), lens)[which] * n_cat + cols
+        )
         sums = np.bincount(keys, weights=vals * weights[which], minlength=len(reqs) * n_cat)
         by_request = sums.astype(np.float64, copy=False).reshape(len(reqs), n_cat)
         for k, n in enumerate(lens):
@@ -399,16 +401,18 @@ class CandidateEngine:
         if not got:
             return
         which, entry_item, entry_sim = gather_rows(
-            sim, np.concatenate([reqs[k].anchors[valid[k]] for k in got])
+            sim, joined([reqs[k].anchors[valid[k]] for k in got])
         )
-        entry_anchor = np.concatenate([valid[k] for k in got])[which]
-        weights = np.concatenate([reqs[k].anchor_weights[valid[k]] for k in got])
-        owner = np.repeat(np.arange(len(got)), [len(valid[k]) for k in got])[which]
-        contrib = entry_sim * weights[which]
-        keys = owner * n_train + entry_item
+        entry_anchor = joined([valid[k] for k in got])[which]
+        contrib = entry_sim * joined([reqs[k].anchor_weights[valid[k]] for k in got])[which]
+        if len(got) == 1:
+            keys, bounds = entry_item, np.array([0, len(entry_item)])
+        else:
+            owner = np.repeat(np.arange(len(got)), [len(valid[k]) for k in got])[which]
+            keys = owner * n_train + entry_item
+            bounds = np.searchsorted(owner, np.arange(len(got) + 1))
         sums = np.bincount(keys, weights=contrib, minlength=len(got) * n_train)
         score = sums.astype(np.float64, copy=False).reshape(len(got), n_train)
-        bounds = np.searchsorted(owner, np.arange(len(got) + 1))
         for j, k in enumerate(got):
             lo, hi = bounds[j], bounds[j + 1]
             reqs[k].cache["knn"] = KnnScores(
@@ -484,7 +488,9 @@ class CandidateEngine:
         b = self.ease.state.weights
         rows = [req.interactions[req.interactions < b.shape[0]] for req in todo]
         got = [k for k, r in enumerate(rows) if len(r)]
-        if got:
+        if len(got) == 1:  # a block of one: the same sums, without a sparse matrix
+            todo[got[0]].cache["ease"] = b[rows[got[0]]].sum(axis=0)
+        elif got:
             lens = np.array([len(rows[k]) for k in got], dtype=np.int64)
             x = sparse.csr_matrix(
                 (
@@ -653,27 +659,27 @@ class CandidateEngine:
         got = [k for k, knn in enumerate(knns) if knn is not None and len(items[k])]
         if not got:
             return out
-        width = 1 + max(
-            max(int(items[k].max()), int(knns[k].entry_item.max(initial=0)))  # type: ignore[union-attr]
-            for k in got
-        )
         entries: list[KnnScores] = [knns[k] for k in got]  # type: ignore[misc]
-        n_entries = [len(knn.entry_item) for knn in entries]
         n_items = [len(items[k]) for k in got]
-        entry_owner = np.repeat(np.arange(len(got), dtype=np.int64), n_entries)
-        item_owner = np.repeat(np.arange(len(got), dtype=np.int64), n_items)
-        entry_item = np.concatenate([knn.entry_item for knn in entries])
-        all_items = np.concatenate([items[k] for k in got])
-        pos = positions(entry_owner * width + entry_item, item_owner * width + all_items)
+        entry_item = joined([knn.entry_item for knn in entries])
+        all_items = joined([items[k] for k in got])
+        entry_anchor = joined([knn.entry_anchor for knn in entries])
+        if len(got) == 1:
+            pos = positions(entry_item, all_items)
+        else:  # (request, item) keys; anchors as positions among the block's
+            parts = [items[k] for k in got] + [knn.entry_item for knn in entries]
+            width = 1 + max(int(part.max(initial=0)) for part in parts)
+            entry_owner = np.repeat(np.arange(len(got)), [len(knn.entry_item) for knn in entries])
+            item_owner = np.repeat(np.arange(len(got)), n_items)
+            pos = positions(entry_owner * width + entry_item, item_owner * width + all_items)
+            starts = np.cumsum([0, *(len(reqs[k].anchors) for k in got)])[:-1]
+            entry_anchor = entry_anchor + starts[entry_owner]
         hit = pos >= 0
         if not hit.any():
             return out
-        n_anchors = [len(reqs[k].anchors) for k in got]
-        anchor_start = np.concatenate([[0], np.cumsum(n_anchors)[:-1]]).astype(np.int64)
-        entry_anchor = np.concatenate([knn.entry_anchor for knn in entries])
-        entry_anchor = (entry_anchor + anchor_start[entry_owner])[hit]
-        entry_sim = np.concatenate([knn.entry_sim for knn in entries])[hit]
-        contrib = entry_sim * np.concatenate([reqs[k].anchor_weights for k in got])[entry_anchor]
+        entry_anchor = entry_anchor[hit]
+        entry_sim = joined([knn.entry_sim for knn in entries])[hit]
+        contrib = entry_sim * joined([reqs[k].anchor_weights for k in got])[entry_anchor]
         p = pos[hit]
         # per item, its largest contribution, the first entry giving it on ties
         top = np.full(len(all_items), -np.inf)
@@ -683,7 +689,7 @@ class CandidateEngine:
         np.minimum.at(first, p[ties], ties)
         found = np.full(len(all_items), -1, np.int64)
         reached = first < len(p)
-        anchors = np.concatenate([reqs[k].anchors for k in got])
+        anchors = joined([reqs[k].anchors for k in got])
         found[reached] = anchors[entry_anchor[first[reached]]]
         bounds = np.concatenate([[0], np.cumsum(n_items)])
         for j, k in enumerate(got):
