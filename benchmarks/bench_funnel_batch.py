@@ -7,7 +7,7 @@ process: each single model's `recommend_batch` (EASE, item-kNN, ALS, BPR),
 the funnel's `recommend_batch` (blocks of users) and the funnel asked one
 `recommend_query` per user (the live path, a block of one) for the first
 `--check-users` users (0: all), with the ratio of the batched funnel to the
-slowest single model. The two funnel answers are checked equal. `--profile`
+slowest single model. The two funnel answers are checked equal (items and scores). `--profile`
 prints the batched run's profile.
 
     python benchmarks/bench_funnel_batch.py [--profile] [--users N] [--data SPEC]
@@ -73,15 +73,18 @@ def main() -> None:
     t = time.perf_counter()
     checked = args.check_users or len(users)
     items = np.full((checked, DEPTH), -1, dtype=np.int64)
+    scores = np.full((checked, DEPTH), -np.inf, dtype=np.float32)
     for r, u in enumerate(users[:checked]):
         query = funnel._batch_query(int(u), history, r, DEPTH)
         for k, rec in enumerate(funnel.recommend_query(query)[:DEPTH]):
             items[r, k] = rec.item
+            scores[r, k] = rec.score
     per_user = time.perf_counter() - t
     slowest = max(times, key=times.__getitem__)
     print(f"funnel, batched: {batched:.2f} s (CPU {batched_cpu:.2f} s) for {len(users)} users")
     print(f"funnel, one query per user: {per_user:.2f} s for {checked} users")
-    print(f"same lists: {bool((items == top.items[:checked]).all())}")
+    same_items = bool((items == top.items[:checked]).all())
+    print(f"same lists: {same_items and bool((scores == top.scores[:checked]).all())}")
     print(f"batched / slowest single model ({slowest}): {batched / times[slowest]:.1f}x")
     most = max(cpu, key=cpu.__getitem__)
     print(f"CPU: batched / most CPU of a single model ({most}): {batched_cpu / cpu[most]:.1f}x")

@@ -31,6 +31,7 @@ TOTAL: dict[str, float] = collections.defaultdict(float)
 STAGES: list[tuple[Any, str, str]] = [
     (Funnel, "_batch_query", "query building"),
     (CandidateEngine, "request", "request"),
+    (CandidateEngine, "requests", "request"),
     (CandidateEngine, "candidates", "candidates"),
     (CandidateEngine, "candidates_many", "candidates"),
     (ranking_features, "_base_features", "features"),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from sieve.data.dataset import Dataset
 from sieve.data.io import load_data
@@ -16,6 +17,7 @@ from sieve.models.factorization import ALS
 from sieve.pipeline import Funnel, FunnelConfig, featurize
 from sieve.retrieval.ann import AnnConfig, AnnIndex
 from sieve.retrieval.candidates import SOURCES, Proposal, merge
+from sieve.retrieval.content import ContentIndex
 from sieve.types import Query
 
 SPEC = "synthetic:users=300,items=200,seed=1"
@@ -82,6 +84,29 @@ def test_ann_pads_when_asked_for_more_than_it_holds() -> None:
     assert sorted(ids[0].tolist()) == [0, 1, 2]
 
 
+def test_ann_search_many_is_each_rows_own_search_with_its_exclusions() -> None:
+    """A block's searches, each row with its own excluded items, against one
+    `search` per row skipping them inside the index: the same ids and the
+    same scores, ties (duplicate vectors) included, and -1 padding where the
+    exclusions leave fewer than k items."""
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(300, 8)).astype(np.float32)
+    vectors[150:160] = vectors[10]  # ties
+    for config in (AnnConfig(), AnnConfig(exact_max_items=100)):
+        index = AnnIndex.build(vectors, config)
+        queries = rng.normal(size=(45, 8)).astype(np.float32)
+        queries[5] = vectors[10]
+        exclude = [np.sort(rng.permutation(300)[: rng.choice([0, 3, 40, 295])]) for _ in queries]
+        ids, scores = index.search_many(queries, 12, exclude)
+        assert ids.shape == scores.shape == (45, 12)
+        for r, row in enumerate(queries):
+            one_ids, one_scores = index.search(row, 12, exclude=exclude[r])
+            np.testing.assert_array_equal(ids[r], one_ids[0])
+            np.testing.assert_array_equal(scores[r], one_scores[0])
+            assert not np.isin(ids[r][ids[r] >= 0], exclude[r]).any()
+        assert (ids == -1).any()  # the 295 exclusions leave 5 items or fewer
+
+
 # ---------------------------------------------------------------------- merge
 def test_merge_keeps_quotas_dedups_and_remembers_sources() -> None:
     ann = Proposal("ann", np.array([5, 6, 7, 8]), np.array([0.9, 0.8, 0.7, 0.6], np.float32))
@@ -119,6 +144,81 @@ def test_sources_respect_their_quotas_on_a_real_request() -> None:
     for s in SOURCES:
         assert cands.proposed(s).sum() <= engine.config.quota(s)
     assert cands.proposed("item_to_item").any() and cands.proposed("ann").any()
+
+
+def _block_queries() -> list[Query]:
+    """Requests of every kind: training rows, sessions, fold-ins, exclusions,
+    category filters and the cold start."""
+    queries = [_row(u) for u in range(0, 60, 2)]
+    for u in range(1, 40, 3):
+        q = _row(u)
+        queries.append(
+            Query(
+                user=u if u % 2 else -1,
+                history=q.history[:-2],
+                history_weights=q.history_weights[:-2],
+                recent=tuple(int(i) for i in q.history[-3:]),
+                recent_types=("click",) * 3,
+                exclude=frozenset(int(i) for i in q.history[:2]) | {u},
+                categories=("horror",) if u % 5 == 0 else (),
+                n=20,
+            )
+        )
+    return [*queries, Query(n=10), Query(recent=(3, 5), recent_types=("click", "view"), n=10)]
+
+
+def test_a_block_of_requests_gets_each_requests_own_proposals() -> None:
+    """Every source's proposals (items, scores, anchors), the category shares
+    and the merged candidates of requests normalised and proposed as one
+    block (more than a sub-block) are those of each request alone."""
+    engine = fitted().state.engine
+    queries = _block_queries()
+    reqs = engine.requests(queries)
+    block = engine.propose_many(reqs)
+    merged = engine.candidates_many(engine.requests(queries))
+    for query, req, props, cands in zip(queries, reqs, block, merged, strict=True):
+        alone = engine.request(query)
+        np.testing.assert_array_equal(req.affinity, alone.affinity)
+        own = engine.propose(alone)
+        assert [p.source for p in props] == [p.source for p in own]
+        for a, b in zip(props, own, strict=True):
+            np.testing.assert_array_equal(a.items, b.items)
+            np.testing.assert_array_equal(a.scores, b.scores)
+            if a.anchors is None or b.anchors is None:
+                assert a.anchors is None and b.anchors is None
+            else:
+                np.testing.assert_array_equal(a.anchors, b.anchors)
+        one = engine.candidates(engine.request(query))
+        np.testing.assert_array_equal(cands.items, one.items)
+        np.testing.assert_array_equal(cands.scores, one.scores)
+        np.testing.assert_array_equal(cands.anchors, one.anchors)
+    sources = {p.source for props in block for p in props}
+    assert {"ann", "item_to_item", "content", "ease", "popular"} <= sources
+
+
+def test_content_profiles_sum_each_items_row_with_new_text_from_the_delta() -> None:
+    """`ContentIndex.profiles`: each profile the unit-norm weighted sum of its
+    items' rows, an item with new text read from the delta block, whatever
+    the other profiles of the block."""
+    engine = fitted().state.engine
+    assert engine.content is not None
+    index = ContentIndex(engine.content.model)
+    n = engine.catalog.n_items
+    index.set_rows(np.array([4]), ["a brand new text about horror and space"], n)
+    rng = np.random.default_rng(5)
+    items = [np.unique(rng.integers(0, n, size)) for size in (1, 7, 30, 12)] + [np.array([4, 9])]
+    weights = [rng.uniform(0.5, 2.0, len(i)) for i in items]
+    found = index.profiles(items, weights, n)
+    for its, w, profile in zip(items, weights, found, strict=True):
+        rows = sp.vstack([index.delta[0] if i == 4 else index.base[i] for i in its])
+        dense = np.asarray(rows.T @ w).ravel()
+        dense /= np.linalg.norm(dense)
+        assert profile is not None
+        terms, values = profile
+        np.testing.assert_array_equal(terms, np.flatnonzero(dense))
+        np.testing.assert_allclose(values, dense[terms], rtol=1e-6)
+        assert index.profile(its, w, n) is not None
+        np.testing.assert_array_equal(index.profile(its, w, n)[1], values)  # type: ignore[index]
 
 
 # -------------------------------------------------------------------- filters

@@ -69,7 +69,7 @@ def featurize_many(
     """`featurize` of each query of a block: the candidates and the feature
     rows of the block's requests computed together
     (`CandidateEngine.candidates_many`, `candidate_features_many`)."""
-    reqs = [engine.request(query, exclude_seen=exclude_seen) for query in queries]
+    reqs = engine.requests(queries, exclude_seen=exclude_seen)
     cands = engine.candidates_many(reqs, blocked)
     return _with_features(engine, reqs, cands, with_features, online, attributes)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,96 @@ class AnnIndex:
         scores = scores.astype(np.float32)
         scores[ids < 0] = -np.inf
         return ids, scores
+
+    def search_many(
+        self,
+        queries: NDArray[np.floating],
+        k: int,
+        exclude: Sequence[NDArray[np.int64]],
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """`search` of each query row (q × d) with its own excluded items
+        (`exclude[r]`), as (ids, scores), each q × k: the same ids and scores
+        as one `search` per row.
+
+        Exact index: the block's rows go to FAISS together (below FAISS's
+        BLAS threshold, so each row's inner products are computed as for a
+        query alone), each row searched k + its exclusions deep and those
+        dropped; rows are grouped by depth (a power of two), so one long
+        history does not deepen the others' searches. That answer is the
+        one-row search's wherever the row's first k + 1 kept scores are
+        distinct; a row with a tie among them (which tied item FAISS keeps
+        depends on how deep it searches) gets its own `search`, as do a
+        block of one row and rows with more than k exclusions (a deep search
+        costs more than the index skipping them), and every row of an HNSW
+        index (the graph's walk depends on what it skips)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if len(exclude) != len(q):
+            raise ValueError(f"{len(exclude)} exclusion sets for {len(q)} queries")
+        if len(q) == 1:
+            return self.search(q, k, exclude=exclude[0])
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
+        n = self.n_items
+        k = max(1, min(k, n)) if n else 0
+        ids = np.full((len(q), k), -1, np.int64)
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        if k == 0 or len(q) == 0:
+            return ids, scores
+        alone = [r for r, e in enumerate(exclude) if not self.exact or len(e) > k]
+        shared = np.setdiff1d(np.arange(len(q)), alone)
+        if len(shared):
+            if faiss.omp_get_max_threads() != self.config.search_threads:
+                faiss.omp_set_num_threads(self.config.search_threads)
+            need = np.array([k + 1 + len(exclude[r]) for r in shared], dtype=np.int64)
+            depth = np.minimum(1 << np.ceil(np.log2(need)).astype(np.int64), n)
+            step = max(1, int(faiss.cvar.distance_compute_blas_threshold) - 1)
+            for d in np.unique(depth):
+                rows = shared[depth == d]
+                for lo in range(0, len(rows), step):
+                    alone.extend(
+                        self._search_block(q, rows[lo : lo + step], int(d), k, exclude, ids, scores)
+                    )
+        for r in alone:
+            one_ids, one_scores = self.search(q[r], k, exclude=exclude[r])
+            ids[r], scores[r] = one_ids[0], one_scores[0]
+        return ids, scores
+
+    def _search_block(
+        self,
+        q: NDArray[np.float32],
+        rows: NDArray[np.int64],
+        depth: int,
+        k: int,
+        exclude: Sequence[NDArray[np.int64]],
+        ids: NDArray[np.int64],
+        scores: NDArray[np.float32],
+    ) -> list[int]:
+        """Fill `ids`/`scores` of `rows` from one search `depth` deep (see
+        `search_many`); returns the rows left to a search of their own."""
+        n = self.n_items
+        found_scores, found = self.index.search(q[rows], depth)
+        # each row's excluded items as sorted (row, item) keys: one search for the rows
+        skip = np.concatenate(
+            [np.empty(0, np.int64), *(j * n + np.asarray(exclude[r]) for j, r in enumerate(rows))]
+        ).astype(np.int64, copy=False)
+        if len(skip) > 1 and not (skip[1:] > skip[:-1]).all():
+            skip = np.unique(skip)
+        keep = found >= 0
+        if len(skip):
+            keys = np.arange(len(rows))[:, None] * n + found
+            at = np.minimum(np.searchsorted(skip, keys), len(skip) - 1)
+            keep &= skip[at] != keys
+        rank = np.cumsum(keep, axis=1) - 1
+        keep &= rank <= k  # the k kept and the next one, to see a tie at the boundary
+        which, _ = np.nonzero(keep)
+        kept = np.full((len(rows), k + 1), -np.inf, np.float32)
+        kept[which, rank[keep]] = found_scores[keep]
+        tied = ((kept[:, 1:] == kept[:, :-1]) & np.isfinite(kept[:, 1:])).any(axis=1)
+        keep &= rank < k
+        which, _ = np.nonzero(keep)
+        ids[rows[which], rank[keep]] = found[keep]
+        scores[rows[which], rank[keep]] = found_scores[keep]
+        return [int(r) for r in rows[tied]]
 
     # ---------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:

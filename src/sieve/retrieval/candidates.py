@@ -60,6 +60,18 @@ SOURCES: tuple[str, ...] = (
 )
 
 
+#: Requests whose dense per-request arrays (kNN entries and scores, content
+#: scores) are computed together: enough to share the calls' fixed costs,
+#: few enough for the arrays to stay in the processor's cache.
+SUB_BLOCK = 16
+
+
+def joined(parts: Sequence[NDArray[Any]]) -> NDArray[Any]:
+    """The arrays end to end; a single one as it is (a block of one copies
+    nothing)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class SourcesConfig(Config):
     """Candidate sources and their quotas.

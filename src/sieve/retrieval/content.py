@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from sieve.models.content import ContentTFIDF
+from sieve.retrieval.candidates import SUB_BLOCK, joined
 from sieve.sparse import gather_rows, row_sums
 
 #: Cells of the dense (profiles × vocabulary) matrix `cosines_many` looks
@@ -73,25 +74,60 @@ class ContentIndex:
         self, items: NDArray[np.int64], weights: NDArray[np.float64], n_items: int
     ) -> tuple[NDArray[np.int64], NDArray[np.float64]] | None:
         """The unit-norm weighted mean of the items' rows as (terms, weights),
-        or None when the items have no indexed text."""
-        if len(items) == 0:
-            return None
-        pos = self.delta_position(n_items)[items]
+        or None when the items have no indexed text (the block of one of
+        `profiles`)."""
+        return self.profiles([items], [weights], n_items)[0]
+
+    def profiles(
+        self,
+        items: Sequence[NDArray[np.int64]],
+        weights: Sequence[NDArray[np.float64]],
+        n_items: int,
+        terms: int | None = None,
+    ) -> list[tuple[NDArray[np.int64], NDArray[np.float64]] | None]:
+        """`profile` of each (items, weights) of a block: the block's rows
+        gathered at once and every (profile, term) weight summed by one
+        `np.bincount` (each the sum of its own entries, in their order). A
+        profile is by term; with `terms`, one of more terms keeps its `terms`
+        strongest, strongest first, ties by term."""
+        out: list[tuple[NDArray[np.int64], NDArray[np.float64]] | None] = [None] * len(items)
+        lens = np.array([len(i) for i in items], dtype=np.int64)
+        if int(lens.sum()) == 0:
+            return out
+        flat = joined(items).astype(np.int64, copy=False)
+        w = joined(weights)
+        owner = np.repeat(np.arange(len(items), dtype=np.int64), lens)
+        pos = self.delta_position(n_items)[flat]
         in_delta = pos >= 0
-        which, terms, vals = gather_rows(self.base, items[~in_delta])
-        vals = vals * weights[~in_delta][which]
+        which, cols, vals = gather_rows(self.base, flat[~in_delta])
+        vals = vals * w[~in_delta][which]
+        owners = owner[~in_delta][which]
         if in_delta.any():
-            d_which, d_terms, d_vals = gather_rows(self.delta, pos[in_delta])
-            terms = np.concatenate([terms, d_terms])
-            vals = np.concatenate([vals, d_vals * weights[in_delta][d_which]])
-        unique, inverse = np.unique(terms, return_inverse=True)
-        values = np.bincount(inverse, weights=vals, minlength=len(unique))
+            d_which, d_cols, d_vals = gather_rows(self.delta, pos[in_delta])
+            cols = np.concatenate([cols, d_cols])
+            vals = np.concatenate([vals, d_vals * w[in_delta][d_which]])
+            owners = np.concatenate([owners, owner[in_delta][d_which]])
+        width = int(self.base.shape[1])
+        keys, inverse = np.unique(
+            cols if len(items) == 1 else owners * width + cols, return_inverse=True
+        )
+        values = np.bincount(inverse, weights=vals, minlength=len(keys))
         nonzero = values != 0
-        unique, values = unique[nonzero], values[nonzero]
-        norm = float(np.sqrt(values @ values))
-        if norm == 0:
-            return None
-        return unique.astype(np.int64), values / norm
+        keys, values = keys[nonzero], values[nonzero]
+        bounds = np.searchsorted(keys, np.arange(len(items) + 1) * width)
+        for b, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            if lo == hi:
+                continue
+            v = values[lo:hi].copy()
+            norm = float(np.sqrt(v @ v))
+            if norm == 0:
+                continue
+            t, v = keys[lo:hi] % width, v / norm
+            if terms is not None and len(t) > terms:
+                top = np.lexsort((t, -v))[:terms]
+                t, v = t[top], v[top]
+            out[b] = (t.astype(np.int64), v)
+        return out
 
     def scores(
         self, terms: NDArray[np.int64], weights: NDArray[np.float64], n_items: int
@@ -120,17 +156,33 @@ class ContentIndex:
         within the budget; the 4k best partial scores are then re-scored
         exactly from their rows. The cost is bounded whatever the catalog's
         size, as an ANN search is, and misses only items that reach the
-        profile through weak postings of every term alike."""
-        if k <= 0 or len(terms) == 0:
-            return np.empty(0, np.int64), np.empty(0, np.float64)
+        profile through weak postings of every term alike. The block of one
+        of `top_many`."""
+        return self.top_many([(terms, weights)], [k], n_items, budget)[0]
+
+    def top_many(
+        self,
+        profiles: Sequence[tuple[NDArray[np.int64], NDArray[np.float64]]],
+        ks: Sequence[int],
+        n_items: int,
+        budget: int,
+    ) -> list[tuple[NDArray[np.int64], NDArray[np.float64]]]:
+        """`top` of each (profile, k) of a block. The exact profiles' scores
+        (posting lists within the budget) are summed `SUB_BLOCK` profiles at
+        a time, by one `np.bincount` of (profile, item) keys: each score the
+        sum of its own profile's postings in their order."""
+        empty = (np.empty(0, np.int64), np.empty(0, np.float64))
+        out = [empty] * len(profiles)
         csc = self.base_csc
-        lens = (csc.indptr[terms + 1] - csc.indptr[terms]).astype(np.int64)
-        cap = _water_fill(lens, budget)
-        if cap >= int(lens.max(initial=0)):
-            dense = np.zeros(n_items, dtype=np.float64)
-            dense[: self.n_base] = row_sums(csc, terms, weights, self.n_base)
-            found = np.flatnonzero(dense > 0)
-        else:
+        exact: list[int] = []
+        for b, ((terms, weights), k) in enumerate(zip(profiles, ks, strict=True)):
+            if k <= 0 or len(terms) == 0:
+                continue
+            lens = (csc.indptr[terms + 1] - csc.indptr[terms]).astype(np.int64)
+            cap = _water_fill(lens, budget)
+            if cap >= int(lens.max(initial=0)):
+                exact.append(b)
+                continue
             which, items, vals = gather_rows(csc, terms, limit=cap)
             partial = np.bincount(items, weights=vals * weights[which], minlength=self.n_base)
             found = np.flatnonzero(partial > 0)
@@ -138,6 +190,34 @@ class ContentIndex:
                 found = found[np.argpartition(-partial[found], 4 * k - 1)[: 4 * k]]
             dense = np.zeros(n_items, dtype=np.float64)
             dense[found] = self.cosines(found, terms, weights, n_items)
+            out[b] = self._best(dense, found, terms, weights, k)
+        for lo in range(0, len(exact), SUB_BLOCK):
+            chunk = exact[lo : lo + SUB_BLOCK]
+            terms = np.concatenate([profiles[b][0] for b in chunk])
+            weights = np.concatenate([profiles[b][1] for b in chunk])
+            owner = np.repeat(np.arange(len(chunk)), [len(profiles[b][0]) for b in chunk])
+            which, items, vals = gather_rows(csc, terms)
+            sums = np.bincount(
+                owner[which] * n_items + items,
+                weights=vals * weights[which],
+                minlength=len(chunk) * n_items,
+            )
+            scores = sums.astype(np.float64, copy=False).reshape(len(chunk), n_items)
+            for j, b in enumerate(chunk):
+                found = np.flatnonzero(scores[j] > 0)
+                out[b] = self._best(scores[j], found, *profiles[b], ks[b])
+        return out
+
+    def _best(
+        self,
+        dense: NDArray[np.float64],
+        found: NDArray[np.int64],
+        terms: NDArray[np.int64],
+        weights: NDArray[np.float64],
+        k: int,
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """The k best of the `found` items (cosines in `dense`, which the
+        delta block's scores overwrite), best first."""
         if len(self.delta_items):
             dense[self.delta_items] = self._delta_scores(terms, weights)
             found = np.union1d(found, self.delta_items[dense[self.delta_items] > 0])

@@ -22,11 +22,13 @@ from sieve.models.neural.two_tower import TwoTower
 from sieve.retrieval.ann import AnnConfig, AnnIndex
 from sieve.retrieval.candidates import (
     SOURCES,
+    SUB_BLOCK,
     Candidates,
     KnnScores,
     Proposal,
     Request,
     SourcesConfig,
+    joined,
     merge,
     merge_many,
     positions,
@@ -34,7 +36,7 @@ from sieve.retrieval.candidates import (
 from sieve.retrieval.catalog import Catalog, _categories
 from sieve.retrieval.content import ContentIndex
 from sieve.retrieval.personal import UserNeighbours, comeback, session_sequence
-from sieve.sparse import gather_rows, row_sums
+from sieve.sparse import gather_rows
 from sieve.types import Query
 
 _DAY = 86_400.0
@@ -100,7 +102,20 @@ class CandidateEngine:
     # ---------------------------------------------------------------- request
     def request(self, query: Query, *, exclude_seen: bool = True) -> Request:
         """Normalise a query: validated indices, merged history and session,
-        item-to-item anchors, filters and the user's category shares."""
+        item-to-item anchors, filters and the user's category shares (the
+        block of one of `requests`)."""
+        return self.requests([query], exclude_seen=exclude_seen)[0]
+
+    def requests(self, queries: Sequence[Query], *, exclude_seen: bool = True) -> list[Request]:
+        """`request` of each query of a block, the category shares of the
+        block's interactions summed at once (`_affinities`)."""
+        reqs = [self._normalise(query, exclude_seen) for query in queries]
+        for req, affinity in zip(reqs, self._affinities(reqs), strict=True):
+            req.affinity = affinity
+        return reqs
+
+    def _normalise(self, query: Query, exclude_seen: bool) -> Request:
+        """A query's request, its category shares left to `_affinities`."""
         cfg = self.config
         n_items = self.catalog.n_items
         history = np.asarray(query.history, dtype=np.int64).ravel()
@@ -113,6 +128,8 @@ class CandidateEngine:
             hw = np.ones(len(history))
         recent = np.asarray(query.recent, dtype=np.int64).ravel()
         for what, arr in (("history", history), ("recent", recent)):
+            if len(arr) == 0 or (arr.min() >= 0 and arr.max() < n_items):
+                continue
             bad = arr[(arr < 0) | (arr >= n_items)]
             if len(bad):
                 raise IndexError(
@@ -157,14 +174,6 @@ class CandidateEngine:
         exclude = np.empty(0, np.int64)
         if query.exclude:
             exclude = np.unique(np.fromiter(query.exclude, np.int64, count=len(query.exclude)))
-        affinity = np.zeros(self.catalog.n_categories)
-        if len(interactions):
-            affinity = row_sums(
-                self.catalog.category_distribution, interactions, weights, self.catalog.n_categories
-            )
-            total = affinity.sum()
-            if total > 0:
-                affinity /= total
         return Request(
             query=query,
             now=float(query.now) if query.now is not None else self.snapshot_time,
@@ -175,9 +184,37 @@ class CandidateEngine:
             seen=seen,
             exclude=exclude,
             category_filter=self.catalog.category_ids(query.categories),
-            affinity=affinity,
+            affinity=np.empty(0),
             comeback=back,
         )
+
+    def _affinities(self, reqs: Sequence[Request]) -> list[NDArray[np.float64]]:
+        """Each request's share of its (weighted) interactions in each
+        category: the block's category rows gathered at once, every
+        (request, category) sum by one `np.bincount` (each the sum of its own
+        request's terms in their order)."""
+        n_cat = self.catalog.n_categories
+        out = [np.zeros(n_cat) for _ in reqs]
+        lens = [len(req.interactions) for req in reqs]
+        if sum(lens) == 0:
+            return out
+        which, cols, vals = gather_rows(
+            self.catalog.category_distribution, joined([req.interactions for req in reqs])
+        )
+        weights = joined([req.weights for req in reqs])
+        keys = (
+            cols if len(reqs) == 1 else np.repeat(np.arange(len(reqs)), lens)[which] * n_cat + cols
+        )
+        sums = np.bincount(keys, weights=vals * weights[which], minlength=len(reqs) * n_cat)
+        by_request = sums.astype(np.float64, copy=False).reshape(len(reqs), n_cat)
+        for k, n in enumerate(lens):
+            if n:
+                affinity = by_request[k].copy()
+                total = affinity.sum()
+                if total > 0:
+                    affinity /= total
+                out[k] = affinity
+        return out
 
     def allowed(
         self, req: Request, blocked: NDArray[np.bool_] | None = None
@@ -239,33 +276,43 @@ class CandidateEngine:
 
         None without interactions (cold start) and for a zero vector: a user
         the model knows but who had no training events has the zero vector,
-        under which every item scores 0 and any ANN answer is arbitrary."""
-        if "user_vector" in req.cache:
-            return req.cache["user_vector"]
-        vec: NDArray[np.float32] | None = None
-        if self.als is not None and req.has_signal:
-            n_train = self.als.n_items
-            known = req.interactions < n_train
-            items = req.interactions[known]
-            u = req.query.user
-            if (
-                0 <= u < min(self.als.n_users, len(self.user_train_count))
-                and len(req.interactions) == self.user_train_count[u]
-                and int(req.interactions.sum()) == self.user_train_sum[u]
-            ):
-                vec = self.als.state.user_factors[u]
-            elif len(items):
-                vec = self._fold_in(items, req.weights[known])
-            if vec is not None and not vec.any():
-                vec = None
-        req.cache["user_vector"] = vec
-        return vec
+        under which every item scores 0 and any ANN answer is arbitrary. The
+        block of one of `user_vectors`."""
+        return self.user_vectors([req])[0]
+
+    def user_vectors(self, reqs: Sequence[Request]) -> list[NDArray[np.float32] | None]:
+        """`user_vector` of each request of a block, the fold-ins' linear
+        systems solved together (`_fold_in`)."""
+        folds: list[tuple[Request, NDArray[np.int64], NDArray[np.float64]]] = []
+        for req in reqs:
+            if "user_vector" in req.cache:
+                continue
+            vec: NDArray[np.float32] | None = None
+            if self.als is not None and req.has_signal:
+                n_train = self.als.n_items
+                known = req.interactions < n_train
+                items = req.interactions[known]
+                u = req.query.user
+                if (
+                    0 <= u < min(self.als.n_users, len(self.user_train_count))
+                    and len(req.interactions) == self.user_train_count[u]
+                    and int(req.interactions.sum()) == self.user_train_sum[u]
+                ):
+                    vec = self.als.state.user_factors[u]
+                elif len(items):
+                    folds.append((req, items, req.weights[known]))
+            req.cache["user_vector"] = None if vec is None or not vec.any() else vec
+        if folds:
+            solved = self._fold_in([f[1] for f in folds], [f[2] for f in folds])
+            for (req, _, _), vec in zip(folds, solved, strict=True):
+                req.cache["user_vector"] = vec if vec.any() else None
+        return [req.cache["user_vector"] for req in reqs]
 
     def ann_vector(self, req: Request) -> NDArray[np.float32] | None:
         """The query vector of the ANN source: the ALS user vector, or with
         a two-tower model its user tower over the request's interactions
         (and, for a user it knows, their attributes): a new user is folded
-        in by one forward pass."""
+        in by one forward pass (the block of one of `ann_vectors`)."""
         if self.tower is None:
             return self.user_vector(req)
         if "ann_vector" in req.cache:
@@ -283,11 +330,20 @@ class CandidateEngine:
         req.cache["ann_vector"] = vec
         return vec
 
+    def ann_vectors(self, reqs: Sequence[Request]) -> list[NDArray[np.float32] | None]:
+        """`ann_vector` of each request of a block (ALS: `user_vectors`; the
+        user tower: one forward pass per request)."""
+        if self.tower is None:
+            return self.user_vectors(reqs)
+        return [self.ann_vector(req) for req in reqs]
+
     def _fold_in(
-        self, items: NDArray[np.int64], weights: NDArray[np.float64]
+        self, items: Sequence[NDArray[np.int64]], weights: Sequence[NDArray[np.float64]]
     ) -> NDArray[np.float32]:
-        """One exact ALS user step (implicit's `recalculate_user`):
-        (YᵀY + λI + Σ (c−1) y yᵀ) x = Σ c y with c = alpha · weight."""
+        """One exact ALS user step (implicit's `recalculate_user`) for each
+        (items, weights): (YᵀY + λI + Σ (c−1) y yᵀ) x = Σ c y with
+        c = alpha · weight. The systems are stacked into one `solve` (LAPACK
+        solves each on its own: a user's vector does not depend on the others)."""
         assert self.als is not None
         y = self.als.state.item_factors
         if self._fold_in_gram is None:
@@ -295,11 +351,15 @@ class CandidateEngine:
             gram = y64.T @ y64
             gram[np.diag_indices_from(gram)] += self.als.config.regularization
             self._fold_in_gram = gram
-        yi = y[items].astype(np.float64)
-        c = self.als.config.alpha * weights
-        a = self._fold_in_gram + (yi.T * (c - 1.0)) @ yi
-        b = yi.T @ c
-        return np.linalg.solve(a, b).astype(np.float32)
+        dim = y.shape[1]
+        a = np.empty((len(items), dim, dim))
+        b = np.empty((len(items), dim, 1))
+        for k, (its, w) in enumerate(zip(items, weights, strict=True)):
+            yi = y[its].astype(np.float64)
+            c = self.als.config.alpha * w
+            a[k] = self._fold_in_gram + (yi.T * (c - 1.0)) @ yi
+            b[k, :, 0] = yi.T @ c
+        return np.linalg.solve(a, b)[:, :, 0].astype(np.float32)
 
     @property
     def unit_factors(self) -> NDArray[np.float32] | None:
@@ -313,40 +373,79 @@ class CandidateEngine:
         return self._unit_factors
 
     def knn(self, req: Request) -> KnnScores | None:
-        """Item-kNN scores of the request's anchors over the training items."""
-        if "knn" in req.cache:
-            return req.cache["knn"]
-        out: KnnScores | None = None
-        if self.itemknn is not None and len(req.anchors):
-            sim = self.itemknn.state.similarity
-            n_train = sim.shape[0]
-            valid = np.flatnonzero(req.anchors < n_train)
-            if len(valid):
-                which, entry_item, entry_sim = gather_rows(sim, req.anchors[valid])
-                entry_anchor = valid[which]
-                contrib = entry_sim * req.anchor_weights[entry_anchor]
-                score = np.bincount(entry_item, weights=contrib, minlength=n_train).astype(
-                    np.float64
-                )
-                out = KnnScores(score, entry_item, entry_anchor, entry_sim)
-        req.cache["knn"] = out
-        return out
+        """Item-kNN scores of the request's anchors over the training items
+        (the block of one of `knn_many`)."""
+        return self.knn_many([req])[0]
+
+    def knn_many(self, reqs: Sequence[Request]) -> list[KnnScores | None]:
+        """`knn` of each request of a block, computed `SUB_BLOCK` requests at
+        a time (`_knn_block`)."""
+        todo = [req for req in reqs if "knn" not in req.cache]
+        for req in todo:
+            req.cache["knn"] = None
+        if self.itemknn is not None:
+            for lo in range(0, len(todo), SUB_BLOCK):
+                self._knn_block(todo[lo : lo + SUB_BLOCK])
+        return [req.cache["knn"] for req in reqs]
+
+    def _knn_block(self, reqs: Sequence[Request]) -> None:
+        """Cache the kNN scores of a few requests: their anchors' similarity
+        rows gathered at once and the scores summed in one `np.bincount` of
+        (request, item) keys, each the sum of its request's own terms in
+        their order."""
+        assert self.itemknn is not None
+        sim = self.itemknn.state.similarity
+        n_train = sim.shape[0]
+        valid = [np.flatnonzero(req.anchors < n_train) for req in reqs]
+        got = [k for k, v in enumerate(valid) if len(v)]
+        if not got:
+            return
+        which, entry_item, entry_sim = gather_rows(
+            sim, joined([reqs[k].anchors[valid[k]] for k in got])
+        )
+        entry_anchor = joined([valid[k] for k in got])[which]
+        contrib = entry_sim * joined([reqs[k].anchor_weights[valid[k]] for k in got])[which]
+        if len(got) == 1:
+            keys, bounds = entry_item, np.array([0, len(entry_item)])
+        else:
+            owner = np.repeat(np.arange(len(got)), [len(valid[k]) for k in got])[which]
+            keys = owner * n_train + entry_item
+            bounds = np.searchsorted(owner, np.arange(len(got) + 1))
+        sums = np.bincount(keys, weights=contrib, minlength=len(got) * n_train)
+        score = sums.astype(np.float64, copy=False).reshape(len(got), n_train)
+        for j, k in enumerate(got):
+            lo, hi = bounds[j], bounds[j + 1]
+            reqs[k].cache["knn"] = KnnScores(
+                score[j], entry_item[lo:hi], entry_anchor[lo:hi], entry_sim[lo:hi]
+            )
 
     def content_profile(self, req: Request) -> tuple[NDArray[np.int64], NDArray[np.float64]] | None:
         """The request's TF-IDF profile as (terms, weights), its
-        `content_terms` strongest terms; None without indexed text."""
-        if "content" in req.cache:
-            return req.cache["content"]
-        out = None
-        if self.content is not None and len(req.interactions):
-            out = self.content.profile(req.interactions, req.weights, self.catalog.n_items)
-            if out is not None and len(out[0]) > self.config.content_terms:
-                terms, weights = out
-                # strongest first, ties by term: the same terms whatever order they come in
-                top = np.lexsort((terms, -weights))[: self.config.content_terms]
-                out = terms[top], weights[top]
-        req.cache["content"] = out
-        return out
+        `content_terms` strongest terms; None without indexed text (the block
+        of one of `content_profiles`)."""
+        return self.content_profiles([req])[0]
+
+    def content_profiles(
+        self, reqs: Sequence[Request]
+    ) -> list[tuple[NDArray[np.int64], NDArray[np.float64]] | None]:
+        """`content_profile` of each request of a block, computed for the
+        block at once (`ContentIndex.profiles`), each kept to its
+        `content_terms` strongest terms: strongest first, ties by term (the
+        same terms whatever order they come in)."""
+        todo = [req for req in reqs if "content" not in req.cache]
+        for req in todo:
+            req.cache["content"] = None
+        todo = [req for req in todo if len(req.interactions)]
+        if self.content is not None and todo:
+            found = self.content.profiles(
+                [req.interactions for req in todo],
+                [req.weights for req in todo],
+                self.catalog.n_items,
+                self.config.content_terms,
+            )
+            for req, profile in zip(todo, found, strict=True):
+                req.cache["content"] = profile
+        return [req.cache["content"] for req in reqs]
 
     def content_cosines(self, req: Request, items: NDArray[np.int64]) -> NDArray[np.float64] | None:
         """TF-IDF cosine of `items` with the request's profile (the block of
@@ -373,17 +472,38 @@ class CandidateEngine:
         return out
 
     def ease_scores(self, req: Request) -> NDArray[np.float32] | None:
-        """EASE scores x_u · B over the training items."""
-        if "ease" in req.cache:
-            return req.cache["ease"]
-        out: NDArray[np.float32] | None = None
-        if self.ease is not None:
-            b = self.ease.state.weights
-            items = req.interactions[req.interactions < b.shape[0]]
-            if len(items):
-                out = b[items].sum(axis=0)
-        req.cache["ease"] = out
-        return out
+        """EASE scores x_u · B over the training items (the block of one of
+        `ease_scores_many`)."""
+        return self.ease_scores_many([req])[0]
+
+    def ease_scores_many(self, reqs: Sequence[Request]) -> list[NDArray[np.float32] | None]:
+        """`ease_scores` of each request of a block: one sparse (requests ×
+        items) by dense B product; each row is the sum of its items' rows of
+        B in item order, as `B[items].sum(axis=0)` adds them."""
+        todo = [req for req in reqs if "ease" not in req.cache]
+        for req in todo:
+            req.cache["ease"] = None
+        if self.ease is None or not todo:
+            return [req.cache["ease"] for req in reqs]
+        b = self.ease.state.weights
+        rows = [req.interactions[req.interactions < b.shape[0]] for req in todo]
+        got = [k for k, r in enumerate(rows) if len(r)]
+        if len(got) == 1:  # a block of one: the same sums, without a sparse matrix
+            todo[got[0]].cache["ease"] = b[rows[got[0]]].sum(axis=0)
+        elif got:
+            lens = np.array([len(rows[k]) for k in got], dtype=np.int64)
+            x = sparse.csr_matrix(
+                (
+                    np.ones(int(lens.sum()), b.dtype),
+                    np.concatenate([rows[k] for k in got]),
+                    np.concatenate([[0], np.cumsum(lens)]),
+                ),
+                shape=(len(got), b.shape[0]),
+            )
+            scores = np.asarray(x @ b)
+            for j, k in enumerate(got):
+                todo[k].cache["ease"] = scores[j]
+        return [req.cache["ease"] for req in reqs]
 
     def sasrec_scores(self, req: Request) -> NDArray[np.float32] | None:
         """SASRec's next-item scores over its items after the session
@@ -409,57 +529,84 @@ class CandidateEngine:
     def propose(self, req: Request) -> list[Proposal]:
         """Every enabled source's proposal for the request. Without any
         interaction (an unknown user, or a known one with no events: the
-        cold start) only the charts propose, whoever the user is."""
-        out: list[Proposal] = []
-        if req.has_signal:
-            out.extend(self._personal(req))
-        out.extend(self._charts(req))
+        cold start) only the charts propose, whoever the user is (the block
+        of one of `propose_many`)."""
+        return self.propose_many([req])[0]
+
+    def propose_many(self, reqs: Sequence[Request]) -> list[list[Proposal]]:
+        """`propose` of each request of a block: each source's model outputs
+        computed for the block's personal requests together."""
+        personal = [k for k, req in enumerate(reqs) if req.has_signal]
+        found = self._personal([reqs[k] for k in personal])
+        out: list[list[Proposal]] = [[] for _ in reqs]
+        for k, props in zip(personal, found, strict=True):
+            out[k] = props
+        for req, props in zip(reqs, out, strict=True):
+            props.extend(self._charts(req))
         return out
 
-    def _personal(self, req: Request) -> list[Proposal]:
-        """The proposals of the sources that read the user's interactions."""
+    def _personal(self, reqs: Sequence[Request]) -> list[list[Proposal]]:
+        """The proposals of the sources that read the user's interactions,
+        for each request of a block."""
         cfg = self.config
-        out: list[Proposal] = []
+        out: list[list[Proposal]] = [[] for _ in reqs]
         if cfg.ann and self.ann is not None:
-            vec = self.ann_vector(req)
-            if vec is not None:
-                skip = np.union1d(req.seen, req.exclude) if len(req.exclude) else req.seen
+            vecs = [(k, vec) for k, vec in enumerate(self.ann_vectors(reqs)) if vec is not None]
+            got = [k for k, _ in vecs]
+            if got:
+                n_index = self.ann.n_items
+                skips = []
+                for k in got:
+                    req = reqs[k]
+                    skip = np.union1d(req.seen, req.exclude) if len(req.exclude) else req.seen
+                    skips.append(skip[skip < n_index])
                 fetch = cfg.ann + cfg.ann // 2 + 10  # seen/excluded skipped in the index
-                ids, scores = self.ann.search(vec, fetch, exclude=skip[skip < self.ann.n_items])
-                keep = ids[0] >= 0
-                out.append(Proposal("ann", ids[0][keep], scores[0][keep]))
+                ids, scores = self.ann.search_many(np.stack([v for _, v in vecs]), fetch, skips)
+                for j, k in enumerate(got):
+                    keep = ids[j] >= 0
+                    out[k].append(Proposal("ann", ids[j][keep], scores[j][keep]))
         if cfg.item_to_item:
-            knn = self.knn(req)
-            if knn is not None:
-                items, scores = _top(knn.score, self._fetch(req, cfg.item_to_item))
-                out.append(Proposal("item_to_item", items, scores, self.best_anchors(req, items)))
+            knns = self.knn_many(reqs)
+            got = [k for k, knn in enumerate(knns) if knn is not None]
+            tops = [
+                _top(knns[k].score, self._fetch(reqs[k], cfg.item_to_item))  # type: ignore[union-attr]
+                for k in got
+            ]
+            anchors = self.best_anchors_many([reqs[k] for k in got], [items for items, _ in tops])
+            for k, (items, scores), best in zip(got, tops, anchors, strict=True):
+                out[k].append(Proposal("item_to_item", items, scores, best))
         if cfg.content and self.content is not None:
-            profile = self.content_profile(req)
-            if profile is not None:
-                fetch = self._fetch(req, cfg.content)
-                n_items = self.catalog.n_items
-                items, cos = self.content.top(*profile, fetch, n_items, cfg.content_postings)
-                out.append(Proposal("content", items, cos.astype(np.float32)))
+            profiles = self.content_profiles(reqs)
+            got = [k for k, profile in enumerate(profiles) if profile is not None]
+            found = self.content.top_many(
+                [profiles[k] for k in got],  # type: ignore[misc]
+                [self._fetch(reqs[k], cfg.content) for k in got],
+                self.catalog.n_items,
+                cfg.content_postings,
+            )
+            for k, (items, cos) in zip(got, found, strict=True):
+                out[k].append(Proposal("content", items, cos.astype(np.float32)))
         if cfg.ease:
-            es = self.ease_scores(req)
-            if es is not None:
-                items, scores = _top(es, self._fetch(req, cfg.ease), positive=False)
-                out.append(Proposal("ease", items, scores))
-        if cfg.continuation and req.comeback is not None and len(req.comeback[0]):
-            out.append(Proposal("continuation", *req.comeback))
-        if cfg.user_to_user and self.neighbours is not None:
-            vec = self.user_vector(req)
-            if vec is not None:
-                fetch = self._fetch(req, cfg.user_to_user)
-                items, scores = self.neighbours.propose(
-                    vec, req.query.user, cfg.user_neighbours, fetch
-                )
-                out.append(Proposal("user_to_user", items, scores))
-        if cfg.sasrec:
-            ss = self.sasrec_scores(req)
-            if ss is not None:
-                items, scores = _top(ss, self._fetch(req, cfg.sasrec), positive=False)
-                out.append(Proposal("sasrec", items, scores))
+            for k, es in enumerate(self.ease_scores_many(reqs)):
+                if es is not None:
+                    items, scores = _top(es, self._fetch(reqs[k], cfg.ease), positive=False)
+                    out[k].append(Proposal("ease", items, scores))
+        for req, props in zip(reqs, out, strict=True):
+            if cfg.continuation and req.comeback is not None and len(req.comeback[0]):
+                props.append(Proposal("continuation", *req.comeback))
+            if cfg.user_to_user and self.neighbours is not None:
+                vec = self.user_vector(req)
+                if vec is not None:
+                    fetch = self._fetch(req, cfg.user_to_user)
+                    items, scores = self.neighbours.propose(
+                        vec, req.query.user, cfg.user_neighbours, fetch
+                    )
+                    props.append(Proposal("user_to_user", items, scores))
+            if cfg.sasrec:
+                ss = self.sasrec_scores(req)
+                if ss is not None:
+                    items, scores = _top(ss, self._fetch(req, cfg.sasrec), positive=False)
+                    props.append(Proposal("sasrec", items, scores))
         return out
 
     def _charts(self, req: Request) -> list[Proposal]:
@@ -485,26 +632,68 @@ class CandidateEngine:
 
     def best_anchors(self, req: Request, items: NDArray[np.int64]) -> NDArray[np.int64]:
         """For each item, the anchor item contributing most to its kNN score
-        (-1 where no anchor reaches it)."""
-        knn = self.knn(req)
-        out = np.full(len(items), -1, np.int64)
-        if knn is None or len(items) == 0:
+        (-1 where no anchor reaches it); the block of one of `best_anchors_many`."""
+        return self.best_anchors_many([req], [items])[0]
+
+    def best_anchors_many(
+        self, reqs: Sequence[Request], items: Sequence[NDArray[np.int64]]
+    ) -> list[NDArray[np.int64]]:
+        """`best_anchors` of each (request, distinct items) of a block,
+        `SUB_BLOCK` requests at a time (`_best_anchors_block`)."""
+        out: list[NDArray[np.int64]] = []
+        for lo in range(0, len(reqs), SUB_BLOCK):
+            out.extend(
+                self._best_anchors_block(reqs[lo : lo + SUB_BLOCK], items[lo : lo + SUB_BLOCK])
+            )
+        return out
+
+    def _best_anchors_block(
+        self, reqs: Sequence[Request], items: Sequence[NDArray[np.int64]]
+    ) -> list[NDArray[np.int64]]:
+        """`best_anchors` of a few requests: every request's kNN entries
+        matched to its items through (request, item) keys, in one pass. An
+        item's anchor is its largest contribution, the first entry giving
+        it on ties."""
+        out = [np.full(len(its), -1, np.int64) for its in items]
+        knns = self.knn_many(reqs)
+        got = [k for k, knn in enumerate(knns) if knn is not None and len(items[k])]
+        if not got:
             return out
-        pos = positions(knn.entry_item, items)
+        entries: list[KnnScores] = [knns[k] for k in got]  # type: ignore[misc]
+        n_items = [len(items[k]) for k in got]
+        entry_item = joined([knn.entry_item for knn in entries])
+        all_items = joined([items[k] for k in got])
+        entry_anchor = joined([knn.entry_anchor for knn in entries])
+        if len(got) == 1:
+            pos = positions(entry_item, all_items)
+        else:  # (request, item) keys; anchors as positions among the block's
+            parts = [items[k] for k in got] + [knn.entry_item for knn in entries]
+            width = 1 + max(int(part.max(initial=0)) for part in parts)
+            entry_owner = np.repeat(np.arange(len(got)), [len(knn.entry_item) for knn in entries])
+            item_owner = np.repeat(np.arange(len(got)), n_items)
+            pos = positions(entry_owner * width + entry_item, item_owner * width + all_items)
+            starts = np.cumsum([0, *(len(reqs[k].anchors) for k in got)])[:-1]
+            entry_anchor = entry_anchor + starts[entry_owner]
         hit = pos >= 0
         if not hit.any():
             return out
-        entry_anchor = knn.entry_anchor[hit]
-        contrib = knn.entry_sim[hit] * req.anchor_weights[entry_anchor]
+        entry_anchor = entry_anchor[hit]
+        entry_sim = joined([knn.entry_sim for knn in entries])[hit]
+        contrib = entry_sim * joined([reqs[k].anchor_weights for k in got])[entry_anchor]
         p = pos[hit]
         # per item, its largest contribution, the first entry giving it on ties
-        top = np.full(len(items), -np.inf)
+        top = np.full(len(all_items), -np.inf)
         np.maximum.at(top, p, contrib)
         ties = np.flatnonzero(contrib == top[p])
-        first = np.full(len(items), len(p), np.int64)
+        first = np.full(len(all_items), len(p), np.int64)
         np.minimum.at(first, p[ties], ties)
-        got = first < len(p)
-        out[got] = req.anchors[entry_anchor[first[got]]]
+        found = np.full(len(all_items), -1, np.int64)
+        reached = first < len(p)
+        anchors = joined([reqs[k].anchors for k in got])
+        found[reached] = anchors[entry_anchor[first[reached]]]
+        bounds = np.concatenate([[0], np.cumsum(n_items)])
+        for j, k in enumerate(got):
+            out[k] = found[bounds[j] : bounds[j + 1]]
         return out
 
     def candidates_many(
@@ -515,7 +704,7 @@ class CandidateEngine:
         cfg = self.config
         quotas = {s: cfg.quota(s) for s in SOURCES}
         ok = self.allowed_many(reqs, blocked)
-        cands = merge_many([self.propose(req) for req in reqs], quotas, ok)
+        cands = merge_many(self.propose_many(reqs), quotas, ok)
         for k, (req, found) in enumerate(zip(reqs, cands, strict=True)):
             if len(found) < cfg.min_candidates:
                 cands[k] = self._top_up(req, found, self.allowed(req, blocked), quotas)
