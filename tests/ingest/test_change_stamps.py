@@ -12,7 +12,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from servers import REDIS_URL, redis_problem
+from servers import REDIS_URL
 from sieve.cli import app
 from sieve.data.records import Item
 from sieve.storage import open_cache, open_store
@@ -22,16 +22,10 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def cache_url() -> Iterator[str]:
-    """A Redis cache URL with a key prefix of its own (keys removed afterwards)."""
-    problem = redis_problem()
-    if problem:
-        pytest.skip(problem)
-    prefix = f"sieve_stamp_test_{uuid.uuid4().hex}:"
-    yield f"{REDIS_URL}?prefix={prefix}"
+def cache_url(redis_url: str) -> Iterator[str]:
+    """The shared Redis cache URL of its own prefix; the test streams removed afterwards."""
+    yield redis_url
     client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
     for key in client.scan_iter(match="sieve_stamp_stream_*"):
         client.delete(key)
     client.close()

@@ -23,10 +23,9 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
-from servers import POSTGRES_URL, REDIS_URL, libpq_url, postgres_problem, redis_problem
+from servers import POSTGRES_URL, libpq_url, postgres_problem
 from sieve.data.io import load_data
 from sieve.data.raw import RawData
 from sieve.serve.app import create_app
@@ -95,20 +94,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     finally:
         with psycopg.connect(libpq_url(POSTGRES_URL), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A Redis cache URL with a key prefix of its own (keys removed afterwards)."""
-    problem = redis_problem()
-    if problem:
-        pytest.skip(problem)
-    prefix = f"sieve_serve_test_{uuid.uuid4().hex}:"
-    yield f"{REDIS_URL}?prefix={prefix}"
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 MakeClient = Callable[..., TestClient]
