@@ -123,6 +123,11 @@ def import_file_command(
     out.print(f"{summary}, {len(problems)} rejected, {report.rows} rows read", soft_wrap=True)
 
 
+def _is_redis(url: object) -> bool:
+    """Whether a URL names a Redis server (the shared cache, a stream)."""
+    return str(url).startswith(("redis://", "rediss://", "unix://"))
+
+
 @contextmanager
 def _change_stamps(settings: Any) -> Iterator[Callable[[Iterable[str]], None] | None]:
     """What stamps users changed in the servers' shared cache, retiring their
@@ -131,7 +136,7 @@ def _change_stamps(settings: Any) -> Iterator[Callable[[Iterable[str]], None] | 
     from sieve.storage import open_cache
     from sieve.storage.changes import mark_users_changed
 
-    if not str(settings.cache_url).startswith(("redis://", "rediss://", "unix://")):
+    if not _is_redis(settings.cache_url):
         yield None
         return
     cache = open_cache(settings.cache_url)
@@ -216,7 +221,7 @@ def consume(
     with _clean_errors():
         settings = _service_settings(config, store_url=store)
         url = redis_url or settings.cache_url
-        if not str(url).startswith(("redis://", "rediss://", "unix://")):
+        if not _is_redis(url):
             raise UsageError(f"--redis: a redis:// URL is needed, got {url!r}")
         name = consumer or f"{socket.gethostname()}:{os.getpid()}"
         stop = threading.Event()

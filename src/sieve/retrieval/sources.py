@@ -2,6 +2,10 @@
 per-request computation on them (request normalisation, user vectors, the
 sources' proposals and their merge). The sources, their quotas and the merge
 itself are in `sieve.retrieval.candidates`.
+
+Longer than most modules: each computation exists once, over a block of
+requests, with its block-of-one form beside it for the live path and the
+features; splitting them apart would separate the two forms that must agree.
 """
 
 from __future__ import annotations

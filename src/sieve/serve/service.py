@@ -399,12 +399,11 @@ class Service:
 
     def _served_items(self, item_ids: Sequence[str]) -> set[str]:
         """Which of these ids the serving funnel's catalog holds as servable
-        (none without a model)."""
+        (`Funnel.servable`; none without a model)."""
         if not self.holder.loaded:
             return set()
-        catalog = self.holder.snapshot.funnel.state.engine.catalog
-        found = [(i, catalog.find(i)) for i in item_ids]
-        return {i for i, k in found if k >= 0 and catalog.available[k]}
+        ok = self.holder.snapshot.funnel.servable(item_ids)
+        return {i for i, servable in zip(item_ids, ok, strict=True) if servable}
 
     # ------------------------------------------------------------- health
     def readiness(self) -> tuple[bool, str, str | None]:
