@@ -8,10 +8,12 @@ the funnel's `recommend_batch` (blocks of users) and the funnel asked one
 `recommend_query` per user (the live path, a block of one) for the first
 `--check-users` users (0: all), with the ratio of the batched funnel to the
 slowest single model. The two funnel answers are checked equal (items and scores). `--profile`
-prints the batched run's profile.
+prints the batched run's profile. `--lightgbm` also times the batched funnel
+with LightGBM's own predictor instead of the compiled trees
+(`sieve.ranking.trees`), alternating, and checks the lists equal.
 
     python benchmarks/bench_funnel_batch.py [--profile] [--users N] [--data SPEC]
-        [--check-users N]
+        [--check-users N] [--lightgbm]
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -31,6 +35,7 @@ from sieve.data.io import load_data
 from sieve.data.split import make_splits
 from sieve.models.base import create_model
 from sieve.pipeline.funnel import Funnel
+from sieve.types import TopN
 
 ML100K = "movielens-100k:/work/shared/data/ml-100k"
 DEPTH = 50
@@ -43,6 +48,9 @@ def main() -> None:
     parser.add_argument("--data", default=ML100K, help="a load_data spec")
     parser.add_argument(
         "--check-users", type=int, default=0, help="users asked one query each (0: all)"
+    )
+    parser.add_argument(
+        "--lightgbm", action="store_true", help="also time LightGBM's own predictor"
     )
     args = parser.parse_args()
     ds = load_data(args.data).to_dataset()
@@ -88,8 +96,34 @@ def main() -> None:
     print(f"batched / slowest single model ({slowest}): {batched / times[slowest]:.1f}x")
     most = max(cpu, key=cpu.__getitem__)
     print(f"CPU: batched / most CPU of a single model ({most}): {batched_cpu / cpu[most]:.1f}x")
+    if args.lightgbm:
+        compare_predictors(funnel, users, history, top)
     if profile is not None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(20)
+
+
+def compare_predictors(
+    funnel: Funnel, users: NDArray[np.int64], history: sp.csr_matrix, top: TopN
+) -> None:
+    """The batched funnel with the compiled trees and with `Booster.predict`,
+    three times each, alternating: CPU seconds, and whether the lists match."""
+    ranker = funnel.state.ranker
+    assert ranker is not None and ranker.scorer is not None
+    scorer = ranker.scorer
+    seconds: dict[str, list[float]] = {"compiled trees": [], "Booster.predict": []}
+    same = True
+    for _ in range(3):
+        for label in seconds:
+            ranker.scorer = scorer if label == "compiled trees" else None
+            c = time.process_time()
+            again = funnel.recommend_batch(users, history, DEPTH)
+            seconds[label].append(time.process_time() - c)
+            same = same and bool((again.items == top.items).all())
+            same = same and bool((again.scores == top.scores).all())
+    ranker.scorer = scorer
+    for label, values in seconds.items():
+        print(f"funnel batched, {label}: CPU " + " / ".join(f"{v:.2f}" for v in values) + " s")
+    print(f"same lists with either predictor: {same}")
 
 
 if __name__ == "__main__":

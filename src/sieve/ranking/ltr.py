@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from sieve.config import Config, ConfigError
 from sieve.data.dataset import Dataset
 from sieve.data.split import random_split
+from sieve.ranking.trees import TreeScorer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,6 +288,9 @@ class LTRRanker:
     def __init__(self, booster: lgb.Booster, feature_names: Sequence[str]) -> None:
         self.booster = booster
         self.feature_names = tuple(feature_names)
+        #: the same trees scored by a compiled loop (`sieve.ranking.trees`);
+        #: None: LightGBM's own predictor
+        self.scorer = TreeScorer.of(booster)
 
     @classmethod
     def train(
@@ -338,9 +342,11 @@ class LTRRanker:
 
     def predict(self, x: NDArray[np.float32], base: NDArray[np.float64]) -> NDArray[np.float64]:
         """Relevance of feature rows: base score plus the boosted correction
-        (one thread)."""
+        (one thread; the same numbers as `Booster.predict`)."""
         if len(x) == 0:
             return np.empty(0, np.float64)
+        if self.scorer is not None:
+            return self.scorer.predict(x) + base
         raw = self.booster.predict(x, raw_score=True, num_threads=1)
         return np.asarray(raw, dtype=np.float64) + base
 
