@@ -62,6 +62,40 @@ def test_windows_decay_as_computed_by_hand(cache: Cache) -> None:
     assert counters.user_features("nobody", now=0.0)["recency_hours"] == math.inf
 
 
+def test_a_blocks_counters_in_one_read(cache: Cache) -> None:
+    """`block_features` gives each item's and each user's features as the
+    separate reads do, with one read of the cache for all of them."""
+    counters = OnlineCounters(cache, windows={"1h": 3600.0})
+    counters.update(
+        [
+            CounterEvent("u", "a", "view", 0.0, ("x",)),
+            CounterEvent("u", "b", "click", 100.0, ("y",)),
+            CounterEvent("v", "a", "purchase", 50.0, ("x", "y")),
+        ]
+    )
+    reads: list[int] = []
+    get_many = cache.get_many
+
+    def counted(keys: list[str]) -> list[bytes | None]:
+        reads.append(len(keys))
+        return get_many(keys)
+
+    cache.get_many = counted  # type: ignore[method-assign]
+    items, users = counters.block_features(
+        ["a", "b", "never"], np.array([3600.0, 3600.0, 7200.0]), [("u", 3600.0), ("nobody", 0.0)]
+    )
+    if not isinstance(cache, MemoryCache):  # Redis: one round trip
+        assert reads == [3 + 2 + 2]
+    alone = counters.item_features(["a", "b", "never"], np.array([3600.0, 3600.0, 7200.0]))
+    assert items.keys() == alone.keys()
+    for key, values in alone.items():
+        np.testing.assert_array_equal(items[key], values, err_msg=key)
+    assert users == [counters.user_features("u", 3600.0), counters.user_features("nobody", 0.0)]
+    shares = [v for k, v in users[0].items() if k.startswith("affinity:")]
+    assert users[0]["events"] == 2 and len(shares) == 2 and sum(shares) == pytest.approx(1.0)
+    assert users[1] == {"events": 0.0, "recency_hours": math.inf}
+
+
 def test_replay_equals_online_updates(cache: Cache) -> None:
     """Training features (replay of the log) and serving features (updates as
     events arrive) come from the same code and agree."""

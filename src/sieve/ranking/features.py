@@ -272,15 +272,25 @@ def _put_online(
     online: OnlineCounters,
 ) -> None:
     """The online-counter columns of a block's candidates (request b's rows
-    `bounds[b]:bounds[b + 1]`), each as of its request's time: the items'
-    counters in one read for the block, each user's in one read; user
-    columns stay missing for anonymous requests and unknown users. A cache
-    that cannot be read leaves them missing, as for a new item."""
+    `bounds[b]:bounds[b + 1]`), each as of its request's time: the items' and
+    the users' counters in one read for the block; user columns stay missing
+    for anonymous requests and unknown users. A cache that cannot be read
+    leaves them missing, as for a new item."""
     cat = engine.catalog
     lens = np.diff(bounds)
     now = np.repeat(np.array([req.now for req in reqs], dtype=np.float64), lens)
+    # the users whose columns are filled: known, with rows in the block
+    asking = [
+        (b, req.query.user_id)
+        for b, req in enumerate(reqs)
+        if req.query.user_id is not None and bounds[b + 1] > bounds[b]
+    ]
     try:
-        f = online.item_features([str(i) for i in cat.item_ids[items]], now)
+        f, users = online.block_features(
+            [str(i) for i in cat.item_ids[items]],
+            now,
+            [(user_id, reqs[b].now) for b, user_id in asking],
+        )
     except CacheError:
         log.warning("online counters unreadable: their features are missing")
         return
@@ -295,15 +305,8 @@ def _put_online(
     affinities: list[NDArray[np.float64]] = []
     counts: list[int] = []
     known = np.zeros(len(items), dtype=bool)
-    for req, lo, hi in zip(reqs, bounds[:-1], bounds[1:], strict=True):
-        user_id = req.query.user_id
-        if user_id is None or hi == lo:
-            continue
-        try:
-            u = online.user_features(user_id, req.now)
-        except CacheError:
-            log.warning("online counters unreadable: their features are missing")
-            continue
+    for (b, _), u in zip(asking, users, strict=True):
+        lo, hi = bounds[b], bounds[b + 1]
         if u["events"] <= 0:
             continue
         x[lo:hi, _COLUMN["user_hours_since_event"]] = _log_hours(np.array([u["recency_hours"]]))[0]

@@ -414,7 +414,43 @@ class OnlineCounters:
         counted event) as of `now` (one time, or one per item); zeros, the prior
         CTR and inf for unseen items."""
         keys = [self._item_key(i) for i in item_ids]
-        state, present = self._records.read(keys, self._item_width)
+        return self._item_values(*self._records.read(keys, self._item_width), now)
+
+    def user_features(self, user_id: str, now: float) -> dict[str, float]:
+        """The user's event count, hours since the last event (inf if none)
+        and category affinities over 7 days (`affinity:<category>`, shares
+        summing to 1; decay common to all categories cancels in a share)."""
+        _, per_user = self.block_features([], now, [(user_id, now)])
+        return per_user[0]
+
+    def block_features(
+        self,
+        item_ids: Sequence[str],
+        now: float | NDArray[np.float64],
+        users: Sequence[tuple[str, float]],
+    ) -> tuple[dict[str, NDArray[np.float64]], list[dict[str, float]]]:
+        """`item_features(item_ids, now)` and `user_features(user, t)` of each
+        (user, t) of `users`, read in one round trip to the cache (a block of
+        live requests reads its candidates and its users at once)."""
+        keys = [self._item_key(i) for i in item_ids]
+        user_keys = [self._user_key(user) for user, _ in users]
+        (items, (state, present)), cats = self._records.read_all(
+            [(keys, self._item_width), (user_keys, _USER_WIDTH)],
+            [self._category_key(user) for user, _ in users],
+        )
+        per_user = [
+            self._user_values(state[j], bool(present[j]), cats[j], t)
+            for j, (_, t) in enumerate(users)
+        ]
+        return self._item_values(*items, now), per_user
+
+    def _item_values(
+        self,
+        state: NDArray[np.float64],
+        present: NDArray[np.bool_],
+        now: float | NDArray[np.float64],
+    ) -> dict[str, NDArray[np.float64]]:
+        """`item_features` from the items' records."""
         dt = np.where(present, np.maximum(0.0, now - state[:, 0]), 0.0)
         values = state[:, 1:] * np.exp(-dt[:, None] / self._col_lengths[None, :])
         n_win = len(self.windows)
@@ -431,16 +467,15 @@ class OnlineCounters:
         out["recency_hours"] = np.where(present, dt / 3600.0, np.inf)
         return out
 
-    def user_features(self, user_id: str, now: float) -> dict[str, float]:
-        """The user's event count, hours since the last event (inf if none)
-        and category affinities over 7 days (`affinity:<category>`, shares
-        summing to 1; decay common to all categories cancels in a share)."""
-        state, present = self._records.read([self._user_key(user_id)], _USER_WIDTH)
-        if not present[0]:
+    @staticmethod
+    def _user_values(
+        record: NDArray[np.float64], present: bool, cats: bytes | None, now: float
+    ) -> dict[str, float]:
+        """`user_features` from the user's record and category record."""
+        if not present:
             return {"events": 0.0, "recency_hours": math.inf}
-        events, last = state[0].tolist()
+        events, last = record.tolist()
         out = {"events": events, "recency_hours": max(0.0, now - last) / 3600.0}
-        (cats,) = self._records.get_many([self._category_key(user_id)])
         if cats is not None:
             weights = _unpack_categories(cats)[1]
             total = sum(weights.values())

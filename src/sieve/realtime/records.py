@@ -34,6 +34,14 @@ class Records(ABC):
         """Records of `width` floats (zeros where absent or of another width)
         and which were present."""
 
+    def read_all(
+        self, groups: Sequence[tuple[Sequence[str], int]], others: Sequence[str]
+    ) -> tuple[list[tuple[NDArray[np.float64], NDArray[np.bool_]]], list[bytes | None]]:
+        """`read(keys, width)` of each (keys, width) of `groups` and
+        `get_many(others)`: in one round trip where the records are remote
+        (`CacheRecords`)."""
+        return [self.read(keys, width) for keys, width in groups], self.get_many(others)
+
     @abstractmethod
     def write(self, keys: Sequence[str], state: NDArray[np.float64]) -> None:
         """Store records (one row of `state` per key)."""
@@ -57,16 +65,19 @@ class CacheRecords(Records):
     def read(
         self, keys: Sequence[str], width: int
     ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+        return decode(self.cache.get_many(keys) if keys else [], width)
+
+    def read_all(
+        self, groups: Sequence[tuple[Sequence[str], int]], others: Sequence[str]
+    ) -> tuple[list[tuple[NDArray[np.float64], NDArray[np.bool_]]], list[bytes | None]]:
+        """One `get_many` for all: a live answer's counters cost one round trip."""
+        keys = [k for group, _ in groups for k in group] + list(others)
         blobs = self.cache.get_many(keys) if keys else []
-        state = np.zeros((len(keys), width))
-        size = width * 8
-        good = [r for r, b in enumerate(blobs) if b is not None and len(b) == size]
-        present = np.zeros(len(keys), dtype=bool)
-        if good:
-            joined = b"".join(blobs[r] or b"" for r in good)
-            state[good] = np.frombuffer(joined, dtype=_F8).reshape(len(good), width)
-            present[good] = True
-        return state, present
+        out, start = [], 0
+        for group, width in groups:
+            out.append(decode(blobs[start : start + len(group)], width))
+            start += len(group)
+        return out, blobs[start:]
 
     def write(self, keys: Sequence[str], state: NDArray[np.float64]) -> None:
         buf = np.ascontiguousarray(state, dtype=_F8).tobytes()
@@ -78,6 +89,22 @@ class CacheRecords(Records):
 
     def set_many(self, values: Mapping[str, bytes]) -> None:
         self.cache.set_many(values)
+
+
+def decode(
+    blobs: Sequence[bytes | None], width: int
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Records of `width` floats from their bytes (zeros and absent where a
+    value is missing or of another width), with one `frombuffer`."""
+    state = np.zeros((len(blobs), width))
+    size = width * 8
+    good = [r for r, b in enumerate(blobs) if b is not None and len(b) == size]
+    present = np.zeros(len(blobs), dtype=bool)
+    if good:
+        joined = b"".join(blobs[r] or b"" for r in good)
+        state[good] = np.frombuffer(joined, dtype=_F8).reshape(len(good), width)
+        present[good] = True
+    return state, present
 
 
 class StagedRecords(Records):
@@ -181,4 +208,11 @@ class LocalRecords(Records):
         self._blobs.update(values)
 
 
-__all__ = ["CacheRecords", "LocalRecords", "Records", "StagedRecords", "local_records"]
+__all__ = [
+    "CacheRecords",
+    "LocalRecords",
+    "Records",
+    "StagedRecords",
+    "decode",
+    "local_records",
+]
