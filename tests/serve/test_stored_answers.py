@@ -18,6 +18,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from servers import REDIS_URL
+from sieve.serve import answers
 from sieve.serve.answers import CachedAnswer
 from sieve.serve.impressions import ImpressionLogger
 from sieve.serve.schemas import RecommendationList
@@ -81,6 +82,22 @@ def test_a_live_answer_is_kept_until_the_user_changes(
     patch = {"attributes": {"favourite_categories": ["drama"]}}
     assert client.patch(f"/users/{USER}", json=patch).status_code == 200
     assert _get(client)["cached"] is False
+
+
+def test_the_answer_is_kept_once_the_deferred_work_runs(serve: MakeClient) -> None:
+    """The route hands the keeping to the response's background tasks: the
+    client does not wait for the cache write; until it runs, nothing is kept."""
+    client = serve(cache_url="memory://")
+    engine = _engine(client)
+    pending: list[Callable[[], None]] = []
+    live = engine.recommend_user(USER, 10, defer=pending.append)
+    assert len(pending) == 1
+    assert engine.cache.get(answers.recs_key(USER)) is None
+    assert _get(client)["cached"] is False  # not kept yet: answered live (and kept now)
+    engine.cache.delete(answers.recs_key(USER))
+    pending.pop()()
+    kept = _get(client)
+    assert kept["cached"] is True and _ids(kept) == [i.id for i in live.items]
 
 
 def test_a_kept_answer_showing_an_edited_item_is_answered_live(serve: MakeClient) -> None:

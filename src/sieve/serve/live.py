@@ -12,6 +12,7 @@ trace) is kept in the cache as the user's list (`answers.remember`).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from sieve.pipeline import Funnel
 
 LogImpression = Callable[[RecommendationList, Mapping[str, Any], Sequence[Arm]], None]
+#: takes work to run after the response (`recommend_user`'s `defer`)
+Defer = Callable[[Callable[[], None]], None]
 
 
 class LiveAnswers:
@@ -134,6 +137,7 @@ class LiveAnswers:
         trace: dict[str, Any] | None = None,
         explain: bool = False,
         uniform: bool = False,
+        defer: Defer | None = None,
     ) -> RecommendationList:
         """Top-n for `user_id`, live.
 
@@ -145,7 +149,9 @@ class LiveAnswers:
         and teaches no bandit, so it never counts as traffic. `trace` (a dict)
         receives the query and the ranker's features of the main list;
         `explain` adds each ranked item's feature contributions; `uniform`
-        serves a list of the random slice instead."""
+        serves a list of the random slice instead. `defer`: where keeping a
+        plain answer goes (a response's background tasks, run once it is
+        sent: the client does not wait for the cache write); None: kept now."""
         if uniform:
             return self.random_list(user_id, n, filters, log)
         started = time.time()  # before the read: a later event makes a kept answer stale
@@ -229,7 +235,14 @@ class LiveAnswers:
         ttl = self.settings.answer_ttl_seconds
         plain = trace is None and not explain and filters.empty and k == 0
         if self.cache is not None and ttl > 0 and plain and not plan.arms and not plan.shadows:
-            answers.remember(self.cache, user_id, items, result.model_version, started, ttl, cold)
+            version = result.model_version
+            keep = functools.partial(
+                answers.remember, self.cache, user_id, items, version, started, ttl, cold
+            )
+            if defer is None:
+                keep()
+            else:
+                defer(keep)
         if plan.arms or explored:
             self.served.remember(request_id, plan.arms, explored, linear)
         context = context_dict(filters)

@@ -47,7 +47,7 @@ from sieve.serve.impressions import ImpressionLogger, impression_of
 from sieve.serve.ingest import EventIngestion
 from sieve.serve.leaderboards import Leaderboards
 from sieve.serve.listing import Filters, listed, new_request_id
-from sieve.serve.live import LiveAnswers
+from sieve.serve.live import Defer, LiveAnswers
 from sieve.serve.rank import CallerRanking
 from sieve.serve.rank_schemas import RankedList, RankRequest
 from sieve.serve.schemas import RecommendationList, RecommendedItem
@@ -279,11 +279,13 @@ class Service:
         trace: dict[str, Any] | None = None,
         explain: bool = False,
         uniform: bool = False,
+        defer: Defer | None = None,
     ) -> RecommendationList:
         """Top-n for `user_id`, live (`sieve.serve.live`); `explain`: with each
         ranked item's feature contributions; `uniform`: a list of the random
-        slice (`in_random_slice`)."""
-        return self.live.recommend_user(user_id, n, filters, log, trace, explain, uniform)
+        slice (`in_random_slice`); `defer`: where keeping the answer goes
+        (`LiveAnswers.recommend_user`)."""
+        return self.live.recommend_user(user_id, n, filters, log, trace, explain, uniform, defer)
 
     def in_random_slice(self) -> bool:
         """Whether a request is served the random slice (`random_share`):

@@ -16,7 +16,7 @@ cannot be excluded through the query string.
 import functools
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from sieve.data.records import MAX_ID_LENGTH
@@ -173,11 +173,22 @@ def router(settings: Settings) -> APIRouter:
                 media_type="application/json",
                 headers={MODEL_HEADER: cached.model_version},
             )
-        return _json(
+        # the answer is kept in the cache once it is sent (`defer`)
+        after = BackgroundTasks()
+        response = _json(
             await run_in_threadpool(
-                functools.partial(service.recommend_user, user_id, n, filters, uniform=uniform)
+                functools.partial(
+                    service.recommend_user,
+                    user_id,
+                    n,
+                    filters,
+                    uniform=uniform,
+                    defer=after.add_task,
+                )
             )
         )
+        response.background = after
+        return response
 
     @r.post("/recommendations")
     def recommend_session(
