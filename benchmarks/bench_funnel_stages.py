@@ -3,7 +3,7 @@
 MovieLens 100K, the core split (per-user random 75/25, seed 42), top 50 for
 every test user through `Funnel.recommend_batch`, with wall-clock timers
 around the stage functions (query building, request normalisation,
-candidates, ranking features, LightGBM, re-ranking); a stage a version of
+candidates, ranking features, the ranker, re-ranking); a stage a version of
 the code lacks (the per-request names before blocks, the block names after)
 is not timed, so the same script compares two checkouts:
 
@@ -35,7 +35,7 @@ STAGES: list[tuple[Any, str, str]] = [
     (CandidateEngine, "candidates", "candidates"),
     (CandidateEngine, "candidates_many", "candidates"),
     (ranking_features, "_base_features", "features"),
-    (ranked, "relevance_many", "LightGBM"),
+    (ranked, "relevance_many", "ranker (boosted trees)"),
     (ranked, "rerank", "re-ranking"),
     (ranked, "rerank_many", "re-ranking"),
 ]

@@ -59,7 +59,7 @@ STAGES: list[tuple[Any, str, str]] = [
     (sources, "merge_many", "  merge"),
     (ranking_features, "_base_features", "ranking features"),
     (ranking_features, "_put_online", "  online-counter features"),
-    (ranked, "relevance_many", "ranker (LightGBM)"),
+    (ranked, "relevance_many", "ranker (boosted trees)"),
     (rerank_stages, "_greedy", "re-ranking (greedy slots)"),
     (served, "explain_items", "explanations"),
     (live, "listed", "response items"),
