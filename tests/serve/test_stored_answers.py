@@ -84,13 +84,21 @@ def test_a_live_answer_is_kept_until_the_user_changes(
     assert _get(client)["cached"] is False
 
 
-def test_the_answer_is_kept_once_the_deferred_work_runs(serve: MakeClient) -> None:
-    """The route hands the keeping to the response's background tasks: the
-    client does not wait for the cache write; until it runs, nothing is kept."""
-    client = serve(cache_url="memory://")
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_remote_cache_keeps_the_answer_once_the_deferred_work_runs(
+    serve: MakeClient, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """The route hands keeping to the response's background tasks: with Redis
+    the client does not wait for the write, and until it runs nothing is kept;
+    a process-local cache keeps the answer at once (cheaper than a task)."""
+    cache_url = "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
+    client = serve(cache_url=cache_url)
     engine = _engine(client)
     pending: list[Callable[[], None]] = []
     live = engine.recommend_user(USER, 10, defer=pending.append)
+    if backend == "memory":
+        assert pending == [] and engine.cache.get(answers.recs_key(USER)) is not None
+        return
     assert len(pending) == 1
     assert engine.cache.get(answers.recs_key(USER)) is None
     assert _get(client)["cached"] is False  # not kept yet: answered live (and kept now)

@@ -150,8 +150,9 @@ class LiveAnswers:
         receives the query and the ranker's features of the main list;
         `explain` adds each ranked item's feature contributions; `uniform`
         serves a list of the random slice instead. `defer`: where keeping a
-        plain answer goes (a response's background tasks, run once it is
-        sent: the client does not wait for the cache write); None: kept now."""
+        plain answer in a remote cache goes (a response's background tasks,
+        run once it is sent: the client does not wait for the write); None:
+        kept now."""
         if uniform:
             return self.random_list(user_id, n, filters, log)
         started = time.time()  # before the read: a later event makes a kept answer stale
@@ -239,8 +240,8 @@ class LiveAnswers:
             keep = functools.partial(
                 answers.remember, self.cache, user_id, items, version, started, ttl, cold
             )
-            if defer is None:
-                keep()
+            if defer is None or not self.cache.remote:
+                keep()  # a process-local cache: cheaper now than a task later
             else:
                 defer(keep)
         if plan.arms or explored:

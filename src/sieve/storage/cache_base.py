@@ -40,6 +40,10 @@ def _format_float(value: float) -> bytes:
 class Cache(ABC):
     """Key → bytes with optional TTL, float counters and capped recent lists."""
 
+    #: whether a call is a round trip to a server (Redis), worth taking off a
+    #: response's path; a process-local cache answers at once
+    remote: bool = False
+
     url: str
 
     @abstractmethod

@@ -74,6 +74,8 @@ def _hide_password(url: str) -> str:
 class RedisCache(Cache):
     """The cache on Redis; every key is stored as `prefix + key`."""
 
+    remote = True
+
     def __init__(
         self,
         client: redis.Redis,
