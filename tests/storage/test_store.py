@@ -431,3 +431,29 @@ def test_failed_migration_changes_nothing(target: StoreTarget) -> None:
         store.migrate(steps=(*MIGRATIONS, Migration(latest_version() + 1, "broken", broken)))
     assert _version_rows(store) == [m.version for m in MIGRATIONS]
     assert not sa.inspect(store.engine).has_table("half_done")
+
+
+def test_a_users_latest_events_come_from_one_covering_index(target: StoreTarget) -> None:
+    """Every live answer reads its user's latest (item, type) pairs: the index
+    on (user, time, seq, item, type) holds them, so no table page is read."""
+    store = target.open()
+    indexes = {
+        ix["name"]: ix["column_names"]
+        for ix in sa.inspect(store.engine).get_indexes("events", schema=target.schema)
+    }
+    assert indexes["ix_events_user_recent"] == ["user_id", "timestamp_us", "seq", "item_id", "type"]
+    assert "ix_events_user_time" not in indexes  # its prefix: replaced, not kept beside it
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    store.append_events(
+        [ev(f"e{k}", user="u", item=f"i{k}", timestamp=t0 + timedelta(seconds=k)) for k in range(5)]
+    )
+    latest = [("i4", "click"), ("i3", "click"), ("i2", "click")]
+    assert store.user_interactions("u", limit=3) == latest
+    if target.backend == "sqlite":
+        with store.engine.connect() as conn:
+            plan = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT item_id, type FROM events WHERE user_id = ? "
+                "ORDER BY timestamp_us DESC, seq DESC LIMIT 50",
+                ("u",),
+            ).all()
+        assert "COVERING INDEX ix_events_user_recent" in str(plan)
