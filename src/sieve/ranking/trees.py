@@ -25,6 +25,7 @@ LightGBM's own predictor: `TreeScorer.of` returns None for them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import lightgbm as lgb
@@ -37,28 +38,20 @@ _NUMERICAL, _ZERO_MISSING, _CATEGORICAL = 0, 1, 2
 _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
 
 
+@dataclass(frozen=True, eq=False)
 class TreeScorer:
     """Raw scores of a booster's trees (see the module doc)."""
 
-    def __init__(
-        self,
-        nodes: NDArray[np.int32],
-        thresholds: NDArray[np.float64],
-        leaves: NDArray[np.float64],
-        roots: NDArray[np.int32],
-        cat_bounds: NDArray[np.int32],
-        cat_words: NDArray[np.uint32],
-        n_features: int,
-    ) -> None:
-        #: per node: feature, left child, right child, kind, way of a NaN, way of a zero
-        #: (a child ≥ 0 is a node, ~child a leaf)
-        self.nodes = nodes
-        self.thresholds = thresholds  # a categorical node's: its index into cat_bounds
-        self.leaves = leaves
-        self.roots = roots
-        self.cat_bounds = cat_bounds
-        self.cat_words = cat_words
-        self.n_features = n_features
+    #: per node: feature, left child, right child, kind, way of a NaN, way of a
+    #: zero (a child ≥ 0 is a node, ~child a leaf)
+    nodes: NDArray[np.int32]
+    #: a categorical node's: its index into cat_bounds
+    thresholds: NDArray[np.float64]
+    leaves: NDArray[np.float64]
+    roots: NDArray[np.int32]
+    cat_bounds: NDArray[np.int32]
+    cat_words: NDArray[np.uint32]
+    n_features: int
 
     @classmethod
     def of(cls, booster: lgb.Booster) -> TreeScorer | None:
@@ -101,7 +94,9 @@ class _Builder:
     """Collects the nodes of `dump_model()`'s nested trees into flat lists."""
 
     def __init__(self) -> None:
-        self.nodes: list[tuple[int, int, int, int, int, int]] = []
+        #: a booster with an unsupported tree is given up whole (`TreeScorer.of`),
+        #: so a tree's nodes go in as they come and its children are patched in
+        self.nodes: list[list[int]] = []
         self.thresholds: list[float] = []
         self.leaves: list[float] = []
         self.roots: list[int] = []
@@ -114,8 +109,6 @@ class _Builder:
         # (dump node, index of the parent's slot to patch: (node, 1|2) or None)
         stack: list[tuple[dict[str, Any], tuple[int, int] | None]] = [(node, None)]
         top: int | None = None
-        rows: list[list[int]] = []
-        first = len(self.nodes)
         while stack:
             d, slot = stack.pop()
             if "split_index" not in d:
@@ -124,7 +117,7 @@ class _Builder:
                 self.leaves.append(float(d["leaf_value"]))
                 code = ~(len(self.leaves) - 1)
             else:
-                split = self._split(d, rows)
+                split = self._split(d)
                 if split is None:
                     return None
                 code = split
@@ -133,16 +126,15 @@ class _Builder:
             if slot is None:
                 top = code
             else:
-                rows[slot[0] - first][slot[1]] = code
-        self.nodes.extend((r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows)
+                self.nodes[slot[0]][slot[1]] = code
         return top
 
-    def _split(self, d: dict[str, Any], rows: list[list[int]]) -> int | None:
+    def _split(self, d: dict[str, Any]) -> int | None:
         missing = _MISSING.get(str(d.get("missing_type", "None")))
         if missing is None:
             return None
         default_left = int(bool(d.get("default_left", False)))
-        code = len(self.nodes) + len(rows)
+        code = len(self.nodes)
         if d["decision_type"] == "==":
             cats = [int(c) for c in str(d["threshold"]).split("||") if c != ""]
             words = [0] * (max(cats, default=0) // 32 + 1)
@@ -161,7 +153,7 @@ class _Builder:
             nan_left = int(threshold >= 0.0) if missing == 0 else default_left
         else:
             return None
-        rows.append([int(d["split_feature"]), 0, 0, kind, nan_left, default_left])
+        self.nodes.append([int(d["split_feature"]), 0, 0, kind, nan_left, default_left])
         return code
 
     def build(self, n_features: int) -> TreeScorer:
