@@ -367,6 +367,36 @@ def test_sparse_row_gathers_match_scipy() -> None:
     assert np.all(np.bincount(which, minlength=len(rows)) <= 1)
 
 
+def test_positive_sums_are_the_bincounts_positive_entries_bit_for_bit() -> None:
+    """`positive_sums` against `np.bincount` over `gather_rows`: the same
+    columns in ascending order and the same float bits, with and without a
+    per-row limit, with negative weights (sums that cancel or fall below 0),
+    over few columns touched (sorted) and many (scanned); the thread's
+    scratch row is left zeroed, so a call never sees the last one's sums."""
+    import scipy.sparse as sp
+
+    from sieve.sparse import _scratch, gather_rows, positive_sums
+
+    rng = np.random.default_rng(11)
+    for n_rows, n_cols, density in ((30, 5000, 0.001), (40, 300, 0.3), (8, 20000, 0.0002)):
+        m = sp.random(
+            n_rows, n_cols, density=density, format="csr", random_state=5, dtype=np.float32
+        )
+        m.data = np.round(m.data, 1)  # equal products: sums that cancel exactly
+        for limit in (None, 1, 3):
+            rows = rng.integers(0, n_rows, size=12)
+            weights = rng.choice([-1.0, -0.5, 0.25, 1.0, 3.0], size=12)
+            which, cols, vals = gather_rows(m, rows, limit=limit)
+            dense = np.bincount(cols, weights=vals * weights[which], minlength=n_cols)
+            expected = np.flatnonzero(dense > 0)
+            got_cols, got = positive_sums(m, rows, weights, n_cols, limit=limit)
+            assert got_cols.tolist() == expected.tolist()
+            assert got.tobytes() == dense[expected].tobytes()
+            assert not _scratch(n_cols)[:n_cols].any()
+    empty_cols, empty = positive_sums(m, np.empty(0, np.int64), np.empty(0), 20000)
+    assert len(empty_cols) == 0 and len(empty) == 0
+
+
 def test_fresh_chart_leaves_out_items_not_released_yet() -> None:
     cat = fitted().state.engine.catalog.copy()
     ranked = cat.ranked("fresh", np.empty(0, np.int64))

@@ -13,8 +13,8 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from sieve.models.content import ContentTFIDF
-from sieve.retrieval.candidates import SUB_BLOCK, joined
-from sieve.sparse import gather_rows, row_sums
+from sieve.retrieval.candidates import joined
+from sieve.sparse import gather_rows, positive_sums, row_sums
 
 #: Cells of the dense (profiles × vocabulary) matrix `cosines_many` looks
 #: weights up in; past it, a sorted search of (profile, term) keys.
@@ -167,61 +167,45 @@ class ContentIndex:
         n_items: int,
         budget: int,
     ) -> list[tuple[NDArray[np.int64], NDArray[np.float64]]]:
-        """`top` of each (profile, k) of a block. The exact profiles' scores
-        (posting lists within the budget) are summed `SUB_BLOCK` profiles at
-        a time, by one `np.bincount` of (profile, item) keys: each score the
-        sum of its own profile's postings in their order."""
+        """`top` of each (profile, k) of a block. Each profile's positive
+        scores come from `positive_sums`, each the sum of its own postings in
+        their order."""
         empty = (np.empty(0, np.int64), np.empty(0, np.float64))
         out = [empty] * len(profiles)
         csc = self.base_csc
-        exact: list[int] = []
         for b, ((terms, weights), k) in enumerate(zip(profiles, ks, strict=True)):
             if k <= 0 or len(terms) == 0:
                 continue
             lens = (csc.indptr[terms + 1] - csc.indptr[terms]).astype(np.int64)
             cap = _water_fill(lens, budget)
-            if cap >= int(lens.max(initial=0)):
-                exact.append(b)
+            if cap >= int(lens.max(initial=0)):  # exact: every posting read
+                found, sums = positive_sums(csc, terms, weights, self.n_base)
+                out[b] = self._best(found, sums, terms, weights, k, n_items)
                 continue
-            which, items, vals = gather_rows(csc, terms, limit=cap)
-            partial = np.bincount(items, weights=vals * weights[which], minlength=self.n_base)
-            found = np.flatnonzero(partial > 0)
+            found, partial = positive_sums(csc, terms, weights, self.n_base, limit=cap)
             if len(found) > 4 * k:
-                found = found[np.argpartition(-partial[found], 4 * k - 1)[: 4 * k]]
-            dense = np.zeros(n_items, dtype=np.float64)
-            dense[found] = self.cosines(found, terms, weights, n_items)
-            out[b] = self._best(dense, found, terms, weights, k)
-        for lo in range(0, len(exact), SUB_BLOCK):
-            chunk = exact[lo : lo + SUB_BLOCK]
-            terms = np.concatenate([profiles[b][0] for b in chunk])
-            weights = np.concatenate([profiles[b][1] for b in chunk])
-            owner = np.repeat(np.arange(len(chunk)), [len(profiles[b][0]) for b in chunk])
-            which, items, vals = gather_rows(csc, terms)
-            sums = np.bincount(
-                owner[which] * n_items + items,
-                weights=vals * weights[which],
-                minlength=len(chunk) * n_items,
-            )
-            scores = sums.astype(np.float64, copy=False).reshape(len(chunk), n_items)
-            for j, b in enumerate(chunk):
-                found = np.flatnonzero(scores[j] > 0)
-                out[b] = self._best(scores[j], found, *profiles[b], ks[b])
+                found = found[np.argpartition(-partial, 4 * k - 1)[: 4 * k]]
+            cos = self.cosines(found, terms, weights, n_items)
+            out[b] = self._best(found, cos, terms, weights, k, n_items)
         return out
 
     def _best(
         self,
-        dense: NDArray[np.float64],
         found: NDArray[np.int64],
+        scores: NDArray[np.float64],
         terms: NDArray[np.int64],
         weights: NDArray[np.float64],
         k: int,
+        n_items: int,
     ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        """The k best of the `found` items (cosines in `dense`, which the
-        delta block's scores overwrite), best first."""
+        """The k best of the `found` items by their `scores` (cosines; the
+        delta block's scores replace those of its items), best first."""
         if len(self.delta_items):
+            dense = np.zeros(n_items, dtype=np.float64)
+            dense[found] = scores
             dense[self.delta_items] = self._delta_scores(terms, weights)
             found = np.union1d(found, self.delta_items[dense[self.delta_items] > 0])
-        scores = dense[found]
+            scores = dense[found]
         if len(found) > k:
             part = np.argpartition(-scores, k - 1)[:k]
             found, scores = found[part], scores[part]
