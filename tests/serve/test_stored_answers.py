@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from starlette.routing import Router
 
 from servers import REDIS_URL
 from sieve.serve import answers
@@ -23,7 +24,7 @@ from sieve.serve.answers import CachedAnswer
 from sieve.serve.impressions import ImpressionLogger
 from sieve.serve.schemas import RecommendationList
 from sieve.serve.service import Service
-from sieve.storage import open_store
+from sieve.storage import StoreUnavailable, open_store
 
 MakeClient = Callable[..., TestClient]
 USER = "u001"
@@ -193,6 +194,47 @@ def test_the_hot_path_checks_what_the_route_checks(
     before = _served_ok(client)
     assert [_get(client)["cached"] for _ in range(3)] == [True, True, True]
     assert _served_ok(client) == before + 3
+
+
+def test_a_plain_miss_is_answered_live_before_the_router(
+    serve: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain request without a stored answer is answered live by the hot
+    path, never reaching the router: the list the route gives the same
+    request, kept after the response; its errors get the app's responses."""
+    routed: list[str] = []
+    route = Router.__call__
+
+    async def spy(self: Router, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            routed.append(f"{scope['path']}?{scope['query_string'].decode()}")
+        await route(self, scope, receive, send)
+
+    monkeypatch.setattr(Router, "__call__", spy)
+    client = serve(answer_ttl_seconds=0)  # nothing kept: every answer is live
+    hot = _get(client)
+    assert hot["cached"] is False and routed == []
+    # the route's own live answer to the same request (a parameter the hot path leaves to it)
+    through_route = _get(client, explain="false")
+    assert routed == [f"/recommendations/{USER}?n=10&explain=false"]
+    assert [(i["id"], i["score"]) for i in hot["items"]] == [
+        (i["id"], i["score"]) for i in through_route["items"]
+    ]
+    assert hot.keys() == through_route.keys()
+
+    kept = serve()  # kept once sent, from the hot path as from the route
+    assert _get(kept)["cached"] is False
+    assert _get(kept)["cached"] is True
+
+    # an error of the live answer: the app's handler answers it (503, Retry-After)
+    def outage(*_: Any, **__: Any) -> None:
+        raise StoreUnavailable("the store did not answer")
+
+    monkeypatch.setattr(_engine(client), "recommend_user", outage)
+    failed = client.get(f"/recommendations/{USER}", params={"n": 10})
+    assert failed.status_code == 503 and failed.headers["Retry-After"]
+    assert "retry later" in failed.json()["detail"]
+    assert len(routed) == 1  # answered before the router, errors too
 
 
 def _served_ok(client: TestClient) -> float:

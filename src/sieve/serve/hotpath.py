@@ -1,15 +1,22 @@
-"""The hottest request answered before the framework: a stored answer.
+"""The hottest request answered before the framework.
 
 `GET /recommendations/{user_id}` with nothing but `n` in its query string,
-from a client the `read` scope admits, whose user has a valid stored answer
-(`sieve.serve.answers`: precomputed, or a recent live one kept), is answered
-here from that answer: no routing, no parameter solving, no response model.
-Those were about half of a cached answer's CPU, and on a site most requests
-are such repeats. Everything else goes on to the app unchanged: a miss, a
-filter or any other parameter, an id or key the route would refuse (it says
-why), the random slice. What was decided here is handed over in the scope's
-state (`HANDOVER`) so the route neither draws the random slice again nor reads
-the cache a second time.
+from a client the `read` scope admits, is answered here: from the user's
+valid stored answer (`sieve.serve.answers`: precomputed, or a recent live one
+kept) when there is one, else live, as the route would answer it (the same
+`Service.recommend_user` in the thread pool, the same response, the answer
+kept after the response is sent). No routing, no parameter solving, no
+response model: those were about half of a cached answer's CPU and a tenth
+of a server's under a mixed load, and on a site most requests are plain.
+
+Everything else goes on to the app unchanged: a filter or any other
+parameter, an id or key the route would refuse (it says why), a failing
+cache read. What was decided here is handed over in the scope's state
+(`HANDOVER`) so the route neither draws the random slice again nor reads
+the cache a second time. An error of the live answer gets the response the
+app's own exception handlers give it (a store outage: 503 with
+`Retry-After`); one without a handler of its own goes up to the server's
+error middleware, as from the route.
 
 The checks are the route's own (`sieve.serve.auth.admit`, the id length, `n`
 between 1 and `max_n`); anything they would not admit is left to the route.
@@ -17,17 +24,24 @@ between 1 and `max_n`); anything they would not admit is left to the route.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import HTTPException
+from fastapi import BackgroundTasks, HTTPException
 from fastapi.security.utils import get_authorization_scheme_param
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sieve.data.records import MAX_ID_LENGTH
 from sieve.serve.auth import admit
-from sieve.serve.listing import MODEL_HEADER, Filters
+from sieve.serve.listing import MODEL_HEADER, Filters, list_response
+
+if TYPE_CHECKING:
+    from sieve.serve.service import Service
 
 log = logging.getLogger("sieve.serve")
 
@@ -66,12 +80,12 @@ class StoredAnswers:
             scope["type"] != "http"
             or scope["method"] != "GET"
             or not scope["path"].startswith(PREFIX)
-            or not await self._answered(scope, send)
+            or not await self._answered(scope, receive, send)
         ):
             await self.app(scope, receive, send)
 
-    async def _answered(self, scope: Scope, send: Send) -> bool:
-        """Whether the request was answered from a stored answer."""
+    async def _answered(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Whether the request was answered here."""
         state = getattr(scope.get("app"), "state", None)
         service = getattr(state, "service", None)
         if service is None or state is None:
@@ -96,14 +110,16 @@ class StoredAnswers:
         try:
             if service.in_random_slice():
                 handover[HANDOVER] = "uniform"
-                return False
-            hit = await service.cached_answer(user_id, n, Filters())
+                hit = None
+            else:
+                hit = await service.cached_answer(user_id, n, Filters())
         except Exception:  # the route reports it (no model, a store outage)
             log.debug("hot path declined", exc_info=True)
             return False
         if hit is None:
-            handover[HANDOVER] = "miss"
-            return False
+            uniform = handover.setdefault(HANDOVER, "miss") == "uniform"
+            await self._live(scope, receive, send, service, user_id, n, uniform)
+            return True
         body = hit.body
         scope["route"] = _MATCHED  # the metrics label answers by route template
         await send(
@@ -119,6 +135,55 @@ class StoredAnswers:
         )
         await send({"type": "http.response.body", "body": body})
         return True
+
+    async def _live(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        service: Service,
+        user_id: str,
+        n: int,
+        uniform: bool,
+    ) -> None:
+        """The live answer, as the route gives it; its errors as the app's
+        exception handlers answer them."""
+        after = BackgroundTasks()  # the answer is kept once it is sent
+        response: Response
+        try:
+            result = await run_in_threadpool(
+                functools.partial(
+                    service.recommend_user,
+                    user_id,
+                    n,
+                    Filters(),
+                    uniform=uniform,
+                    defer=after.add_task,
+                )
+            )
+        except Exception as e:
+            handler = _handler(scope, e)
+            if handler is None:
+                raise  # as from the route: the server's error middleware answers 500
+            response = await handler(Request(scope, receive), e)
+        else:
+            response = list_response(result)
+            response.background = after
+        scope["route"] = _MATCHED
+        await response(scope, receive, send)
+
+
+def _handler(scope: Scope, error: Exception) -> Any:
+    """The app's exception handler for `error` (by its class, most specific
+    first, as Starlette looks it up), or None for the catch-all one, which the
+    server's error middleware applies."""
+    handlers = getattr(scope.get("app"), "exception_handlers", {})
+    for cls in type(error).__mro__:
+        if cls is Exception:
+            return None
+        if cls in handlers:
+            return handlers[cls]
+    return None
 
 
 def _plain_n(query: bytes, max_n: int) -> int | None:

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sieve.serve.schemas import Contribution, RecommendedItem
+from starlette.responses import Response
+
+from sieve.serve.schemas import Contribution, RecommendationList, RecommendedItem
 from sieve.types import Context, Recommended
 
 if TYPE_CHECKING:
@@ -57,6 +59,20 @@ def new_request_id() -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 
+def list_response(result: RecommendationList, explain: bool = False) -> Response:
+    """A list as its response, serialised once: it was built from validated
+    parts, so the response model's second validation (FastAPI's default for
+    a returned model) is skipped. Items carry `contributions` only when
+    explained; `trace` only when there is one."""
+    exclude: dict[str, Any] = {} if explain else {"items": {"__all__": {"contributions"}}}
+    if result.trace is None:
+        exclude["trace"] = True
+    body = result.model_dump_json(exclude=exclude or None)
+    return Response(
+        body, media_type="application/json", headers={MODEL_HEADER: result.model_version}
+    )
+
+
 def _finite(x: float) -> float | None:
     """JSON has no NaN/inf: such scores travel as null."""
     value = float(x)
@@ -84,4 +100,4 @@ def listed(
     ]
 
 
-__all__ = ["MODEL_HEADER", "Filters", "context_dict", "listed", "new_request_id"]
+__all__ = ["MODEL_HEADER", "Filters", "context_dict", "list_response", "listed", "new_request_id"]

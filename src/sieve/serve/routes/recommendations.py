@@ -23,7 +23,7 @@ from sieve.data.records import MAX_ID_LENGTH
 from sieve.data.schema import UnknownIdError
 from sieve.serve.auth import ReadAccess
 from sieve.serve.hotpath import handed_over
-from sieve.serve.listing import MODEL_HEADER, Filters
+from sieve.serve.listing import MODEL_HEADER, Filters, list_response
 from sieve.serve.routes import AUTH_ERRORS, NO_MODEL, NOT_FOUND, ItemId, ServiceDep, UserId
 from sieve.serve.schemas import (
     MAX_FILTER,
@@ -55,20 +55,6 @@ def _split(values: list[str] | None, what: str, longest: int) -> tuple[str, ...]
             detail=[{"loc": ["query", what], "msg": "; ".join(problems), "type": "value_error"}],
         )
     return tuple(out)
-
-
-def _json(result: RecommendationList, explain: bool = False) -> Response:
-    """The list serialised once: it was built from validated parts, so the
-    response model's second validation (FastAPI's default for a returned
-    model) is skipped; the OpenAPI schema still names `RecommendationList`.
-    Items carry `contributions` only when explained."""
-    exclude: dict[str, Any] = {} if explain else {"items": {"__all__": {"contributions"}}}
-    if result.trace is None:
-        exclude["trace"] = True
-    body = result.model_dump_json(exclude=exclude or None)
-    return Response(
-        body, media_type="application/json", headers={MODEL_HEADER: result.model_version}
-    )
 
 
 def _check_n(n: int, limit: int, loc: list[str | int]) -> None:
@@ -149,9 +135,9 @@ def router(settings: Settings) -> APIRouter:
             result = await run_in_threadpool(
                 service.recommend_user, user_id, n, filters, True, found, explain
             )
-            return _json(result.model_copy(update={"trace": found}), explain)
+            return list_response(result.model_copy(update={"trace": found}), explain)
         if explain:
-            return _json(
+            return list_response(
                 await run_in_threadpool(
                     service.recommend_user, user_id, n, filters, True, None, True
                 ),
@@ -175,7 +161,7 @@ def router(settings: Settings) -> APIRouter:
             )
         # the answer is kept in the cache once it is sent (`defer`)
         after = BackgroundTasks()
-        response = _json(
+        response = list_response(
             await run_in_threadpool(
                 functools.partial(
                     service.recommend_user,
