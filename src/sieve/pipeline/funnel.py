@@ -466,6 +466,14 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         self._check_items(np.array([item]))
         return str(self.state.engine.catalog.titles[item])
 
+    def shown(self, items: NDArray[np.int64]) -> list[tuple[str, str, list[str]]]:
+        """(id, title, categories) of each item, as a list shows them; the
+        block checked once, not item by item."""
+        self._check_items(items)
+        catalog = self.state.engine.catalog
+        ids, titles = catalog.item_ids, catalog.titles
+        return [(str(ids[k]), str(titles[k]), catalog.categories_of(k)) for k in items.tolist()]
+
     def item_categories(self, item: int) -> list[str]:
         self._check_items(np.array([item]))
         return self.state.engine.catalog.categories_of(item)

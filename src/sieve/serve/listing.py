@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from starlette.responses import Response
 
 from sieve.serve.schemas import Contribution, RecommendationList, RecommendedItem
@@ -82,21 +83,25 @@ def _finite(x: float) -> float | None:
 def listed(
     funnel: Funnel, recs: Sequence[Recommended], explain: bool = False
 ) -> list[RecommendedItem]:
-    """Funnel results as served items (`explain`: with their feature contributions)."""
-    ids = funnel.item_ids
+    """Funnel results as served items (`explain`: with their feature
+    contributions). The items are checked once, as a block, and the models
+    built without a second validation (`model_construct`): every field comes
+    typed from the catalog and the funnel (validating ten items one by one
+    was a twentieth of a live answer's CPU)."""
+    shown = funnel.shown(np.fromiter((r.item for r in recs), np.int64, len(recs)))
     return [
-        RecommendedItem(
-            id=str(ids[r.item]),
+        RecommendedItem.model_construct(
+            id=item_id,
             score=_finite(r.score),
-            title=str(funnel.item_title(r.item)),
-            categories=list(funnel.item_categories(r.item)),
-            explanation=r.explanation,
-            sources={k: _finite(v) for k, v in r.sources.items()},
+            title=title,
+            categories=categories,
+            explanation=str(r.explanation),
+            sources={str(k): _finite(v) for k, v in r.sources.items()},
             contributions=(
                 [Contribution(feature=f, value=v) for f, v in r.contributions] if explain else None
             ),
         )
-        for r in recs
+        for r, (item_id, title, categories) in zip(recs, shown, strict=True)
     ]
 
 
