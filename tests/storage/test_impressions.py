@@ -47,9 +47,20 @@ def test_log_is_idempotent_and_reads_back(store: SQLStore) -> None:
         ("b", 1, 1.0),
         ("c", 2, 1.0),
     ]
+    assert [(x.score, x.sources) for x in back.items] == [
+        (1.0, ["ann"]),
+        (0.5, ["ann"]),
+        (1 / 3, ["ann"]),
+    ]
     assert back.arm == "B" and back.context == {"device": "mobile"}
     assert back.timestamp == T0
     assert store.get_impression("nope") is None
+    # a batch written together: an anonymous list, a new one and one already stored
+    anonymous = _imp("r2", "u2", ["d"], T0).model_copy(update={"user_id": None, "context": {}})
+    assert store.log_impressions([anonymous, _imp("r3", "u3", ["e", "f"], T0), first]) == 2
+    back = store.get_impression("r2")
+    assert back is not None and back.user_id is None and back.context == {}
+    assert [x.item_id for x in store.get_impression("r3").items] == ["e", "f"]  # type: ignore[union-attr]
 
 
 def test_frame_has_one_row_per_slot(store: SQLStore) -> None:

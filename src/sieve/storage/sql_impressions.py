@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from sieve.data.records import Impression, ImpressionArm, ImpressionItem
 from sieve.storage.sql_base import SQLBase
@@ -37,6 +38,74 @@ IMPRESSION_COLUMNS = [
     "arm",
     "timestamp",
 ]
+
+
+#: PostgreSQL's bulk writes of served lists: each column travels as one array
+#: and one set-based statement inserts the rows (psycopg's row-by-row
+#: `executemany` was most of the impression writer's CPU: ~0.4 ms a list).
+_PG_LOG_HEADS = text(
+    """
+    INSERT INTO impressions
+        (request_id, user_id, timestamp_us, model_version, experiment, arm, context)
+    SELECT request_id, user_id, timestamp_us, model_version, experiment, arm,
+        CAST(context AS jsonb)
+    FROM unnest(
+        CAST(:request_id AS text[]), CAST(:user_id AS text[]), CAST(:timestamp_us AS int8[]),
+        CAST(:model_version AS text[]), CAST(:experiment AS text[]), CAST(:arm AS text[]),
+        CAST(:context AS text[])
+    ) AS batch(request_id, user_id, timestamp_us, model_version, experiment, arm, context)
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id
+    """
+)
+_PG_LOG_ITEMS = text(
+    """
+    INSERT INTO impression_items
+        (request_id, position, user_id, item_id, score, propensity, sources, timestamp_us)
+    SELECT request_id, position, user_id, item_id, score, propensity,
+        CAST(sources AS jsonb), timestamp_us
+    FROM unnest(
+        CAST(:request_id AS text[]), CAST(:position AS int4[]), CAST(:user_id AS text[]),
+        CAST(:item_id AS text[]), CAST(:score AS float8[]), CAST(:propensity AS float8[]),
+        CAST(:sources AS text[]), CAST(:timestamp_us AS int8[])
+    ) AS batch(request_id, position, user_id, item_id, score, propensity, sources, timestamp_us)
+    """
+)
+#: SQLite's: the driver's own `executemany` of plain tuples (SQLAlchemy's
+#: per-row parameter processing was most of the cost); the JSON encoded here.
+_SQLITE_LOG_ITEMS = (
+    "INSERT INTO impression_items"
+    " (request_id, position, user_id, item_id, score, propensity, sources, timestamp_us)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ITEM_COLUMNS = (
+    "request_id",
+    "position",
+    "user_id",
+    "item_id",
+    "score",
+    "propensity",
+    "sources",
+    "timestamp_us",
+)
+_HEAD_COLUMNS = (
+    "request_id",
+    "user_id",
+    "timestamp_us",
+    "model_version",
+    "experiment",
+    "arm",
+    "context",
+)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _arrays(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
+    """Rows as one list per column (the parameters of an `unnest` insert)."""
+    return {c: [r[c] for r in rows] for c in columns}
 
 
 class SQLImpressions(SQLBase):
@@ -68,9 +137,9 @@ class SQLImpressions(SQLBase):
                     "position": it.position,
                     "user_id": imp.user_id,
                     "item_id": it.item_id,
-                    "score": it.score,
-                    "propensity": it.propensity,
-                    "sources": list(it.sources),
+                    "score": float(it.score),
+                    "propensity": float(it.propensity),
+                    "sources": _json(list(it.sources)),
                     "timestamp_us": ts,
                 }
                 for it in imp.items
@@ -89,15 +158,24 @@ class SQLImpressions(SQLBase):
         if not heads:
             return 0
         with self._write("log_impressions") as conn:
-            stmt = (
-                self._insert(impressions_table)
-                .on_conflict_do_nothing(index_elements=[impressions_table.c.request_id])
-                .returning(impressions_table.c.request_id)
-            )
-            new = set(conn.execute(stmt, list(heads.values())).scalars())
+            if self._pg:
+                columns = _arrays(list(heads.values()), _HEAD_COLUMNS)
+                columns["context"] = [_json(c) for c in columns["context"]]
+                new = set(conn.execute(_PG_LOG_HEADS, columns).scalars())
+            else:
+                stmt = (
+                    self._insert(impressions_table)
+                    .on_conflict_do_nothing(index_elements=[impressions_table.c.request_id])
+                    .returning(impressions_table.c.request_id)
+                )
+                new = set(conn.execute(stmt, list(heads.values())).scalars())
             rows = [s for s in slots if s["request_id"] in new]
-            if rows:
-                conn.execute(impression_items_table.insert(), rows)
+            if rows and self._pg:
+                conn.execute(_PG_LOG_ITEMS, _arrays(rows, _ITEM_COLUMNS))
+            elif rows:
+                conn.exec_driver_sql(
+                    _SQLITE_LOG_ITEMS, [tuple(r[c] for c in _ITEM_COLUMNS) for r in rows]
+                )
             arm_rows = [a for a in arms if a["request_id"] in new]
             if arm_rows:
                 conn.execute(impression_arms_table.insert(), arm_rows)
