@@ -84,13 +84,13 @@ def listed(
     funnel: Funnel, recs: Sequence[Recommended], explain: bool = False
 ) -> list[RecommendedItem]:
     """Funnel results as served items (`explain`: with their feature
-    contributions). The items are checked once, as a block, and the models
-    built without a second validation (`model_construct`): every field comes
-    typed from the catalog and the funnel (validating ten items one by one
-    was a twentieth of a live answer's CPU)."""
+    contributions). The items are checked once, as a block, and read from
+    the catalog directly (a numpy check per field of each item was a
+    twentieth of a live answer's CPU). The models are validated as they are
+    built: pydantic's validation is faster than its `model_construct`."""
     shown = funnel.shown(np.fromiter((r.item for r in recs), np.int64, len(recs)))
     return [
-        RecommendedItem.model_construct(
+        RecommendedItem(
             id=item_id,
             score=_finite(r.score),
             title=title,
