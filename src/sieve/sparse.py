@@ -102,25 +102,24 @@ def _positive_sums(
     sums: NDArray[np.float64],
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:  # pragma: no cover - compiled
     n = sums.shape[0]
+    starts = np.empty(rows.shape[0], dtype=np.int64)  # each row's entries, capped
+    ends = np.empty(rows.shape[0], dtype=np.int64)
     total = 0
     for k in range(rows.shape[0]):
-        lo = indptr[rows[k]]
-        hi = indptr[rows[k] + 1]
-        if cap >= 0 and hi - lo > cap:
-            hi = lo + cap
-        total += hi - lo
+        starts[k] = indptr[rows[k]]
+        ends[k] = indptr[rows[k] + 1]
+        if cap >= 0 and ends[k] - starts[k] > cap:
+            ends[k] = starts[k] + cap
+        total += ends[k] - starts[k]
+    for k in range(rows.shape[0]):
         w = weights[k]
-        for p in range(lo, hi):
+        for p in range(starts[k], ends[k]):
             sums[indices[p]] += data[p] * w
     if total * 64 < n:  # few entries: sorting their columns beats a scan of every column
         touched = np.empty(total, dtype=np.int64)
         t = 0
         for k in range(rows.shape[0]):
-            lo = indptr[rows[k]]
-            hi = indptr[rows[k] + 1]
-            if cap >= 0 and hi - lo > cap:
-                hi = lo + cap
-            for p in range(lo, hi):
+            for p in range(starts[k], ends[k]):
                 touched[t] = indices[p]
                 t += 1
         touched = np.unique(touched)
@@ -139,11 +138,7 @@ def _positive_sums(
     for j in range(cols.shape[0]):
         out[j] = sums[cols[j]]
     for k in range(rows.shape[0]):  # the row zeroed again for the next call
-        lo = indptr[rows[k]]
-        hi = indptr[rows[k] + 1]
-        if cap >= 0 and hi - lo > cap:
-            hi = lo + cap
-        for p in range(lo, hi):
+        for p in range(starts[k], ends[k]):
             sums[indices[p]] = 0.0
     return cols, out
 
