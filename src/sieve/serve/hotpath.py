@@ -148,29 +148,33 @@ class StoredAnswers:
     ) -> None:
         """The live answer, as the route gives it; its errors as the app's
         exception handlers answer them."""
-        after = BackgroundTasks()  # the answer is kept once it is sent
         response: Response
         try:
-            result = await run_in_threadpool(
-                functools.partial(
-                    service.recommend_user,
-                    user_id,
-                    n,
-                    Filters(),
-                    uniform=uniform,
-                    defer=after.add_task,
-                )
-            )
+            response = await live_response(service, user_id, n, Filters(), uniform)
         except Exception as e:
             handler = _handler(scope, e)
             if handler is None:
                 raise  # as from the route: the server's error middleware answers 500
             response = await handler(Request(scope, receive), e)
-        else:
-            response = list_response(result)
-            response.background = after
         scope["route"] = _MATCHED
         await response(scope, receive, send)
+
+
+async def live_response(
+    service: Service, user_id: str, n: int, filters: Filters, uniform: bool
+) -> Response:
+    """A live list as its response (the funnel in the thread pool), the
+    answer kept in the cache once the response is sent (`defer`): the
+    route's and the hot path's."""
+    after = BackgroundTasks()
+    result = await run_in_threadpool(
+        functools.partial(
+            service.recommend_user, user_id, n, filters, uniform=uniform, defer=after.add_task
+        )
+    )
+    response = list_response(result)
+    response.background = after
+    return response
 
 
 def _handler(scope: Scope, error: Exception) -> Any:
@@ -232,4 +236,4 @@ def _principal(scope: Scope, state: Any) -> str | None:
     return named[0] if named else ""
 
 
-__all__ = ["HANDOVER", "StoredAnswers", "handed_over"]
+__all__ = ["HANDOVER", "StoredAnswers", "handed_over", "live_response"]

@@ -87,7 +87,7 @@ def listed(
     contributions). The items are checked once, as a block, and read from
     the catalog directly (a numpy check per field of each item was a
     twentieth of a live answer's CPU). The models are validated as they are
-    built: pydantic's validation is faster than its `model_construct`."""
+    built (pydantic's validation is faster than its `model_construct`)."""
     shown = funnel.shown(np.fromiter((r.item for r in recs), np.int64, len(recs)))
     return [
         RecommendedItem(
@@ -95,8 +95,8 @@ def listed(
             score=_finite(r.score),
             title=title,
             categories=categories,
-            explanation=str(r.explanation),
-            sources={str(k): _finite(v) for k, v in r.sources.items()},
+            explanation=r.explanation,
+            sources={k: _finite(v) for k, v in r.sources.items()},
             contributions=(
                 [Contribution(feature=f, value=v) for f, v in r.contributions] if explain else None
             ),

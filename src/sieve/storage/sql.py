@@ -40,6 +40,7 @@ from sieve.storage.sql_shared import SQLShared
 from sieve.storage.sql_signals import SQLSignals
 from sieve.storage.tables import (
     _CHUNK,
+    _arrays,
     _chunks,
     _from_us,
     _seconds,
@@ -265,7 +266,7 @@ class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts, SQL
                 if create_users:
                     created = self._create_users(conn, sorted({r["user_id"] for r in rows}))
                 if self._pg:
-                    columns = {c: [r[c] for r in rows] for c in _EVENT_INSERT_COLUMNS}
+                    columns = _arrays(rows, _EVENT_INSERT_COLUMNS)
                     columns["value"] = [None if v is None else float(v) for v in columns["value"]]
                     inserted.update(conn.execute(_PG_APPEND, columns).scalars())
                 else:

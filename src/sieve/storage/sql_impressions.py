@@ -16,6 +16,7 @@ from sieve.data.records import Impression, ImpressionArm, ImpressionItem
 from sieve.storage.sql_base import SQLBase
 from sieve.storage.tables import (
     _CHUNK,
+    _arrays,
     _chunks,
     _from_us,
     _to_us,
@@ -71,13 +72,6 @@ _PG_LOG_ITEMS = text(
     ) AS batch(request_id, position, user_id, item_id, score, propensity, sources, timestamp_us)
     """
 )
-#: SQLite's: the driver's own `executemany` of plain tuples (SQLAlchemy's
-#: per-row parameter processing was most of the cost); the JSON encoded here.
-_SQLITE_LOG_ITEMS = (
-    "INSERT INTO impression_items"
-    " (request_id, position, user_id, item_id, score, propensity, sources, timestamp_us)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
 _ITEM_COLUMNS = (
     "request_id",
     "position",
@@ -87,6 +81,12 @@ _ITEM_COLUMNS = (
     "propensity",
     "sources",
     "timestamp_us",
+)
+#: SQLite's: the driver's own `executemany` of plain tuples (SQLAlchemy's
+#: per-row parameter processing was most of the cost); the JSON encoded here.
+_SQLITE_LOG_ITEMS = (
+    f"INSERT INTO impression_items ({', '.join(_ITEM_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_ITEM_COLUMNS))})"
 )
 _HEAD_COLUMNS = (
     "request_id",
@@ -101,11 +101,6 @@ _HEAD_COLUMNS = (
 
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
-
-
-def _arrays(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
-    """Rows as one list per column (the parameters of an `unnest` insert)."""
-    return {c: [r[c] for r in rows] for c in columns}
 
 
 class SQLImpressions(SQLBase):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 from sqlalchemy import (
@@ -142,6 +143,12 @@ def _seconds(us: Sequence[int | None]) -> np.ndarray:
     """Float seconds since the epoch; NaN where unknown."""
     arr = np.array([np.nan if u is None else u for u in us], dtype=np.float64)
     return arr / 1e6
+
+
+def _arrays(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
+    """Rows as one list per column: the parameters of a PostgreSQL `unnest`
+    insert, where each column travels as one array."""
+    return {c: [r[c] for r in rows] for c in columns}
 
 
 def _chunks(values: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:

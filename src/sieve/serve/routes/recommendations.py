@@ -13,16 +13,15 @@ cannot be excluded through the query string.
 # No `from __future__ import annotations`: FastAPI must see the closure-local
 # parameter types (bounds from the settings) as objects, not as strings.
 
-import functools
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from sieve.data.records import MAX_ID_LENGTH
 from sieve.data.schema import UnknownIdError
 from sieve.serve.auth import ReadAccess
-from sieve.serve.hotpath import handed_over
+from sieve.serve.hotpath import handed_over, live_response
 from sieve.serve.listing import MODEL_HEADER, Filters, list_response
 from sieve.serve.routes import AUTH_ERRORS, NO_MODEL, NOT_FOUND, ItemId, ServiceDep, UserId
 from sieve.serve.schemas import (
@@ -159,22 +158,8 @@ def router(settings: Settings) -> APIRouter:
                 media_type="application/json",
                 headers={MODEL_HEADER: cached.model_version},
             )
-        # the answer is kept in the cache once it is sent (`defer`)
-        after = BackgroundTasks()
-        response = list_response(
-            await run_in_threadpool(
-                functools.partial(
-                    service.recommend_user,
-                    user_id,
-                    n,
-                    filters,
-                    uniform=uniform,
-                    defer=after.add_task,
-                )
-            )
-        )
-        response.background = after
-        return response
+        # the answer is kept in the cache once it is sent
+        return await live_response(service, user_id, n, filters, uniform)
 
     @r.post("/recommendations")
     def recommend_session(
