@@ -36,16 +36,44 @@ def gather_rows(
     """The stored entries of `rows` (of a CSR matrix; columns of a CSC one),
     as (position in `rows`, column, value), row by row in the given order;
     with `limit`, only the first `limit` entries of each row."""
-    rows = np.asarray(rows, dtype=np.int64)
-    starts = m.indptr[rows].astype(np.int64)
-    lens = m.indptr[rows + 1].astype(np.int64) - starts
-    if limit is not None:
-        lens = np.minimum(lens, limit)
-    total = int(lens.sum())
-    which = np.repeat(np.arange(len(rows), dtype=np.int64), lens)
-    # each entry's offset: its row's start, minus where that row begins in the output
-    at = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total, dtype=np.int64)
-    return which, m.indices[at].astype(np.int64), m.data[at]
+    return _gather_rows(
+        m.indptr,
+        m.indices,
+        m.data,
+        np.asarray(rows, dtype=np.int64),
+        -1 if limit is None else int(limit),
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_rows(
+    indptr: NDArray[np.integer],
+    indices: NDArray[np.integer],
+    data: NDArray[np.floating],
+    rows: NDArray[np.int64],
+    limit: int,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.floating]]:  # pragma: no cover
+    # compiled: the numpy version (repeat, cumsum, arange, fancy indexing) was
+    # ten array calls, ~30 µs whatever the size, several times per live answer
+    total = 0
+    for k in range(rows.shape[0]):
+        n = indptr[rows[k] + 1] - indptr[rows[k]]
+        total += min(n, limit) if limit >= 0 else n
+    which = np.empty(total, dtype=np.int64)
+    cols = np.empty(total, dtype=np.int64)
+    vals = np.empty(total, dtype=data.dtype)
+    t = 0
+    for k in range(rows.shape[0]):
+        start = indptr[rows[k]]
+        end = indptr[rows[k] + 1]
+        if limit >= 0 and end - start > limit:
+            end = start + limit
+        for p in range(start, end):
+            which[t] = k
+            cols[t] = indices[p]
+            vals[t] = data[p]
+            t += 1
+    return which, cols, vals
 
 
 def row_sums(

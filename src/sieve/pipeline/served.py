@@ -41,12 +41,23 @@ def served_items(
     contributions: list[tuple[tuple[str, float], ...]] = [()] * len(positions)
     if explain and ranker is not None and x is not None and req.has_signal:
         contributions = ranker.contributions(x[positions], base_weight * base_score(x)[positions])
-    out = []
-    for p, score, reason, contrib in zip(positions, scores, reasons, contributions, strict=True):
-        proposed = ~np.isnan(cands.ranks[p])
-        sources = {SOURCES[s]: float(cands.scores[p, s]) for s in np.flatnonzero(proposed)}
-        out.append(Recommended(int(cands.items[p]), float(score), sources, reason, contrib))
-    return out
+    # plain lists once for the block, not numpy scalars per item and field
+    proposed = (~np.isnan(cands.ranks[positions])).tolist()
+    source_scores = cands.scores[positions].astype(np.float64).tolist()
+    items = cands.items[positions].tolist()
+    values = np.asarray(scores, dtype=np.float64).tolist()
+    return [
+        Recommended(
+            item,
+            score,
+            {name: got for name, on, got in zip(SOURCES, props, row, strict=True) if on},
+            reason,
+            contrib,
+        )
+        for item, score, props, row, reason, contrib in zip(
+            items, values, proposed, source_scores, reasons, contributions, strict=True
+        )
+    ]
 
 
 def rank_items(

@@ -10,7 +10,9 @@ finite. Items that bring the list closer to p win.
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 
@@ -37,25 +39,25 @@ class CalibrationConfig(Config):
             raise ConfigError("CalibrationConfig.smoothing must be in (0, 1)")
 
 
-def kl_if_added(
+@numba.njit(cache=True, nogil=True)
+def kl_added(
     list_mass: NDArray[np.float64],
     n_listed: int,
     distribution: NDArray[np.float64],
     target: NDArray[np.float64],
-    config: CalibrationConfig,
-) -> NDArray[np.float64]:
-    """KL(p ‖ q̃) of the list extended by each candidate.
-
-    `list_mass`: summed category distributions of the listed items;
-    `distribution`: candidates × categories (rows sum to 1 or 0); `target`: p.
-    """
-    on = target > 0
-    if not on.any():
-        return np.zeros(len(distribution))
-    p = target[on]
-    q = (list_mass[on][None, :] + distribution[:, on]) / (n_listed + 1.0)
-    q_smooth = (1.0 - config.smoothing) * q + config.smoothing * p[None, :]
-    return np.asarray((p[None, :] * (np.log(p)[None, :] - np.log(q_smooth))).sum(axis=1))
+    smoothing: float,
+) -> float:  # pragma: no cover - compiled
+    """KL(p ‖ q̃) of a list (summed category distributions `list_mass` of
+    its `n_listed` items) extended by one item of category `distribution`
+    (summing to 1 or 0): p = `target`, q the extended list's mix (only the
+    categories p holds count)."""
+    kl = 0.0
+    for c in range(target.shape[0]):
+        p = target[c]
+        if p > 0:
+            q = (list_mass[c] + distribution[c]) / (n_listed + 1.0)
+            kl += p * (math.log(p) - math.log((1.0 - smoothing) * q + smoothing * p))
+    return kl
 
 
 def calibration_kl(
@@ -64,6 +66,6 @@ def calibration_kl(
     """KL(p ‖ q̃) of a whole list (rows of `distribution`)."""
     if len(distribution) == 0:
         return 0.0
-    cfg = CalibrationConfig(smoothing=smoothing)
-    mass = distribution[:-1].sum(axis=0)
-    return float(kl_if_added(mass, len(distribution) - 1, distribution[-1:], target, cfg)[0])
+    d = np.asarray(distribution, dtype=np.float64)
+    mass = d[:-1].sum(axis=0)
+    return float(kl_added(mass, len(d) - 1, d[-1], np.asarray(target, np.float64), smoothing))

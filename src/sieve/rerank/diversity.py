@@ -81,32 +81,3 @@ def cosine_matrix(vectors: NDArray[np.floating]) -> NDArray[np.float64]:
     norms = np.linalg.norm(v, axis=1)
     unit = v / np.where(norms > 0, norms, 1.0)[:, None]
     return unit @ unit.T
-
-
-def mmr_trade_off(position_in_block: int, window: int, config: MMRConfig) -> float:
-    """λ of a slot: `trade_off`, or with `ramp` from 1 at the block's first
-    slot down to `trade_off` at its last."""
-    if not config.ramp or window <= 1:
-        return config.trade_off
-    return 1.0 - (1.0 - config.trade_off) * position_in_block / (window - 1)
-
-
-def mmr_objective(
-    relevance: NDArray[np.float64], list_similarity: NDArray[np.float64], trade_off: float
-) -> NDArray[np.float64]:
-    """λ · relevance − (1 − λ) · similarity to the listed items."""
-    return trade_off * relevance - (1.0 - trade_off) * list_similarity
-
-
-def over_cap(
-    categories: NDArray[np.float64], block_counts: NDArray[np.float64], config: CategoryCapConfig
-) -> NDArray[np.bool_] | None:
-    """True for items with a category already at the cap in this block:
-    `categories` (requests × items × categories, non-negative) against each
-    request's `block_counts` (requests × categories); None when no category
-    is at the cap."""
-    full = block_counts >= config.max_per_category
-    if not full.any():
-        return None
-    # how many of each item's categories are full: a count, exact in any order
-    return np.matmul(categories, full[:, :, None].astype(np.float64))[:, :, 0] > 0

@@ -47,10 +47,11 @@ def explain(
     col = {s: k for k, s in enumerate(SOURCES)}
     recent = [int(i) for i in req.query.recent]
     out: list[str] = []
-    for p in positions:
-        proposed = ~np.isnan(cands.ranks[p])
-        item = int(cands.items[p])
-        anchor = int(cands.anchors[p])
+    # plain lists once, not numpy scalars per item
+    block = (~np.isnan(cands.ranks[positions])).tolist()
+    items = cands.items[positions].tolist()
+    anchors = cands.anchors[positions].tolist()
+    for proposed, item, anchor in zip(block, items, anchors, strict=True):
         if proposed[col["continuation"]]:
             kinds = {t for i, t in zip(recent, req.query.recent_types, strict=False) if i == item}
             out.append(next((COMEBACK[t] for t in COMEBACK if t in kinds), LEFT_OFF))

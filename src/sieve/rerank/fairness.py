@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-from numpy.typing import NDArray
-
 from sieve.config import Config, ConfigError
 
 
@@ -44,12 +41,3 @@ class LongTailConfig(Config):
             raise ConfigError("LongTailConfig.min_tail must be >= 0")
         if not 0 <= self.tolerance <= 1:
             raise ConfigError("LongTailConfig.tolerance must be in [0, 1]")
-
-
-def must_take_tail(
-    position_in_block: int, tails_in_block: NDArray[np.int64], window: int, config: LongTailConfig
-) -> NDArray[np.bool_]:
-    """For each request (its tail items so far in this block), True when this
-    slot has to hold a tail item to meet the block's minimum."""
-    missing = min(config.min_tail, window) - tails_in_block
-    return np.asarray(config.enabled & (missing > 0) & (missing >= window - position_in_block))

@@ -29,17 +29,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sieve.config import Config, ConfigError
-from sieve.rerank.calibration import CalibrationConfig, kl_if_added
-from sieve.rerank.diversity import (
-    CategoryCapConfig,
-    MMRConfig,
-    cosine_matrix,
-    mmr_objective,
-    mmr_trade_off,
-    over_cap,
-)
-from sieve.rerank.fairness import LongTailConfig, must_take_tail
+from sieve.rerank.calibration import CalibrationConfig
+from sieve.rerank.diversity import CategoryCapConfig, MMRConfig, cosine_matrix
+from sieve.rerank.fairness import LongTailConfig
 from sieve.rerank.freshness import FreshnessConfig, freshness_bonus
+from sieve.rerank.greedy import greedy_lists
 from sieve.rerank.rules import RulesConfig
 from sieve.retrieval.candidates import Request
 from sieve.retrieval.sources import CandidateEngine
@@ -229,14 +223,12 @@ def _greedy(
 ) -> list[NDArray[np.int64]]:
     """Slot-by-slot selection of each request's n pool items (positions),
     for a block of requests at once: row b of every (B × pool) array is
-    request b, padded past its pool with items that are never free. Each
-    row's numbers are those a block of one computes (element-wise steps,
-    its similarities and calibration from its own matrices), so a request's
-    list does not depend on the block it is in."""
+    request b, padded past its pool with items that are never free; the
+    compiled loop (`greedy.greedy_lists`) takes each row on its own, so a
+    request's list does not depend on the block it is in."""
     cat = engine.catalog
     b_n = len(reqs)
     m_max = max(len(i) for i in items)
-    rows = np.arange(b_n)
     member, distribution, targets, widths = _categories(engine, reqs, items, m_max)
     mmr = config.mmr.enabled and config.mmr.trade_off < 1
     sim: NDArray[np.float64] | None = None
@@ -257,73 +249,38 @@ def _greedy(
             for t in targets
         ]
     )
-    calibrating = bool(calibrate.any())
-    cap = config.category_cap.enabled
-    tail = config.long_tail.enabled and config.long_tail.min_tail > 0
     rel = np.zeros((b_n, m_max))
     free = np.zeros((b_n, m_max), dtype=bool)
     is_tail = np.zeros((b_n, m_max), dtype=bool)
+    padded_targets = np.zeros((b_n, member.shape[2]))
+    tail = config.long_tail.enabled and config.long_tail.min_tail > 0
     head = cat.head(config.long_tail.head_share) if tail else None
     for b, (its, r) in enumerate(zip(items, rels, strict=True)):
         rel[b, : len(its)] = r
         free[b, : len(its)] = True
+        padded_targets[b, : widths[b]] = targets[b]
         if head is not None:
             is_tail[b, : len(its)] = ~head[its]
-    present = (member > 0).astype(np.float64) if cap else member
-
-    window = config.window
-    list_sim = np.zeros((b_n, m_max))  # similarity of each item to the list (mean or max)
-    sum_sim = np.zeros((b_n, m_max))
-    block_counts = np.zeros((b_n, member.shape[2]))
-    list_mass = np.zeros((b_n, member.shape[2]))
-    tails_in_block = np.zeros(b_n, np.int64)
-    n_slots = max(ns)
-    out = np.zeros((b_n, n_slots), dtype=np.int64)
-    for slot in range(n_slots):
-        in_block = slot % window
-        if in_block == 0:
-            block_counts[:] = 0.0
-            tails_in_block[:] = 0
-        if mmr:
-            lam = mmr_trade_off(in_block, window, config.mmr)
-            objective = mmr_objective(rel, list_sim, lam)
-        else:
-            objective = rel.copy()
-        for c in np.flatnonzero(calibrate).tolist():
-            m, w = len(items[c]), widths[c]
-            objective[c, :m] -= config.calibration.weight * kl_if_added(
-                list_mass[c, :w], slot, distribution[c, :m, :w], targets[c], config.calibration
-            )
-        allowed = free.copy()
-        over = over_cap(present, block_counts, config.category_cap) if cap else None
-        if over is not None:
-            capped = allowed & ~over
-            allowed = np.where(capped.any(axis=1, keepdims=True), capped, allowed)
-        if tail:
-            must = must_take_tail(in_block, tails_in_block, window, config.long_tail)
-            if must.any():
-                tails = allowed & is_tail
-                best = np.where(allowed, rel, -np.inf).max(axis=1)
-                # only a tail item nearly as relevant as the best allowed one
-                close = tails & (rel >= (best - config.long_tail.tolerance)[:, None])
-                take = must & close.any(axis=1)
-                allowed = np.where(take[:, None], close, allowed)
-        objective[~allowed] = -np.inf
-        j = np.argmax(objective, axis=1)
-        out[:, slot] = j
-        free[rows, j] = False
-        if cap:
-            block_counts += member[rows, j]
-        if calibrating:
-            list_mass += distribution[rows, j]
-        if tail:
-            tails_in_block += is_tail[rows, j]
-        if sim is not None:
-            if config.mmr.penalty == "max":
-                np.maximum(list_sim, sim[rows, :, j], out=list_sim)
-            else:
-                sum_sim += sim[rows, :, j]
-                list_sim = sum_sim / (slot + 1)
+    out = greedy_lists(
+        rel,
+        free,
+        is_tail,
+        member,
+        distribution,
+        padded_targets,
+        calibrate,
+        sim if sim is not None else np.zeros((b_n, 0, 0)),
+        np.asarray(ns, dtype=np.int64),
+        config.window,
+        config.mmr.trade_off if mmr else -1.0,
+        config.mmr.ramp,
+        config.mmr.penalty == "max",
+        config.category_cap.max_per_category if config.category_cap.enabled else 0,
+        config.long_tail.min_tail if tail else 0,
+        config.long_tail.tolerance,
+        config.calibration.weight,
+        config.calibration.smoothing,
+    )
     return [out[b, :n] for b, n in enumerate(ns)]
 
 
