@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+from typing import Any
 
 import psycopg
 import redis
@@ -46,3 +48,19 @@ def redis_problem() -> str | None:
     except Exception as e:
         return f"Redis not reachable at {REDIS_URL}: {e}"
     return None
+
+
+class GatedImpressions:
+    """A real store whose impression writes wait for `gate` (`entered` is set
+    once the writer holds a batch): the impression log held back on demand."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def log_impressions(self, impressions: Any) -> int:
+        self.entered.set()
+        self.gate.wait(60)
+        written: int = self.store.log_impressions(impressions)
+        return written

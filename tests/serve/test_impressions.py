@@ -4,11 +4,17 @@ attributed to the latest impression of that item within the window."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from servers import GatedImpressions
+from sieve.serve.answers import CachedAnswer
+from sieve.serve.impressions import ImpressionLogger
 from sieve.serve.service import Service
+from sieve.storage import open_store
 
 MakeClient = Callable[..., TestClient]
 USER = "u001"
@@ -61,6 +67,65 @@ def test_responses_are_logged_and_clicks_attributed(serve: MakeClient) -> None:
     assert frame.loc["v1", "request_id"] is None
     if only_first:
         assert frame.loc["c3", "request_id"] == first["request_id"]
+
+
+def test_a_click_is_attributed_to_a_list_still_waiting_to_be_written(serve: MakeClient) -> None:
+    """The impression log's writes held back: a click on a listed item is
+    attributed to its list from the queue, and the event batch neither
+    waits for the log's write nor fails for it."""
+    client = serve()
+    engine = _engine(client)
+    gated = GatedImpressions(engine.store)
+    engine.impressions._store = gated  # type: ignore[assignment]
+    try:
+        shown = client.get(f"/recommendations/{USER}", params={"n": 3}).json()
+        item = shown["items"][1]["id"]
+        r = client.post(
+            "/events",
+            json={"events": [{"id": "q1", "user_id": USER, "item_id": item, "type": "click"}]},
+        )
+        assert r.status_code in (200, 201), r.text
+        assert engine.store.get_impression(shown["request_id"]) is None  # not written yet
+        frame = engine.store.events_frame().set_index("event_id")
+        assert frame.loc["q1", "request_id"] == shown["request_id"]
+    finally:
+        gated.gate.set()
+    engine.impressions.flush()
+    assert engine.store.get_impression(shown["request_id"]) is not None
+    assert engine.impressions.unwritten_shown({(USER, item)}) == []
+
+
+def test_unwritten_lists_count_as_stored_for_attribution(tmp_path: Path) -> None:
+    """`attribute_many` over stored and unwritten lists: the latest within
+    the window wins wherever it is; another user's list never does."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [{"id": "i1", "score": 1.0, "sources": {"ann": 1.0}}]
+    with open_store(f"sqlite:///{tmp_path / 'log.db'}") as store:
+        store.log_impressions([CachedAnswer(rows, "old", "v", "u").impression(t0)()])
+        gated = GatedImpressions(store)
+        logger = ImpressionLogger(gated, flush_seconds=0.0)  # type: ignore[arg-type]
+        logger.log(CachedAnswer(rows, "new", "v", "u").impression(t0 + timedelta(seconds=60)), "u")
+        logger.log(
+            CachedAnswer(rows, "other", "v", "w").impression(t0 + timedelta(seconds=90)), "w"
+        )
+        assert gated.entered.wait(30)  # the writer holds the first list
+        clicks = [
+            ("u", "i1", t0 + timedelta(seconds=70)),  # after both of u's lists: the new one
+            ("u", "i1", t0 + timedelta(seconds=30)),  # before the new one: the stored one
+            ("u", "i1", t0 + timedelta(seconds=500)),  # past both windows
+            ("w", "i1", t0 + timedelta(seconds=95)),  # w's list, still in the queue
+            ("w", "i2", t0 + timedelta(seconds=95)),  # not in it
+        ]
+        unwritten = logger.unwritten_shown({(u, i) for u, i, _ in clicks})
+        assert sorted(rid for *_, rid in unwritten) == ["new", "other"]
+        found = store.attribute_many(clicks, 120.0, unwritten)
+        assert found == ["new", "old", None, "other", None]
+        assert store.attribute_many(clicks, 120.0) == ["old", "old", None, None, None]
+        gated.gate.set()
+        logger.flush()
+        assert logger.unwritten_shown({(u, i) for u, i, _ in clicks}) == []
+        assert store.attribute_many(clicks, 120.0) == found  # the same, now from the store
+        logger.close()
 
 
 def test_click_outside_the_window_is_not_attributed(serve: MakeClient) -> None:

@@ -7,7 +7,6 @@ same body, headers, checks and metrics as the route."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +17,7 @@ import redis
 from fastapi.testclient import TestClient
 from starlette.routing import Router
 
-from servers import REDIS_URL
+from servers import REDIS_URL, GatedImpressions
 from sieve.serve import answers
 from sieve.serve.answers import CachedAnswer
 from sieve.serve.impressions import ImpressionLogger
@@ -257,34 +256,19 @@ def test_the_random_slice_is_drawn_once(serve: MakeClient) -> None:
     assert all(i["slot"] == "random" for b in bodies for i in b["items"])
 
 
-class _GatedStore:
-    """A real SQLite store whose impression writes wait for a gate."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def log_impressions(self, impressions: Any) -> int:
-        self.entered.set()
-        self.gate.wait(60)
-        written: int = self.store.log_impressions(impressions)
-        return written
-
-
 def test_the_impression_backlog_is_bounded(tmp_path: Any) -> None:
     with open_store(f"sqlite:///{tmp_path / 'log.db'}") as store:
-        gated = _GatedStore(store)
+        gated = GatedImpressions(store)
         logger = ImpressionLogger(gated, flush_seconds=0.0, max_backlog=5)  # type: ignore[arg-type]
         answers = [
             CachedAnswer([{"id": "i1", "score": 1.0, "sources": {"ann": 1.0}}], f"r{k}", "v", "u")
             for k in range(12)
         ]
         now = datetime.now(UTC)
-        logger.log(answers[0].impression(now))
+        logger.log(answers[0].impression(now), None)
         assert gated.entered.wait(30)  # the writer holds the first list
         for answer in answers[1:]:
-            logger.log(answer.impression(now))
+            logger.log(answer.impression(now), None)
         # one in flight and four waiting: the other seven are dropped, counted
         assert logger.dropped == 7
         gated.gate.set()

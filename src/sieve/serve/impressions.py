@@ -4,8 +4,11 @@ Every served list is logged (request id, user, items with positions, scores,
 sources and propensities, model version, experiment arm). Writing each one in
 the request would add a database commit to every response, so a background
 thread batches them: a response waits for nothing, and the log is at most
-`flush_seconds` behind. Attribution of a click flushes first, so a click never
-misses the impression it answers.
+`flush_seconds` behind. A click never misses the impression it answers: the
+lists of its user still waiting to be written are matched in memory
+(`unwritten_shown`) beside the stored ones, so an event batch neither waits
+for the log's write nor forces a small one (a forced write per event batch
+had turned the log's batches of a 0.2-s window into one commit per batch).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 #: An impression, or a function that builds it (in the logger's thread, off
 #: the request path).
 Pending = Impression | Callable[[], Impression]
+#: A queued list: its sequence number, its user (None: anonymous) and itself.
+_Queued = tuple[int, str | None, Pending]
 
 
 class ImpressionLogger:
@@ -47,7 +52,7 @@ class ImpressionLogger:
         #: slower than the service serves, for as long as that lasts
         self._max_backlog = max_backlog
         self._flush_timeout = flush_timeout
-        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._flush_seconds = flush_seconds
         self._max_batch = max_batch
         self._write_lock = threading.Lock()
@@ -58,15 +63,18 @@ class ImpressionLogger:
         self._queued = 0
         self._handled = 0
         self._progress = threading.Condition()
+        # the lists queued and not yet handled, by user (under `_progress`)
+        self._unwritten: dict[str, dict[int, Pending]] = {}
         # set by `flush`: write what is queued now instead of gathering a batch
         self._hurry = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sieve-impressions", daemon=True)
         self._thread.start()
 
-    def log(self, impression: Pending) -> None:
-        """Queue one served list, or a function that builds it (never blocks
-        the request); dropped, counted and warned of once per thousand, when
-        `max_backlog` lists are waiting already."""
+    def log(self, impression: Pending, user_id: str | None) -> None:
+        """Queue one served list (of `user_id`, None when anonymous), or a
+        function that builds it (never blocks the request); dropped, counted
+        and warned of once per thousand, when `max_backlog` lists are waiting
+        already."""
         with self._progress:
             if self._queued - self._handled >= self._max_backlog:
                 self.dropped += 1
@@ -77,8 +85,35 @@ class ImpressionLogger:
                         self.dropped,
                     )
                 return
+            seq = self._queued
             self._queued += 1
-        self._queue.put(impression)
+            if user_id is not None:
+                self._unwritten.setdefault(user_id, {})[seq] = impression
+            self._queue.put((seq, user_id, impression))
+
+    def unwritten_shown(
+        self, wanted: Collection[tuple[str, str]]
+    ) -> list[tuple[str, str, datetime, str]]:
+        """(user, item, served at, request id) of every (user, item) of
+        `wanted` in a list queued and not yet written: what attribution adds
+        to the stored impressions (those lists are written soon, or dropped
+        with the store's outage)."""
+        users = {u for u, _ in wanted}
+        with self._progress:
+            pending = [p for u in users for p in self._unwritten.get(u, {}).values()]
+        out: list[tuple[str, str, datetime, str]] = []
+        for p in pending:
+            imp = p if isinstance(p, Impression) else p()
+            user = imp.user_id
+            if user is None:
+                continue
+            served = imp.timestamp or datetime.now(UTC)  # as the store logs it
+            out.extend(
+                (user, it.item_id, served, imp.request_id)
+                for it in imp.items
+                if (user, it.item_id) in wanted
+            )
+        return out
 
     def flush(self) -> None:
         """Wait until every impression queued so far is written by the
@@ -98,10 +133,10 @@ class ImpressionLogger:
                 f"take them within {timeout:g} s"
             )
 
-    def _write(self, pending: list[Pending]) -> None:
+    def _write(self, pending: list[_Queued]) -> None:
         if not pending:
             return
-        batch = [p if isinstance(p, Impression) else p() for p in pending]
+        batch = [p if isinstance(p, Impression) else p() for _, _, p in pending]
         with self._write_lock:
             for start in range(0, len(batch), self._max_batch):
                 part = batch[start : start + self._max_batch]
@@ -115,6 +150,12 @@ class ImpressionLogger:
                 finally:
                     with self._progress:
                         self._handled += len(part)
+                        for seq, user, _ in pending[start : start + self._max_batch]:
+                            mine = self._unwritten.get(user) if user is not None else None
+                            if mine is not None:
+                                mine.pop(seq, None)
+                                if not mine:
+                                    del self._unwritten[user]  # type: ignore[arg-type]
                         self._progress.notify_all()
 
     def _run(self) -> None:
@@ -134,7 +175,7 @@ class ImpressionLogger:
             if not self._closed.is_set() and self._queue.qsize() < self._max_batch:
                 self._hurry.wait(self._flush_seconds)
             self._hurry.clear()
-            batch: list[Pending] = [first]
+            batch: list[_Queued] = [first]
             while len(batch) < self._max_batch:
                 try:
                     item = self._queue.get_nowait()
@@ -152,7 +193,7 @@ class ImpressionLogger:
         self._hurry.set()
         self._queue.put(None)
         self._thread.join(timeout=5)
-        batch: list[Pending] = []  # what the thread left, written here
+        batch: list[_Queued] = []  # what the thread left, written here
         while True:
             try:
                 item = self._queue.get_nowait()

@@ -165,10 +165,11 @@ class EventIngestion:
         out = list(events)
         if not todo:
             return out
-        self.impressions.flush()
+        clicks = [(events[k].user_id, events[k].item_id, events[k].timestamp) for k in todo]
         found = self.store.attribute_many(
-            [(events[k].user_id, events[k].item_id, events[k].timestamp) for k in todo],
+            clicks,
             self.settings.attribution_window_seconds,
+            self.impressions.unwritten_shown({(u, i) for u, i, _ in clicks}),
         )
         for k, request_id in zip(todo, found, strict=True):
             if request_id is not None:

@@ -266,7 +266,7 @@ class Service:
         hit = answers.CachedAnswer(
             entry.rows, new_request_id(), snap.version, user_id, entry.cold_start
         )
-        self.impressions.log(hit.impression(datetime.now(UTC)))
+        self.impressions.log(hit.impression(datetime.now(UTC)), user_id)
         self.metrics.served_list(hit.request_id, n=len(entry.rows))
         return hit
 
@@ -436,7 +436,9 @@ class Service:
         """Log a served list: counted now, its impression built and written
         by the impression logger's thread, off the request path."""
         served_at = datetime.now(UTC)
-        self.impressions.log(lambda: impression_of(result, context, arms, served_at))
+        self.impressions.log(
+            lambda: impression_of(result, context, arms, served_at), result.user_id
+        )
         pairs = tuple((a.experiment.name, a.name) for a in arms) or ((NONE, NONE),)
         self.metrics.served_list(result.request_id, pairs, n=len(result.items))
 

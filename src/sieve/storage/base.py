@@ -191,9 +191,14 @@ class Store(Protocol):
         ...
 
     def attribute_many(
-        self, clicks: Sequence[tuple[str, str, datetime | None]], window_seconds: float
+        self,
+        clicks: Sequence[tuple[str, str, datetime | None]],
+        window_seconds: float,
+        unwritten: Sequence[tuple[str, str, datetime, str]] = (),
     ) -> list[str | None]:
-        """`attribute` for many (user, item, time) triples at once."""
+        """`attribute` for many (user, item, time) triples at once; the
+        (user, item, served at, request id) of `unwritten` (lists not yet
+        logged) count as stored impressions."""
         ...
 
     def impressions_frame(self, since: float | None = None) -> pd.DataFrame:

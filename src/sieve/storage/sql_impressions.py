@@ -241,10 +241,14 @@ class SQLImpressions(SQLBase):
         return None if row is None else str(row[0])
 
     def attribute_many(
-        self, clicks: Sequence[tuple[str, str, datetime | None]], window_seconds: float
+        self,
+        clicks: Sequence[tuple[str, str, datetime | None]],
+        window_seconds: float,
+        unwritten: Sequence[tuple[str, str, datetime, str]] = (),
     ) -> list[str | None]:
         """`attribute` for many (user, item, time) at once, with one query per
-        chunk of users instead of one per event (batch ingestion stays fast)."""
+        chunk of users instead of one per event (batch ingestion stays fast);
+        `unwritten` lists count as stored."""
         if not clicks:
             return []
         now = datetime.now(UTC)
@@ -252,6 +256,8 @@ class SQLImpressions(SQLBase):
         window_us = int(window_seconds * 1e6)
         t = impression_items_table
         found: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        for user, item, served, request_id in unwritten:
+            found.setdefault((user, item), []).append((_to_us(served), request_id))
         users = sorted({u for u, _, _ in clicks})
         items = sorted({i for _, i, _ in clicks})
         with self._read("attribute_many") as conn:
