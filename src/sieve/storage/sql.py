@@ -20,7 +20,7 @@ last `seq` it saw never misses an event committed later with a lower number.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -270,12 +270,9 @@ class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts, SQL
                     columns["value"] = [None if v is None else float(v) for v in columns["value"]]
                     inserted.update(conn.execute(_PG_APPEND, columns).scalars())
                 else:
-                    stmt = (
-                        self._insert(events_table)
-                        .on_conflict_do_nothing(index_elements=[events_table.c.event_id])
-                        .returning(events_table.c.event_id)
+                    inserted.update(
+                        _sqlite_insert_new(conn, "events", _EVENT_INSERT_COLUMNS, "event_id", rows)
                     )
-                    inserted.update(conn.execute(stmt, rows).scalars())
         duplicates: list[str] = []
         seen: set[str] = set()
         for e in events:
@@ -289,6 +286,9 @@ class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts, SQL
     def _create_users(self, conn: Connection, user_ids: Sequence[str]) -> list[str]:
         """Insert the users among `user_ids` not yet stored (no attributes), inside
         the caller's transaction; returns the ids inserted."""
+        if not self._pg:
+            new = [{"id": u, "attributes": "{}"} for u in user_ids]  # JSON as SQLite stores it
+            return _sqlite_insert_new(conn, "users", ("id", "attributes"), "id", new)
         created: list[str] = []
         for start in range(0, len(user_ids), _CHUNK):
             chunk = user_ids[start : start + _CHUNK]
@@ -431,6 +431,35 @@ class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts, SQL
 
     def __repr__(self) -> str:
         return f"SQLStore({self.url!r})"
+
+
+#: Rows per SQLite statement: its lowest host-parameter limit (999) over the columns.
+_SQLITE_PARAMETERS = 999
+
+
+def _sqlite_insert_new(
+    conn: Connection,
+    table: str,
+    columns: Sequence[str],
+    key: str,
+    rows: Sequence[Mapping[str, Any]],
+) -> list[str]:
+    """Insert the rows whose `key` is new, with multi-row VALUES through the
+    driver; the keys inserted. SQLAlchemy's insertmanyvalues built the same
+    statements with ~0.3 ms of Python per batch: about 5% of a server under
+    a write-heavy load."""
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    per = max(1, _SQLITE_PARAMETERS // len(columns))
+    out: list[str] = []
+    for start in range(0, len(rows), per):
+        part = rows[start : start + per]
+        sql = (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * len(part))} "
+            f"ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+        )
+        params = tuple(r[c] for r in part for c in columns)
+        out.extend(str(r[0]) for r in conn.exec_driver_sql(sql, params))
+    return out
 
 
 __all__ = ["SQLStore"]
