@@ -22,12 +22,19 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def cache_url(redis_url: str) -> Iterator[str]:
-    """The shared Redis cache URL of its own prefix; the test streams removed afterwards."""
-    yield redis_url
+def cache_url(redis_url: str) -> str:
+    """The shared Redis cache URL of its own prefix."""
+    return redis_url
+
+
+@pytest.fixture
+def stream() -> Iterator[str]:
+    """A stream of this test's own, removed afterwards (only it: tests running
+    at the same time in other workers have theirs)."""
+    name = f"sieve_stamp_stream_{uuid.uuid4().hex[:12]}"
+    yield name
     client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(match="sieve_stamp_stream_*"):
-        client.delete(key)
+    client.delete(name)
     client.close()
 
 
@@ -80,11 +87,10 @@ def test_a_memory_cache_is_not_stamped_by_an_import(
 
 
 def test_consumed_events_stamp_their_users(
-    tmp_path: Path, cache_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cache_url: str, stream: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = _store(tmp_path)
     monkeypatch.setenv("SIEVE_CACHE_URL", cache_url)
-    stream = f"sieve_stamp_stream_{uuid.uuid4().hex[:12]}"
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         for user in ("c1", "c2"):

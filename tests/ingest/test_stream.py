@@ -33,14 +33,16 @@ def client() -> Iterator[redis.Redis]:
         pytest.skip(problem)
     r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     yield r
-    for key in r.scan_iter(match="sieve_test_stream_*"):
-        r.delete(key)
     r.close()
 
 
 @pytest.fixture
-def stream() -> str:
-    return f"sieve_test_stream_{uuid.uuid4().hex[:12]}"
+def stream(client: redis.Redis) -> Iterator[str]:
+    """A stream of this test's own, removed afterwards (only it: tests running
+    at the same time in other workers have theirs)."""
+    name = f"sieve_test_stream_{uuid.uuid4().hex[:12]}"
+    yield name
+    client.delete(name, f"{name}:rejected")
 
 
 @pytest.fixture

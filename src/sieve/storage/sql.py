@@ -39,7 +39,6 @@ from sieve.storage.sql_reports import SQLReports
 from sieve.storage.sql_shared import SQLShared
 from sieve.storage.sql_signals import SQLSignals
 from sieve.storage.tables import (
-    _CHUNK,
     _arrays,
     _chunks,
     _from_us,
@@ -59,6 +58,15 @@ _EVENT_INSERT_COLUMNS = (
     "value",
     "timestamp_us",
     "request_id",
+)
+#: PostgreSQL: the batch's new users (no attributes), as one array.
+_PG_CREATE_USERS = text(
+    """
+    INSERT INTO users (id, attributes)
+    SELECT id, CAST('{}' AS jsonb) FROM unnest(CAST(:id AS text[])) AS batch(id)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+    """
 )
 #: PostgreSQL's bulk append: the batch travels as one array per column and is
 #: inserted by one set-based statement (several times faster than a multi-row
@@ -286,20 +294,12 @@ class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts, SQL
     def _create_users(self, conn: Connection, user_ids: Sequence[str]) -> list[str]:
         """Insert the users among `user_ids` not yet stored (no attributes), inside
         the caller's transaction; returns the ids inserted."""
-        if not self._pg:
-            new = [{"id": u, "attributes": "{}"} for u in user_ids]  # JSON as SQLite stores it
-            return _sqlite_insert_new(conn, "users", ("id", "attributes"), "id", new)
-        created: list[str] = []
-        for start in range(0, len(user_ids), _CHUNK):
-            chunk = user_ids[start : start + _CHUNK]
-            stmt = (
-                self._insert(users_table)
-                .on_conflict_do_nothing(index_elements=[users_table.c.id])
-                .returning(users_table.c.id)
-            )
-            rows = [{"id": u, "attributes": {}} for u in chunk]
-            created.extend(conn.execute(stmt, rows).scalars())
-        return created
+        if self._pg:
+            return [
+                str(u) for u in conn.execute(_PG_CREATE_USERS, {"id": list(user_ids)}).scalars()
+            ]
+        new = [{"id": u, "attributes": "{}"} for u in user_ids]  # JSON as SQLite stores it
+        return _sqlite_insert_new(conn, "users", ("id", "attributes"), "id", new)
 
     def events_frame(self, since_seq: int | None = None, limit: int | None = None) -> pd.DataFrame:
         t = events_table
