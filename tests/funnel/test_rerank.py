@@ -208,3 +208,53 @@ def test_a_block_of_requests_gets_each_requests_own_list(monkeypatch: pytest.Mon
         assert len(block) == len(alone)
         for got, want in zip(block, alone, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_the_compiled_greedy_loop_on_lists_worked_by_hand() -> None:
+    """`greedy_lists` on four items (two of category A, then two of B,
+    relevance 1.0, 0.9, 0.8, 0.1), each stage alone, against lists worked
+    out by hand; a second row in the block changes nothing of the first."""
+    from sieve.rerank.greedy import greedy_lists
+
+    rel = np.array([[1.0, 0.9, 0.8, 0.1]])
+    member = np.array([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
+    sim = np.einsum("bic,bjc->bij", member, member)  # 1 within a category, else 0
+    tail = np.array([[False, False, False, True]])
+
+    def run(rows: int = 1, trade_off: float = -1.0, **stages: Any) -> list[int]:
+        scalars: dict[str, Any] = {
+            "window": 2,
+            "trade_off": trade_off,
+            "ramp": False,
+            "max_penalty": False,
+            "cap": 0,
+            "min_tail": 0,
+            "tolerance": 1.0,
+            "calibration_weight": 0.0,
+            "smoothing": 0.01,
+            **stages,
+        }
+
+        def block(a: NDArray[Any]) -> NDArray[Any]:
+            return np.repeat(a, rows, axis=0)
+
+        out = greedy_lists(
+            block(rel),
+            np.ones((rows, 4), dtype=bool),
+            block(tail),
+            block(member),
+            block(member),  # one category per item: its distribution
+            np.zeros((rows, 2)),
+            np.zeros(rows, dtype=bool),
+            block(sim) if trade_off >= 0 else np.zeros((rows, 0, 0)),
+            np.full(rows, 4, dtype=np.int64),
+            *scalars.values(),
+        )
+        return [int(j) for j in out[0]]
+
+    assert run() == [0, 1, 2, 3]  # relevance order
+    assert run(cap=1) == [0, 2, 1, 3]  # one of a category per window of two
+    assert run(min_tail=1) == [0, 3, 1, 2]  # a tail item in the first window
+    assert run(min_tail=1, tolerance=0.05) == [0, 1, 2, 3]  # 0.1 is too far below 0.9
+    assert run(trade_off=0.5) == [0, 2, 1, 3]  # MMR: the mean similarity to the list
+    assert run(trade_off=0.5, cap=1, rows=2) == run(trade_off=0.5, cap=1)

@@ -151,11 +151,11 @@ class ImpressionLogger:
                     with self._progress:
                         self._handled += len(part)
                         for seq, user, _ in pending[start : start + self._max_batch]:
-                            mine = self._unwritten.get(user) if user is not None else None
-                            if mine is not None:
+                            mine = None if user is None else self._unwritten.get(user)
+                            if user is not None and mine is not None:
                                 mine.pop(seq, None)
                                 if not mine:
-                                    del self._unwritten[user]  # type: ignore[arg-type]
+                                    del self._unwritten[user]
                         self._progress.notify_all()
 
     def _run(self) -> None:

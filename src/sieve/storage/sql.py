@@ -433,7 +433,7 @@ class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts, SQL
         return f"SQLStore({self.url!r})"
 
 
-#: Rows per SQLite statement: its lowest host-parameter limit (999) over the columns.
+#: SQLite's lowest host-parameter limit: a statement's rows × columns stay within it.
 _SQLITE_PARAMETERS = 999
 
 
