@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -162,3 +163,33 @@ def test_events_update_the_online_counters(serve: MakeClient) -> None:
     u = counters.user_features(USER, now)
     assert u["recency_hours"] < 0.01
     assert any(u.get(f"affinity:{c}", 0) > 0 for c in item["categories"])
+
+
+def test_a_list_that_cannot_be_built_is_dropped_and_the_writer_lives_on(tmp_path: Path) -> None:
+    """A queued list whose function fails is dropped and counted, attribution
+    skips it, and the lists around it are written: the writer's thread
+    survives (it used to end, and every later list waited in vain)."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [{"id": "i1", "score": 1.0, "sources": {"ann": 1.0}}]
+
+    def broken() -> Any:
+        raise ValueError("a list that cannot be built")
+
+    with open_store(f"sqlite:///{tmp_path / 'log.db'}") as store:
+        gated = GatedImpressions(store)
+        logger = ImpressionLogger(gated, flush_seconds=0.0)  # type: ignore[arg-type]
+        logger.log(CachedAnswer(rows, "first", "v", "u").impression(t0), "u")
+        assert gated.entered.wait(30)  # the writer holds the first list
+        logger.log(broken, "u")
+        logger.log(CachedAnswer(rows, "after", "v", "u").impression(t0), "u")
+        shown = logger.unwritten_shown({("u", "i1")})
+        assert sorted(rid for *_, rid in shown) == ["after", "first"]
+        gated.gate.set()
+        logger.flush()
+        assert logger.dropped == 1
+        assert store.get_impression("first") is not None
+        assert store.get_impression("after") is not None
+        logger.log(CachedAnswer(rows, "later", "v", "u").impression(t0), "u")
+        logger.flush()
+        assert store.get_impression("later") is not None
+        logger.close()

@@ -103,7 +103,10 @@ class ImpressionLogger:
             pending = [p for u in users for p in self._unwritten.get(u, {}).values()]
         out: list[tuple[str, str, datetime, str]] = []
         for p in pending:
-            imp = p if isinstance(p, Impression) else p()
+            try:
+                imp = p if isinstance(p, Impression) else p()
+            except Exception:  # the writer drops it and says so
+                continue
             user = imp.user_id
             if user is None:
                 continue
@@ -134,29 +137,53 @@ class ImpressionLogger:
             )
 
     def _write(self, pending: list[_Queued]) -> None:
+        """Write queued lists in batches of `max_batch`. A list that cannot be
+        built, or a batch the store refuses, is dropped and counted: the
+        writer's thread lives on, and nothing waits for lists that never come."""
         if not pending:
             return
-        batch = [p if isinstance(p, Impression) else p() for _, _, p in pending]
+        parts = [pending[k : k + self._max_batch] for k in range(0, len(pending), self._max_batch)]
+        built = [self._build(part) for part in parts]
         with self._write_lock:
-            for start in range(0, len(batch), self._max_batch):
-                part = batch[start : start + self._max_batch]
+            for part, impressions in zip(parts, built, strict=True):
                 try:
-                    self._store.log_impressions(part)
+                    if impressions:
+                        self._store.log_impressions(impressions)
                 except StoreError:
-                    self.dropped += len(part)
+                    self.dropped += len(impressions)
                     log.warning(
-                        "impression log unavailable: %d impressions lost", len(part), exc_info=True
+                        "impression log unavailable: %d impressions lost",
+                        len(impressions),
+                        exc_info=True,
                     )
+                except Exception:
+                    self.dropped += len(impressions)
+                    log.exception("impression log failed: %d impressions lost", len(impressions))
                 finally:
-                    with self._progress:
-                        self._handled += len(part)
-                        for seq, user, _ in pending[start : start + self._max_batch]:
-                            mine = None if user is None else self._unwritten.get(user)
-                            if user is not None and mine is not None:
-                                mine.pop(seq, None)
-                                if not mine:
-                                    del self._unwritten[user]
-                        self._progress.notify_all()
+                    self._handled_part(part)
+
+    def _build(self, part: list[_Queued]) -> list[Impression]:
+        """The impressions of queued lists; one whose function fails is dropped."""
+        out: list[Impression] = []
+        for _, _, p in part:
+            try:
+                out.append(p if isinstance(p, Impression) else p())
+            except Exception:
+                self.dropped += 1
+                log.exception("an impression could not be built: dropped")
+        return out
+
+    def _handled_part(self, part: list[_Queued]) -> None:
+        """Count queued lists as handled (written or dropped) and forget them."""
+        with self._progress:
+            self._handled += len(part)
+            for seq, user, _ in part:
+                mine = None if user is None else self._unwritten.get(user)
+                if user is not None and mine is not None:
+                    mine.pop(seq, None)
+                    if not mine:
+                        del self._unwritten[user]
+            self._progress.notify_all()
 
     def _run(self) -> None:
         while not self._closed.is_set():
