@@ -62,6 +62,7 @@ def greedy_lists(
     out = np.zeros((b_n, ns.max() if b_n else 0), dtype=np.int64)
     objective = np.empty(m)
     allowed = np.empty(m, dtype=np.bool_)
+    over = np.empty(m, dtype=np.bool_)  # over the category cap in this block
     list_sim = np.empty(m)
     sum_sim = np.empty(m)
     block_counts = np.empty(c_n)
@@ -94,24 +95,18 @@ def greedy_lists(
                 for c in range(c_n):
                     full = full or block_counts[c] >= cap
             if full:  # the cap yields when every free item would break it
-                any_capped = False
+                under = 0
                 for i in range(m):
+                    over[i] = False
                     if allowed[i]:
-                        over = False
                         for c in range(c_n):
                             if member[b, i, c] > 0 and block_counts[c] >= cap:
-                                over = True
+                                over[i] = True
                                 break
-                        if not over:
-                            any_capped = True
-                            break
-                if any_capped:
+                        under += not over[i]
+                if under:
                     for i in range(m):
-                        if allowed[i]:
-                            for c in range(c_n):
-                                if member[b, i, c] > 0 and block_counts[c] >= cap:
-                                    allowed[i] = False
-                                    break
+                        allowed[i] = allowed[i] and not over[i]
             missing = min(min_tail, window) - tails
             if min_tail >= 1 and missing > 0 and missing >= window - in_block:
                 best = -np.inf

@@ -243,22 +243,17 @@ def _greedy(
                 sim[b, :m, :m] = vecs @ vecs.T
             else:
                 sim[b, :m, :m] = cosine_matrix(member[b, :m, : widths[b]])
-    calibrate = np.array(
-        [
-            config.calibration.enabled and config.calibration.weight > 0 and t.sum() > 0
-            for t in targets
-        ]
+    calibrate = (targets.sum(axis=1) > 0) & (
+        config.calibration.enabled and config.calibration.weight > 0
     )
     rel = np.zeros((b_n, m_max))
     free = np.zeros((b_n, m_max), dtype=bool)
     is_tail = np.zeros((b_n, m_max), dtype=bool)
-    padded_targets = np.zeros((b_n, member.shape[2]))
     tail = config.long_tail.enabled and config.long_tail.min_tail > 0
     head = cat.head(config.long_tail.head_share) if tail else None
     for b, (its, r) in enumerate(zip(items, rels, strict=True)):
         rel[b, : len(its)] = r
         free[b, : len(its)] = True
-        padded_targets[b, : widths[b]] = targets[b]
         if head is not None:
             is_tail[b, : len(its)] = ~head[its]
     out = greedy_lists(
@@ -267,7 +262,7 @@ def _greedy(
         is_tail,
         member,
         distribution,
-        padded_targets,
+        targets,
         calibrate,
         sim if sim is not None else np.zeros((b_n, 0, 0)),
         np.asarray(ns, dtype=np.int64),
@@ -289,10 +284,10 @@ def _categories(
     reqs: Sequence[Request],
     items: Sequence[NDArray[np.int64]],
     m_max: int,
-) -> tuple[NDArray[np.float64], NDArray[np.float64], list[NDArray[np.float64]], list[int]]:
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], list[int]]:
     """Each request's pool items' category memberships and distributions
-    (B × pool × columns, padded with zeros), its category shares over the
-    same columns and its column count. Up to _DENSE_CATEGORIES categories
+    (B × pool × columns), its category shares over the same columns (B ×
+    columns), all padded with zeros, and its column count. Up to _DENSE_CATEGORIES categories
     the columns are all of them; past it, each request's own: the
     categories its pool items or its shares touch."""
     cat = engine.catalog
@@ -302,7 +297,7 @@ def _categories(
     which, cols, vals = gather_rows(cat.item_categories, flat)
     row_of = np.repeat(np.arange(b_n), lens)[which]
     slot_of = (np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens))[which]
-    targets: list[NDArray[np.float64]] = []
+    shares: list[NDArray[np.float64]] = []
     widths: list[int] = []
     if cat.n_categories > _DENSE_CATEGORIES:
         local = np.empty(len(cols), np.int64)
@@ -310,13 +305,17 @@ def _categories(
             mine = row_of == b
             used = np.union1d(cols[mine], np.flatnonzero(req.affinity)).astype(np.int64)
             local[mine] = np.searchsorted(used, cols[mine])
-            targets.append(req.affinity[used])
+            shares.append(req.affinity[used])
             widths.append(len(used))
         cols = local
     else:
-        targets = [req.affinity for req in reqs]
+        shares = [req.affinity for req in reqs]
         widths = [cat.n_categories] * b_n
-    member = np.zeros((b_n, m_max, max(widths, default=0)))
+    width = max(widths, default=0)
+    targets = np.zeros((b_n, width))
+    for b, share in enumerate(shares):
+        targets[b, : len(share)] = share
+    member = np.zeros((b_n, m_max, width))
     member[row_of, slot_of, cols] = vals
     counts = member.sum(axis=2, keepdims=True)
     distribution = member / np.where(counts > 0, counts, 1.0)

@@ -149,16 +149,14 @@ class ImpressionLogger:
                 try:
                     if impressions:
                         self._store.log_impressions(impressions)
-                except StoreError:
+                except Exception as e:  # an outage is expected; anything else is a bug
                     self.dropped += len(impressions)
-                    log.warning(
-                        "impression log unavailable: %d impressions lost",
+                    log.log(
+                        logging.WARNING if isinstance(e, StoreError) else logging.ERROR,
+                        "impression log failed: %d impressions lost",
                         len(impressions),
                         exc_info=True,
                     )
-                except Exception:
-                    self.dropped += len(impressions)
-                    log.exception("impression log failed: %d impressions lost", len(impressions))
                 finally:
                     self._handled_part(part)
 

@@ -20,7 +20,7 @@ last `seq` it saw never misses an event committed later with a lower number.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,7 @@ from sieve.storage.tables import (
     _chunks,
     _from_us,
     _seconds,
+    _sqlite_insert_new,
     _to_us,
     events_table,
     experiments_table,
@@ -431,35 +432,6 @@ class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts, SQL
 
     def __repr__(self) -> str:
         return f"SQLStore({self.url!r})"
-
-
-#: SQLite's lowest host-parameter limit: a statement's rows × columns stay within it.
-_SQLITE_PARAMETERS = 999
-
-
-def _sqlite_insert_new(
-    conn: Connection,
-    table: str,
-    columns: Sequence[str],
-    key: str,
-    rows: Sequence[Mapping[str, Any]],
-) -> list[str]:
-    """Insert the rows whose `key` is new, with multi-row VALUES through the
-    driver; the keys inserted. SQLAlchemy's insertmanyvalues built the same
-    statements with ~0.3 ms of Python per batch: about 5% of a server under
-    a write-heavy load."""
-    one = "(" + ", ".join("?" * len(columns)) + ")"
-    per = max(1, _SQLITE_PARAMETERS // len(columns))
-    out: list[str] = []
-    for start in range(0, len(rows), per):
-        part = rows[start : start + per]
-        sql = (
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * len(part))} "
-            f"ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
-        )
-        params = tuple(r[c] for r in part for c in columns)
-        out.extend(str(r[0]) for r in conn.exec_driver_sql(sql, params))
-    return out
 
 
 __all__ = ["SQLStore"]

@@ -19,6 +19,7 @@ from sieve.storage.tables import (
     _arrays,
     _chunks,
     _from_us,
+    _sqlite_insert_new,
     _to_us,
     impression_arms_table,
     impression_items_table,
@@ -158,12 +159,10 @@ class SQLImpressions(SQLBase):
                 columns["context"] = [_json(c) for c in columns["context"]]
                 new = set(conn.execute(_PG_LOG_HEADS, columns).scalars())
             else:
-                stmt = (
-                    self._insert(impressions_table)
-                    .on_conflict_do_nothing(index_elements=[impressions_table.c.request_id])
-                    .returning(impressions_table.c.request_id)
+                encoded = [{**h, "context": _json(h["context"])} for h in heads.values()]
+                new = set(
+                    _sqlite_insert_new(conn, "impressions", _HEAD_COLUMNS, "request_id", encoded)
                 )
-                new = set(conn.execute(stmt, list(heads.values())).scalars())
             rows = [s for s in slots if s["request_id"] in new]
             if rows and self._pg:
                 conn.execute(_PG_LOG_ITEMS, _arrays(rows, _ITEM_COLUMNS))

@@ -3,7 +3,7 @@ conversions between their columns and Python values (exact microseconds since th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.engine import Connection
 
 from sieve.storage.migrations import JSONType, SeqType
 
@@ -149,6 +150,35 @@ def _arrays(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str,
     """Rows as one list per column: the parameters of a PostgreSQL `unnest`
     insert, where each column travels as one array."""
     return {c: [r[c] for r in rows] for c in columns}
+
+
+#: SQLite's lowest host-parameter limit: a statement's rows × columns stay within it.
+_SQLITE_PARAMETERS = 999
+
+
+def _sqlite_insert_new(
+    conn: Connection,
+    table: str,
+    columns: Sequence[str],
+    key: str,
+    rows: Sequence[Mapping[str, Any]],
+) -> list[str]:
+    """Insert the rows whose `key` is new, with multi-row VALUES through the
+    driver; the keys inserted. SQLAlchemy's insertmanyvalues built the same
+    statements with ~0.3 ms of Python per batch: about 5% of a server under
+    a write-heavy load."""
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    per = max(1, _SQLITE_PARAMETERS // len(columns))
+    out: list[str] = []
+    for start in range(0, len(rows), per):
+        part = rows[start : start + per]
+        sql = (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * len(part))} "
+            f"ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+        )
+        params = tuple(r[c] for r in part for c in columns)
+        out.extend(str(r[0]) for r in conn.exec_driver_sql(sql, params))
+    return out
 
 
 def _chunks(values: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
