@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from sieve.ranking import trees
 from sieve.ranking.ltr import LTRRanker
 from sieve.ranking.trees import TreeScorer
 
@@ -59,6 +60,30 @@ def test_scores_equal_lightgbm_bit_for_bit(nan_share: float, zero_as_missing: bo
     assert np.array_equal(scorer.predict(x.astype(np.float64)), reference)
     assert np.array_equal(scorer.predict(x[:1]), reference[:1])
     assert scorer.predict(x[:0]).shape == (0,)
+
+
+def test_a_large_block_scored_in_slices_equals_lightgbm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `PARALLEL_ROWS` the rows are cut into one slice per core, each
+    scored on a thread of its own; every row keeps LightGBM's score."""
+    monkeypatch.setattr(trees, "_cores", lambda: 3)
+    booster = _booster(0.05, False)
+    scorer = TreeScorer.of(booster)
+    assert scorer is not None
+    x = _data(np.random.default_rng(2), trees.PARALLEL_ROWS + 1001, 0.08)
+    cut: list[int] = []
+    score = TreeScorer._score
+
+    def seen(self: TreeScorer, rows: NDArray[np.float32], out: NDArray[np.float64]) -> None:
+        cut.append(len(rows))
+        score(self, rows, out)
+
+    monkeypatch.setattr(TreeScorer, "_score", seen)
+    got = scorer.predict(x)
+    assert len(cut) == 2 and sum(cut) == len(x)  # two slices of at least half the threshold
+    assert np.array_equal(got, booster.predict(x, raw_score=True, num_threads=1))
+    cut.clear()
+    scorer.predict(x[: trees.PARALLEL_ROWS - 1])
+    assert len(cut) == 1  # a smaller block stays on the caller's thread
 
 
 def test_kinds_of_split_are_all_exercised() -> None:

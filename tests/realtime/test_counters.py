@@ -96,6 +96,37 @@ def test_a_blocks_counters_in_one_read(cache: Cache) -> None:
     assert users[1] == {"events": 0.0, "recency_hours": math.inf}
 
 
+def test_a_block_reads_each_shared_item_once(cache: Cache) -> None:
+    """With `rows`, each row gets the features of its item as of its own
+    time, the same as reading every row's item, from one key per item."""
+    counters = OnlineCounters(cache, windows={"1h": 3600.0})
+    counters.update(
+        [
+            CounterEvent("u", "a", "view", 0.0, ("x",)),
+            CounterEvent("u", "b", "click", 100.0, ("y",)),
+        ]
+    )
+    reads: list[list[str]] = []
+    get_many = cache.get_many
+
+    def counted(keys: list[str]) -> list[bytes | None]:
+        reads.append(list(keys))
+        return get_many(keys)
+
+    now = np.array([3600.0, 60.0, 7200.0, 900.0])
+    every = counters.item_features(["a", "b", "a", "never"], now)
+    cache.get_many = counted  # type: ignore[method-assign]
+    shared, _ = counters.block_features(
+        ["a", "b", "never"], now, [], np.array([0, 1, 0, 2], dtype=np.int64)
+    )
+    if not isinstance(cache, MemoryCache):  # Redis: the three items, once each
+        assert len(reads) == 1 and len(reads[0]) == 3
+    assert shared.keys() == every.keys()
+    for key, values in every.items():
+        np.testing.assert_array_equal(shared[key], values, err_msg=key)
+    assert shared["view@1h"][0] != shared["view@1h"][2]  # one item, two times
+
+
 def test_replay_equals_online_updates(cache: Cache) -> None:
     """Training features (replay of the log) and serving features (updates as
     events arrive) come from the same code and agree."""

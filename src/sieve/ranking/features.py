@@ -47,10 +47,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sieve.ranking.attributes import AttributeFeatures
+from sieve.ranking.normalise import normalised
 from sieve.realtime.counters import OnlineCounters
 from sieve.retrieval.candidates import SOURCES, Candidates, Request, positions
 from sieve.retrieval.sources import CandidateEngine
-from sieve.sparse import gather_rows
+from sieve.sparse import gather_rows, maximum_at
 from sieve.storage.cache import CacheError
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,7 @@ def _put_models(
     knn_sims: list[NDArray[np.float32]] = []
     knn_requests = np.zeros(len(items), dtype=bool)
     n_anchors = np.ones(len(items), dtype=np.float64)
+    scores = _ModelScores()
     contents = engine.content_cosines_many(
         reqs, [items[lo:hi] for lo, hi in itertools.pairwise(bounds)]
     )
@@ -214,12 +216,13 @@ def _put_models(
         its = items[lo:hi]
         tr = trained[lo:hi]
         tr_items = its[tr]
+        tr_rows = np.flatnonzero(tr) + lo
         vec = engine.user_vector(req)
         if vec is not None and engine.als is not None:
-            _put_normalised(view, "als", tr, engine.als.state.item_factors[tr_items] @ vec)
+            scores.add("als", tr_rows, engine.als.state.item_factors[tr_items] @ vec)
         knn = engine.knn(req)
         if knn is not None:
-            _put_normalised(view, "knn", tr, knn.score[tr_items])
+            scores.add("knn", tr_rows, knn.score[tr_items])
             pos = positions(knn.entry_item, its)
             hit = pos >= 0
             knn_rows.append(pos[hit] + lo)
@@ -233,23 +236,51 @@ def _put_models(
                 view[tr, _COLUMN["emb_max_cos"]] = cos.max(axis=1)
                 view[tr, _COLUMN["emb_mean_cos"]] = cos.mean(axis=1)
         if content is not None:
-            _put_normalised(view, "content", np.ones(hi - lo, bool), content)
+            scores.add("content", np.arange(lo, hi), content)
             view[:, _COLUMN["content_cos"]] = content
         ease = engine.ease_scores(req)
         if ease is not None:
-            _put_normalised(view, "ease", tr, ease[tr_items])
+            scores.add("ease", tr_rows, ease[tr_items])
         sasrec = engine.sasrec_scores(req)
         if sasrec is not None:
             known = its < len(sasrec)
-            _put_normalised(view, "sasrec", known, sasrec[its[known]])
+            scores.add("sasrec", np.flatnonzero(known) + lo, sasrec[its[known]])
+    scores.put(x)
     if knn_rows:
         rows = np.concatenate(knn_rows)
         sims = np.concatenate(knn_sims)
         max_sim = np.zeros(len(items), np.float32)
-        np.maximum.at(max_sim, rows, sims)
+        maximum_at(max_sim, rows, sims)
         sum_sim = np.bincount(rows, weights=sims, minlength=len(items))
         x[knn_requests, _COLUMN["knn_max_sim"]] = max_sim[knn_requests]
         x[knn_requests, _COLUMN["knn_mean_sim"]] = (sum_sim / n_anchors)[knn_requests]
+
+
+class _ModelScores:
+    """Each model's scores of a block's candidates, request by request, put
+    as z-scores and rank percentiles among each request's own candidates in
+    one pass per model (`sieve.ranking.normalise`): comparable across users
+    and across refits, where raw scores drift (a model refitted on more data
+    scores higher)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, list[NDArray[np.int64]]] = {}
+        self._values: dict[str, list[NDArray[np.float64]]] = {}
+
+    def add(self, model: str, rows: NDArray[np.int64], values: NDArray[np.floating]) -> None:
+        """One request's scores of its candidates at block rows `rows`."""
+        if len(values):
+            self._rows.setdefault(model, []).append(rows)
+            self._values.setdefault(model, []).append(np.asarray(values, dtype=np.float64))
+
+    def put(self, x: NDArray[np.float32]) -> None:
+        for model, rows in self._rows.items():
+            values = self._values[model]
+            lens = np.array([len(v) for v in values], dtype=np.int64)
+            z, pct = normalised(np.concatenate(values), lens)
+            at = np.concatenate(rows)
+            x[at, _COLUMN[f"{model}_z"]] = z
+            x[at, _COLUMN[f"{model}_pct"]] = pct
 
 
 def _context(req: Request, name: str) -> float:
@@ -285,11 +316,14 @@ def _put_online(
         for b, req in enumerate(reqs)
         if req.query.user_id is not None and bounds[b + 1] > bounds[b]
     ]
+    # the block's requests share most candidates: each item's record is read once
+    distinct, rows = np.unique(items, return_inverse=True)
     try:
         f, users = online.block_features(
-            [str(i) for i in cat.item_ids[items]],
+            [str(i) for i in cat.item_ids[distinct]],
             now,
             [(user_id, reqs[b].now) for b, user_id in asking],
+            rows,
         )
     except CacheError:
         log.warning("online counters unreadable: their features are missing")
@@ -333,7 +367,7 @@ def _category_sum_max(
     which, cols, member = gather_rows(engine.catalog.item_categories, items)
     share = member * (affinity[cols] if rows is None else affinity[rows[which], cols])
     top = np.zeros(len(items))
-    np.maximum.at(top, which, share)
+    maximum_at(top, which, share)
     total = np.bincount(which, weights=share, minlength=len(items)).astype(np.float64)
     return total, top
 
@@ -341,22 +375,6 @@ def _category_sum_max(
 def _log_hours(hours: NDArray[np.float64]) -> NDArray[np.float64]:
     """log1p of hours; never (inf) is missing."""
     return np.where(np.isfinite(hours), np.log1p(np.where(np.isfinite(hours), hours, 0.0)), np.nan)
-
-
-def _put_normalised(
-    x: NDArray[np.float32], model: str, rows: NDArray[np.bool_], values: NDArray[np.floating]
-) -> None:
-    """A model's scores as z-scores and rank percentiles (0 = best) among the
-    request's candidates: comparable across users and across refits, where
-    raw scores drift (a model refitted on more data scores higher)."""
-    if len(values) == 0:
-        return
-    v = np.asarray(values, dtype=np.float64)
-    sd = float(v.std())
-    x[rows, _COLUMN[f"{model}_z"]] = (v - v.mean()) / sd if sd > 0 else 0.0
-    rank = np.empty(len(v))
-    rank[np.argsort(-v, kind="stable")] = np.arange(len(v))
-    x[rows, _COLUMN[f"{model}_pct"]] = rank / len(v)
 
 
 #: Models whose z-score can serve as the ranker's base score, strongest first.

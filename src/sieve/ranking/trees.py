@@ -19,12 +19,21 @@ LightGBM's rules (`Tree::NumericalDecision`, `Tree::CategoricalDecision`):
 - categorical split: NaN or a negative value goes right; otherwise left when
   int(v) is in the split's category set.
 
+A large block of rows (the offline funnel's blocks of users, tens of
+thousands of rows) is cut into one slice per core, scored in parallel by
+threads: each row's sum is the same as alone, and a live answer's few
+hundred rows stay on the caller's thread.
+
 Boosters this scorer does not model (linear trees, several classes) keep
 LightGBM's own predictor: `TreeScorer.of` returns None for them.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +45,28 @@ from numpy.typing import NDArray
 #: node kinds: numerical (missing None or NaN), numerical with zero as missing, categorical
 _NUMERICAL, _ZERO_MISSING, _CATEGORICAL = 0, 1, 2
 _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
+#: rows from which a block is scored by one thread per core: below it the
+#: threads' start-up is not worth it (a live answer is a few hundred rows)
+PARALLEL_ROWS = 16_384
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The shared threads that score the slices of a large block."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(_cores(), thread_name_prefix="sieve-trees")
+        return _POOL
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,18 +107,33 @@ class TreeScorer:
                 f"TreeScorer: rows of {self.n_features} features expected, got shape {x.shape}"
             )
         out = np.empty(len(x), np.float64)
-        if len(x):
-            _score(
-                np.ascontiguousarray(x),
-                self.nodes,
-                self.thresholds,
-                self.leaves,
-                self.roots,
-                self.cat_bounds,
-                self.cat_words,
-                out,
-            )
+        x = np.ascontiguousarray(x)
+        slices = min(_cores(), len(x) // (PARALLEL_ROWS // 2)) if len(x) >= PARALLEL_ROWS else 1
+        if slices <= 1:
+            if len(x):
+                self._score(x, out)
+            return out
+        bounds = np.linspace(0, len(x), slices + 1).astype(np.int64)
+        done = [
+            _pool().submit(self._score, x[lo:hi], out[lo:hi])
+            for lo, hi in itertools.pairwise(bounds)
+        ]
+        for f in done:
+            f.result()
         return out
+
+    def _score(self, x: NDArray[np.floating[Any]], out: NDArray[np.float64]) -> None:
+        """Score the rows of x into out (views: a slice's rows go to its slice)."""
+        _score(
+            x,
+            self.nodes,
+            self.thresholds,
+            self.leaves,
+            self.roots,
+            self.cat_bounds,
+            self.cat_words,
+            out,
+        )
 
 
 class _Builder:

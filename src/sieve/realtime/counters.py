@@ -428,10 +428,14 @@ class OnlineCounters:
         item_ids: Sequence[str],
         now: float | NDArray[np.float64],
         users: Sequence[tuple[str, float]],
+        rows: NDArray[np.int64] | None = None,
     ) -> tuple[dict[str, NDArray[np.float64]], list[dict[str, float]]]:
         """`item_features(item_ids, now)` and `user_features(user, t)` of each
         (user, t) of `users`, read in one round trip to the cache (a block of
-        live requests reads its candidates and its users at once)."""
+        live requests reads its candidates and its users at once). With
+        `rows`, the item features are those of `item_ids[rows]` (each as of
+        its `now`): a block whose requests share candidates reads each item's
+        record once."""
         keys = [self._item_key(i) for i in item_ids]
         user_keys = [self._user_key(user) for user, _ in users]
         (items, (state, present)), cats = self._records.read_all(
@@ -442,7 +446,8 @@ class OnlineCounters:
             self._user_values(state[j], bool(present[j]), cats[j], t)
             for j, (_, t) in enumerate(users)
         ]
-        return self._item_values(*items, now), per_user
+        state, present = items if rows is None else (items[0][rows], items[1][rows])
+        return self._item_values(state, present, now), per_user
 
     def _item_values(
         self,

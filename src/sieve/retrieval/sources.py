@@ -40,7 +40,7 @@ from sieve.retrieval.candidates import (
 from sieve.retrieval.catalog import Catalog, _categories
 from sieve.retrieval.content import ContentIndex
 from sieve.retrieval.personal import UserNeighbours, comeback, session_sequence
-from sieve.sparse import gather_rows
+from sieve.sparse import gather_rows, maximum_at, minimum_at
 from sieve.types import Query
 
 _DAY = 86_400.0
@@ -687,10 +687,10 @@ class CandidateEngine:
         p = pos[hit]
         # per item, its largest contribution, the first entry giving it on ties
         top = np.full(len(all_items), -np.inf)
-        np.maximum.at(top, p, contrib)
+        maximum_at(top, p, contrib)
         ties = np.flatnonzero(contrib == top[p])
         first = np.full(len(all_items), len(p), np.int64)
-        np.minimum.at(first, p[ties], ties)
+        minimum_at(first, p[ties], ties)
         found = np.full(len(all_items), -1, np.int64)
         reached = first < len(p)
         anchors = joined([reqs[k].anchors for k in got])
