@@ -8,9 +8,10 @@ import threading
 from collections.abc import Callable
 
 import pytest
+import threadpoolctl
 from fastapi.testclient import TestClient
 
-from sieve.serve.lane import Busy, Lane
+from sieve.serve.lane import Busy, Lane, limit_blas_threads
 from sieve.serve.service import Service
 
 MakeClient = Callable[..., TestClient]
@@ -203,3 +204,31 @@ def test_concurrent_live_answers_in_one_block_equal_the_answers_alone(
     scraped = client.get("/metrics").text
     assert f"sieve_live_lane_computations {float(lane.blocks)}" in scraped
     assert f"sieve_live_lane_answered {float(lane.answered)}" in scraped
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_server_process_runs_blas_on_the_threads_its_settings_give(
+    serve: MakeClient, threads: int
+) -> None:
+    """One live computation at a time per process: NumPy's and SciPy's BLAS
+    get `blas_threads` threads (a product large enough to thread took every
+    core from the event loop), for the process's life; 0 leaves the
+    library's default. (A BLAS threaded by OpenMP, as FAISS's own, keeps a
+    count per thread, which FAISS sets itself: `AnnConfig.search_threads`.)"""
+
+    def counts() -> list[int]:
+        return [
+            i["num_threads"]
+            for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas" and i.get("threading_layer") == "pthreads"
+        ]
+
+    before = counts()
+    try:
+        client = serve(blas_threads=threads)  # its lifespan runs on a thread of its own
+        assert before and set(counts()) == {threads}
+        assert client.get("/recommendations/u001", params={"n": 5}).status_code == 200
+        serve(blas_threads=0)
+        assert set(counts()) == {threads}  # left as it was
+    finally:
+        limit_blas_threads(before[0])

@@ -61,7 +61,7 @@ from sieve.serve.auth import KeyRing
 from sieve.serve.errors import InvalidInput, TooLarge
 from sieve.serve.holder import NoModelError, freeze_heap
 from sieve.serve.hotpath import StoredAnswers
-from sieve.serve.lane import Busy
+from sieve.serve.lane import Busy, limit_blas_threads
 from sieve.serve.listing import MODEL_HEADER
 from sieve.serve.routes import (
     dashboard,
@@ -340,6 +340,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.blas_threads:  # for the process's life (see the setting)
+            limit_blas_threads(settings.blas_threads)
         service = await run_in_threadpool(Service.open, settings)
         app.state.service = service
         if settings.precompute and service.model_version is not None:

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+import threadpoolctl
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -178,4 +180,16 @@ def _run(block: list[_Job[T, R]], compute: Callable[[list[T]], Sequence[R]]) -> 
             j.done.set()
 
 
-__all__ = ["BLOCK", "Busy", "Lane"]
+def limit_blas_threads(threads: int) -> None:
+    """Give NumPy's and SciPy's BLAS `threads` threads for the rest of the
+    process's life (`Settings.blas_threads`): one computation runs at a time,
+    and a threaded matrix product took every core from the event loop and the
+    requests' threads. threadpoolctl lets only the first thread that limited
+    OpenBLAS change it again; the server's limit overrides whoever that was."""
+    clear = getattr(threadpoolctl.OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+    threadpoolctl.threadpool_limits(threads, user_api="blas")
+
+
+__all__ = ["BLOCK", "Busy", "Lane", "limit_blas_threads"]

@@ -4,11 +4,12 @@ optional schema), with the connection set-up each dialect needs."""
 from __future__ import annotations
 
 import re
+import time
 import zlib
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
@@ -89,12 +90,44 @@ def _postgres_engine(url: URL, schema: str | None) -> tuple[Engine, str]:
     # ~2% of a loaded server's CPU went to connecting)
     engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=int(size),
         max_overflow=POOL_OVERFLOW,
         connect_args=connect_args,
     )
+    _ping_when_idle(engine, PING_AFTER_IDLE_SECONDS)
     return engine, schema or "public"
+
+
+#: A pooled PostgreSQL connection unused for this long is checked with a
+#: ping before it is handed out again.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection at checkout only when it has sat unused for
+    `idle_seconds`; a dead one is replaced before anyone uses it.
+
+    SQLAlchemy's `pool_pre_ping` pings at every checkout: one more round trip
+    on every store call, where under load a connection comes back to the pool
+    and goes out again within milliseconds. A connection lost while idle (a
+    server restart, an idle timeout, a dropped network) is still caught
+    before use; one lost in the last second is found by the request that
+    uses it, which fails with `StoreUnavailable` (503, `Retry-After`) and has
+    the pool replace every connection opened before the loss."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn: Any, record: Any) -> None:
+        record.info["sieve_returned"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _handed_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get("sieve_returned")
+        if returned is None or time.monotonic() - returned < idle_seconds:
+            return  # new, or in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as e:  # the pool drops it and checks out another
+            raise exc.DisconnectionError(f"pooled connection lost while idle: {e}") from e
 
 
 def open_store(

@@ -60,31 +60,39 @@ _EVENT_INSERT_COLUMNS = (
     "timestamp_us",
     "request_id",
 )
-#: PostgreSQL: the batch's new users (no attributes), as one array.
-_PG_CREATE_USERS = text(
+#: PostgreSQL's whole append in one statement, sent in autocommit (its own
+#: transaction: one round trip where BEGIN, the lock, the users, the events
+#: and COMMIT were five): the event log's lock (taken before any row reaches
+#: the events' insert, so `seq` follows commit order), the batch's new users,
+#: then the events; returns ("user", id) of the users created and ("event",
+#: id) of the events inserted. The batch travels as one array per column
+#: (several times faster than a multi-row VALUES list), and its rows keep
+#: batch order, so `seq` follows it.
+_PG_APPEND_ALL = text(
     """
-    INSERT INTO users (id, attributes)
-    SELECT id, CAST('{}' AS jsonb) FROM unnest(CAST(:id AS text[])) AS batch(id)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
-    """
-)
-#: PostgreSQL's bulk append: the batch travels as one array per column and is
-#: inserted by one set-based statement (several times faster than a multi-row
-#: VALUES list); rows keep batch order, so `seq` follows it.
-_PG_APPEND = text(
-    """
-    INSERT INTO events (event_id, user_id, item_id, type, value, timestamp_us, request_id)
-    SELECT event_id, user_id, item_id, type, value, timestamp_us, request_id
-    FROM unnest(
-        CAST(:event_id AS text[]), CAST(:user_id AS text[]), CAST(:item_id AS text[]),
-        CAST(:type AS text[]), CAST(:value AS float8[]), CAST(:timestamp_us AS int8[]),
-        CAST(:request_id AS text[])
-    ) WITH ORDINALITY
-        AS batch(event_id, user_id, item_id, type, value, timestamp_us, request_id, ord)
-    ORDER BY ord
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
+    WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(:lock_key) AS held),
+    new_users AS (
+        INSERT INTO users (id, attributes)
+        SELECT id, CAST('{}' AS jsonb) FROM unnest(CAST(:new_user AS text[])) AS batch(id)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id
+    ),
+    new_events AS (
+        INSERT INTO events (event_id, user_id, item_id, type, value, timestamp_us, request_id)
+        SELECT event_id, user_id, item_id, type, value, timestamp_us, request_id
+        FROM locked, unnest(
+            CAST(:event_id AS text[]), CAST(:user_id AS text[]), CAST(:item_id AS text[]),
+            CAST(:type AS text[]), CAST(:value AS float8[]), CAST(:timestamp_us AS int8[]),
+            CAST(:request_id AS text[])
+        ) WITH ORDINALITY
+            AS batch(event_id, user_id, item_id, type, value, timestamp_us, request_id, ord)
+        ORDER BY ord
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING event_id
+    )
+    SELECT 'user' AS kind, id FROM new_users
+    UNION ALL
+    SELECT 'event' AS kind, event_id FROM new_events
     """
 )
 
@@ -267,21 +275,22 @@ class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts, SQL
                 }
             )
         inserted: set[str] = set()
-        created: list[str] = []
-        if rows:
+        created: set[str] = set()
+        if rows and self._pg:
+            columns: dict[str, Any] = _arrays(rows, _EVENT_INSERT_COLUMNS)
+            columns["value"] = [None if v is None else float(v) for v in columns["value"]]
+            columns["lock_key"] = self._lock_key
+            columns["new_user"] = sorted({r["user_id"] for r in rows}) if create_users else []
+            with self._statement("append_events") as conn:
+                for kind, key in conn.execute(_PG_APPEND_ALL, columns):
+                    (created if kind == "user" else inserted).add(str(key))
+        elif rows:
             with self._write("append_events") as conn:
-                if self._pg:
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._lock_key})
                 if create_users:
-                    created = self._create_users(conn, sorted({r["user_id"] for r in rows}))
-                if self._pg:
-                    columns = _arrays(rows, _EVENT_INSERT_COLUMNS)
-                    columns["value"] = [None if v is None else float(v) for v in columns["value"]]
-                    inserted.update(conn.execute(_PG_APPEND, columns).scalars())
-                else:
-                    inserted.update(
-                        _sqlite_insert_new(conn, "events", _EVENT_INSERT_COLUMNS, "event_id", rows)
-                    )
+                    created.update(self._create_users(conn, sorted({r["user_id"] for r in rows})))
+                inserted.update(
+                    _sqlite_insert_new(conn, "events", _EVENT_INSERT_COLUMNS, "event_id", rows)
+                )
         duplicates: list[str] = []
         seen: set[str] = set()
         for e in events:
@@ -294,11 +303,8 @@ class SQLStore(SQLImpressions, SQLReports, SQLShared, SQLSignals, SQLCharts, SQL
 
     def _create_users(self, conn: Connection, user_ids: Sequence[str]) -> list[str]:
         """Insert the users among `user_ids` not yet stored (no attributes), inside
-        the caller's transaction; returns the ids inserted."""
-        if self._pg:
-            return [
-                str(u) for u in conn.execute(_PG_CREATE_USERS, {"id": list(user_ids)}).scalars()
-            ]
+        the caller's SQLite transaction; returns the ids inserted (PostgreSQL
+        creates them inside `_PG_APPEND_ALL`)."""
         new = [{"id": u, "attributes": "{}"} for u in user_ids]  # JSON as SQLite stores it
         return _sqlite_insert_new(conn, "users", ("id", "attributes"), "id", new)
 

@@ -25,6 +25,15 @@ class SQLBase:
         self._engine = engine
         self.url = url or engine.url.render_as_string(hide_password=True)
         self._pg = engine.dialect.name == "postgresql"
+        # PostgreSQL reads run each statement in its own implicit transaction
+        # (autocommit; the same pool): a read is then one round trip, where
+        # BEGIN and the ROLLBACK on the connection's return made it three.
+        # Under READ COMMITTED a transaction's statements each see a snapshot
+        # of their own anyway, so no read sees anything else. SQLite keeps its
+        # read transactions: they are a consistent snapshot there, and local.
+        self._reader = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if self._pg else engine
+        )
         self._lock_key = lock_key
         self._insert = pg_dialect.insert if self._pg else sqlite_dialect.insert
 
@@ -53,8 +62,23 @@ class SQLBase:
             raise StoreError(f"{what} failed: {e}") from e
 
     @contextmanager
-    def _read(self, what: str) -> Iterator[Connection]:
-        with self._translate(what), self._engine.connect() as conn:
+    def _read(self, what: str, *, transaction: bool = False) -> Iterator[Connection]:
+        """A connection for reads; with `transaction`, inside a transaction on
+        PostgreSQL too (a server-side cursor needs one)."""
+        engine = self._engine if transaction else self._reader
+        with self._translate(what), engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _statement(self, what: str) -> Iterator[Connection]:
+        """A connection for a write that is ONE statement, atomic by itself:
+        in autocommit on PostgreSQL, so it is its own transaction and one
+        round trip (BEGIN and COMMIT made it three); a transaction on SQLite."""
+        if not self._pg:
+            with self._write(what) as conn:
+                yield conn
+            return
+        with self._translate(what), self._reader.connect() as conn:
             yield conn
 
     @contextmanager

@@ -61,7 +61,7 @@ class SQLCharts(SQLBase):
             .order_by(i.c.created_at_us.desc().nulls_last(), i.c.id)
         )
         out: list[tuple[str, float]] = []
-        with self._read("newest_items") as conn:
+        with self._read("newest_items", transaction=True) as conn:
             # read in order until `limit` match: a category stops early
             for row in conn.execution_options(yield_per=500).execute(query):
                 if category is None or category in (row[2] or []):
