@@ -88,3 +88,29 @@ def test_attribution_picks_latest_impression_within_window(store: SQLStore) -> N
     assert store.attribute("u1", "zzz", at, window_seconds=3600) is None
     # an impression after the click cannot explain it
     assert store.attribute("u1", "x", T0 + timedelta(minutes=5), window_seconds=3600) is None
+
+
+def test_a_batch_attributes_each_click_within_its_own_window(store: SQLStore) -> None:
+    """One lookup for many clicks: each gets the latest impression of its item
+    to its user within its own window (same pair, different times; a tie in
+    time goes to the larger request id), as one `attribute` call each."""
+    store.log_impressions(
+        [
+            _imp("r1", "u1", ["a", "b"], T0),
+            _imp("r3", "u1", ["a"], T0 + timedelta(minutes=10)),
+            _imp("r2", "u1", ["a"], T0 + timedelta(minutes=10)),
+            _imp("r4", "u2", ["a"], T0 + timedelta(minutes=20)),
+        ]
+    )
+    clicks = [
+        ("u1", "a", T0 + timedelta(minutes=5)),  # only r1 shown yet
+        ("u1", "a", T0 + timedelta(minutes=12)),  # r2 and r3 at once: r3
+        ("u1", "b", T0 + timedelta(minutes=12)),
+        ("u1", "b", T0 + timedelta(minutes=40)),  # r1 left the 30-minute window
+        ("u2", "a", T0 + timedelta(minutes=19)),  # before u2 was shown it
+        ("u2", "a", T0 + timedelta(minutes=21)),
+        ("u3", "a", T0 + timedelta(minutes=21)),  # never shown
+    ]
+    got = store.attribute_many(clicks, window_seconds=1800)
+    assert got == ["r1", "r3", "r1", None, None, "r4", None]
+    assert got == [store.attribute(u, i, at, window_seconds=1800) for u, i, at in clicks]
