@@ -23,11 +23,12 @@ from sieve.storage import AppendResult, SQLStore, StoreUnavailable, opening
 
 from .conftest import StoreTarget
 
+#: PostgreSQL only (the `target` fixture skips, naming the URL, without a server)
+pytestmark = pytest.mark.parametrize("target", ["postgresql"], indirect=True)
+
 
 @pytest.fixture
 def pg(target: StoreTarget) -> StoreTarget:
-    if target.backend != "postgresql":
-        pytest.skip("how PostgreSQL connections are pooled: no SQLite counterpart")
     return target
 
 
