@@ -178,35 +178,25 @@ def maximum_at(
     equal value keeps the one already there), compiled: `ufunc.at` costs
     ~0.1 ms a call at a live answer's sizes, and a request makes several
     (the reduction of the triples `gather_rows` returns)."""
-    _maximum_at(out, np.asarray(index, dtype=np.int64), values)
+    _extreme_at(out, np.asarray(index, dtype=np.int64), values, True)
 
 
 def minimum_at(
     out: NDArray[np.number], index: NDArray[np.integer], values: NDArray[np.number]
 ) -> None:
     """`np.minimum.at(out, index, values)`, compiled (see `maximum_at`)."""
-    _minimum_at(out, np.asarray(index, dtype=np.int64), values)
+    _extreme_at(out, np.asarray(index, dtype=np.int64), values, False)
 
 
 @numba.njit(cache=True, nogil=True)
-def _maximum_at(
-    out: NDArray[np.number], index: NDArray[np.int64], values: NDArray[np.number]
+def _extreme_at(
+    out: NDArray[np.number], index: NDArray[np.int64], values: NDArray[np.number], largest: bool
 ) -> None:  # pragma: no cover - compiled
     for i in range(index.shape[0]):
         j = index[i]
         v = values[i]
-        if v > out[j] or v != v:  # np.maximum: a NaN propagates, a tie keeps out[j]
-            out[j] = v
-
-
-@numba.njit(cache=True, nogil=True)
-def _minimum_at(
-    out: NDArray[np.number], index: NDArray[np.int64], values: NDArray[np.number]
-) -> None:  # pragma: no cover - compiled
-    for i in range(index.shape[0]):
-        j = index[i]
-        v = values[i]
-        if v < out[j] or v != v:
+        # as np.maximum / np.minimum: a NaN propagates, a tie keeps out[j]
+        if (v > out[j] if largest else v < out[j]) or v != v:
             out[j] = v
 
 

@@ -421,3 +421,23 @@ def test_positions_same_by_lookup_table_and_by_search() -> None:
     assert (positions(far, items * 10_000_000) == expected).all()
     assert (positions(np.append(values, -1), items)[-1]) == -1  # negative: searched
     assert len(positions(np.empty(0, np.int64), items)) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_compiled_maximum_and_minimum_at_equal_numpys_ufunc_at(dtype: type) -> None:
+    """Repeated indices, ties, -0.0 against 0.0 and NaN, as `ufunc.at` has them."""
+    from sieve.sparse import maximum_at, minimum_at
+
+    rng = np.random.default_rng(5)
+    index = rng.integers(0, 20, 400)
+    values = rng.integers(-5, 6, 400).astype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        values[::37] = -0.0
+        values[5] = np.nan
+    for ours, numpys in ((maximum_at, np.maximum.at), (minimum_at, np.minimum.at)):
+        got = np.zeros(21, dtype=dtype)
+        want = np.zeros(21, dtype=dtype)
+        ours(got, index, values)
+        numpys(want, index, values)
+        np.testing.assert_array_equal(got, want)
+        assert np.array_equal(np.signbit(got), np.signbit(want))

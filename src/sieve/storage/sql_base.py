@@ -71,13 +71,9 @@ class SQLBase:
 
     @contextmanager
     def _statement(self, what: str) -> Iterator[Connection]:
-        """A connection for a write that is ONE statement, atomic by itself:
-        in autocommit on PostgreSQL, so it is its own transaction and one
-        round trip (BEGIN and COMMIT made it three); a transaction on SQLite."""
-        if not self._pg:
-            with self._write(what) as conn:
-                yield conn
-            return
+        """A PostgreSQL connection in autocommit for a write that is ONE
+        statement, atomic by itself: its own transaction, one round trip
+        (BEGIN and COMMIT made it three)."""
         with self._translate(what), self._reader.connect() as conn:
             yield conn
 
