@@ -11,7 +11,11 @@ one is under load at a time). Each round puts on one version, for `--seconds`:
 - 2 client threads: `POST /events`, batches of 10 new events (random known
   users and items), so the event log grows by the same amount for both;
 
-both served without precomputed lists. Each version serves with its own
+both served without precomputed lists. Where a version reports its live
+lane's time (`sieve_live_lane_seconds`, `…_cpu_seconds`), a table gives per
+round the lane's computations, their mean block, wall and CPU ms each, and
+the CPU share of the wall time (the rest waited for the interpreter lock
+that the process's other threads held). Each version serves with its own
 defaults: since `answer_ttl_seconds` exists, a plain request's live answer is
 kept until the user's next event, so a user asked for again before the writers
 touch them gets that kept answer (the `cached` column counts them);
@@ -59,6 +63,8 @@ from harness import (
     events,
     fmt,
     fresh_store,
+    lane_counters,
+    lane_figures,
     percentile,
     prepare,
     recommendations,
@@ -134,10 +140,12 @@ def main() -> int:
                             events(data.user_ids, data.item_ids, args.batch)
                         ] * args.writers
                         LoadClient(bases[label], makers, seed=-r).run_for(WARMUP_SECONDS)
+                        lane_before = lane_counters(bases[label])
                         samples, elapsed = LoadClient(bases[label], makers, seed=r).run_for(
                             args.seconds
                         )
                         s = summarize(samples, elapsed)
+                        s["lane"] = lane_figures(lane_before, lane_counters(bases[label]))
                         rows.append({"store": store, "version": label, "round": r, **s})
                         pooled.setdefault((store, label), []).extend(samples)
                         rec = s["endpoints"].get("recommendations", {})
@@ -229,6 +237,26 @@ def print_tables(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> N
             p50, p99 = fmt(d["p50_ms"]), fmt(d["p99_ms"])
             table.add_row("", "", "", e, fmt(d["rps"]), p50, p99, str(d["errors"]), cached)
     console.print(table)
+
+    lanes = [r for r in rows if r.get("lane")]
+    if lanes:  # where the version reports its live lane (`sieve_live_lane_*`)
+        table = Table(title="the live lane per round: one computation answers a block of requests")
+        for col in ("store", "version", "round", "blocks", "mean block", "wall ms", "CPU ms"):
+            table.add_column(col, justify="right")
+        table.add_column("CPU share of wall", justify="right")
+        for r in lanes:
+            ln = r["lane"]
+            table.add_row(
+                r["store"],
+                r["version"],
+                str(r["round"]),
+                f"{ln['computations']:.0f}",
+                f"{ln['mean_block']:.2f}",
+                fmt(ln["wall_ms"], 2),
+                fmt(ln["cpu_ms"], 2),
+                f"{ln['cpu_share']:.0%}",
+            )
+        console.print(table)
 
     table = Table(title="all rounds pooled: candidate (cand) / baseline (base)")
     for col in (

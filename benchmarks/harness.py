@@ -490,6 +490,45 @@ class LoadClient:
         return samples, time.monotonic() - t0
 
 
+LANE_GAUGES = ("computations", "answered", "seconds", "cpu_seconds")
+
+
+def lane_counters(base: str) -> dict[str, float] | None:
+    """The live lane's counters from the server's `/metrics`
+    (`sieve_live_lane_*`), or None where the version does not report them
+    all (older versions report no time)."""
+    try:
+        text = httpx.get(f"{base}/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return None
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in LANE_GAUGES:
+            if line.startswith(f"sieve_live_lane_{name} "):
+                found[name] = float(line.split()[1])
+    return found if len(found) == len(LANE_GAUGES) else None
+
+
+def lane_figures(
+    before: dict[str, float] | None, after: dict[str, float] | None
+) -> dict[str, float] | None:
+    """Between two `lane_counters` readings: computations, the mean block,
+    wall and CPU ms per computation and the CPU share of the lane's wall
+    time (low: the computation waited for the interpreter lock)."""
+    if before is None or after is None:
+        return None
+    d = {k: after[k] - before[k] for k in LANE_GAUGES}
+    if d["computations"] <= 0 or d["seconds"] <= 0:
+        return None
+    return {
+        "computations": d["computations"],
+        "mean_block": d["answered"] / d["computations"],
+        "wall_ms": 1000 * d["seconds"] / d["computations"],
+        "cpu_ms": 1000 * d["cpu_seconds"] / d["computations"],
+        "cpu_share": d["cpu_seconds"] / d["seconds"],
+    }
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
 

@@ -178,6 +178,37 @@ def test_a_submitter_that_times_out_is_not_computed_later() -> None:
     assert calls == [[8]] and lane.refused == 1
 
 
+class _Clocks:
+    """A wall clock and a thread CPU clock that move only when told."""
+
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.cpu = 7.0
+
+    def spend(self, wall: float, cpu: float) -> None:
+        self.wall += wall
+        self.cpu += cpu
+
+
+def test_the_lane_adds_up_the_wall_and_cpu_time_of_its_computations() -> None:
+    clocks = _Clocks()
+    lane = Lane(1, wait_seconds=None, wall_clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu)
+
+    def compute(items: list[int]) -> list[int]:
+        clocks.spend(0.010, 0.004)  # waited 6 ms of its 10 ms for the interpreter
+        return items
+
+    assert lane.submit("k", 1, compute) == 1
+    with lane.held():
+        clocks.spend(0.003, 0.003)  # an explained answer, all its own CPU
+    clocks.spend(5.0, 1.0)  # time outside any computation does not count
+    with pytest.raises(ValueError), lane.held():
+        clocks.spend(0.002, 0.001)
+        raise ValueError("a failed computation still took its time")
+    assert lane.seconds == pytest.approx(0.015)
+    assert lane.cpu_seconds == pytest.approx(0.008)
+
+
 def test_concurrent_live_answers_in_one_block_equal_the_answers_alone(
     serve: MakeClient,
 ) -> None:
@@ -204,6 +235,16 @@ def test_concurrent_live_answers_in_one_block_equal_the_answers_alone(
     scraped = client.get("/metrics").text
     assert f"sieve_live_lane_computations {float(lane.blocks)}" in scraped
     assert f"sieve_live_lane_answered {float(lane.answered)}" in scraped
+    # the computations' time, read at the scrape: CPU of the computing thread within its wall time
+    wall, cpu = (_gauge(scraped, f"sieve_live_lane_{name}") for name in ("seconds", "cpu_seconds"))
+    assert 0.0 < cpu <= wall + 1e-3
+    assert wall <= lane.seconds and cpu <= lane.cpu_seconds
+
+
+def _gauge(scraped: str, name: str) -> float:
+    """The value of an unlabelled gauge in a Prometheus text scrape."""
+    (value,) = (line.split()[1] for line in scraped.splitlines() if line.startswith(f"{name} "))
+    return float(value)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -50,7 +50,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -111,6 +111,23 @@ MAX_LOOKUPS = 100
 DWELL_BUCKETS = (1.0, 3.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 Arms = tuple[tuple[str, str], ...]
+
+
+class LaneCounters(Protocol):
+    """What the metrics read of the live lane (`sieve.serve.lane.Lane`)."""
+
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def refused(self) -> int: ...
+    @property
+    def blocks(self) -> int: ...
+    @property
+    def answered(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def cpu_seconds(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -301,6 +318,18 @@ class ServingMetrics:
             "Requests answered by those computations (over computations: the mean block)",
             registry=r,
         )
+        self.lane_seconds = Gauge(
+            "sieve_live_lane_seconds",
+            "Wall seconds spent in live computations since the start",
+            registry=r,
+        )
+        self.lane_cpu_seconds = Gauge(
+            "sieve_live_lane_cpu_seconds",
+            "CPU seconds of those computations' threads since the start (over "
+            "sieve_live_lane_seconds: the share not spent waiting for the interpreter "
+            "lock or the cache; a low share under load asks for more worker processes)",
+            registry=r,
+        )
         self._hit = self.cache_lookups.labels("hit")
         self._miss = self.cache_lookups.labels("miss")
         self.model = Info("sieve_model", "The serving model's version", registry=r)
@@ -384,19 +413,15 @@ class ServingMetrics:
         """Report what `read` says of the impression log's drops at each scrape."""
         self.impressions_dropped.set_function(read)
 
-    def watch_lane(
-        self,
-        waiting: Callable[[], float],
-        refused: Callable[[], float],
-        computations: Callable[[], float],
-        answered: Callable[[], float],
-    ) -> None:
-        """Report the live lane's queue, refusals and blocks (`sieve.serve.lane`)
-        at each scrape."""
-        self.lane_waiting.set_function(waiting)
-        self.lane_refused.set_function(refused)
-        self.lane_computations.set_function(computations)
-        self.lane_answered.set_function(answered)
+    def watch_lane(self, lane: LaneCounters) -> None:
+        """Report the live lane's queue, refusals, blocks and time
+        (`sieve.serve.lane`) at each scrape."""
+        self.lane_waiting.set_function(lambda: lane.waiting)
+        self.lane_refused.set_function(lambda: lane.refused)
+        self.lane_computations.set_function(lambda: lane.blocks)
+        self.lane_answered.set_function(lambda: lane.answered)
+        self.lane_seconds.set_function(lambda: lane.seconds)
+        self.lane_cpu_seconds.set_function(lambda: lane.cpu_seconds)
 
     def cache_lookup(self, hit: bool) -> None:
         """One lookup of the precomputed-list cache."""
@@ -486,6 +511,7 @@ __all__ = [
     "NONE",
     "UNKNOWN",
     "UNMATCHED",
+    "LaneCounters",
     "ServingMetrics",
     "SessionSummary",
     "click_types",

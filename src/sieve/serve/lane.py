@@ -15,6 +15,15 @@ database never holds it; the online counters' cache reads happen inside,
 each within the cache's own time limit. A request that waited `wait_seconds` for it
 is answered 503 with `Retry-After` (`Busy`) rather than queued without end.
 
+The lane keeps the wall time and the CPU time (the computing thread's own)
+of its computations (`seconds`, `cpu_seconds`: Prometheus's
+`sieve_live_lane_seconds` and `sieve_live_lane_cpu_seconds`). Their ratio
+tells an operator where a live answer's time goes under load: near 1, in
+its own computation; well below 1, waiting for the interpreter lock that
+the process's other threads hold (HTTP, event batches, background writers),
+or for the cache's reads inside it. A process whose lane waits more than it
+computes answers more with more processes (`workers`), not with more slots.
+
 Waiting requests are also answered together (`submit`): the one that gets a
 slot computes, as one block, every waiting request of the same kind (the
 same funnel), up to `BLOCK` of them, through the funnel's block path
@@ -27,6 +36,7 @@ answer; with no one waiting a block is one request and nothing changes.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,11 +79,21 @@ class Lane:
     """At most `width` funnel computations at once; a waiter gives up after
     `wait_seconds` (None: waits as long as it takes)."""
 
-    def __init__(self, width: int, wait_seconds: float | None) -> None:
+    def __init__(
+        self,
+        width: int,
+        wait_seconds: float | None,
+        *,
+        wall_clock: Callable[[], float] = time.perf_counter,
+        cpu_clock: Callable[[], float] = time.thread_time,
+    ) -> None:
         if width < 1:
             raise ValueError(f"a lane needs a width of at least 1, got {width}")
         self.width = width
         self.wait_seconds = wait_seconds
+        self._wall_clock = wall_clock
+        #: the calling thread's CPU time (a computation runs in one thread)
+        self._cpu_clock = cpu_clock
         # one slot is a plain lock: acquiring and releasing it is C code, where
         # a semaphore's waiters go through a Python-level condition
         self._slots: threading.Lock | threading.BoundedSemaphore = (
@@ -88,6 +108,9 @@ class Lane:
         #: the mean block)
         self.blocks = 0
         self.answered = 0
+        #: wall and CPU seconds spent in computations so far (see the module doc)
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
 
     def _acquire(self) -> bool:
         """Take a slot, waiting at most `wait_seconds`; False if none freed up."""
@@ -112,6 +135,18 @@ class Lane:
         )
 
     @contextmanager
+    def _timed(self) -> Iterator[None]:
+        """Add the wall and CPU time of the block to `seconds` and `cpu_seconds`."""
+        wall, cpu = self._wall_clock(), self._cpu_clock()
+        try:
+            yield
+        finally:
+            wall, cpu = self._wall_clock() - wall, self._cpu_clock() - cpu
+            with self._lock:
+                self.seconds += wall
+                self.cpu_seconds += cpu
+
+    @contextmanager
     def held(self) -> Iterator[None]:
         """Run the block in one of the lane's slots (`Busy` when none frees
         up within `wait_seconds`): for a computation that is not submitted."""
@@ -119,7 +154,8 @@ class Lane:
             with self._lock:
                 raise self._busy()
         try:
-            yield
+            with self._timed():
+                yield
         finally:
             self._slots.release()
 
@@ -152,7 +188,8 @@ class Lane:
                         self._pending.remove(j)  # type: ignore[arg-type]
                     self.blocks += 1
                     self.answered += len(block)
-                _run(block, compute)
+                with self._timed():
+                    _run(block, compute)
         finally:
             self._slots.release()
         return job.outcome()

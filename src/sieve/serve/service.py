@@ -136,10 +136,7 @@ class Service:
         )
         #: `POST /rank`: a caller's list ranked by the funnel's ranker
         self.ranking = CallerRanking(self.holder, self.live, self._log_impression)
-        lane = self.live.lane
-        self.metrics.watch_lane(
-            lambda: lane.waiting, lambda: lane.refused, lambda: lane.blocks, lambda: lane.answered
-        )
+        self.metrics.watch_lane(self.live.lane)
         #: reads the shared stores on a short poll (model, catalog, experiments)
         self.follower = Follower(
             settings,
