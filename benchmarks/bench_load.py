@@ -37,7 +37,10 @@ How to run (full version, about 20 min on the 2-core machine):
 
     PYTHONPATH=src python benchmarks/bench_load.py --out /tmp/bench_load.json
 
-Short check: `--seconds 5 --rounds 1 --store sqlite`. Other versions:
+Short check: `--seconds 5 --rounds 1 --store sqlite`. `--writer-pause S`: each
+writer waits S seconds after each answer (the writers' rate then depends
+less on how fast a version takes events, and so does the share of the
+interpreter left to the readers). Other versions:
 `--baseline REF --candidate REF` (any commit-ish; WORKTREE = the files as they are).
 """
 
@@ -47,6 +50,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,7 @@ from harness import (
     DEFAULT_BASELINE,
     WORKTREE,
     LoadClient,
+    Maker,
     checkout,
     demo_data,
     events,
@@ -87,6 +92,12 @@ def main() -> int:
     ap.add_argument("--readers", type=int, default=6)
     ap.add_argument("--writers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=10, help="events per POST /events")
+    ap.add_argument(
+        "--writer-pause",
+        type=float,
+        default=0.0,
+        help="seconds each writer waits after an answer (default 0: back to back)",
+    )
     ap.add_argument("--data", default="synthetic", help="load_data spec of the demo data")
     ap.add_argument("--cache", default="memory://", help="cache URL given to both servers")
     ap.add_argument(
@@ -136,13 +147,13 @@ def main() -> int:
                     wait_for_model(bases[label], data.user_ids[0])
                 for r in range(1, args.rounds + 1):
                     for label in versions:
-                        makers = [recommendations(data.user_ids)] * args.readers + [
-                            events(data.user_ids, data.item_ids, args.batch)
-                        ] * args.writers
-                        LoadClient(bases[label], makers, seed=-r).run_for(WARMUP_SECONDS)
+                        readers = [recommendations(data.user_ids)] * args.readers
+                        writers = [events(data.user_ids, data.item_ids, args.batch)] * args.writers
+                        pace = args.writer_pause
+                        run_mixed(bases[label], readers, writers, WARMUP_SECONDS, -r, pace)
                         lane_before = lane_counters(bases[label])
-                        samples, elapsed = LoadClient(bases[label], makers, seed=r).run_for(
-                            args.seconds
+                        samples, elapsed = run_mixed(
+                            bases[label], readers, writers, args.seconds, r, pace
                         )
                         s = summarize(samples, elapsed)
                         s["lane"] = lane_figures(lane_before, lane_counters(bases[label]))
@@ -167,6 +178,28 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=2))
     console.print(f"written to {args.out}")
     return 0
+
+
+def run_mixed(
+    base: str,
+    readers: list[Maker],
+    writers: list[Maker],
+    seconds: float,
+    seed: int,
+    writer_pause: float,
+) -> tuple[list[Any], float]:
+    """Readers back to back and writers `writer_pause` apart, for `seconds`:
+    one client when the writers do not pause, else two running together."""
+    if not writer_pause:
+        return LoadClient(base, readers + writers, seed=seed).run_for(seconds)
+    read = LoadClient(base, readers, seed=seed)
+    write = LoadClient(base, writers, seed=seed + 1000, pause=writer_pause)
+    t0 = time.monotonic()
+    read.start()
+    write.start()
+    time.sleep(seconds)
+    samples = read.stop() + write.stop()
+    return samples, time.monotonic() - t0
 
 
 def summarize_runs(
