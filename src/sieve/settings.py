@@ -291,15 +291,6 @@ class Settings(BaseSettings):
       and the other requests' threads, and its threads spun idle on the other
       core afterwards (a live answer over a long history: 3.6 ms of wall time
       and 7.3 ms of CPU);
-    - `switch_interval_seconds`: how long a thread of a server process may
-      keep the interpreter lock while another waits for it
-      (`sys.setswitchinterval`; 0: Python's default, 5 ms). A live
-      computation lets the lock go whenever NumPy, FAISS or a compiled
-      kernel runs without it, and may then wait a whole interval to get it
-      back from an event batch or the HTTP loop: under the bounded load the
-      lane computed for about a third of its wall time. At 1 ms, four
-      alternating pairs of 30 s runs answered 9.5% more requests on average
-      (−1% to +17%) at a 13% lower recommendations p99;
     - `model_poll_seconds`: how often a running service checks the model
       registry for a newly promoted version (0: only on `POST /admin/reload`);
     - `catalog_poll_seconds`: how often a server process reads the catalog
@@ -373,7 +364,6 @@ class Settings(BaseSettings):
     live_concurrency: int = Field(default=1, ge=1, le=64)
     live_wait_seconds: float = Field(default=10.0, ge=0.0, le=600.0)
     blas_threads: int = Field(default=1, ge=0, le=256)
-    switch_interval_seconds: float = Field(default=0.001, ge=0.0, le=1.0)
     model_poll_seconds: float = Field(default=2.0, ge=0.0)
     catalog_poll_seconds: float = Field(default=1.0, ge=0.0)
     workers: int = Field(default=1, ge=1, le=64)

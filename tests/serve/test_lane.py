@@ -4,7 +4,6 @@ a 503 with `Retry-After` and nothing else changes."""
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 
@@ -12,7 +11,7 @@ import pytest
 import threadpoolctl
 from fastapi.testclient import TestClient
 
-from sieve.serve.lane import Busy, Lane, limit_blas_threads, set_switch_interval
+from sieve.serve.lane import Busy, Lane, limit_blas_threads
 from sieve.serve.service import Service
 
 MakeClient = Callable[..., TestClient]
@@ -274,23 +273,3 @@ def test_a_server_process_runs_blas_on_the_threads_its_settings_give(
         assert set(counts()) == {threads}  # left as it was
     finally:
         limit_blas_threads(before[0])
-
-
-def test_a_server_process_switches_threads_at_the_interval_its_settings_give(
-    serve: MakeClient,
-) -> None:
-    """The interpreter's switch interval is the setting's for the process's
-    life (the live computation waits at most that long for the lock it let
-    go); 0 leaves it as it is."""
-    before = sys.getswitchinterval()
-    try:
-        set_switch_interval(0.005)
-        client = serve(switch_interval_seconds=0.002)
-        assert sys.getswitchinterval() == pytest.approx(0.002)
-        assert client.get("/recommendations/u001", params={"n": 5}).status_code == 200
-        serve(switch_interval_seconds=0)
-        assert sys.getswitchinterval() == pytest.approx(0.002)  # left as it was
-        serve()
-        assert sys.getswitchinterval() == pytest.approx(0.001)  # the default
-    finally:
-        sys.setswitchinterval(before)

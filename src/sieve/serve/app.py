@@ -61,7 +61,7 @@ from sieve.serve.auth import KeyRing
 from sieve.serve.errors import InvalidInput, TooLarge
 from sieve.serve.holder import NoModelError, freeze_heap
 from sieve.serve.hotpath import StoredAnswers
-from sieve.serve.lane import Busy, limit_blas_threads, set_switch_interval
+from sieve.serve.lane import Busy, limit_blas_threads
 from sieve.serve.listing import MODEL_HEADER
 from sieve.serve.routes import (
     dashboard,
@@ -342,8 +342,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.blas_threads:  # for the process's life (see the setting)
             limit_blas_threads(settings.blas_threads)
-        if settings.switch_interval_seconds:  # likewise
-            set_switch_interval(settings.switch_interval_seconds)
         service = await run_in_threadpool(Service.open, settings)
         app.state.service = service
         if settings.precompute and service.model_version is not None:

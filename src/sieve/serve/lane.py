@@ -35,7 +35,6 @@ answer; with no one waiting a block is one request and nothing changes.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -230,12 +229,4 @@ def limit_blas_threads(threads: int) -> None:
     threadpoolctl.threadpool_limits(threads, user_api="blas")
 
 
-def set_switch_interval(seconds: float) -> None:
-    """Let a thread keep the interpreter lock at most `seconds` while another
-    waits, for the rest of the process's life (`Settings.switch_interval_seconds`):
-    the lane's computation, which lets the lock go for every NumPy or compiled
-    call, waits at most that long to get it back."""
-    sys.setswitchinterval(seconds)
-
-
-__all__ = ["BLOCK", "Busy", "Lane", "limit_blas_threads", "set_switch_interval"]
+__all__ = ["BLOCK", "Busy", "Lane", "limit_blas_threads"]
