@@ -73,8 +73,8 @@ class SQLBase:
     def _statement(self, what: str) -> Iterator[Connection]:
         """A PostgreSQL connection in autocommit for a write that is ONE
         statement, atomic by itself: its own transaction, one round trip
-        (BEGIN and COMMIT made it three)."""
-        with self._translate(what), self._reader.connect() as conn:
+        (BEGIN and COMMIT made it three): a connection as reads get one."""
+        with self._read(what) as conn:
             yield conn
 
     @contextmanager
