@@ -7,13 +7,16 @@ process: each single model's `recommend_batch` (EASE, item-kNN, ALS, BPR),
 the funnel's `recommend_batch` (blocks of users) and the funnel asked one
 `recommend_query` per user (the live path, a block of one) for the first
 `--check-users` users (0: all), with the ratio of the batched funnel to the
-slowest single model. The two funnel answers are checked equal (items and scores). `--profile`
+slowest single model. The two funnel answers are checked equal (items and scores). The batched
+funnel is timed in this process alone (`--jobs 1`) and shared among `--jobs`
+forked processes (`sieve.forked`; 0, the default: one per core, as `sieve
+evaluate` runs it), whose lists are checked equal to the first. `--profile`
 prints the batched run's profile. `--lightgbm` also times the batched funnel
 with LightGBM's own predictor instead of the compiled trees
 (`sieve.ranking.trees`), alternating, and checks the lists equal.
 
     python benchmarks/bench_funnel_batch.py [--profile] [--users N] [--data SPEC]
-        [--check-users N] [--lightgbm]
+        [--check-users N] [--lightgbm] [--jobs N]
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from sieve import forked
 from sieve.data.io import load_data
 from sieve.data.split import make_splits
 from sieve.models.base import create_model
-from sieve.pipeline.funnel import Funnel
+from sieve.pipeline.funnel import BATCH_BLOCK, Funnel
 from sieve.types import TopN
 
 ML100K = "movielens-100k:/work/shared/data/ml-100k"
@@ -51,6 +55,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--lightgbm", action="store_true", help="also time LightGBM's own predictor"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=0, help="processes for the shared run (0: one per core)"
     )
     args = parser.parse_args()
     ds = load_data(args.data).to_dataset()
@@ -89,11 +96,19 @@ def main() -> None:
             scores[r, k] = rec.score
     per_user = time.perf_counter() - t
     slowest = max(times, key=times.__getitem__)
+    t = time.perf_counter()
+    with forked.jobs(args.jobs):
+        n_jobs = forked.planned_jobs(-(-len(users) // BATCH_BLOCK))
+        shared = funnel.recommend_batch(users, history, DEPTH)
+    shared_s = time.perf_counter() - t
+    same_shared = bool((shared.items == top.items).all() and (shared.scores == top.scores).all())
     print(f"funnel, batched: {batched:.2f} s (CPU {batched_cpu:.2f} s) for {len(users)} users")
+    print(f"funnel, batched in {n_jobs} processes: {shared_s:.2f} s, same lists: {same_shared}")
     print(f"funnel, one query per user: {per_user:.2f} s for {checked} users")
     same_items = bool((items == top.items[:checked]).all())
     print(f"same lists: {same_items and bool((scores == top.scores[:checked]).all())}")
     print(f"batched / slowest single model ({slowest}): {batched / times[slowest]:.1f}x")
+    print(f"{n_jobs} processes / slowest single model: {shared_s / times[slowest]:.1f}x")
     most = max(cpu, key=cpu.__getitem__)
     print(f"CPU: batched / most CPU of a single model ({most}): {batched_cpu / cpu[most]:.1f}x")
     if args.lightgbm:

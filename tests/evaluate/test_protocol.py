@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,23 @@ def test_bad_arguments_are_refused(synthetic: Dataset) -> None:
         evaluate(synthetic, splits, [ModelSpec("a", "ease"), ModelSpec("a", "popular")])
     with pytest.raises(ValueError, match="k must be"):
         evaluate(synthetic, splits, [ModelSpec("a", "ease")], k=0)
+    with pytest.raises(ValueError, match="jobs must be"):
+        evaluate(synthetic, splits, [ModelSpec("a", "ease")], jobs=-1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks on Linux only")
+def test_the_funnel_scores_the_same_with_its_users_shared_among_processes(
+    synthetic: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sieve.pipeline import funnel
+
+    monkeypatch.setattr(funnel, "BATCH_BLOCK", 16)  # several blocks for each process
+    splits = make_splits(synthetic, "random:0.8", 1)
+    spec = [ModelSpec("funnel", "funnel")]
+    alone, shared = (evaluate(synthetic, splits, spec, jobs=j).models[0] for j in (1, 2))
+    assert alone.summary["ndcg@10"].mean > 0
+    assert np.array_equal(alone.per_user["ndcg@10"], shared.per_user["ndcg@10"])
+    assert np.array_equal(alone.per_user["recall@10"], shared.per_user["recall@10"])
 
 
 def test_movielens_100k_acceptance(ml100k_path: Path) -> None:

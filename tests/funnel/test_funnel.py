@@ -3,6 +3,7 @@ configuration, and the shared offline/online feature path."""
 
 from __future__ import annotations
 
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -342,6 +343,26 @@ def test_batched_top_n_equals_one_query_per_user(
         queries = [funnel._batch_query(int(u), rows, r, n) for r, u in enumerate(users)]
         many = funnel.recommend_queries([*queries, Query(n=0)])
         assert many[:-1] == [funnel.recommend_query(q) for q in queries] and many[-1] == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks on Linux only")
+def test_forked_workers_give_the_lists_of_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline lists shared among forked processes (`sieve.forked.jobs`)
+    are those of one process: same items, same scores."""
+    from sieve import forked
+    from sieve.pipeline import funnel as funnel_module
+
+    funnel = fitted()
+    m = data().matrix
+    users = np.arange(m.shape[0], dtype=np.int64)
+    monkeypatch.setattr(funnel_module, "BATCH_BLOCK", 4)  # several blocks per process
+    alone = funnel.recommend_batch(users, m, 15)
+    with forked.jobs(3):
+        assert forked.planned_jobs(-(-len(users) // 4)) == 3
+        shared = funnel.recommend_batch(users, m, 15)
+    assert np.array_equal(shared.items, alone.items)
+    assert np.array_equal(shared.scores, alone.scores)
+    assert (alone.items[:, 0] >= 0).mean() > 0.9  # the rows the workers wrote are lists
 
 
 def test_similar_items_are_neighbours_not_the_item_itself() -> None:

@@ -65,7 +65,7 @@ def test_scores_equal_lightgbm_bit_for_bit(nan_share: float, zero_as_missing: bo
 def test_a_large_block_scored_in_slices_equals_lightgbm(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past `PARALLEL_ROWS` the rows are cut into one slice per core, each
     scored on a thread of its own; every row keeps LightGBM's score."""
-    monkeypatch.setattr(trees, "_cores", lambda: 3)
+    monkeypatch.setattr(trees, "usable_cores", lambda: 3)
     booster = _booster(0.05, False)
     scorer = TreeScorer.of(booster)
     assert scorer is not None

@@ -226,6 +226,15 @@ def evaluate(
             "kill fails that model only (default), or all in this process (faster start).",
         ),
     ] = True,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            min=0,
+            help="Processes that share a model's lists where it computes them in blocks of "
+            "users (the funnel); 0: one per core.",
+        ),
+    ] = 0,
     auto_budget: Annotated[
         float,
         typer.Option(
@@ -352,6 +361,7 @@ def evaluate(
             "params": params,
             "isolate": isolate,
             "memory_budget": memory_budget,
+            "jobs": jobs,
             "version": __version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
@@ -382,6 +392,7 @@ def evaluate(
                 isolate=isolate,
                 memory_budget=budget,
                 on_result=partial,
+                jobs=jobs,
             )
         if result.models:
             out.print(table(result))

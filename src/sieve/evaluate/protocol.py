@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from sieve import forked
 from sieve.data.dataset import Dataset
 from sieve.data.split import Split
 from sieve.evaluate import metrics as M
@@ -127,6 +128,7 @@ def evaluate(
     isolate: bool = False,
     memory_budget: int | None = None,
     on_result: Callable[[EvaluationResult], None] | None = None,
+    jobs: int = 1,
 ) -> EvaluationResult:
     """Fit and score every model on every split; compare each to the first.
 
@@ -144,7 +146,11 @@ def evaluate(
     made in a worker process — a worker that dies) is listed in `failures`
     with its reason; the other models' results are kept. `on_result` gets
     the result so far after each model of each split (to write it at once).
+    `jobs`: processes a model whose lists are computed in blocks may share
+    them among (`sieve.forked`; 0: one per core; the funnel does).
     """
+    if jobs < 0:
+        raise ValueError(f"jobs must be >= 0 (0: one per core), got {jobs}")
     if not specs:
         raise ValueError("no models to evaluate")
     if k < 1:
@@ -200,7 +206,7 @@ def evaluate(
                 ratings = (coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data)
             outcome = run_guarded(
                 fit_and_rank,
-                spec, split.train, ctx.model_users[rows], ctx.history[rows], depth, ratings,
+                spec, split.train, ctx.model_users[rows], ctx.history[rows], depth, ratings, jobs,
                 isolate=isolate, budget=memory_budget,
             )  # fmt: skip
             notices[spec.label].extend(n for n in outcome.notices if n not in notices[spec.label])
@@ -232,7 +238,7 @@ def evaluate(
             if fold_in_reference and split.holdout_users.any():
                 step(f"{spec.label} on {split.name}: warm reference")
                 warm = run_guarded(
-                    _warm_reference, spec, dataset, split, ctx, k,
+                    _warm_reference, spec, dataset, split, ctx, k, jobs,
                     isolate=isolate, budget=memory_budget,
                 )  # fmt: skip
                 if not warm.ok:
@@ -263,14 +269,16 @@ def fit_and_rank(
     history: sp.csr_matrix,
     depth: int,
     ratings: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[Any]] | None,
+    jobs: int = 1,
 ) -> _Ranked:
     """Fit a model and list `depth` items for each user (the unit of work an
-    evaluation runs guarded, possibly in a worker process)."""
+    evaluation runs guarded, possibly in a worker process), with `jobs`
+    processes where the model shares its blocks of users (`sieve.forked`)."""
     with _timer() as fit_t:  # an `auto` model's search counts as fitting
         model = spec.build_for(train)
         model.fit(train)
     items = np.full((len(users), depth), -1, dtype=np.int64)
-    with _timer() as pred_t:
+    with _timer() as pred_t, forked.jobs(jobs):
         if len(users):
             items = np.ascontiguousarray(
                 model.recommend_batch(users, history, depth).items[:, :depth]
@@ -421,13 +429,14 @@ def _score_lists(
 
 
 def _warm_reference(
-    spec: ModelSpec, dataset: Dataset, split: Split, ctx: _SplitContext, k: int
+    spec: ModelSpec, dataset: Dataset, split: Split, ctx: _SplitContext, k: int, jobs: int = 1
 ) -> NDArray[np.float64]:
     """NDCG of the test users when their fold-in events are part of training."""
     in_test = dataset.events["event_id"].isin(split.test.events["event_id"]).to_numpy()
     warm = dataset.subset(~in_test)
     model = spec.build_for(warm).fit(warm)
-    top = model.recommend_batch(ctx.users, warm.matrix[ctx.users], k)
+    with forked.jobs(jobs):
+        top = model.recommend_batch(ctx.users, warm.matrix[ctx.users], k)
     return M.ndcg_at_k(top.items, ctx.relevant, k)
 
 

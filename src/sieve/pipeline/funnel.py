@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from sieve.config import ConfigError
 from sieve.data.dataset import Dataset
+from sieve.forked import fill_rows
 from sieve.models.base import Recommender
 from sieve.models.content import ContentTFIDF
 from sieve.pipeline.config import FunnelConfig
@@ -325,10 +326,13 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         """Each user's `recommend_query` list (items and scores), its query
         built as the service builds it (`_batch_query`), computed for blocks
         of BATCH_BLOCK users through the same stages (`rank_queries`: one
-        ranker call per block) and the same backfill. A user with an empty row (unknown, or
-        known with no training events: a cold test user) is asked the same
-        query the service asks for a user without events, through the same
-        function, so offline cold start is the served one."""
+        ranker call per block) and the same backfill. Under `sieve.forked.jobs`
+        the blocks are shared among forked processes (a list does not depend
+        on its block), unless the online counters sit behind a connection. A
+        user with an empty row (unknown, or known with no training events: a
+        cold test user) is asked the same query the service asks for a user
+        without events, through the same function, so offline cold start is
+        the served one."""
         users = np.asarray(users, dtype=np.int64)
         rows = sp.csr_matrix(user_items)
         if rows.shape[0] != len(users):
@@ -338,23 +342,46 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         out_scores = np.full((len(users), n), -np.inf, dtype=np.float32)
         if n <= 0:
             return TopN(out_items, out_scores)
-        for start in range(0, len(users), BATCH_BLOCK):
-            stop = min(start + BATCH_BLOCK, len(users))
-            queries = [self._batch_query(int(users[r]), rows, r, n) for r in range(start, stop)]
-            block, blocked, _ = rank_queries(
-                self.state, self.config, self.online, queries, exclude_seen=exclude_seen
-            )
-            for r, ranked in enumerate(block, start):
-                items = ranked.cands.items[ranked.positions][:n]
-                k = len(items)
-                out_items[r, :k] = items
-                out_scores[r, :k] = ranked.scores[:n]
-                if k < n:
-                    floor = float(ranked.scores[-1]) if k else 0.0
-                    fill = self._backfill(ranked.req, items, n - k, blocked)
-                    out_items[r, k : k + len(fill)] = fill
-                    out_scores[r, k : k + len(fill)] = floor - 1.0 - np.arange(len(fill))
+
+        def fill(lo: int, hi: int, out: Sequence[NDArray[Any]]) -> None:
+            self._fill_block(users, rows, n, exclude_seen, lo, hi, out[0], out[1])
+
+        blocks = [
+            (lo, min(lo + BATCH_BLOCK, len(users))) for lo in range(0, len(users), BATCH_BLOCK)
+        ]
+        if self.online is None or not self.online.cache.remote:
+            fill_rows(fill, blocks, [out_items, out_scores])
+        else:  # counters behind a connection: a forked worker must not share it
+            for lo, hi in blocks:
+                fill(lo, hi, [out_items, out_scores])
         return TopN(out_items, out_scores)
+
+    def _fill_block(
+        self,
+        users: NDArray[np.int64],
+        rows: sp.csr_matrix,
+        n: int,
+        exclude_seen: bool,
+        start: int,
+        stop: int,
+        out_items: NDArray[np.int64],
+        out_scores: NDArray[np.float32],
+    ) -> None:
+        """`recommend_batch`'s lists of users start:stop, written into its outputs."""
+        queries = [self._batch_query(int(users[r]), rows, r, n) for r in range(start, stop)]
+        block, blocked, _ = rank_queries(
+            self.state, self.config, self.online, queries, exclude_seen=exclude_seen
+        )
+        for r, ranked in enumerate(block, start):
+            items = ranked.cands.items[ranked.positions][:n]
+            k = len(items)
+            out_items[r, :k] = items
+            out_scores[r, :k] = ranked.scores[:n]
+            if k < n:
+                floor = float(ranked.scores[-1]) if k else 0.0
+                fill = self._backfill(ranked.req, items, n - k, blocked)
+                out_items[r, k : k + len(fill)] = fill
+                out_scores[r, k : k + len(fill)] = floor - 1.0 - np.arange(len(fill))
 
     def score_batch(
         self, users: NDArray[np.int64], user_items: sp.csr_matrix

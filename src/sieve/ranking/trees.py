@@ -42,6 +42,8 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
+from sieve.forked import cores, usable_cores
+
 #: node kinds: numerical (missing None or NaN), numerical with zero as missing, categorical
 _NUMERICAL, _ZERO_MISSING, _CATEGORICAL = 0, 1, 2
 _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
@@ -52,12 +54,14 @@ _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def _cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+def _forget_pool() -> None:
+    """In a forked child: the parent's threads (and whoever held the lock)
+    are not there."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -65,7 +69,7 @@ def _pool() -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(_cores(), thread_name_prefix="sieve-trees")
+            _POOL = ThreadPoolExecutor(cores(), thread_name_prefix="sieve-trees")
         return _POOL
 
 
@@ -108,7 +112,8 @@ class TreeScorer:
             )
         out = np.empty(len(x), np.float64)
         x = np.ascontiguousarray(x)
-        slices = min(_cores(), len(x) // (PARALLEL_ROWS // 2)) if len(x) >= PARALLEL_ROWS else 1
+        big = len(x) >= PARALLEL_ROWS
+        slices = min(usable_cores(), len(x) // (PARALLEL_ROWS // 2)) if big else 1
         if slices <= 1:
             if len(x):
                 self._score(x, out)
