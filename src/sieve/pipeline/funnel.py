@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from sieve.config import ConfigError
 from sieve.data.dataset import Dataset
-from sieve.forked import fill_rows
+from sieve.forked import fill_rows, planned_jobs
 from sieve.models.base import Recommender
 from sieve.models.content import ContentTFIDF
 from sieve.pipeline.config import FunnelConfig
@@ -346,10 +346,13 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         def fill(lo: int, hi: int, out: Sequence[NDArray[Any]]) -> None:
             self._fill_block(users, rows, n, exclude_seen, lo, hi, out[0], out[1])
 
-        blocks = [
-            (lo, min(lo + BATCH_BLOCK, len(users))) for lo in range(0, len(users), BATCH_BLOCK)
-        ]
-        if self.online is None or not self.online.cache.remote:
+        size = BATCH_BLOCK
+        forkable = self.online is None or not self.online.cache.remote
+        jobs = planned_jobs(-(-len(users) // BATCH_BLOCK)) if forkable else 1
+        if jobs > 1:  # a few blocks each, so that no process waits long for the last
+            size = min(BATCH_BLOCK, max(MIN_SHARED_BLOCK, -(-len(users) // (4 * jobs))))
+        blocks = [(lo, min(lo + size, len(users))) for lo in range(0, len(users), size)]
+        if forkable:
             fill_rows(fill, blocks, [out_items, out_scores])
         else:  # counters behind a connection: a forked worker must not share it
             for lo, hi in blocks:
@@ -592,6 +595,8 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
 #: Users ranked together by `recommend_batch` (their feature rows go to the
 #: ranker in one call): bounds the block's feature matrices to a few MB.
 BATCH_BLOCK = 256
+#: the smallest block when blocks are shared among processes
+MIN_SHARED_BLOCK = 64
 
 
 def _first(
