@@ -274,13 +274,21 @@ class _ModelScores:
             self._values.setdefault(model, []).append(np.asarray(values, dtype=np.float64))
 
     def put(self, x: NDArray[np.float32]) -> None:
-        for model, rows in self._rows.items():
-            values = self._values[model]
-            lens = np.array([len(v) for v in values], dtype=np.int64)
-            z, pct = normalised(np.concatenate(values), lens)
-            at = np.concatenate(rows)
-            x[at, _COLUMN[f"{model}_z"]] = z
-            x[at, _COLUMN[f"{model}_pct"]] = pct
+        """Every model's runs normalised in one call (each run on its own)."""
+        if not self._rows:
+            return
+        models = list(self._rows)
+        values = [v for m in models for v in self._values[m]]
+        z, pct = normalised(
+            np.concatenate(values), np.array([len(v) for v in values], dtype=np.int64)
+        )
+        lo = 0
+        for model in models:
+            at = np.concatenate(self._rows[model])
+            hi = lo + len(at)
+            x[at, _COLUMN[f"{model}_z"]] = z[lo:hi]
+            x[at, _COLUMN[f"{model}_pct"]] = pct[lo:hi]
+            lo = hi
 
 
 def _context(req: Request, name: str) -> float:
