@@ -272,6 +272,18 @@ def test_ranker_features_are_identical_offline_and_online() -> None:
     assert x.shape[1] == len(FEATURE_NAMES)
 
 
+def test_training_queries_are_featurized_in_blocks_of_one_cut() -> None:
+    """Training queries share a block only with queries of the same cut (the
+    counters' replay stands at one time per block), at most `size` each."""
+    from sieve.pipeline.training import _same_cut_blocks
+
+    cuts = np.array([1.0, 1.0, 1.0, 2.0, 3.0, 3.0])
+    blocks = _same_cut_blocks(cuts, 2)
+    assert [(b.start, b.stop) for b in blocks] == [(0, 2), (2, 3), (3, 4), (4, 6)]
+    assert all(len(set(cuts[b].tolist())) == 1 for b in blocks)
+    assert _same_cut_blocks(np.empty(0), 4) == []
+
+
 def test_request_context_reaches_the_features() -> None:
     engine = fitted().state.engine
     q = history_query(3)

@@ -21,7 +21,7 @@ from sieve.models.neural.common import torch_module
 from sieve.models.neural.sasrec import SASRec
 from sieve.models.neural.two_tower import TwoTower
 from sieve.pipeline.config import FunnelConfig
-from sieve.pipeline.features import featurize
+from sieve.pipeline.features import featurize_many
 from sieve.ranking.attributes import AttributeFeatures
 from sieve.ranking.features import base_score, feature_names
 from sieve.ranking.logged import LoggedData, logged_training_set
@@ -223,7 +223,7 @@ def training_rows(
 ) -> list[tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]]:
     """Offline side of the ranker's features: (candidates, features, base
     score) of each user's query built from the fit part, through
-    `featurize`, the function the live path uses.
+    `featurize_many`, the function the live path uses.
 
     Each query has a cut time: the snapshot's end for a random holdout
     (its labels are no later than the rest), the user's last fit-part
@@ -243,25 +243,49 @@ def training_rows(
     rows: dict[int, tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.float64]]] = {}
     log_ = UserLog(fit_part.events)
     user_attrs = fit_part.users["attributes"] if attributes is not None else None
-    for k in np.argsort(cuts, kind="stable"):
-        u = int(users[k])
-        user_id = str(fit_part.user_ids[u])
-        now = float(cuts[k]) if cfg.holdout == "temporal" else None
-        query = build_query(
-            log_.events(user_id, now),
-            item_index=engine.catalog.find,
-            weights=engine.event_weights,
-            shape=config.query,
-            user_id=user_id,
-            user=u,
-            now=now,
-            user_attributes=user_attrs.iloc[u] if user_attrs is not None else None,
-        )
-        online = replay.advance(float(cuts[k])) if replay is not None else None
-        _, cands, x = featurize(engine, query, blocked, online=online, attributes=attributes)
-        assert x is not None  # a training query always has a history
-        rows[int(k)] = (cands.items, x, cfg.base_weight * base_score(x))
+    order = np.argsort(cuts, kind="stable")
+    # queries with the same cut share the counters' state: featurized as one
+    # block (each query's rows are those of the query alone)
+    for block in _same_cut_blocks(cuts[order], TRAINING_BLOCK):
+        ks = order[block]
+        queries = []
+        for k in ks:
+            u = int(users[k])
+            user_id = str(fit_part.user_ids[u])
+            now = float(cuts[k]) if cfg.holdout == "temporal" else None
+            queries.append(
+                build_query(
+                    log_.events(user_id, now),
+                    item_index=engine.catalog.find,
+                    weights=engine.event_weights,
+                    shape=config.query,
+                    user_id=user_id,
+                    user=u,
+                    now=now,
+                    user_attributes=user_attrs.iloc[u] if user_attrs is not None else None,
+                )
+            )
+        online = replay.advance(float(cuts[ks[0]])) if replay is not None else None
+        done = featurize_many(engine, queries, blocked, online=online, attributes=attributes)
+        for k, (_, cands, x) in zip(ks, done, strict=True):
+            assert x is not None  # a training query always has a history
+            rows[int(k)] = (cands.items, x, cfg.base_weight * base_score(x))
     return [rows[k] for k in range(len(users))]
+
+
+#: training queries featurized together (as `Funnel.recommend_batch`'s blocks)
+TRAINING_BLOCK = 256
+
+
+def _same_cut_blocks(sorted_cuts: NDArray[np.float64], size: int) -> list[slice]:
+    """Consecutive runs of equal cuts (sorted), cut into slices of at most `size`."""
+    starts = np.flatnonzero(np.r_[True, sorted_cuts[1:] != sorted_cuts[:-1]])
+    ends = np.r_[starts[1:], len(sorted_cuts)]
+    return [
+        slice(lo, min(lo + size, hi))
+        for start, hi in zip(starts.tolist(), ends.tolist(), strict=True)
+        for lo in range(start, hi, size)
+    ]
 
 
 def categories_of(dataset: Dataset) -> Callable[[str], list[str]]:
