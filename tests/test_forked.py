@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,23 @@ def test_an_error_here_stops_the_workers() -> None:
     for pid in pids:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # already reaped
+
+
+def test_cores_respect_the_containers_cpu_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = tmp_path / "cpu.max"
+    monkeypatch.setattr(forked, "CPU_MAX", limit)
+    unlimited = forked.cores()  # no file: the cores the process may run on
+    assert unlimited >= 1
+    limit.write_text("max 100000\n")
+    assert forked.cores() == unlimited
+    limit.write_text("50000 100000\n")  # half a core's worth: still one process
+    assert forked.cores() == 1
+    limit.write_text(f"{100000 * (unlimited + 5)} 100000\n")  # above the affinity
+    assert forked.cores() == unlimited
+    limit.write_text("garbage\n")
+    assert forked.cores() == unlimited
 
 
 def test_jobs_are_checked_and_capped() -> None:

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import mmap
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import threadpoolctl
@@ -54,12 +56,26 @@ def usable_cores() -> int:
     return 1 if _IN_CHILD or _SHARING else cores()
 
 
+#: cgroup v2's CPU limit of this process's group ("max 100000": none;
+#: "200000 100000": two cores' worth), as a container runtime sets it
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
 def cores() -> int:
-    """The cores this process may run on."""
+    """The cores this process may run on: those it may be scheduled on,
+    and no more than its container's CPU limit (cgroup v2 `cpu.max`, rounded
+    up), so a process in a 2-CPU container on a 64-core host counts 2."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    try:
+        quota, period = CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 limit to read
+        pass
+    return n
 
 
 @contextlib.contextmanager
