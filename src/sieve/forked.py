@@ -150,7 +150,8 @@ def fill_rows(
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            os.close(read)
+            with contextlib.suppress(OSError):  # already closed by `_reap`
+                os.close(read)
         del shared
         for buf in maps:
             with contextlib.suppress(BufferError):
