@@ -26,6 +26,7 @@ from sieve.data.dataset import Dataset
 from sieve.forked import fill_rows, planned_jobs
 from sieve.models.base import Recommender
 from sieve.models.content import ContentTFIDF
+from sieve.monitoring.stages import observe_stage  # a no-op until an app listens
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.persist import load_funnel, save_funnel
 from sieve.pipeline.ranked import rank_queries, relevance
@@ -187,7 +188,6 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
             trace["candidates"] = [str(engine.catalog.item_ids[i]) for i in cands.items]
             trace["features"] = None if x is None else x.tolist()
             trace["feature_names"] = list(feature_names(state.attributes))
-        from sieve.monitoring.stages import observe_stage  # a no-op until an app listens
 
         base_weight = self.config.ranker.base_weight
         t2 = time.perf_counter()

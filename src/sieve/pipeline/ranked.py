@@ -21,6 +21,7 @@ import time
 import numpy as np
 from numpy.typing import NDArray
 
+from sieve.monitoring.stages import observe_stage  # a no-op until an app listens
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.features import featurize_many
 from sieve.pipeline.training import FunnelState
@@ -57,7 +58,6 @@ def rank_queries(
     caller reports the "rerank" stage with its own part of it). The
     "retrieval" and "ranking" stages are reported to
     `sieve.monitoring.stages` once per answer (each its share of the block)."""
-    from sieve.monitoring.stages import observe_stage  # a no-op until an app listens
 
     engine = state.engine
     t0 = time.perf_counter()
