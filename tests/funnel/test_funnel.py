@@ -377,6 +377,42 @@ def test_forked_workers_give_the_lists_of_one_process(monkeypatch: pytest.Monkey
     assert (alone.items[:, 0] >= 0).mean() > 0.9  # the rows the workers wrote are lists
 
 
+def test_a_funnel_reading_its_counters_from_redis_never_forks(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counters behind a connection: the lists stay in this process whatever
+    `jobs` asks (a child must not share the connection), and are the lists
+    read from the same counters in memory."""
+    import copy
+    import os
+
+    from sieve import forked
+    from sieve.pipeline import funnel as funnel_module
+    from sieve.realtime.counters import OnlineCounters
+    from sieve.storage.cache import open_cache
+
+    funnel = fitted()
+    m = data().matrix
+    users = np.arange(40, dtype=np.int64)
+    assert funnel.online is not None
+    shared = copy.copy(funnel)
+    shared.online = OnlineCounters(open_cache(redis_url))
+    shared.online.restore(
+        funnel.online.export(funnel.state.engine.catalog.item_ids, funnel.user_ids)
+    )
+    monkeypatch.setattr(funnel_module, "BATCH_BLOCK", 4)
+    alone = funnel.recommend_batch(users, m[:40], 10)
+
+    def no_fork() -> int:
+        raise AssertionError("forked with its counters behind a connection")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    with forked.jobs(3):
+        top = shared.recommend_batch(users, m[:40], 10)
+    assert np.array_equal(top.items, alone.items)
+    assert np.array_equal(top.scores, alone.scores)
+
+
 def test_similar_items_are_neighbours_not_the_item_itself() -> None:
     funnel = fitted()
     shares = []

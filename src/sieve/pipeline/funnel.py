@@ -9,6 +9,7 @@ API, vocabulary, catalog changes); each stage lives in a module of its own.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -21,9 +22,9 @@ import pandas as pd
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from sieve import forked
 from sieve.config import ConfigError
 from sieve.data.dataset import Dataset
-from sieve.forked import fill_rows, planned_jobs
 from sieve.models.base import Recommender
 from sieve.models.content import ContentTFIDF
 from sieve.monitoring.stages import observe_stage  # a no-op until an app listens
@@ -346,17 +347,15 @@ class Funnel(Recommender[FunnelConfig, FunnelState]):
         def fill(lo: int, hi: int, out: Sequence[NDArray[Any]]) -> None:
             self._fill_block(users, rows, n, exclude_seen, lo, hi, out[0], out[1])
 
-        size = BATCH_BLOCK
-        forkable = self.online is None or not self.online.cache.remote
-        jobs = planned_jobs(-(-len(users) // BATCH_BLOCK)) if forkable else 1
-        if jobs > 1:  # a few blocks each, so that no process waits long for the last
-            size = min(BATCH_BLOCK, max(MIN_SHARED_BLOCK, -(-len(users) // (4 * jobs))))
-        blocks = [(lo, min(lo + size, len(users))) for lo in range(0, len(users), size)]
-        if forkable:
-            fill_rows(fill, blocks, [out_items, out_scores])
-        else:  # counters behind a connection: a forked worker must not share it
-            for lo, hi in blocks:
-                fill(lo, hi, [out_items, out_scores])
+        remote = self.online is not None and self.online.cache.remote
+        # counters behind a connection: a forked worker must not share it
+        with forked.jobs(1) if remote else contextlib.nullcontext():
+            size = BATCH_BLOCK
+            jobs = forked.planned_jobs(-(-len(users) // BATCH_BLOCK))
+            if jobs > 1:  # a few blocks each, so that no process waits long for the last
+                size = min(BATCH_BLOCK, max(MIN_SHARED_BLOCK, -(-len(users) // (4 * jobs))))
+            blocks = [(lo, min(lo + size, len(users))) for lo in range(0, len(users), size)]
+            forked.fill_rows(fill, blocks, [out_items, out_scores])
         return TopN(out_items, out_scores)
 
     def _fill_block(
