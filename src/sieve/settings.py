@@ -284,6 +284,12 @@ class Settings(BaseSettings):
       switching, not speed; more processes, `workers`, add speed);
     - `live_wait_seconds`: the longest a request waits for its turn before it
       gets a 503 with `Retry-After` (the server is overloaded; 0: no limit);
+    - `ingest_yield_seconds`: the longest an event batch (`POST /events`)
+      waits, before its work, for the live computations that arrived before
+      it in its process to finish (`Lane.yield_to_live`: requests take the
+      interpreter in arrival order, so a batch does not slow the answers
+      users are already waiting for); the batch is stored a little later,
+      never dropped (0: batches never wait);
     - `blas_threads`: threads of NumPy's and SciPy's BLAS (OpenBLAS) in a
       server process (0: the library's own default, one per core). One live
       computation runs at a time per process; a matrix product large enough
@@ -363,6 +369,7 @@ class Settings(BaseSettings):
     answer_ttl_seconds: float = Field(default=300.0, ge=0.0, le=86_400.0)
     live_concurrency: int = Field(default=1, ge=1, le=64)
     live_wait_seconds: float = Field(default=10.0, ge=0.0, le=600.0)
+    ingest_yield_seconds: float = Field(default=0.25, ge=0.0, le=10.0)
     blas_threads: int = Field(default=1, ge=0, le=256)
     model_poll_seconds: float = Field(default=2.0, ge=0.0)
     catalog_poll_seconds: float = Field(default=1.0, ge=0.0)

@@ -178,6 +178,103 @@ def test_a_submitter_that_times_out_is_not_computed_later() -> None:
     assert calls == [[8]] and lane.refused == 1
 
 
+def _until(check: Callable[[], bool], what: str) -> None:
+    """Block until `check()` holds (polled); fails after 10,000 polls."""
+    pause = threading.Event()
+    for _ in range(10_000):
+        if check():
+            return
+        pause.wait(0.001)
+    raise AssertionError(f"never happened: {what}")
+
+
+def test_a_write_waits_for_the_computations_that_arrived_before_it_and_no_later_one() -> None:
+    lane = Lane(1, wait_seconds=None)
+    assert lane.yield_to_live(10.0) == 0.0  # nothing in progress: no wait
+    first_go, later_go = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with lane.held():
+            first_go.wait()
+            order.append("first")
+
+    def later(items: list[int]) -> list[int]:
+        later_go.wait()
+        order.append("later")
+        return items
+
+    def write() -> None:
+        lane.yield_to_live(10.0)
+        order.append("write")
+
+    a = threading.Thread(target=first)
+    a.start()
+    _until(lambda: lane.blocks == 0 and lane.waiting == 0 and bool(lane._open), "first holds")
+    w = threading.Thread(target=write)
+    w.start()
+    _until(lambda: lane.yielding == 1, "the write waits")
+    c = threading.Thread(target=lane.submit, args=("k", 1, later))
+    c.start()  # arrives after the write: queued behind the first computation
+    _until(lambda: lane.waiting == 1, "the later computation queues")
+    assert order == []
+    first_go.set()
+    w.join(10)  # the write goes once the first is done, with the later still computing
+    assert order == ["first", "write"] and not w.is_alive()
+    later_go.set()
+    c.join(10)
+    a.join(10)
+    assert order == ["first", "write", "later"]
+    assert lane.yields == 1 and lane.yield_seconds > 0 and lane.yielding == 0
+
+
+def test_a_write_waits_no_longer_than_its_bound_and_not_at_all_when_told() -> None:
+    clocks = _Clocks()
+    lane = Lane(1, wait_seconds=None, wall_clock=lambda: clocks.wall)
+    with lane.held():
+        assert lane.yield_to_live(0.0) == 0.0  # 0: batches never wait
+        assert lane.yields == 0
+        lane.yield_to_live(0.001)  # the computation never ends within the bound
+    assert lane.yields == 1 and lane.yielding == 0
+    assert not lane._open  # every computation's ticket is closed, a refused one's too
+    busy = Lane(1, wait_seconds=0.001)
+    with busy.held(), pytest.raises(Busy):
+        busy.submit("k", 1, lambda items: items)
+    assert not busy._open and busy.yield_to_live(10.0) == 0.0
+
+
+def test_an_event_batch_lets_the_live_answer_in_progress_finish_first(serve: MakeClient) -> None:
+    client = serve(ingest_yield_seconds=10.0, answer_ttl_seconds=0)
+    service = _service(client)
+    lane = service.live.lane
+    event = {"user_id": "u001", "item_id": "i001", "type": "view", "id": "yield-1"}
+    done: list[int] = []
+
+    def post() -> None:
+        done.append(client.post("/events", json={"events": [event]}).status_code)
+
+    def stored() -> bool:
+        frame = service.store.events_frame()
+        return bool((frame["event_id"] == "yield-1").any())
+
+    with lane.held():  # a live computation in progress
+        writer = threading.Thread(target=post)
+        writer.start()
+        _until(lambda: lane.yielding == 1, "the batch waits")
+        assert not stored() and done == []
+    writer.join(10)
+    assert done == [200] and stored()
+    scraped = client.get("/metrics").text
+    assert _gauge(scraped, "sieve_ingest_yields") == 1.0
+    assert _gauge(scraped, "sieve_ingest_yield_seconds") > 0.0
+    # 0: a batch goes at once, whatever is computing
+    eager = serve(ingest_yield_seconds=0.0)
+    with _service(eager).live.lane.held():
+        event["id"] = "yield-2"
+        assert eager.post("/events", json={"events": [event]}).status_code == 200
+    assert _service(eager).live.lane.yields == 0
+
+
 class _Clocks:
     """A wall clock and a thread CPU clock that move only when told."""
 

@@ -128,6 +128,10 @@ class LaneCounters(Protocol):
     def seconds(self) -> float: ...
     @property
     def cpu_seconds(self) -> float: ...
+    @property
+    def yields(self) -> int: ...
+    @property
+    def yield_seconds(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,17 @@ class ServingMetrics:
             "lock or the cache; a low share under load asks for more worker processes)",
             registry=r,
         )
+        self.ingest_yields = Gauge(
+            "sieve_ingest_yields",
+            "Event batches that waited for the live computations that arrived before "
+            "them since the start (ingest_yield_seconds)",
+            registry=r,
+        )
+        self.ingest_yield_seconds = Gauge(
+            "sieve_ingest_yield_seconds",
+            "Seconds those event batches waited in all since the start",
+            registry=r,
+        )
         self._hit = self.cache_lookups.labels("hit")
         self._miss = self.cache_lookups.labels("miss")
         self.model = Info("sieve_model", "The serving model's version", registry=r)
@@ -422,6 +437,8 @@ class ServingMetrics:
         self.lane_answered.set_function(lambda: lane.answered)
         self.lane_seconds.set_function(lambda: lane.seconds)
         self.lane_cpu_seconds.set_function(lambda: lane.cpu_seconds)
+        self.ingest_yields.set_function(lambda: lane.yields)
+        self.ingest_yield_seconds.set_function(lambda: lane.yield_seconds)
 
     def cache_lookup(self, hit: bool) -> None:
         """One lookup of the precomputed-list cache."""

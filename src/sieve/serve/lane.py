@@ -35,6 +35,7 @@ answer; with no one waiting a block is one request and nothing changes.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -62,6 +63,8 @@ class _Job(Generic[T, R]):
 
     key: Hashable
     item: T
+    #: its place in arrival order (`Lane.yield_to_live`)
+    ticket: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     result: R | None = None
     error: BaseException | None = None
@@ -111,6 +114,17 @@ class Lane:
         #: wall and CPU seconds spent in computations so far (see the module doc)
         self.seconds = 0.0
         self.cpu_seconds = 0.0
+        #: arrival tickets of the computations not finished yet, oldest first
+        #: (a dict keeps insertion order), and writes waiting for them
+        self._tickets = itertools.count()
+        self._open: dict[int, None] = {}
+        self._finished = threading.Condition(self._lock)
+        #: writes waiting for earlier computations now
+        self.yielding = 0
+        #: writes that waited for earlier computations (`yield_to_live`), and
+        #: the seconds they waited
+        self.yields = 0
+        self.yield_seconds = 0.0
 
     def _acquire(self) -> bool:
         """Take a slot, waiting at most `wait_seconds`; False if none freed up."""
@@ -125,6 +139,51 @@ class Lane:
         finally:
             with self._lock:
                 self.waiting -= 1
+
+    def _arrive(self) -> int:
+        """A ticket for a computation arriving now (under `_lock`)."""
+        ticket = next(self._tickets)
+        self._open[ticket] = None
+        return ticket
+
+    def _finish(self, tickets: Sequence[int]) -> None:
+        with self._lock:
+            self._close(tickets)
+
+    def _close(self, tickets: Sequence[int]) -> None:
+        """Close these computations' tickets and wake the writes waiting for
+        them (under `_lock`)."""
+        for t in tickets:
+            self._open.pop(t, None)
+        if self.yielding:
+            self._finished.notify_all()
+
+    def yield_to_live(self, max_seconds: float) -> float:
+        """Wait until every live computation that arrived before this call
+        has finished, at most `max_seconds`; the seconds waited. A write (an
+        event batch) calls it before its work: the interpreter runs one
+        thread at a time, so a batch's Python work running beside a
+        computation delayed it by about as much as the batch cost, and with
+        it every answer of its block. Requests then take the interpreter in
+        arrival order, answers first among equals; the wait is bounded, and
+        it holds no slot, so a write stuck on its store never holds up a
+        computation."""
+        with self._lock:
+            if max_seconds <= 0 or not self._open:
+                return 0.0
+            mine = next(self._tickets)
+            start = self._wall_clock()
+            self.yielding += 1
+            try:
+                self._finished.wait_for(
+                    lambda: not self._open or next(iter(self._open)) > mine, max_seconds
+                )
+            finally:
+                self.yielding -= 1
+            waited = self._wall_clock() - start
+            self.yields += 1
+            self.yield_seconds += waited
+        return waited
 
     def _busy(self) -> Busy:
         self.refused += 1  # under self._lock
@@ -150,14 +209,19 @@ class Lane:
     def held(self) -> Iterator[None]:
         """Run the block in one of the lane's slots (`Busy` when none frees
         up within `wait_seconds`): for a computation that is not submitted."""
-        if not self._acquire():
-            with self._lock:
-                raise self._busy()
+        with self._lock:
+            ticket = self._arrive()
         try:
-            with self._timed():
-                yield
+            if not self._acquire():
+                with self._lock:
+                    raise self._busy()
+            try:
+                with self._timed():
+                    yield
+            finally:
+                self._slots.release()
         finally:
-            self._slots.release()
+            self._finish([ticket])
 
     def submit(self, key: Hashable, item: T, compute: Callable[[list[T]], Sequence[R]]) -> R:
         """`compute([item])[0]`, computed in a slot, together with the other
@@ -167,11 +231,13 @@ class Lane:
         slot freed up within `wait_seconds` and no block took the item."""
         job: _Job[T, R] = _Job(key, item)
         with self._lock:
+            job.ticket = self._arrive()
             self._pending.append(job)  # type: ignore[arg-type]
         if not self._acquire():
             with self._lock:
                 if not job.taken:
                     self._pending.remove(job)  # type: ignore[arg-type]
+                    self._close([job.ticket])
                     raise self._busy()
             return job.outcome()  # a block that took it is computing it now
         try:
@@ -188,8 +254,11 @@ class Lane:
                         self._pending.remove(j)  # type: ignore[arg-type]
                     self.blocks += 1
                     self.answered += len(block)
-                with self._timed():
-                    _run(block, compute)
+                try:
+                    with self._timed():
+                        _run(block, compute)
+                finally:
+                    self._finish([j.ticket for j in block])
         finally:
             self._slots.release()
         return job.outcome()

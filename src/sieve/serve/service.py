@@ -237,7 +237,10 @@ class Service:
         self.ingestion.check(events)
 
     def record_events(self, events: Sequence[Event]) -> tuple[int, list[str]]:
-        """Validate and append atomically; see `sieve.serve.ingest`."""
+        """Validate and append atomically; see `sieve.serve.ingest`. Under
+        load the batch first lets the live computations in progress finish,
+        for at most `ingest_yield_seconds` (`Lane.yield_to_live`)."""
+        self.live.lane.yield_to_live(self.settings.ingest_yield_seconds)
         return self.ingestion.record(events)
 
     def flush_counters(self) -> None:
