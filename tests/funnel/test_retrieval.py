@@ -110,12 +110,7 @@ def test_ann_search_many_is_each_rows_own_search_with_its_exclusions() -> None:
 # ---------------------------------------------------------------------- merge
 def test_merge_keeps_quotas_dedups_and_remembers_sources() -> None:
     ann = Proposal("ann", np.array([5, 6, 7, 8]), np.array([0.9, 0.8, 0.7, 0.6], np.float32))
-    i2i = Proposal(
-        "item_to_item",
-        np.array([7, 9, 5]),
-        np.array([3.0, 2.0, 1.0], np.float32),
-        anchors=np.array([40, 41, 42]),
-    )
+    i2i = Proposal("item_to_item", np.array([7, 9, 5]), np.array([3.0, 2.0, 1.0], np.float32))
     pop = Proposal("popular", np.array([1, 5, 2]), np.array([10.0, 9.0, 8.0], np.float32))
     quotas = {s: 0 for s in SOURCES} | {"ann": 3, "item_to_item": 3, "popular": 1}
     cands = merge([ann, i2i, pop], quotas, lambda items: items != 6)  # 6 is filtered
@@ -125,10 +120,8 @@ def test_merge_keeps_quotas_dedups_and_remembers_sources() -> None:
     # ann's quota of 3 survivors: 5, 7, 8 (6 filtered), ranked 1..3 among survivors
     assert cands.ranks[row[8], col["ann"]] == 3
     assert cands.scores[row[7], col["ann"]] == pytest.approx(0.7)
-    # item 7 was proposed by both, with its anchor remembered
+    # item 7 was proposed by both
     assert cands.ranks[row[7], col["item_to_item"]] == 1
-    assert cands.anchors[row[7]] == 40
-    assert cands.anchors[row[5]] == 42
     assert cands.n_sources[row[5]] == 2
     # popular's quota of 1 keeps only its best survivor
     assert cands.proposed("popular").sum() == 1 and cands.proposed("popular")[row[1]]
@@ -168,9 +161,10 @@ def _block_queries() -> list[Query]:
 
 
 def test_a_block_of_requests_gets_each_requests_own_proposals() -> None:
-    """Every source's proposals (items, scores, anchors), the category shares
-    and the merged candidates of requests normalised and proposed as one
-    block (more than a sub-block) are those of each request alone."""
+    """Every source's proposals (items, scores), the category shares, the
+    merged candidates and their item-to-item anchors of requests normalised
+    and proposed as one block (more than a sub-block) are those of each
+    request alone."""
     engine = fitted().state.engine
     queries = _block_queries()
     reqs = engine.requests(queries)
@@ -184,14 +178,13 @@ def test_a_block_of_requests_gets_each_requests_own_proposals() -> None:
         for a, b in zip(props, own, strict=True):
             np.testing.assert_array_equal(a.items, b.items)
             np.testing.assert_array_equal(a.scores, b.scores)
-            if a.anchors is None or b.anchors is None:
-                assert a.anchors is None and b.anchors is None
-            else:
-                np.testing.assert_array_equal(a.anchors, b.anchors)
         one = engine.candidates(engine.request(query))
         np.testing.assert_array_equal(cands.items, one.items)
         np.testing.assert_array_equal(cands.scores, one.scores)
-        np.testing.assert_array_equal(cands.anchors, one.anchors)
+        i2i = cands.items[cands.proposed("item_to_item")]
+        np.testing.assert_array_equal(
+            engine.best_anchors(req, i2i), engine.best_anchors(alone, i2i)
+        )
     sources = {p.source for props in block for p in props}
     assert {"ann", "item_to_item", "content", "ease", "popular"} <= sources
 

@@ -50,9 +50,7 @@ def featurize(
     cands = with_items(engine.candidates(req, blocked), items)
     ((_, cands, x),) = _with_features(engine, [req], [cands], with_features, online, attributes)
     rows = positions(items, cands.items)
-    cands = Candidates(
-        cands.items[rows], cands.scores[rows], cands.ranks[rows], cands.anchors[rows]
-    )
+    cands = Candidates(cands.items[rows], cands.scores[rows], cands.ranks[rows])
     return req, cands, None if x is None else x[rows]
 
 

@@ -118,7 +118,6 @@ def with_items(cands: Candidates, items: NDArray[np.int64]) -> Candidates:
         np.concatenate([cands.items, missing]),
         np.vstack([cands.scores, nan]),
         np.vstack([cands.ranks, nan]),
-        np.concatenate([cands.anchors, np.full(len(missing), -1, np.int64)]),
     )
 
 

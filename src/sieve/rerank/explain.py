@@ -48,9 +48,16 @@ def explain(
     recent = [int(i) for i in req.query.recent]
     out: list[str] = []
     # plain lists once, not numpy scalars per item
-    block = (~np.isnan(cands.ranks[positions])).tolist()
-    items = cands.items[positions].tolist()
-    anchors = cands.anchors[positions].tolist()
+    proposed_by = ~np.isnan(cands.ranks[positions])
+    block = proposed_by.tolist()
+    listed = cands.items[positions]
+    items = listed.tolist()
+    # the anchors of the listed item-to-item proposals only (not every candidate's)
+    anchors = [-1] * len(items)
+    i2i = np.flatnonzero(proposed_by[:, col["item_to_item"]])
+    if len(i2i):
+        for k, a in zip(i2i.tolist(), engine.best_anchors(req, listed[i2i]).tolist(), strict=True):
+            anchors[k] = a
     for proposed, item, anchor in zip(block, items, anchors, strict=True):
         if proposed[col["continuation"]]:
             kinds = {t for i, t in zip(recent, req.query.recent_types, strict=False) if i == item}

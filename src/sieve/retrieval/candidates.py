@@ -233,7 +233,6 @@ class Proposal:
     source: str
     items: NDArray[np.int64]
     scores: NDArray[np.float32]
-    anchors: NDArray[np.int64] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,14 +240,14 @@ class Candidates:
     """Merged, deduplicated candidates with their source memory.
 
     `scores[c, s]` / `ranks[c, s]` (1-based, among the source's surviving
-    proposals) are NaN where source `SOURCES[s]` did not propose candidate c;
-    `anchors[c]` is the item-to-item anchor item (-1: none).
+    proposals) are NaN where source `SOURCES[s]` did not propose candidate c.
+    The item-to-item anchor an explanation names is found for the listed
+    items only (`CandidateEngine.best_anchors`), not for every candidate.
     """
 
     items: NDArray[np.int64]
     scores: NDArray[np.float32]
     ranks: NDArray[np.float32]
-    anchors: NDArray[np.int64]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -267,7 +266,6 @@ class Candidates:
             np.empty(0, np.int64),
             np.empty((0, n), np.float32),
             np.empty((0, n), np.float32),
-            np.empty(0, np.int64),
         )
 
 
@@ -315,10 +313,6 @@ def merge_many(
     kept_group = group[keep]
     scores_all = np.concatenate([p.scores.astype(np.float32, copy=False) for _, p in parts])
     cols = np.repeat(np.array([SOURCES.index(p.source) for _, p in parts], np.int64), lens)[keep]
-    no_anchor = np.full(int(lens.max()), -1, np.int64)
-    anchors_all = np.concatenate(
-        [no_anchor[: len(p.items)] if p.anchors is None else p.anchors for _, p in parts]
-    )[keep]
     width = int(kept_items.max(initial=0)) + 1
     unique, inverse = np.unique(kept_group * width + kept_items, return_inverse=True)
     n = len(unique)
@@ -326,13 +320,10 @@ def merge_many(
     ranks = np.full((n, len(SOURCES)), np.nan, np.float32)
     scores[inverse, cols] = scores_all[keep]
     ranks[inverse, cols] = rank[keep].astype(np.float32)
-    anchors = np.full(n, -1, np.int64)
-    has = anchors_all >= 0
-    anchors[inverse[has]] = anchors_all[has]
     bounds = np.searchsorted(unique // width, np.arange(len(proposals) + 1))
     out_items = unique % width
     return [
-        Candidates(out_items[lo:hi], scores[lo:hi], ranks[lo:hi], anchors[lo:hi])
+        Candidates(out_items[lo:hi], scores[lo:hi], ranks[lo:hi])
         for lo, hi in itertools.pairwise(bounds)
     ]
 

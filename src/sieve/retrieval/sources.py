@@ -576,9 +576,8 @@ class CandidateEngine:
                 _top(knns[k].score, self._fetch(reqs[k], cfg.item_to_item))  # type: ignore[union-attr]
                 for k in got
             ]
-            anchors = self.best_anchors_many([reqs[k] for k in got], [items for items, _ in tops])
-            for k, (items, scores), best in zip(got, tops, anchors, strict=True):
-                out[k].append(Proposal("item_to_item", items, scores, best))
+            for k, (items, scores) in zip(got, tops, strict=True):
+                out[k].append(Proposal("item_to_item", items, scores))
         if cfg.content and self.content is not None:
             profiles = self.content_profiles(reqs)
             got = [k for k, profile in enumerate(profiles) if profile is not None]
@@ -745,7 +744,6 @@ class CandidateEngine:
             np.concatenate([cands.items, more.items[new]]),
             np.vstack([cands.scores, more.scores[new]]),
             np.vstack([cands.ranks, more.ranks[new]]),
-            np.concatenate([cands.anchors, more.anchors[new]]),
         )
 
     def documents(self, frame: pd.DataFrame) -> list[str]:
