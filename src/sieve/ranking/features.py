@@ -224,7 +224,7 @@ def _put_models(
         if knn is not None:
             scores.add("knn", tr_rows, knn.score[tr_items])
             pos = positions(knn.entry_item, its)
-            hit = pos >= 0
+            hit = np.flatnonzero(pos >= 0)  # one scan of the entries, not one per mask
             knn_rows.append(pos[hit] + lo)
             knn_sims.append(knn.entry_sim[hit])
             knn_requests[lo:hi] = True
