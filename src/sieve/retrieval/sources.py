@@ -677,8 +677,8 @@ class CandidateEngine:
             pos = positions(entry_owner * width + entry_item, item_owner * width + all_items)
             starts = np.cumsum([0, *(len(reqs[k].anchors) for k in got)])[:-1]
             entry_anchor = entry_anchor + starts[entry_owner]
-        hit = pos >= 0
-        if not hit.any():
+        hit = np.flatnonzero(pos >= 0)  # one scan of the entries, not one per mask
+        if not len(hit):
             return out
         entry_anchor = entry_anchor[hit]
         entry_sim = joined([knn.entry_sim for knn in entries])[hit]
