@@ -31,6 +31,10 @@ same funnel), up to `BLOCK` of them, through the funnel's block path
 list the same as the request's alone). Most of a small live answer's CPU is
 a fixed cost per stage, so under load a block costs little more than one
 answer; with no one waiting a block is one request and nothing changes.
+
+Writes take their turn too (`yield_to_live`): an event batch first waits,
+within `ingest_yield_seconds`, for the computations that arrived before it,
+since its Python work beside a computation slowed every answer of the block.
 """
 
 from __future__ import annotations
@@ -165,9 +169,8 @@ class Lane:
         thread at a time, so a batch's Python work running beside a
         computation delayed it by about as much as the batch cost, and with
         it every answer of its block. Requests then take the interpreter in
-        arrival order, answers first among equals; the wait is bounded, and
-        it holds no slot, so a write stuck on its store never holds up a
-        computation."""
+        arrival order; the wait is bounded, and it holds no slot, so a write
+        stuck on its store never holds up a computation."""
         with self._lock:
             if max_seconds <= 0 or not self._open:
                 return 0.0
