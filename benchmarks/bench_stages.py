@@ -54,7 +54,6 @@ STAGES: list[tuple[Any, str, str]] = [
     (CandidateEngine, "_charts", "  charts"),
     (CandidateEngine, "knn", "  item-to-item scores"),
     (CandidateEngine, "best_anchors", "  item-to-item anchors"),
-    (CandidateEngine, "best_anchors_many", "  item-to-item anchors"),
     (sources, "merge", "  merge"),
     (sources, "merge_many", "  merge"),
     (ranking_features, "_base_features", "ranking features"),

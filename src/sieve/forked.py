@@ -78,12 +78,17 @@ def cores() -> int:
     return n
 
 
+def check_jobs(n: int) -> None:
+    """Refuse a `jobs` setting below 0."""
+    if n < 0:
+        raise ValueError(f"jobs must be >= 0 (0: one per core), got {n}")
+
+
 @contextlib.contextmanager
 def jobs(n: int) -> Iterator[None]:
     """Run `fill_rows` calls inside with `n` processes (0: one per usable
     core; 1, the default outside: serially, in this process)."""
-    if n < 0:
-        raise ValueError(f"jobs must be >= 0 (0: one per core), got {n}")
+    check_jobs(n)
     token = _JOBS.set(n)
     try:
         yield

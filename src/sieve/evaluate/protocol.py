@@ -149,8 +149,7 @@ def evaluate(
     `jobs`: processes a model whose lists are computed in blocks may share
     them among (`sieve.forked`; 0: one per core; the funnel does).
     """
-    if jobs < 0:
-        raise ValueError(f"jobs must be >= 0 (0: one per core), got {jobs}")
+    forked.check_jobs(jobs)  # before any work, not inside a guarded run
     if not specs:
         raise ValueError("no models to evaluate")
     if k < 1:

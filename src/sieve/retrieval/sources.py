@@ -634,69 +634,27 @@ class CandidateEngine:
         return out
 
     def best_anchors(self, req: Request, items: NDArray[np.int64]) -> NDArray[np.int64]:
-        """For each item, the anchor item contributing most to its kNN score
-        (-1 where no anchor reaches it); the block of one of `best_anchors_many`."""
-        return self.best_anchors_many([req], [items])[0]
-
-    def best_anchors_many(
-        self, reqs: Sequence[Request], items: Sequence[NDArray[np.int64]]
-    ) -> list[NDArray[np.int64]]:
-        """`best_anchors` of each (request, distinct items) of a block,
-        `SUB_BLOCK` requests at a time (`_best_anchors_block`)."""
-        out: list[NDArray[np.int64]] = []
-        for lo in range(0, len(reqs), SUB_BLOCK):
-            out.extend(
-                self._best_anchors_block(reqs[lo : lo + SUB_BLOCK], items[lo : lo + SUB_BLOCK])
-            )
-        return out
-
-    def _best_anchors_block(
-        self, reqs: Sequence[Request], items: Sequence[NDArray[np.int64]]
-    ) -> list[NDArray[np.int64]]:
-        """`best_anchors` of a few requests: every request's kNN entries
-        matched to its items through (request, item) keys, in one pass. An
-        item's anchor is its largest contribution, the first entry giving
-        it on ties."""
-        out = [np.full(len(its), -1, np.int64) for its in items]
-        knns = self.knn_many(reqs)
-        got = [k for k, knn in enumerate(knns) if knn is not None and len(items[k])]
-        if not got:
+        """For each of the (distinct) items, the anchor item contributing most
+        to its kNN score, the first entry giving it on ties (-1 where no
+        anchor reaches it). Asked for the items a list explains only."""
+        out = np.full(len(items), -1, np.int64)
+        knn = self.knn(req)
+        if knn is None or not len(items):
             return out
-        entries: list[KnnScores] = [knns[k] for k in got]  # type: ignore[misc]
-        n_items = [len(items[k]) for k in got]
-        entry_item = joined([knn.entry_item for knn in entries])
-        all_items = joined([items[k] for k in got])
-        entry_anchor = joined([knn.entry_anchor for knn in entries])
-        if len(got) == 1:
-            pos = positions(entry_item, all_items)
-        else:  # (request, item) keys; anchors as positions among the block's
-            parts = [items[k] for k in got] + [knn.entry_item for knn in entries]
-            width = 1 + max(int(part.max(initial=0)) for part in parts)
-            entry_owner = np.repeat(np.arange(len(got)), [len(knn.entry_item) for knn in entries])
-            item_owner = np.repeat(np.arange(len(got)), n_items)
-            pos = positions(entry_owner * width + entry_item, item_owner * width + all_items)
-            starts = np.cumsum([0, *(len(reqs[k].anchors) for k in got)])[:-1]
-            entry_anchor = entry_anchor + starts[entry_owner]
+        pos = positions(knn.entry_item, items)
         hit = np.flatnonzero(pos >= 0)  # one scan of the entries, not one per mask
         if not len(hit):
             return out
-        entry_anchor = entry_anchor[hit]
-        entry_sim = joined([knn.entry_sim for knn in entries])[hit]
-        contrib = entry_sim * joined([reqs[k].anchor_weights for k in got])[entry_anchor]
+        entry_anchor = knn.entry_anchor[hit]
+        contrib = knn.entry_sim[hit] * req.anchor_weights[entry_anchor]
         p = pos[hit]
-        # per item, its largest contribution, the first entry giving it on ties
-        top = np.full(len(all_items), -np.inf)
+        top = np.full(len(items), -np.inf)
         maximum_at(top, p, contrib)
         ties = np.flatnonzero(contrib == top[p])
-        first = np.full(len(all_items), len(p), np.int64)
+        first = np.full(len(items), len(p), np.int64)
         minimum_at(first, p[ties], ties)
-        found = np.full(len(all_items), -1, np.int64)
         reached = first < len(p)
-        anchors = joined([reqs[k].anchors for k in got])
-        found[reached] = anchors[entry_anchor[first[reached]]]
-        bounds = np.concatenate([[0], np.cumsum(n_items)])
-        for j, k in enumerate(got):
-            out[k] = found[bounds[j] : bounds[j + 1]]
+        out[reached] = req.anchors[entry_anchor[first[reached]]]
         return out
 
     def candidates_many(
