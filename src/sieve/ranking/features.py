@@ -324,11 +324,12 @@ def _put_online(
         for b, req in enumerate(reqs)
         if req.query.user_id is not None and bounds[b + 1] > bounds[b]
     ]
-    # the block's requests share most candidates: each item's record is read once
-    distinct, rows = np.unique(items, return_inverse=True)
+    # the block's requests share most candidates: each item's record is read
+    # once (a request's own candidates are distinct already)
+    distinct, rows = (items, None) if len(reqs) == 1 else np.unique(items, return_inverse=True)
     try:
         f, users = online.block_features(
-            [str(i) for i in cat.item_ids[distinct]],
+            cat.item_ids[distinct].tolist(),
             now,
             [(user_id, reqs[b].now) for b, user_id in asking],
             rows,

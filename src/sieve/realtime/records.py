@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from abc import ABC, abstractmethod
@@ -170,7 +171,8 @@ class LocalRecords(Records):
         self, keys: Sequence[str], width: int
     ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
         rows = self._rows.get(width, {})
-        index = np.fromiter((rows.get(k, -1) for k in keys), np.int64, len(keys))
+        # map over the dict's own `get`: no Python frame per key
+        index = np.fromiter(map(rows.get, keys, itertools.repeat(-1)), np.int64, len(keys))
         data = self._data.get(width)  # after the rows: at least as long as they say
         present = index >= 0
         state = np.zeros((len(keys), width))
