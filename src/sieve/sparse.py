@@ -104,6 +104,26 @@ def positive_sums(
         np.asarray(weights, dtype=np.float64),
         -1 if limit is None else int(limit),
         _scratch(n_cols)[:n_cols],
+        True,
+    )
+
+
+def nonzero_sums(
+    m: Compressed, rows: NDArray[np.integer], weights: NDArray[np.floating], n_cols: int
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """The non-zero entries of Σ_k weights[k] · m[rows[k]] (negative ones
+    included), as `positive_sums` finds them: its cost follows the rows'
+    entries, where scipy's sparse product clears two catalog-wide arrays
+    per call."""
+    return _positive_sums(
+        m.indptr,
+        m.indices,
+        m.data,
+        np.asarray(rows, dtype=np.int64),
+        np.asarray(weights, dtype=np.float64),
+        -1,
+        _scratch(n_cols)[:n_cols],
+        False,
     )
 
 
@@ -128,6 +148,7 @@ def _positive_sums(
     weights: NDArray[np.float64],
     cap: int,
     sums: NDArray[np.float64],
+    positive: bool,
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:  # pragma: no cover - compiled
     n = sums.shape[0]
     starts = np.empty(rows.shape[0], dtype=np.int64)  # each row's entries, capped
@@ -153,14 +174,15 @@ def _positive_sums(
         touched = np.unique(touched)
         keep = np.empty(touched.shape[0], dtype=np.bool_)
         for j in range(touched.shape[0]):
-            keep[j] = sums[touched[j]] > 0
+            v = sums[touched[j]]
+            keep[j] = v > 0 if positive else v != 0
         cols = touched[keep]
     else:  # many: one scan, without a branch to mispredict (kept when positive)
         found = np.empty(min(total, n) + 1, dtype=np.int64)
         j = 0
         for col in range(n):
             found[j] = col
-            j += int(sums[col] > 0)
+            j += int(sums[col] > 0) if positive else int(sums[col] != 0)
         cols = found[:j].copy()
     out = np.empty(cols.shape[0], dtype=np.float64)
     for j in range(cols.shape[0]):

@@ -361,14 +361,15 @@ def test_sparse_row_gathers_match_scipy() -> None:
 
 
 def test_positive_sums_are_the_bincounts_positive_entries_bit_for_bit() -> None:
-    """`positive_sums` against `np.bincount` over `gather_rows`: the same
+    """`positive_sums` (and `nonzero_sums`, every non-zero entry) against
+    `np.bincount` over `gather_rows`: the same
     columns in ascending order and the same float bits, with and without a
     per-row limit, with negative weights (sums that cancel or fall below 0),
     over few columns touched (sorted) and many (scanned); the thread's
     scratch row is left zeroed, so a call never sees the last one's sums."""
     import scipy.sparse as sp
 
-    from sieve.sparse import _scratch, gather_rows, positive_sums
+    from sieve.sparse import _scratch, gather_rows, nonzero_sums, positive_sums
 
     rng = np.random.default_rng(11)
     for n_rows, n_cols, density in ((30, 5000, 0.001), (40, 300, 0.3), (8, 20000, 0.0002)):
@@ -386,6 +387,13 @@ def test_positive_sums_are_the_bincounts_positive_entries_bit_for_bit() -> None:
             assert got_cols.tolist() == expected.tolist()
             assert got.tobytes() == dense[expected].tobytes()
             assert not _scratch(n_cols)[:n_cols].any()
+            if limit is None:  # `nonzero_sums`: every non-zero sum, negative ones too
+                nonzero = np.flatnonzero(dense != 0)
+                assert (dense[nonzero] < 0).any()
+                got_cols, got = nonzero_sums(m, rows, weights, n_cols)
+                assert got_cols.tolist() == nonzero.tolist()
+                assert got.tobytes() == dense[nonzero].tobytes()
+                assert not _scratch(n_cols)[:n_cols].any()
     empty_cols, empty = positive_sums(m, np.empty(0, np.int64), np.empty(0), 20000)
     assert len(empty_cols) == 0 and len(empty) == 0
 

@@ -6,9 +6,10 @@ whose live path is `recommend_query`: one `Query` in, a list of
 explanation.
 
 1. Candidates (`sieve.retrieval`): ALS factors in a FAISS index,
-   item-to-item from the session and history, content (TF-IDF), EASE on small
-   catalogs, popular, trending and fresh items; merged under per-source
-   quotas with seen, excluded, unavailable and out-of-category items removed.
+   item-to-item from the session and history, content (TF-IDF), EASE
+   (optionally sparse EASE on large catalogs), popular, trending and fresh
+   items; merged under per-source quotas with seen, excluded, unavailable
+   and out-of-category items removed.
 2. Ranking (`sieve.ranking`): LightGBM LambdaMART over the features of
    `sieve.ranking.features` (online-counter features included, read from
    `Funnel.online`), trained on held-out training interactions, on logged

@@ -15,6 +15,7 @@ from sieve.models.itemknn import ItemKNNConfig
 from sieve.models.neural.sasrec import SASRecConfig
 from sieve.models.neural.two_tower import TwoTowerConfig
 from sieve.models.popularity import TrendingConfig
+from sieve.models.sparse_ease import SparseEASEConfig
 from sieve.ranking.attributes import AttributesConfig
 from sieve.ranking.ltr import RankerConfig
 from sieve.ranking.query import QueryConfig
@@ -67,7 +68,10 @@ class FunnelConfig(SectionedConfig):
     - `als`: the ALS model whose item factors the ANN source searches (its
       own config; 64 factors here).
     - `itemknn`: the item-kNN model behind the item-to-item source.
-    - `ease`: the EASE model of the EASE source (small catalogs only).
+    - `ease`: the EASE model of the EASE source (catalogs up to
+      `sources.ease_max_items`).
+    - `sparse_ease`: the sparse EASE model of the EASE source on larger
+      catalogs (`sources.ease_large`).
     - `content`: the TF-IDF model of the content source (cold items).
     - `two_tower`: the two-tower model behind the ANN source when
       `sources.ann_model = "two-tower"`.
@@ -92,6 +96,7 @@ class FunnelConfig(SectionedConfig):
     als: ALSConfig = dataclasses.field(default_factory=_funnel_als)
     itemknn: ItemKNNConfig = dataclasses.field(default_factory=ItemKNNConfig)
     ease: EASEConfig = dataclasses.field(default_factory=EASEConfig)
+    sparse_ease: SparseEASEConfig = dataclasses.field(default_factory=SparseEASEConfig)
     content: ContentConfig = dataclasses.field(default_factory=ContentConfig)
     trending: TrendingConfig = dataclasses.field(default_factory=TrendingConfig)
     ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)

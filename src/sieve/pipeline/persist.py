@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from sieve.models.base import Recommender
 from sieve.models.content import ContentTFIDF
 from sieve.models.ease import EASE
 from sieve.models.factorization import ALS
@@ -18,6 +19,7 @@ from sieve.models.itemknn import ItemKNN
 from sieve.models.neural.common import torch_module
 from sieve.models.neural.sasrec import SASRec
 from sieve.models.neural.two_tower import TwoTower
+from sieve.models.sparse_ease import SparseEASE
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.training import FunnelState
 from sieve.ranking.attributes import AttributeFeatures
@@ -101,6 +103,14 @@ def _recent_arrays(engine: CandidateEngine) -> dict[str, np.ndarray]:
     return {"recent_indptr": m.indptr.astype(np.int64), "recent_items": m.indices.astype(np.int64)}
 
 
+def _ease(path: Path) -> EASE | SparseEASE:
+    """The EASE source's model: dense EASE, or sparse EASE past `ease_max_items`."""
+    model = Recommender.load(path)
+    if not isinstance(model, EASE | SparseEASE):
+        raise TypeError(f"{path} holds a {model.name} model, not the EASE source's")
+    return model
+
+
 def _recent_matrix(users: Any, n_items: int) -> sparse.csr_matrix | None:
     if "recent_indptr" not in users:
         return None
@@ -131,7 +141,7 @@ def load_funnel(
     parts = meta["parts"]
     als = ALS.load(path / "als") if parts["als"] else None
     itemknn = ItemKNN.load(path / "itemknn") if parts["itemknn"] else None
-    ease = EASE.load(path / "ease") if parts["ease"] else None
+    ease = _ease(path / "ease") if parts["ease"] else None
     tower = TwoTower.load(path / "tower") if parts.get("tower") else None
     sasrec = None
     if parts.get("sasrec"):
@@ -150,7 +160,7 @@ def load_funnel(
         als=als,  # type: ignore[arg-type]
         ann=AnnIndex.load(path / "ann") if parts["ann"] else None,
         itemknn=itemknn,  # type: ignore[arg-type]
-        ease=ease,  # type: ignore[arg-type]
+        ease=ease,
         tower=tower,  # type: ignore[arg-type]
         sasrec=sasrec,  # type: ignore[arg-type]
         content=content,

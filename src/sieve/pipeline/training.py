@@ -20,6 +20,7 @@ from sieve.models.itemknn import ItemKNN
 from sieve.models.neural.common import torch_module
 from sieve.models.neural.sasrec import SASRec
 from sieve.models.neural.two_tower import TwoTower
+from sieve.models.sparse_ease import SparseEASE
 from sieve.pipeline.config import FunnelConfig
 from sieve.pipeline.features import featurize_many
 from sieve.ranking.attributes import AttributeFeatures
@@ -95,7 +96,8 @@ def build_engine(
     finite = times[np.isfinite(times)]
     snapshot = float(finite.max()) if len(finite) else 0.0
     catalog = Catalog.from_dataset(dataset, cfg.trending, snapshot)
-    als = ann = itemknn = ease = tower = None
+    als = ann = itemknn = tower = None
+    ease: EASE | SparseEASE | None = None
     if src.ann > 0 or src.user_to_user > 0:  # user-to-user reads ALS user vectors
         als = ALS(cfg.als).fit(dataset)
     if als is not None and src.ann > 0:
@@ -108,6 +110,8 @@ def build_engine(
         itemknn = ItemKNN(cfg.itemknn).fit(dataset)
     if src.ease > 0 and dataset.n_items <= src.ease_max_items:
         ease = EASE(cfg.ease).fit(dataset)
+    elif src.ease > 0 and src.ease_large == "sparse":  # memory and time linear in the items
+        ease = SparseEASE(cfg.sparse_ease).fit(dataset)
     sasrec = SASRec(cfg.sasrec).fit(dataset) if src.sasrec > 0 else None
     matrix = dataset.matrix
     user_recent = None

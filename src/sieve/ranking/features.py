@@ -49,7 +49,7 @@ from numpy.typing import NDArray
 from sieve.ranking.attributes import AttributeFeatures
 from sieve.ranking.normalise import normalised
 from sieve.realtime.counters import OnlineCounters
-from sieve.retrieval.candidates import SOURCES, Candidates, Request, positions
+from sieve.retrieval.candidates import SOURCES, Candidates, Request, positions, scores_at
 from sieve.retrieval.sources import CandidateEngine
 from sieve.sparse import gather_rows, maximum_at
 from sieve.storage.cache import CacheError
@@ -240,7 +240,7 @@ def _put_models(
             view[:, _COLUMN["content_cos"]] = content
         ease = engine.ease_scores(req)
         if ease is not None:
-            scores.add("ease", tr_rows, ease[tr_items])
+            scores.add("ease", tr_rows, scores_at(ease, tr_items))
         sasrec = engine.sasrec_scores(req)
         if sasrec is not None:
             known = its < len(sasrec)

@@ -23,6 +23,7 @@ from sieve.models.factorization import ALS
 from sieve.models.itemknn import ItemKNN
 from sieve.models.neural.sasrec import SASRec
 from sieve.models.neural.two_tower import TwoTower
+from sieve.models.sparse_ease import SparseEASE
 from sieve.retrieval.ann import AnnConfig, AnnIndex
 from sieve.retrieval.candidates import (
     SOURCES,
@@ -31,7 +32,9 @@ from sieve.retrieval.candidates import (
     KnnScores,
     Proposal,
     Request,
+    ScoreRow,
     SourcesConfig,
+    StoredScores,
     joined,
     merge,
     merge_many,
@@ -40,7 +43,7 @@ from sieve.retrieval.candidates import (
 from sieve.retrieval.catalog import Catalog, _categories
 from sieve.retrieval.content import ContentIndex
 from sieve.retrieval.personal import UserNeighbours, comeback, session_sequence
-from sieve.sparse import gather_rows, maximum_at, minimum_at
+from sieve.sparse import gather_rows, maximum_at, minimum_at, nonzero_sums
 from sieve.types import Query
 
 _DAY = 86_400.0
@@ -67,7 +70,7 @@ class CandidateEngine:
         als: ALS | None = None,
         ann: AnnIndex | None = None,
         itemknn: ItemKNN | None = None,
-        ease: EASE | None = None,
+        ease: EASE | SparseEASE | None = None,
         tower: TwoTower | None = None,
         sasrec: SASRec | None = None,
         content: ContentIndex | None = None,
@@ -475,15 +478,17 @@ class CandidateEngine:
             out[k] = cos
         return out
 
-    def ease_scores(self, req: Request) -> NDArray[np.float32] | None:
+    def ease_scores(self, req: Request) -> ScoreRow | None:
         """EASE scores x_u · B over the training items (the block of one of
         `ease_scores_many`)."""
         return self.ease_scores_many([req])[0]
 
-    def ease_scores_many(self, reqs: Sequence[Request]) -> list[NDArray[np.float32] | None]:
+    def ease_scores_many(self, reqs: Sequence[Request]) -> list[ScoreRow | None]:
         """`ease_scores` of each request of a block: one sparse (requests ×
-        items) by dense B product; each row is the sum of its items' rows of
-        B in item order, as `B[items].sum(axis=0)` adds them."""
+        items) by B product; each row is the sum of its items' rows of B in
+        item order, as `B[items].sum(axis=0)` adds them. Dense EASE's rows are
+        dense; sparse EASE's keep their stored entries (`StoredScores`), so a
+        request costs what its items reach, however large the catalog."""
         todo = [req for req in reqs if "ease" not in req.cache]
         for req in todo:
             req.cache["ease"] = None
@@ -492,7 +497,11 @@ class CandidateEngine:
         b = self.ease.state.weights
         rows = [req.interactions[req.interactions < b.shape[0]] for req in todo]
         got = [k for k, r in enumerate(rows) if len(r)]
-        if len(got) == 1:  # a block of one: the same sums, without a sparse matrix
+        if not isinstance(b, np.ndarray):  # sparse EASE: each request's own sums
+            for k in got:
+                cols, sums = nonzero_sums(b, rows[k], np.ones(len(rows[k])), b.shape[1])
+                todo[k].cache["ease"] = StoredScores(cols, sums.astype(np.float32))
+        elif len(got) == 1:  # a block of one: the same sums, without a sparse matrix
             todo[got[0]].cache["ease"] = b[rows[got[0]]].sum(axis=0)
         elif got:
             lens = np.array([len(rows[k]) for k in got], dtype=np.int64)
@@ -592,7 +601,7 @@ class CandidateEngine:
         if cfg.ease:
             for k, es in enumerate(self.ease_scores_many(reqs)):
                 if es is not None:
-                    items, scores = _top(es, self._fetch(reqs[k], cfg.ease), positive=False)
+                    items, scores = _top_row(es, self._fetch(reqs[k], cfg.ease))
                     out[k].append(Proposal("ease", items, scores))
         for req, props in zip(reqs, out, strict=True):
             if cfg.continuation and req.comeback is not None and len(req.comeback[0]):
@@ -727,6 +736,15 @@ def _in_sorted(items: NDArray[np.int64], sorted_set: NDArray[np.int64]) -> NDArr
     pos = np.searchsorted(sorted_set, items)
     pos = np.minimum(pos, len(sorted_set) - 1)
     return sorted_set[pos] == items
+
+
+def _top_row(row: ScoreRow, k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """The k best items of a score row, best first: a stored row's among its
+    stored entries (the others score 0, no evidence either way)."""
+    if isinstance(row, StoredScores):
+        at, values = _top(row.values, k, positive=False)
+        return row.items[at], values
+    return _top(row, k, positive=False)
 
 
 def _top(
