@@ -10,6 +10,7 @@ with `np.bincount` or `maximum_at` (`np.maximum.at`, compiled).
 in a numba loop over a per-thread scratch row: on a wide matrix (the content
 index's 100K-item posting lists) the `np.bincount` it replaces allocated and
 filled a dense row, then `np.flatnonzero` scanned it, on every request.
+`nonzero_sums` keeps the negative sums too (sparse EASE's scores of a request).
 """
 
 from __future__ import annotations
@@ -96,16 +97,7 @@ def positive_sums(
     ascending order, their sums). With `limit`, only the first `limit`
     entries of each row count. Each sum adds its entries in row order from
     0.0, as `row_sums` (`np.bincount`) does, so the values are the same bits."""
-    return _positive_sums(
-        m.indptr,
-        m.indices,
-        m.data,
-        np.asarray(rows, dtype=np.int64),
-        np.asarray(weights, dtype=np.float64),
-        -1 if limit is None else int(limit),
-        _scratch(n_cols)[:n_cols],
-        True,
-    )
+    return _sums(m, rows, weights, n_cols, limit, positive=True)
 
 
 def nonzero_sums(
@@ -115,15 +107,27 @@ def nonzero_sums(
     included), as `positive_sums` finds them: its cost follows the rows'
     entries, where scipy's sparse product clears two catalog-wide arrays
     per call."""
-    return _positive_sums(
+    return _sums(m, rows, weights, n_cols, None, positive=False)
+
+
+def _sums(
+    m: Compressed,
+    rows: NDArray[np.integer],
+    weights: NDArray[np.floating],
+    n_cols: int,
+    limit: int | None,
+    *,
+    positive: bool,
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    return _kept_sums(
         m.indptr,
         m.indices,
         m.data,
         np.asarray(rows, dtype=np.int64),
         np.asarray(weights, dtype=np.float64),
-        -1,
+        -1 if limit is None else int(limit),
         _scratch(n_cols)[:n_cols],
-        False,
+        positive,
     )
 
 
@@ -131,7 +135,7 @@ _SCRATCH = threading.local()
 
 
 def _scratch(n: int) -> NDArray[np.float64]:
-    """This thread's zeroed row of at least `n` sums (`_positive_sums` leaves
+    """This thread's zeroed row of at least `n` sums (`_kept_sums` leaves
     it zeroed again)."""
     got: NDArray[np.float64] | None = getattr(_SCRATCH, "row", None)
     if got is None or len(got) < n:
@@ -140,7 +144,7 @@ def _scratch(n: int) -> NDArray[np.float64]:
 
 
 @numba.njit(cache=True, nogil=True)
-def _positive_sums(
+def _kept_sums(
     indptr: NDArray[np.integer],
     indices: NDArray[np.integer],
     data: NDArray[np.floating],
