@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from sieve.cli import app
@@ -111,3 +112,29 @@ def test_malformed_csv_rows_are_reported_and_good_rows_used(tmp_path: Path) -> N
     )
     assert result.exit_code == 0, result.output
     assert "events.csv line 6" in result.output
+
+
+def test_default_models_take_sparse_ease_past_the_dense_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --models, a catalog past `DENSE_MAX_ITEMS` is evaluated with
+    sparse EASE in place of dense EASE (whose fit grows with the cube of the
+    catalog), and the run says so; named models are run as named."""
+    import sieve.models.ease as ease_module
+
+    monkeypatch.setattr(ease_module, "DENSE_MAX_ITEMS", 50)  # SYNTH has 100 items
+    out = tmp_path / "out.json"
+    args = ["evaluate", "--data", SYNTH, "--k", "5", "--json", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "sparse-ease in place of ease" in " ".join(result.output.split())
+    data = json.loads(out.read_text())
+    assert data["settings"]["models"] == ["popular", "itemknn", "sparse-ease", "als", "bpr"]
+    assert set(data["models"]) == {"popular", "itemknn", "sparse-ease", "als", "bpr"}
+    result = runner.invoke(app, [*args, "--models", "popular,ease"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(out.read_text())["models"]) == {"popular", "ease"}
+    monkeypatch.setattr(ease_module, "DENSE_MAX_ITEMS", 10_000)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "ease" in json.loads(out.read_text())["models"]

@@ -21,6 +21,21 @@ from sieve.cli.common import (
     out,
 )
 
+#: The models `sieve evaluate` runs when none are named.
+DEFAULT_MODELS = "popular,itemknn,ease,als,bpr"
+
+
+def _default_models(n_items: int) -> list[str]:
+    """`DEFAULT_MODELS` for a catalog of `n_items`: sparse EASE in place of
+    dense EASE past `DENSE_MAX_ITEMS`, whose O(n³) fit would take most of the
+    run (30,000 items: 534 s against sparse EASE's 22 s, at the same NDCG@10)."""
+    from sieve.models.ease import DENSE_MAX_ITEMS
+
+    names = _parse_models(DEFAULT_MODELS)
+    if n_items > DENSE_MAX_ITEMS:
+        names = ["sparse-ease" if n == "ease" else n for n in names]
+    return names
+
 
 def _parse_models(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
@@ -153,13 +168,14 @@ def evaluate(
     split: SplitOpt = "random:0.8",
     seed: SeedOpt = 42,
     models: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--models",
             help="Comma-separated models; the first is the baseline; NAME:auto chooses the "
-            "model's parameters from the training data (a shape rule and a bounded search).",
+            "model's parameters from the training data (a shape rule and a bounded search). "
+            f"Default: {DEFAULT_MODELS}, with sparse-ease in place of ease above 10,000 items.",
         ),
-    ] = "popular,itemknn,ease,als,bpr",
+    ] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Length of the evaluated lists.")] = 10,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write an HTML report.")] = None,
@@ -270,7 +286,7 @@ def evaluate(
         with _clean_errors():
             run_logged(
                 data,
-                _parse_models(models),
+                _parse_models(models if models is not None else DEFAULT_MODELS),
                 since,
                 until,
                 slice_,
@@ -292,7 +308,7 @@ def evaluate(
             budget = parse_bytes(memory_budget) if memory_budget else None
         except ValueError as e:
             raise UsageError(f"--memory-budget: {e}") from None
-        names = _parse_models(models)
+        names = _parse_models(models if models is not None else DEFAULT_MODELS)
         for name in names:
             base, _, mode = name.partition(":")
             if mode not in ("", "auto"):
@@ -328,6 +344,14 @@ def evaluate(
             console.print(f"{ds}; {fixed}")
             splits = [fixed]
             split = fixed.name
+        if models is None:
+            names = _default_models(ds.n_items)
+            if "sparse-ease" in names:
+                console.print(
+                    f"[yellow]note:[/yellow] {ds.n_items:,} items: the default models run "
+                    "sparse-ease in place of ease (dense EASE's fit grows with the cube of "
+                    "the catalog); name ease in --models to run it"
+                )
         specs = [
             ModelSpec(
                 n,

@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sieve.config import Config, ConfigError
+from sieve.models.ease import DENSE_MAX_ITEMS
 from sieve.types import Query
 
 #: Candidate sources, in the column order of `Candidates.scores`/`ranks`.
@@ -139,7 +140,7 @@ class SourcesConfig(Config):
     popular: int = 20
     trending: int = 20
     fresh: int = 10
-    ease_max_items: int = 10_000
+    ease_max_items: int = DENSE_MAX_ITEMS
     max_recent: int = 20
     recency_decay: float = 0.8
     session_weight: float = 3.0
