@@ -41,9 +41,9 @@ _GRAM_BLOCK_CELLS = 8_000_000
 #: Threads the factorisation may use (see the module docstring).
 FACTOR_THREADS = 1
 #: The catalog size up to which dense EASE is a sound default: its fit is
-#: O(n³) on one thread (10,000 items: about a minute; 30,000: nine), past it
-#: the defaults take sparse EASE (the funnel's `ease_max_items`, the models
-#: `sieve evaluate` runs when none are named).
+#: O(n³) on one thread (10,000 items: about a minute; 30,000: nine). Past it
+#: `sieve evaluate`'s default models take sparse EASE, and the funnel's EASE
+#: source (`ease_max_items`) is dropped or served by sparse EASE (`ease_large`).
 DENSE_MAX_ITEMS = 10_000
 
 

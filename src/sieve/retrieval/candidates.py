@@ -17,7 +17,7 @@ Sources, in the column order of `SOURCES`:
 - `content`: TF-IDF cosine with the profile of the history and session, which
   reaches items nobody interacted with yet (cold-start items);
 - `ease`: EASE scores (dense EASE on catalogs small enough for its dense
-  weights, sparse EASE above them);
+  weights; above them, sparse EASE where `ease_large` asks for it);
 - `popular`, `trending`: the catalog's all-time and time-decayed charts;
 - `fresh`: the newest items;
 - `continuation`: items the user viewed, carted or bookmarked but did not
