@@ -30,6 +30,7 @@ from sieve.data.dataset import Dataset
 from sieve.data.split import make_splits
 from sieve.evaluate.tune import SEARCH_SPACES, search
 from sieve.models.base import model_class
+from sieve.models.factorization import ALSConfig, confidence_alpha
 
 #: Seconds and trials of one model's search unless told otherwise.
 DEFAULT_BUDGET_S = 60.0
@@ -75,8 +76,7 @@ def shape_params(model: str, shape: DataShape) -> dict[str, Any]:
     shipped defaults)."""
     if model == "als":
         # sparse users: each observed interaction is stronger evidence
-        alpha = 2.0 if shape.per_user >= 50 else 5.0 if shape.per_user >= 15 else 10.0
-        return {"factors": _factors(shape), "alpha": alpha}
+        return {"factors": _factors(shape), "alpha": confidence_alpha(shape.per_user)}
     if model == "bpr":
         # one epoch samples one triple per interaction: on sparse data the
         # shipped step size leaves the factors under-trained
@@ -112,8 +112,12 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _shipped(model: str) -> dict[str, Any]:
+def _shipped(model: str, shape: DataShape) -> dict[str, Any]:
+    """The shipped defaults as the model would fit them on data of this shape
+    (ALS's α 0 is chosen from the data)."""
     config = model_class(model).config_class()
+    if isinstance(config, ALSConfig):
+        config = config.for_data(shape.per_user)
     return {
         f.name: getattr(config, f.name)
         for f in dataclasses.fields(config)
@@ -130,11 +134,12 @@ def auto_params(
     seed: int = 42,
 ) -> AutoChoice:
     """Hyperparameters for `model` from `train` alone (see the module docstring)."""
-    rule = shape_params(model, DataShape.of(train))
+    shape = DataShape.of(train)
+    rule = shape_params(model, shape)
     if model not in SEARCH_SPACES:
         return AutoChoice(params=rule, rule=rule, trials=0, validation_value=None)
     val = make_splits(train, "random:0.8", seed)[0]
-    shipped = _shipped(model)
+    shipped = _shipped(model, shape)
     result = search(
         model,
         val,

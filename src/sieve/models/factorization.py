@@ -75,7 +75,11 @@ class ALSConfig(Config):
     - `regularization`: L2 penalty λ on user and item factors.
     - `alpha`: confidence scaling; implicit fits on confidences c = alpha·x
       (x the summed event weights), so a stronger or repeated signal counts
-      more and unobserved cells keep confidence 1 with preference 0.
+      more and unobserved cells keep confidence 1 with preference 0. 0 (the
+      `als` model's default; the funnel's ALS sets 2): chosen from the
+      training data at fit (`confidence_alpha`: 2 with 50 or more
+      interactions per user, 5 with 15 or more, 10 below), and the fitted
+      model's config holds the value used.
     - `iterations`: ALS sweeps (users then items).
     - `random_state`: seed of the factor initialisation.
     - `num_threads`: threads for fitting and batch recommendation (0 = all).
@@ -83,15 +87,34 @@ class ALSConfig(Config):
 
     factors: int = 32
     regularization: float = 0.05
-    alpha: float = 2.0
+    alpha: float = 0.0
     iterations: int = 15
     random_state: int = 42
     num_threads: int = 0
 
     def validate(self) -> None:
         _check_common(self)
-        if self.alpha <= 0:
-            raise ConfigError("ALSConfig.alpha must be > 0")
+        if self.alpha < 0:
+            raise ConfigError("ALSConfig.alpha must be >= 0 (0: chosen from the data)")
+
+    def for_data(self, per_user: float) -> ALSConfig:
+        """This config with `alpha` chosen from the data when it is 0."""
+        return self if self.alpha > 0 else self.replace(alpha=confidence_alpha(per_user))
+
+
+def confidence_alpha(per_user: float) -> float:
+    """ALS's confidence scaling for data with `per_user` interactions per
+    active user: the fewer each user has, the more each one counts. On the
+    15,000-item synthetic world (8 per user) α 10 doubled ALS's NDCG@10
+    against α 2 (0.099 → 0.204); on MovieLens 100K (80 per user) it stays 2."""
+    return 2.0 if per_user >= 50 else 5.0 if per_user >= 15 else 10.0
+
+
+def interactions_per_user(matrix: sp.spmatrix) -> float:
+    """Stored interactions per user with at least one (`confidence_alpha`'s input)."""
+    x = sp.csr_matrix(matrix)
+    active = int((np.diff(x.indptr) > 0).sum())
+    return x.nnz / max(active, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,6 +333,12 @@ class ALS(_ImplicitMF[ALSConfig]):
 
     name = "als"
     config_class = ALSConfig
+
+    def _fit(self, dataset: Dataset) -> MFState:
+        # alpha 0: chosen from this data, and kept in the config (the fold-in
+        # and a saved model read it)
+        self.config = self.config.for_data(interactions_per_user(dataset.matrix))
+        return super()._fit(dataset)
 
     def _new_model(self) -> Any:
 

@@ -76,7 +76,10 @@ def build_engine(
     src = config.sources
     als = ann = itemknn = None
     if src.ann > 0 and parts.user_factors is not None and parts.item_factors is not None:
-        als = ALS.from_state(config.als, MFState(parts.user_factors, parts.item_factors))
+        counts = parts.user_train_count[parts.user_train_count > 0]
+        per_user = float(counts.mean()) if len(counts) else 0.0  # as `fit_als` saw it
+        als_config = config.als.for_data(per_user)
+        als = ALS.from_state(als_config, MFState(parts.user_factors, parts.item_factors))
         ann = AnnIndex.build(parts.item_factors, config.ann, exact=True if exact_ann else None)
     if src.item_to_item > 0 and parts.similarity is not None:
         itemknn = ItemKNN.from_state(config.itemknn, ItemKNNState(parts.similarity))

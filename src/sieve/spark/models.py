@@ -97,15 +97,16 @@ def fit_als(
     from pyspark.ml.recommendation import ALS as SparkALS
 
     per_user = 1.0
-    if rescale:
+    if rescale or config.alpha == 0:
         stats = pairs.groupBy("u").count().agg({"count": "avg"}).collect()[0][0]
         per_user = float(stats) if stats else 1.0
+    alpha = config.for_data(per_user).alpha  # 0: chosen from the data, as `ALS.fit` does
     blocks = max(2, pairs.sparkSession.sparkContext.defaultParallelism)
     als = SparkALS(
         rank=config.factors,
         maxIter=config.iterations,
-        regParam=config.regularization / max(per_user, 1.0),
-        alpha=config.alpha,
+        regParam=config.regularization / max(per_user, 1.0) if rescale else config.regularization,
+        alpha=alpha,
         implicitPrefs=True,
         userCol="u",
         itemCol="i",
