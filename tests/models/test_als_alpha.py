@@ -42,6 +42,12 @@ def test_a_default_als_takes_its_alpha_from_the_data(spec: str, expected: float)
     assert shape_params("als", DataShape.of(ds))["alpha"] == expected
 
 
+def test_a_refit_chooses_again_from_its_own_data() -> None:
+    model = ALS(num_threads=1)
+    assert model.fit(load_data(SPARSE).to_dataset()).config.alpha == 10.0
+    assert model.fit(load_data(DENSE).to_dataset()).config.alpha == 2.0
+
+
 def test_a_given_alpha_is_kept_and_a_fitted_model_saves_the_one_it_used(tmp_path: Path) -> None:
     ds = load_data(SPARSE).to_dataset()
     assert ALS(num_threads=1, alpha=3.0).fit(ds).config.alpha == 3.0

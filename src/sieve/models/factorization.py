@@ -336,8 +336,9 @@ class ALS(_ImplicitMF[ALSConfig]):
 
     def _fit(self, dataset: Dataset) -> MFState:
         # alpha 0: chosen from this data, and kept in the config (the fold-in
-        # and a saved model read it)
-        self.config = self.config.for_data(interactions_per_user(dataset.matrix))
+        # and a saved model read it); a later fit chooses again from its own
+        asked: ALSConfig = self.__dict__.setdefault("_asked_config", self.config)
+        self.config = asked.for_data(interactions_per_user(dataset.matrix))
         return super()._fit(dataset)
 
     def _new_model(self) -> Any:
