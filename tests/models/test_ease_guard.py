@@ -4,6 +4,7 @@ gives the closed form."""
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,6 +16,7 @@ import threadpoolctl
 from sieve.data.io import load_data
 from sieve.models import ease as ease_module
 from sieve.models.ease import EASE
+from sieve.models.memory import ModelNotice
 
 
 def test_factorisation_runs_on_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,3 +70,18 @@ def test_sparse_ease_with_every_item_as_neighbour_is_ease() -> None:
     np.testing.assert_allclose(sparse, full, atol=1e-5)
     few = SparseEASE(l2=30.0, neighbours=5, num_threads=1).fit(ds).state.weights
     assert (np.diff(few.tocsc().indptr) <= 5).all() and few.diagonal().sum() == 0
+
+
+def test_a_catalog_past_the_dense_size_is_fitted_and_says_sparse_ease_scales(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EASE named on a large catalog runs, with a notice (the results
+    table's notes) naming the model that scales; not below the size."""
+    ds = load_data("synthetic:users=100,items=60,seed=2").to_dataset()
+    with pytest.warns(ModelNotice, match="sparse-ease"):
+        monkeypatch.setattr(ease_module, "DENSE_MAX_ITEMS", 40)
+        assert EASE().fit(ds).state.weights.shape == (60, 60)
+    monkeypatch.setattr(ease_module, "DENSE_MAX_ITEMS", 10_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelNotice)
+        EASE().fit(ds)
