@@ -30,7 +30,7 @@ from sieve.data.dataset import Dataset
 from sieve.data.split import make_splits
 from sieve.evaluate.tune import SEARCH_SPACES, search
 from sieve.models.base import model_class
-from sieve.models.factorization import ALSConfig, confidence_alpha
+from sieve.models.factorization import ALSConfig, confidence_alpha, interactions_per_user
 
 #: Seconds and trials of one model's search unless told otherwise.
 DEFAULT_BUDGET_S = 60.0
@@ -54,13 +54,14 @@ class DataShape:
     @classmethod
     def of(cls, dataset: Dataset) -> DataShape:
         x = dataset.matrix
-        users = int((x.getnnz(axis=1) > 0).sum())
+        per_row = x.getnnz(axis=1)
+        users = int((per_row > 0).sum())
         items = int((x.getnnz(axis=0) > 0).sum())
         return cls(
             n_users=users,
             n_items=items,
             interactions=int(x.nnz),
-            per_user=x.nnz / max(users, 1),
+            per_user=interactions_per_user(per_row),
             per_item=x.nnz / max(items, 1),
         )
 

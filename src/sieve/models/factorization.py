@@ -110,11 +110,11 @@ def confidence_alpha(per_user: float) -> float:
     return 2.0 if per_user >= 50 else 5.0 if per_user >= 15 else 10.0
 
 
-def interactions_per_user(matrix: sp.spmatrix) -> float:
-    """Stored interactions per user with at least one (`confidence_alpha`'s input)."""
-    x = sp.csr_matrix(matrix)
-    active = int((np.diff(x.indptr) > 0).sum())
-    return x.nnz / max(active, 1)
+def interactions_per_user(counts: NDArray[np.integer]) -> float:
+    """The mean of the users' interaction counts, over users with at least
+    one (`confidence_alpha`'s input; a CSR matrix's counts are `np.diff(indptr)`)."""
+    active = counts[counts > 0]
+    return float(active.mean()) if len(active) else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,11 +334,15 @@ class ALS(_ImplicitMF[ALSConfig]):
     name = "als"
     config_class = ALSConfig
 
+    def __init__(self, config: ALSConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        #: the config as given: each fit resolves its alpha 0 from its own data
+        self._asked = self.config
+
     def _fit(self, dataset: Dataset) -> MFState:
-        # alpha 0: chosen from this data, and kept in the config (the fold-in
-        # and a saved model read it); a later fit chooses again from its own
-        asked: ALSConfig = self.__dict__.setdefault("_asked_config", self.config)
-        self.config = asked.for_data(interactions_per_user(dataset.matrix))
+        # the config holds the alpha used: the fold-in and a saved model read it
+        counts = np.diff(sp.csr_matrix(dataset.matrix).indptr)
+        self.config = self._asked.for_data(interactions_per_user(counts))
         return super()._fit(dataset)
 
     def _new_model(self) -> Any:

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from sieve.data.dataset import Dataset
 from sieve.data.schema import EventWeights, empty_events
-from sieve.models.factorization import ALS, MFState
+from sieve.models.factorization import ALS, MFState, interactions_per_user
 from sieve.models.itemknn import ItemKNN, ItemKNNState
 from sieve.pipeline import Funnel
 from sieve.pipeline.config import FunnelConfig
@@ -76,9 +76,8 @@ def build_engine(
     src = config.sources
     als = ann = itemknn = None
     if src.ann > 0 and parts.user_factors is not None and parts.item_factors is not None:
-        counts = parts.user_train_count[parts.user_train_count > 0]
-        per_user = float(counts.mean()) if len(counts) else 0.0  # as `fit_als` saw it
-        als_config = config.als.for_data(per_user)
+        # alpha 0 resolved from the interaction counts, as `fit_als` resolved it
+        als_config = config.als.for_data(interactions_per_user(parts.user_train_count))
         als = ALS.from_state(als_config, MFState(parts.user_factors, parts.item_factors))
         ann = AnnIndex.build(parts.item_factors, config.ann, exact=True if exact_ann else None)
     if src.item_to_item > 0 and parts.similarity is not None:

@@ -96,7 +96,7 @@ def fit_als(
     divides λ by the mean interactions per user (see the module doc)."""
     from pyspark.ml.recommendation import ALS as SparkALS
 
-    per_user = 1.0
+    per_user = 1.0  # the mean interactions per user with any, as `interactions_per_user`
     if rescale or config.alpha == 0:
         stats = pairs.groupBy("u").count().agg({"count": "avg"}).collect()[0][0]
         per_user = float(stats) if stats else 1.0
